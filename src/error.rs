@@ -1,0 +1,69 @@
+//! The one error type of the request path. [`crate::http::error`] maps it to HTTP once.
+
+use std::time::Duration;
+
+/// Everything a request can fail with, in OpenAI's terms.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ApiError {
+    /// The client sent something wrong (400).
+    #[error("{message}")]
+    InvalidRequest {
+        /// What is wrong, naming the field or index.
+        message: String,
+        /// The offending parameter.
+        param: Option<String>,
+        /// A machine-readable code.
+        code: Option<&'static str>,
+    },
+    /// No such model is served (404).
+    #[error("The model `{0}` does not exist or is not served here")]
+    ModelNotFound(String),
+    /// No such route (404).
+    #[error("Unknown endpoint {method} {path}")]
+    UnknownRoute {
+        /// HTTP method.
+        method: String,
+        /// Path.
+        path: String,
+    },
+    /// Body over the limit (413).
+    #[error("Request body is larger than the {limit}-byte limit")]
+    PayloadTooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// The model's queue is full or the wait was too long (429).
+    #[error("{message}")]
+    Overloaded {
+        /// Why.
+        message: String,
+        /// Suggested wait before retrying.
+        retry_after: Duration,
+    },
+    /// The model cannot serve now: failed, or the server is shutting down (503).
+    #[error("{0}")]
+    Unavailable(String),
+    /// Something broke on our side (500).
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// A 400 about one parameter.
+    pub fn invalid(param: impl Into<String>, message: impl Into<String>) -> Self {
+        ApiError::InvalidRequest {
+            message: message.into(),
+            param: Some(param.into()),
+            code: None,
+        }
+    }
+
+    /// A 400 not tied to a parameter.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        ApiError::InvalidRequest {
+            message: message.into(),
+            param: None,
+            code: None,
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! `GET /health`, `/health/live` and `/health/ready`.
+
+use actix_web::{web, HttpResponse};
+use serde_json::{json, Map, Value};
+use sis_actors::ModelState;
+
+use crate::runtime::Runtime;
+
+/// Full status: every model actor's state, restarts, queue, warmup, and the runtime config.
+/// 503 while any model has failed for good.
+pub async fn health(runtime: web::Data<Runtime>) -> HttpResponse {
+    let mut models = Map::new();
+    let mut embedding_queues = Map::new();
+    let mut ok_models = Vec::new();
+    let mut failures = Map::new();
+    let mut capability_ready: Map<String, Value> = ["embeddings", "chat", "audio"]
+        .iter()
+        .map(|c| (c.to_string(), json!(false)))
+        .collect();
+    let mut healthy = true;
+    for (id, served) in runtime.registry.all() {
+        let state = served.status.state();
+        let admission = served.admission();
+        let capability = served.entry.kind.capability();
+        let warmup = served.status.warmup();
+        match &warmup {
+            Some(w) if w.ok => ok_models.push(id.clone()),
+            Some(w) => {
+                failures.insert(id.clone(), json!(w.error));
+            }
+            None => {}
+        }
+        if state == ModelState::Ready {
+            capability_ready.insert(capability.to_string(), json!(true));
+        }
+        healthy &= state != ModelState::Failed;
+        embedding_queues.insert(
+            id.clone(),
+            json!({ "depth": admission.depth(), "capacity": admission.capacity() }),
+        );
+        models.insert(
+            id.clone(),
+            json!({
+                "state": state.as_str(),
+                "restarts": served.status.restarts(),
+                "last_error": served.status.last_error(),
+                "queue_depth": admission.depth(),
+                "queue_capacity": admission.capacity(),
+                "capabilities": [capability],
+                "source": served.origin,
+                "warmup": warmup,
+            }),
+        );
+    }
+    let body = json!({
+        "status": if healthy { "ok" } else { "unhealthy" },
+        "models": models,
+        "warmup": {
+            "enabled": runtime.settings.warmup.enabled,
+            "ok_models": ok_models,
+            "failures": failures,
+            "capabilities": capability_ready,
+        },
+        "embedding_batch_queues": embedding_queues,
+        "chat_batch_queues": {},
+        "runtime_config": runtime.settings,
+    });
+    if healthy {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}
+
+/// The process is up.
+pub async fn live() -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "status": "ok" }))
+}
+
+/// Every model is ready (503 with the states otherwise).
+pub async fn ready(runtime: web::Data<Runtime>) -> HttpResponse {
+    let states: Map<String, Value> = runtime
+        .registry
+        .all()
+        .into_iter()
+        .map(|(id, s)| (id, json!(s.status.state().as_str())))
+        .collect();
+    let ready = states.values().all(|s| s == "ready");
+    let body = json!({ "status": if ready { "ready" } else { "not_ready" }, "models": states });
+    if ready {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}

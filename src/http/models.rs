@@ -1,0 +1,29 @@
+//! `GET /v1/models`.
+
+use actix_web::{web, HttpResponse};
+use serde_json::json;
+
+use crate::runtime::{Capability, Runtime};
+
+/// Lists served models in OpenAI's shape, with capabilities, state and (for embeddings) dimension.
+pub async fn list(runtime: web::Data<Runtime>) -> HttpResponse {
+    let data: Vec<_> = runtime
+        .registry
+        .all()
+        .into_iter()
+        .map(|(id, served)| {
+            let mut model = json!({
+                "id": id,
+                "object": "model",
+                "created": served.created,
+                "owned_by": "sis",
+                "capabilities": [served.entry.kind.capability()],
+                "state": served.status.state().as_str(),
+            });
+            let Capability::Embeddings(embeddings) = &served.capability;
+            model["dimensions"] = json!(embeddings.dimensions());
+            model
+        })
+        .collect();
+    HttpResponse::Ok().json(json!({ "object": "list", "data": data }))
+}

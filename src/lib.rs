@@ -1,0 +1,16 @@
+//! sis: a self-hosted, OpenAI-compatible inference server built as an actor system.
+//!
+//! Follow a request from [`cli`] (`sis serve`) to [`http`] (one module per endpoint), into the
+//! capability's request path ([`embeddings`]), through the runtime's actors ([`runtime`], built on the
+//! `sis-actors` crate) to an engine ([`engines`]).
+
+pub mod bench;
+pub mod cli;
+pub mod config;
+pub mod embeddings;
+pub mod engines;
+pub mod error;
+pub mod http;
+pub mod models;
+pub mod runtime;
+pub mod telemetry;

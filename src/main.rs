@@ -1,0 +1,5 @@
+//! The `sis` binary.
+
+fn main() -> std::process::ExitCode {
+    sis::cli::main()
+}

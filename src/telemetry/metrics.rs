@@ -1,0 +1,185 @@
+//! The Prometheus metrics sis exports, with the names the seed's operators already read.
+
+use prometheus::{
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec,
+    Opts, Registry, TextEncoder,
+};
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Every metric, registered once in a private registry.
+pub struct Metrics {
+    registry: Registry,
+    /// `embedding_requests_total{model,status}`.
+    pub embedding_requests: IntCounterVec,
+    /// `embedding_request_latency_seconds{model}`.
+    pub embedding_latency: HistogramVec,
+    /// `embedding_request_queue_wait_seconds{model}`.
+    pub embedding_queue_wait: HistogramVec,
+    /// `embedding_batch_wait_seconds{model}`: how long the oldest text of a batch waited.
+    pub embedding_batch_wait: HistogramVec,
+    /// `embedding_batch_size{model}`: texts per engine batch.
+    pub embedding_batch_size: HistogramVec,
+    /// `embedding_queue_rejections_total`.
+    pub embedding_queue_rejections: IntCounter,
+    /// `embedding_cache_hits_total{model}`.
+    pub embedding_cache_hits: IntCounterVec,
+    /// `embedding_cache_misses_total{model}`.
+    pub embedding_cache_misses: IntCounterVec,
+    /// `embedding_tokens_total{model}`: prompt tokens embedded.
+    pub embedding_tokens: IntCounterVec,
+    /// `model_queue_depth{model,capability}`: requests waiting or running.
+    pub queue_depth: IntGaugeVec,
+    /// `model_queue_capacity{model,capability}`.
+    pub queue_capacity: IntGaugeVec,
+    /// `model_state{model,state}`: 1 for the current state.
+    pub model_state: IntGaugeVec,
+    /// `model_restarts_total{model}`.
+    pub model_restarts: IntCounterVec,
+    /// `model_lifecycle_events_total{model,state}`.
+    pub lifecycle_events: IntCounterVec,
+    /// `warmup_pool_ready_workers{model,capability,executor}`.
+    pub warmup_ready_workers: GaugeVec,
+    /// `process_uptime_seconds`.
+    pub uptime: Gauge,
+    started: std::time::Instant,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+            let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), &["model"])
+                .expect("valid");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("unique metric");
+            h
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+            g
+        };
+        let latency = LATENCY_BUCKETS.to_vec();
+        let sizes = vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+        let embedding_queue_rejections = IntCounter::new(
+            "embedding_queue_rejections_total",
+            "Embedding requests refused with 429",
+        )
+        .expect("valid");
+        registry
+            .register(Box::new(embedding_queue_rejections.clone()))
+            .expect("unique");
+        let warmup_ready_workers = GaugeVec::new(
+            Opts::new("warmup_pool_ready_workers", "Warmed workers ready to serve"),
+            &["model", "capability", "executor"],
+        )
+        .expect("valid");
+        registry
+            .register(Box::new(warmup_ready_workers.clone()))
+            .expect("unique");
+        let uptime = Gauge::new(
+            "process_uptime_seconds",
+            "Seconds since the process started",
+        )
+        .expect("valid");
+        registry.register(Box::new(uptime.clone())).expect("unique");
+        Self {
+            embedding_requests: counter(
+                "embedding_requests_total",
+                "Embedding requests by status",
+                &["model", "status"],
+            ),
+            embedding_latency: histogram(
+                "embedding_request_latency_seconds",
+                "Embedding request latency",
+                latency.clone(),
+            ),
+            embedding_queue_wait: histogram(
+                "embedding_request_queue_wait_seconds",
+                "Time an embedding request waited before its batch ran",
+                latency.clone(),
+            ),
+            embedding_batch_wait: histogram(
+                "embedding_batch_wait_seconds",
+                "Wait of the oldest text of each embedding batch",
+                latency,
+            ),
+            embedding_batch_size: histogram(
+                "embedding_batch_size",
+                "Texts per embedding batch",
+                sizes,
+            ),
+            embedding_queue_rejections,
+            embedding_cache_hits: counter(
+                "embedding_cache_hits_total",
+                "Embedding cache hits",
+                &["model"],
+            ),
+            embedding_cache_misses: counter(
+                "embedding_cache_misses_total",
+                "Embedding cache misses",
+                &["model"],
+            ),
+            embedding_tokens: counter("embedding_tokens_total", "Tokens embedded", &["model"]),
+            queue_depth: gauge(
+                "model_queue_depth",
+                "Requests waiting or running",
+                &["model", "capability"],
+            ),
+            queue_capacity: gauge(
+                "model_queue_capacity",
+                "Queue capacity",
+                &["model", "capability"],
+            ),
+            model_state: gauge(
+                "model_state",
+                "1 for the model actor's current state",
+                &["model", "state"],
+            ),
+            model_restarts: counter(
+                "model_restarts_total",
+                "Engine restarts by the supervisor",
+                &["model"],
+            ),
+            lifecycle_events: counter(
+                "model_lifecycle_events_total",
+                "Lifecycle events",
+                &["model", "state"],
+            ),
+            warmup_ready_workers,
+            uptime,
+            registry,
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        self.uptime.set(self.started.elapsed().as_secs_f64());
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding cannot fail");
+        String::from_utf8(out).expect("prometheus text is utf-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
