@@ -1,0 +1,261 @@
+//! Test support: a real `sis serve` process on a free loopback port, and small HTTP helpers.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The default embedding model of the roster.
+pub const MINILM: &str = "all-MiniLM-L6-v2";
+
+/// A running server, killed when dropped. Its log goes to a temp file shown if start-up fails.
+pub struct TestServer {
+    child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// Builds a server: extra environment and, optionally, a roster of its own.
+#[derive(Default)]
+pub struct ServerBuilder {
+    env: Vec<(String, String)>,
+    roster: Option<String>,
+}
+
+impl ServerBuilder {
+    /// Sets an environment variable of the server.
+    pub fn env(mut self, key: &str, value: impl ToString) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// Serves this roster text instead of `config/models.toml`.
+    pub fn roster(mut self, toml: &str) -> Self {
+        self.roster = Some(toml.to_string());
+        self
+    }
+
+    /// Starts the server and waits until every model is ready.
+    pub fn start(self) -> TestServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let roster = match &self.roster {
+            Some(text) => {
+                let path = dir.path().join("roster.toml");
+                std::fs::write(&path, text).expect("write roster");
+                path
+            }
+            None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config/models.toml"),
+        };
+        let port = free_port();
+        let log = dir.path().join("server.log");
+        let log_file = std::fs::File::create(&log).expect("log file");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_sis"));
+        command
+            .args(["serve", "--host", "127.0.0.1", "--port", &port.to_string(), "--config"])
+            .arg(&roster)
+            .env("WARMUP_STEPS", "1")
+            .env("HTTP_WORKERS", "2")
+            .env_remove("MODELS")
+            .stdout(Stdio::null())
+            .stderr(log_file);
+        for (k, v) in &self.env {
+            command.env(k, v);
+        }
+        let child = command.spawn().expect("spawn sis");
+        let server = TestServer { child, base: format!("http://127.0.0.1:{port}"), log, _dir: dir };
+        server.wait_ready(Duration::from_secs(180));
+        server
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+impl TestServer {
+    /// A server with the default roster.
+    pub fn start() -> TestServer {
+        ServerBuilder::default().start()
+    }
+
+    /// A builder for a customised server.
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder::default()
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn wait_ready(&self, limit: Duration) {
+        let client = client();
+        let started = Instant::now();
+        loop {
+            if let Ok(r) = client.get(self.url("/health/ready")).send() {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            if started.elapsed() > limit {
+                panic!("server not ready after {limit:?}; log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until `check(/health json)` holds.
+    pub fn wait_health(&self, what: &str, check: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let started = Instant::now();
+        loop {
+            let health: serde_json::Value = client().get(self.url("/health")).send().unwrap().json().unwrap();
+            if check(&health) {
+                return health;
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                panic!("timed out waiting for {what}; last /health: {health:#}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// A full URL of a path.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// POSTs JSON to `/v1/embeddings`.
+    pub fn embed(&self, body: serde_json::Value) -> Response {
+        Response::from(client().post(self.url("/v1/embeddings")).json(&body).send().expect("request sent"))
+    }
+
+    /// GETs a path.
+    pub fn get(&self, path: &str) -> Response {
+        Response::from(client().get(self.url(path)).send().expect("request sent"))
+    }
+
+    /// `/metrics` text.
+    pub fn metrics(&self) -> String {
+        self.get("/metrics").text
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            let _ = writeln!(std::io::stderr(), "--- server log ---\n{}", self.log());
+        }
+    }
+}
+
+/// A blocking client with a generous timeout, so a hang fails the test instead of blocking it.
+pub fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder().timeout(Duration::from_secs(120)).build().expect("client")
+}
+
+/// A response read to the end.
+#[derive(Debug)]
+pub struct Response {
+    /// Status code.
+    pub status: u16,
+    /// Headers.
+    pub headers: reqwest::header::HeaderMap,
+    /// Body text.
+    pub text: String,
+}
+
+impl From<reqwest::blocking::Response> for Response {
+    fn from(r: reqwest::blocking::Response) -> Self {
+        let status = r.status().as_u16();
+        let headers = r.headers().clone();
+        let text = r.text().expect("body");
+        Response { status, headers, text }
+    }
+}
+
+impl Response {
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text))
+    }
+
+    /// Asserts an OpenAI-shaped error with this status; returns its message.
+    pub fn expect_error(&self, status: u16) -> String {
+        assert_eq!(self.status, status, "expected {status}, got {}: {}", self.status, self.text);
+        let body = self.json();
+        let error = &body["error"];
+        assert!(error["message"].is_string(), "no error.message: {body}");
+        assert!(error["type"].is_string(), "no error.type: {body}");
+        assert!(error.get("param").is_some() && error.get("code").is_some(), "no param/code: {body}");
+        error["message"].as_str().unwrap().to_string()
+    }
+
+    /// The vectors of an embeddings response (float format).
+    pub fn vectors(&self) -> Vec<Vec<f32>> {
+        assert_eq!(self.status, 200, "{}", self.text);
+        let body = self.json();
+        body["data"]
+            .as_array()
+            .expect("data")
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                assert_eq!(d["index"], i, "data out of order: {body}");
+                d["embedding"].as_array().expect("float embedding").iter().map(|x| x.as_f64().unwrap() as f32).collect()
+            })
+            .collect()
+    }
+}
+
+/// Dot product (cosine for unit vectors).
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// L2 norm.
+pub fn norm(a: &[f32]) -> f32 {
+    dot(a, a).sqrt()
+}
+
+/// Parses Prometheus text into (series, value) pairs; panics on any malformed line.
+pub fn parse_prometheus(text: &str) -> Vec<(String, f64)> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        if line.is_empty() {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix('#') {
+            let rest = rest.trim_start();
+            assert!(rest.starts_with("HELP ") || rest.starts_with("TYPE "), "bad comment line: {line}");
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("bad sample line: {line}"));
+        let name_end = series.find('{').unwrap_or(series.len());
+        let name = &series[..name_end];
+        assert!(
+            !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "bad metric name in {line}"
+        );
+        if name_end < series.len() {
+            assert!(series.ends_with('}'), "unterminated labels: {line}");
+        }
+        let value: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            v => v.parse().unwrap_or_else(|_| panic!("bad value in {line}")),
+        };
+        out.push((series.to_string(), value));
+    }
+    out
+}
+
+/// The value of one exact series, if exported.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    parse_prometheus(text).into_iter().find(|(s, _)| s == series).map(|(_, v)| v)
+}
