@@ -4,9 +4,12 @@ use lru::LruCache;
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 
+/// A cached vector (full dimension) and the token count of its text.
+pub type CachedEmbedding = (Arc<[f32]>, usize);
+
 /// Full-dimension vectors and their token counts; the lock is held only for a lookup or an insert.
 pub struct EmbeddingCache {
-    entries: Mutex<LruCache<String, (Arc<[f32]>, usize)>>,
+    entries: Mutex<LruCache<String, CachedEmbedding>>,
 }
 
 impl EmbeddingCache {
@@ -19,7 +22,7 @@ impl EmbeddingCache {
     }
 
     /// The vector and token count of a text, refreshing its recency.
-    pub fn get(&self, text: &str) -> Option<(Arc<[f32]>, usize)> {
+    pub fn get(&self, text: &str) -> Option<CachedEmbedding> {
         self.entries
             .lock()
             .unwrap_or_else(|e| e.into_inner())
