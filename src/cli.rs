@@ -85,11 +85,7 @@ enum ConfigCommand {
 
 impl Common {
     fn overrides(&self) -> Overrides {
-        Overrides {
-            config: self.config.clone(),
-            models: self.models.clone(),
-            ..Default::default()
-        }
+        Overrides { config: self.config.clone(), models: self.models.clone(), ..Default::default() }
     }
 }
 
@@ -98,15 +94,9 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve(args),
-        Command::Models {
-            command: ModelsCommand::List(common),
-        } => models_list(&common),
-        Command::Models {
-            command: ModelsCommand::Pull { common, ids },
-        } => models_pull(&common, &ids),
-        Command::Config {
-            command: ConfigCommand::Show(common),
-        } => config_show(&common),
+        Command::Models { command: ModelsCommand::List(common) } => models_list(&common),
+        Command::Models { command: ModelsCommand::Pull { common, ids } } => models_pull(&common, &ids),
+        Command::Config { command: ConfigCommand::Show(common) } => config_show(&common),
         Command::Bench { command } => crate::bench::run(command),
     };
     match result {
@@ -161,58 +151,29 @@ fn dir_size(path: &std::path::Path) -> u64 {
 
 fn models_list(common: &Common) -> anyhow::Result<()> {
     let (settings, roster) = Settings::load(&common.overrides())?;
-    let selected: Vec<String> = roster
-        .select(&settings.models)?
-        .into_iter()
-        .map(|e| e.id)
-        .collect();
-    println!(
-        "{:<28} {:<10} {:<9} {:>10}  location",
-        "id", "kind", "selected", "size"
-    );
+    let selected: Vec<String> = roster.select(&settings.models)?.into_iter().map(|e| e.id).collect();
+    println!("{:<28} {:<10} {:<9} {:>10}  location", "id", "kind", "selected", "size");
     for entry in &roster.models {
         let (location, size) = match resolve::find_local(entry, &settings.hf_cache) {
-            Ok(found) => (
-                found.dir.display().to_string(),
-                format!("{:.1} MB", dir_size(&found.dir) as f64 / 1e6),
-            ),
+            Ok(found) => (found.dir.display().to_string(), format!("{:.1} MB", dir_size(&found.dir) as f64 / 1e6)),
             Err(_) => ("not downloaded".to_string(), "-".to_string()),
         };
-        let chosen = if selected.contains(&entry.id) {
-            "yes"
-        } else {
-            "no"
-        };
-        println!(
-            "{:<28} {:<10} {:<9} {:>10}  {location}",
-            entry.id,
-            entry.kind.capability(),
-            chosen,
-            size
-        );
+        let chosen = if selected.contains(&entry.id) { "yes" } else { "no" };
+        println!("{:<28} {:<10} {:<9} {:>10}  {location}", entry.id, entry.kind.capability(), chosen, size);
     }
     Ok(())
 }
 
 fn models_pull(common: &Common, ids: &[String]) -> anyhow::Result<()> {
     let (settings, roster) = Settings::load(&common.overrides())?;
-    let entries = if ids.is_empty() {
-        roster.select(&settings.models)?
-    } else {
-        roster.select(ids)?
-    };
+    let entries = if ids.is_empty() { roster.select(&settings.models)? } else { roster.select(ids)? };
     for entry in entries {
         let found = resolve::resolve(&entry, &settings.hf_cache, true)?;
         let check = match (&entry.package, found.origin) {
             (Some(p), "package") => format!(" (sha256 {} verified)", &p.sha256[..12]),
             _ => String::new(),
         };
-        println!(
-            "{}: {} from {}{check}",
-            entry.id,
-            found.dir.display(),
-            found.origin
-        );
+        println!("{}: {} from {}{check}", entry.id, found.dir.display(), found.origin);
     }
     Ok(())
 }

@@ -51,19 +51,11 @@ pub enum ApiError {
 impl ApiError {
     /// A 400 about one parameter.
     pub fn invalid(param: impl Into<String>, message: impl Into<String>) -> Self {
-        ApiError::InvalidRequest {
-            message: message.into(),
-            param: Some(param.into()),
-            code: None,
-        }
+        ApiError::InvalidRequest { message: message.into(), param: Some(param.into()), code: None }
     }
 
     /// A 400 not tied to a parameter.
     pub fn bad_request(message: impl Into<String>) -> Self {
-        ApiError::InvalidRequest {
-            message: message.into(),
-            param: None,
-            code: None,
-        }
+        ApiError::InvalidRequest { message: message.into(), param: None, code: None }
     }
 }

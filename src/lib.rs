@@ -5,6 +5,7 @@
 //! `sis-actors` crate) to an engine ([`engines`]).
 
 pub mod bench;
+pub mod chat;
 pub mod cli;
 pub mod config;
 pub mod embeddings;

@@ -6,21 +6,27 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::chat::ChatModel;
 use crate::config::{ModelEntry, ModelKind, Roster, Settings};
 use crate::embeddings::EmbeddingModel;
+use crate::engines::chat::ChatLoader;
+use crate::engines::chat_spec::ChatSpec;
+use crate::engines::chat_template::ChatTemplate;
 use crate::engines::embedder::{EmbedInput, EmbedderLoader, EmbedderSpec};
 use crate::models::resolve;
 use crate::telemetry::lifecycle_metrics::LifecycleMetrics;
 use crate::telemetry::Metrics;
 use sis_actors::{
-    Admission, BatchObserver, Batcher, BatcherConfig, EventBus, ModelActor, ModelActorConfig,
-    ModelStatus, Registry, Subscribe, WarmupActor, WarmupPolicy,
+    Admission, BatchObserver, Batcher, BatcherConfig, EventBus, ModelActor, ModelActorConfig, ModelStatus, Registry,
+    SequenceActor, SequenceConfig, SequenceObserver, Subscribe, WarmupActor, WarmupPolicy,
 };
 
 /// What a served model can do, with its request path.
 pub enum Capability {
     /// Text embeddings.
-    Embeddings(EmbeddingModel),
+    Embeddings(Box<EmbeddingModel>),
+    /// Chat completions.
+    Chat(Box<ChatModel>),
 }
 
 /// A served model as the registry holds it.
@@ -42,6 +48,7 @@ impl ServedModel {
     pub fn admission(&self) -> &Admission {
         match &self.capability {
             Capability::Embeddings(m) => m.admission(),
+            Capability::Chat(m) => m.admission(),
         }
     }
 }
@@ -65,14 +72,21 @@ struct BatchMetrics {
 
 impl BatchObserver for BatchMetrics {
     fn batch_dispatched(&self, items: usize, _cost: usize, oldest_wait: Duration) {
-        self.metrics
-            .embedding_batch_size
-            .with_label_values(&[&self.model])
-            .observe(items as f64);
-        self.metrics
-            .embedding_batch_wait
-            .with_label_values(&[&self.model])
-            .observe(oldest_wait.as_secs_f64());
+        self.metrics.embedding_batch_size.with_label_values(&[&self.model]).observe(items as f64);
+        self.metrics.embedding_batch_wait.with_label_values(&[&self.model]).observe(oldest_wait.as_secs_f64());
+    }
+}
+
+struct StepMetrics {
+    model: String,
+    metrics: Arc<Metrics>,
+}
+
+impl SequenceObserver for StepMetrics {
+    fn step(&self, running: usize, waiting: usize, _took: Duration) {
+        self.metrics.chat_batch_size.with_label_values(&[&self.model]).observe(running as f64);
+        self.metrics.chat_queue_size.with_label_values(&[&self.model]).set(waiting as i64);
+        self.metrics.chat_pool_size.with_label_values::<&str>(&[]).set(running as i64);
     }
 }
 
@@ -86,12 +100,7 @@ impl Runtime {
 
         let labels: HashMap<String, (String, String)> = entries
             .iter()
-            .map(|e| {
-                (
-                    e.id.clone(),
-                    (e.kind.capability().to_string(), settings.device.clone()),
-                )
-            })
+            .map(|e| (e.id.clone(), (e.kind.capability().to_string(), settings.device.clone())))
             .collect();
         let lifecycle = LifecycleMetrics::new(metrics.clone(), labels).start();
         bus.do_send(Subscribe(lifecycle.recipient()));
@@ -111,12 +120,7 @@ impl Runtime {
             let served = Self::start_model(&settings, entry, &bus, &metrics)?;
             registry.insert(served.entry.id.clone(), served);
         }
-        Ok(Arc::new(Runtime {
-            settings,
-            registry,
-            metrics,
-            bus,
-        }))
+        Ok(Arc::new(Runtime { settings, registry, metrics, bus }))
     }
 
     fn start_model(
@@ -129,40 +133,28 @@ impl Runtime {
         tracing::info!(model = %entry.id, dir = %resolved.dir.display(), origin = resolved.origin, "model files found");
         let id: Arc<str> = entry.id.as_str().into();
         let status = ModelStatus::new(id.clone());
-        let actor_config = ModelActorConfig {
-            max_restarts: settings.max_restarts,
-            ..Default::default()
-        };
+        let actor_config = ModelActorConfig { max_restarts: settings.max_restarts, ..Default::default() };
         let capability = match entry.kind {
             ModelKind::Embedding => {
                 let s = &settings.embeddings;
                 let spec = EmbedderSpec::from_dir(&resolved.dir, &entry, &settings.device)?;
                 let tokenizer = spec.tokenizer()?;
                 let dimensions = spec.dimensions;
-                let model = ModelActor::start(
-                    Arc::new(EmbedderLoader { spec }),
-                    status.clone(),
-                    bus.clone(),
-                    actor_config,
-                );
+                let model =
+                    ModelActor::start(Arc::new(EmbedderLoader { spec }), status.clone(), bus.clone(), actor_config);
                 let batcher = Batcher::<EmbedInput, Vec<f32>>::new(
                     BatcherConfig {
-                        window: Duration::from_millis(
-                            entry.batch_window_ms.unwrap_or(s.batch_window_ms),
-                        ),
+                        window: Duration::from_millis(entry.batch_window_ms.unwrap_or(s.batch_window_ms)),
                         max_items: entry.batch_max_size.unwrap_or(s.batch_max_size),
                         max_tokens: entry.batch_max_tokens.unwrap_or(s.batch_max_tokens),
                         max_in_flight: entry.max_concurrent.unwrap_or(s.max_concurrent),
                         queue_timeout: s.queue_timeout,
                     },
                     model.recipient(),
-                    Arc::new(BatchMetrics {
-                        model: entry.id.clone(),
-                        metrics: metrics.clone(),
-                    }),
+                    Arc::new(BatchMetrics { model: entry.id.clone(), metrics: metrics.clone() }),
                 )
                 .start();
-                Capability::Embeddings(EmbeddingModel::new(
+                Capability::Embeddings(Box::new(EmbeddingModel::new(
                     id,
                     tokenizer,
                     dimensions,
@@ -171,19 +163,45 @@ impl Runtime {
                     batcher.recipient(),
                     metrics.clone(),
                     entry.fault_panic_marker.clone(),
-                ))
+                )))
+            }
+            ModelKind::Chat => {
+                let c = &settings.chat;
+                let file = entry.file.as_deref().ok_or_else(|| {
+                    anyhow::anyhow!("chat model {:?} needs `file` (its .gguf) in the roster", entry.id)
+                })?;
+                let spec = ChatSpec::from_gguf(&resolved.dir.join(file))?;
+                let template = ChatTemplate::new(&spec.template, &spec.bos, &spec.eos)?;
+                let loader = ChatLoader {
+                    path: spec.path.clone(),
+                    tokenizer: spec.tokenizer.clone(),
+                    eos: spec.eos_ids.clone(),
+                    prefill_chunk: c.prefill_chunk,
+                };
+                let actor = SequenceActor::start(
+                    Arc::new(loader),
+                    status.clone(),
+                    bus.clone(),
+                    actor_config,
+                    SequenceConfig {
+                        max_running: if c.batching { c.batch_max_size } else { 1 },
+                        queue_timeout: c.queue_timeout,
+                    },
+                    Arc::new(StepMetrics { model: entry.id.clone(), metrics: metrics.clone() }),
+                );
+                Capability::Chat(Box::new(ChatModel::new(
+                    &entry,
+                    spec.tokenizer,
+                    template,
+                    spec.context,
+                    Admission::new(entry.max_queue_size.unwrap_or(c.max_queue_size)),
+                    actor.recipient(),
+                    metrics.clone(),
+                    c.clone(),
+                )))
             }
         };
-        let created = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        Ok(ServedModel {
-            entry,
-            status,
-            capability,
-            created,
-            origin: resolved.origin,
-        })
+        let created = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        Ok(ServedModel { entry, status, capability, created, origin: resolved.origin })
     }
 }

@@ -10,7 +10,11 @@ use std::collections::BTreeMap;
 /// 32 distinct sentences of a few dozen tokens: enough work that concurrent requests overlap.
 fn heavy_input(seed: usize) -> Vec<String> {
     (0..32)
-        .map(|i| format!("Request {seed} sentence {i}: the committee reviewed the long report about rivers, bridges and trains."))
+        .map(|i| {
+            format!(
+                "Request {seed} sentence {i}: the committee reviewed the long report about rivers, bridges and trains."
+            )
+        })
         .collect()
 }
 

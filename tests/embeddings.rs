@@ -86,8 +86,10 @@ fn a_batch_equals_the_same_texts_sent_one_by_one() {
     // Concurrent single requests: the batcher packs them together with other lengths.
     let server = &server;
     let singles: Vec<Vec<f32>> = std::thread::scope(|s| {
-        let handles: Vec<_> =
-            texts.iter().map(|t| s.spawn(move || server.embed(json!({ "model": MINILM, "input": t })).vectors())).collect();
+        let handles: Vec<_> = texts
+            .iter()
+            .map(|t| s.spawn(move || server.embed(json!({ "model": MINILM, "input": t })).vectors()))
+            .collect();
         handles.into_iter().map(|h| h.join().unwrap().remove(0)).collect()
     });
     for (i, (b, s)) in batched.iter().zip(&singles).enumerate() {
@@ -144,9 +146,8 @@ fn client_mistakes_get_openai_shaped_errors() {
     assert!(server.embed(json!({ "input": FOOD })).expect_error(400).contains("model"));
 
     let client = common::client();
-    let malformed = common::Response::from(
-        client.post(server.url("/v1/embeddings")).body("{\"model\": ").send().unwrap(),
-    );
+    let malformed =
+        common::Response::from(client.post(server.url("/v1/embeddings")).body("{\"model\": ").send().unwrap());
     assert!(malformed.expect_error(400).contains("not valid JSON"));
     let huge = json!({ "model": MINILM, "input": "word ".repeat(8000) });
     let r = common::Response::from(client.post(server.url("/v1/embeddings")).json(&huge).send().unwrap());

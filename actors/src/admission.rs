@@ -53,13 +53,9 @@ impl Admission {
         let capacity = self.inner.capacity;
         self.inner
             .depth
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| {
-                (d < capacity).then_some(d + 1)
-            })
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| (d < capacity).then_some(d + 1))
             .map_err(|_| AdmissionError::QueueFull { capacity })?;
-        Ok(Permit {
-            inner: self.inner.clone(),
-        })
+        Ok(Permit { inner: self.inner.clone() })
     }
 
     /// Requests currently admitted (waiting or running).
@@ -99,10 +95,7 @@ mod tests {
         let queue = Admission::new(2);
         let a = queue.try_admit().unwrap();
         let _b = queue.try_admit().unwrap();
-        assert_eq!(
-            queue.try_admit().unwrap_err(),
-            AdmissionError::QueueFull { capacity: 2 }
-        );
+        assert_eq!(queue.try_admit().unwrap_err(), AdmissionError::QueueFull { capacity: 2 });
         assert_eq!(queue.depth(), 2);
         drop(a);
         assert_eq!(queue.depth(), 1);

@@ -91,19 +91,9 @@ pub struct Submit<I: Send + 'static, O: Send + 'static> {
 
 impl<I: Send + 'static, O: Send + 'static> Submit<I, O> {
     /// A job and the receiver of its answer.
-    pub fn new(
-        inputs: Vec<I>,
-        permit: Option<Permit>,
-    ) -> (Self, oneshot::Receiver<Result<JobOutput<O>, JobError>>) {
+    pub fn new(inputs: Vec<I>, permit: Option<Permit>) -> (Self, oneshot::Receiver<Result<JobOutput<O>, JobError>>) {
         let (reply, rx) = oneshot::channel();
-        (
-            Self {
-                inputs,
-                permit,
-                reply,
-            },
-            rx,
-        )
+        (Self { inputs, permit, reply }, rx)
     }
 }
 
@@ -137,11 +127,7 @@ pub struct Batcher<I: Send + 'static, O: Send + 'static> {
 
 impl<I: BatchItem + Send + Unpin + 'static, O: Send + Unpin + 'static> Batcher<I, O> {
     /// A batcher feeding `model`.
-    pub fn new(
-        config: BatcherConfig,
-        model: Recipient<RunBatch<I, O>>,
-        observer: Arc<dyn BatchObserver>,
-    ) -> Self {
+    pub fn new(config: BatcherConfig, model: Recipient<RunBatch<I, O>>, observer: Arc<dyn BatchObserver>) -> Self {
         Self {
             config,
             model,
@@ -171,8 +157,7 @@ impl<I: BatchItem + Send + Unpin + 'static, O: Send + Unpin + 'static> Batcher<I
         let timeout = self.config.queue_timeout;
         let mut dead = Vec::new();
         for (&id, job) in &self.jobs {
-            let waiting =
-                job.first_dispatch.is_none() && now.duration_since(job.enqueued) > timeout;
+            let waiting = job.first_dispatch.is_none() && now.duration_since(job.enqueued) > timeout;
             if job.reply.is_closed() || waiting {
                 dead.push(id);
             }
@@ -181,11 +166,7 @@ impl<I: BatchItem + Send + Unpin + 'static, O: Send + Unpin + 'static> Batcher<I
             return;
         }
         for id in &dead {
-            let waited = self
-                .jobs
-                .get(id)
-                .map(|j| now.duration_since(j.enqueued))
-                .unwrap_or_default();
+            let waited = self.jobs.get(id).map(|j| now.duration_since(j.enqueued)).unwrap_or_default();
             self.fail_job(*id, JobError::QueueTimeout { waited, timeout });
         }
         let jobs = &self.jobs;
@@ -253,9 +234,7 @@ impl<I: BatchItem + Send + Unpin + 'static, O: Send + Unpin + 'static> Batcher<I
                 act.in_flight -= 1;
                 let result = match result {
                     Ok(result) => result,
-                    Err(mailbox) => Err(RunBatchError::Unavailable(format!(
-                        "model actor is gone: {mailbox}"
-                    ))),
+                    Err(mailbox) => Err(RunBatchError::Unavailable(format!("model actor is gone: {mailbox}"))),
                 };
                 act.complete(routes, result);
                 if !act.pending.is_empty() {
@@ -276,19 +255,9 @@ impl<I: BatchItem + Send + Unpin + 'static, O: Send + Unpin + 'static> Batcher<I
                     job.remaining -= 1;
                     if job.remaining == 0 {
                         let job = self.jobs.remove(&id).expect("present");
-                        let queue_wait = job
-                            .first_dispatch
-                            .unwrap_or(job.enqueued)
-                            .duration_since(job.enqueued);
-                        let outputs = job
-                            .outputs
-                            .into_iter()
-                            .map(|o| o.expect("every output set"))
-                            .collect();
-                        let _ = job.reply.send(Ok(JobOutput {
-                            outputs,
-                            queue_wait,
-                        }));
+                        let queue_wait = job.first_dispatch.unwrap_or(job.enqueued).duration_since(job.enqueued);
+                        let outputs = job.outputs.into_iter().map(|o| o.expect("every output set")).collect();
+                        let _ = job.reply.send(Ok(JobOutput { outputs, queue_wait }));
                     }
                 }
             }
@@ -314,8 +283,7 @@ impl<I: BatchItem + Send + Unpin + 'static, O: Send + Unpin + 'static> Actor for
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        let tick = (self.config.queue_timeout / 4)
-            .clamp(Duration::from_millis(5), Duration::from_millis(100));
+        let tick = (self.config.queue_timeout / 4).clamp(Duration::from_millis(5), Duration::from_millis(100));
         ctx.run_interval(tick, |act, _| {
             if !act.jobs.is_empty() {
                 act.expire();
@@ -324,29 +292,19 @@ impl<I: BatchItem + Send + Unpin + 'static, O: Send + Unpin + 'static> Actor for
     }
 }
 
-impl<I: BatchItem + Send + Unpin + 'static, O: Send + Unpin + 'static> Handler<Submit<I, O>>
-    for Batcher<I, O>
-{
+impl<I: BatchItem + Send + Unpin + 'static, O: Send + Unpin + 'static> Handler<Submit<I, O>> for Batcher<I, O> {
     type Result = ();
 
     fn handle(&mut self, msg: Submit<I, O>, ctx: &mut Context<Self>) {
         if msg.inputs.is_empty() {
-            let _ = msg.reply.send(Ok(JobOutput {
-                outputs: Vec::new(),
-                queue_wait: Duration::ZERO,
-            }));
+            let _ = msg.reply.send(Ok(JobOutput { outputs: Vec::new(), queue_wait: Duration::ZERO }));
             return;
         }
         let id = self.next_job;
         self.next_job += 1;
         let count = msg.inputs.len();
         for (index, input) in msg.inputs.into_iter().enumerate() {
-            self.pending.push_back(Pending {
-                job: id,
-                index,
-                cost: input.cost(),
-                input,
-            });
+            self.pending.push_back(Pending { job: id, index, cost: input.cost(), input });
         }
         self.jobs.insert(
             id,

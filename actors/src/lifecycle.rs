@@ -55,10 +55,7 @@ impl ModelState {
     }
 
     fn from_u8(v: u8) -> Self {
-        Self::ALL
-            .get(v as usize)
-            .copied()
-            .unwrap_or(ModelState::Failed)
+        Self::ALL.get(v as usize).copied().unwrap_or(ModelState::Failed)
     }
 
     fn to_u8(self) -> u8 {
@@ -113,10 +110,7 @@ impl ModelStatus {
 
     /// The last load or engine error, if any.
     pub fn last_error(&self) -> Option<String> {
-        self.last_error
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub(crate) fn set_last_error(&self, error: Option<String>) {
@@ -125,10 +119,7 @@ impl ModelStatus {
 
     /// The result of the last warmup, if one ran.
     pub fn warmup(&self) -> Option<WarmupOutcome> {
-        self.warmup
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.warmup.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub(crate) fn set_warmup(&self, outcome: WarmupOutcome) {

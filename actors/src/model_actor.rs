@@ -7,13 +7,14 @@
 
 use actix::prelude::*;
 use serde::Serialize;
-use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 
 use crate::engine::{Engine, EngineError, EngineLoader};
-use crate::lifecycle::{EventBus, LifecycleEvent, ModelState, ModelStatus, Publish};
+use crate::lifecycle::{EventBus, ModelStatus};
+pub use crate::supervision::panic_message;
+use crate::supervision::Supervision;
 
 /// Supervision settings of one model actor.
 #[derive(Debug, Clone)]
@@ -28,11 +29,7 @@ pub struct ModelActorConfig {
 
 impl Default for ModelActorConfig {
     fn default() -> Self {
-        Self {
-            max_restarts: 5,
-            restart_backoff: Duration::from_millis(200),
-            mailbox_capacity: 64,
-        }
+        Self { max_restarts: 5, restart_backoff: Duration::from_millis(200), mailbox_capacity: 64 }
     }
 }
 
@@ -48,10 +45,7 @@ pub struct RunBatch<I: Send + 'static, O: Send + 'static> {
 impl<I: Send + 'static, O: Send + 'static> RunBatch<I, O> {
     /// A batch of inputs.
     pub fn new(inputs: Vec<I>) -> Self {
-        Self {
-            inputs,
-            _out: std::marker::PhantomData,
-        }
+        Self { inputs, _out: std::marker::PhantomData }
     }
 }
 
@@ -98,10 +92,7 @@ pub struct WarmupOutcome {
 pub struct ModelActor<L: EngineLoader> {
     loader: Arc<L>,
     engine: Option<L::Engine>,
-    status: Arc<ModelStatus>,
-    bus: Addr<EventBus>,
-    config: ModelActorConfig,
-    consecutive_failures: u32,
+    supervision: Supervision,
 }
 
 type InputOf<L> = <<L as EngineLoader>::Engine as Engine>::Input;
@@ -119,85 +110,8 @@ impl<L: EngineLoader> ModelActor<L> {
         Supervisor::start_in_arbiter(&arbiter.handle(), move |_| Self {
             loader,
             engine: None,
-            status,
-            bus,
-            config,
-            consecutive_failures: 0,
+            supervision: Supervision::new(status, bus, config),
         })
-    }
-
-    fn publish(
-        &self,
-        state: ModelState,
-        detail: Option<String>,
-        warmup: Option<Recipient<Warmup>>,
-    ) {
-        self.status.set_state(state);
-        if matches!(state, ModelState::Failed | ModelState::Restarting) {
-            self.status.set_last_error(detail.clone());
-        }
-        self.bus.do_send(Publish(LifecycleEvent {
-            model: self.status.model().clone(),
-            state,
-            detail,
-            restarts: self.status.restarts(),
-            at: SystemTime::now(),
-            warmup,
-        }));
-    }
-
-    /// Loads the engine, retrying with backoff, until it loads or the failure budget is spent.
-    fn load(&mut self, ctx: &mut Context<Self>) {
-        loop {
-            if self.consecutive_failures > 0 {
-                let shift = (self.consecutive_failures - 1).min(6);
-                std::thread::sleep(self.config.restart_backoff * (1u32 << shift));
-            }
-            self.publish(ModelState::Loading, None, None);
-            let started = Instant::now();
-            match catch_unwind(AssertUnwindSafe(|| self.loader.load())) {
-                Ok(Ok(engine)) => {
-                    self.engine = Some(engine);
-                    tracing::info!(model = %self.status.model(), ms = started.elapsed().as_millis() as u64, "model loaded");
-                    let warm = ctx.address().recipient();
-                    self.publish(ModelState::Loaded, None, Some(warm));
-                    return;
-                }
-                Ok(Err(err)) => {
-                    self.fault(format!("load failed: {err}"));
-                }
-                Err(panic) => {
-                    self.fault(format!("load panicked: {}", panic_message(&panic)));
-                }
-            }
-            if self.status.state() == ModelState::Failed {
-                return;
-            }
-        }
-    }
-
-    /// Counts a failure; returns whether the actor should restart (else it is marked failed).
-    fn fault(&mut self, reason: String) -> bool {
-        self.engine = None;
-        self.consecutive_failures += 1;
-        if self.consecutive_failures > self.config.max_restarts {
-            tracing::error!(model = %self.status.model(), %reason, "model failed for good");
-            self.publish(ModelState::Failed, Some(reason), None);
-            false
-        } else {
-            self.status.count_restart();
-            tracing::warn!(model = %self.status.model(), %reason, "model restarting");
-            self.publish(ModelState::Restarting, Some(reason), None);
-            true
-        }
-    }
-
-    fn unavailable(&self) -> RunBatchError {
-        RunBatchError::Unavailable(
-            self.status
-                .last_error()
-                .unwrap_or_else(|| "model is not loaded".into()),
-        )
     }
 }
 
@@ -205,8 +119,9 @@ impl<L: EngineLoader> Actor for ModelActor<L> {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        ctx.set_mailbox_capacity(self.config.mailbox_capacity);
-        self.load(ctx);
+        ctx.set_mailbox_capacity(self.supervision.mailbox_capacity());
+        let loader = self.loader.clone();
+        self.engine = self.supervision.load(|| loader.load(), ctx.address().recipient());
     }
 }
 
@@ -219,29 +134,22 @@ impl<L: EngineLoader> Supervised for ModelActor<L> {
 impl<L: EngineLoader> Handler<RunBatch<InputOf<L>, OutputOf<L>>> for ModelActor<L> {
     type Result = Result<Vec<OutputOf<L>>, RunBatchError>;
 
-    fn handle(
-        &mut self,
-        msg: RunBatch<InputOf<L>, OutputOf<L>>,
-        ctx: &mut Context<Self>,
-    ) -> Self::Result {
-        if self.engine.is_none() {
-            return Err(self.unavailable());
-        }
-        let engine = self.engine.as_mut().expect("checked above");
+    fn handle(&mut self, msg: RunBatch<InputOf<L>, OutputOf<L>>, ctx: &mut Context<Self>) -> Self::Result {
+        let Some(engine) = self.engine.as_mut() else {
+            return Err(RunBatchError::Unavailable(self.supervision.unavailable()));
+        };
         let expected = msg.inputs.len();
         let reason = match catch_unwind(AssertUnwindSafe(|| engine.infer(msg.inputs))) {
             Ok(Ok(outputs)) if outputs.len() == expected => {
-                self.consecutive_failures = 0;
+                self.supervision.succeeded();
                 return Ok(outputs);
             }
-            Ok(Ok(outputs)) => format!(
-                "engine returned {} outputs for {expected} inputs",
-                outputs.len()
-            ),
+            Ok(Ok(outputs)) => format!("engine returned {} outputs for {expected} inputs", outputs.len()),
             Ok(Err(EngineError(err))) => format!("engine error: {err}"),
             Err(panic) => format!("engine panicked: {}", panic_message(&panic)),
         };
-        if self.fault(reason.clone()) {
+        self.engine = None;
+        if self.supervision.fault(reason.clone()) {
             ctx.stop();
         }
         Err(RunBatchError::EngineFailed(reason))
@@ -252,65 +160,14 @@ impl<L: EngineLoader> Handler<Warmup> for ModelActor<L> {
     type Result = MessageResult<Warmup>;
 
     fn handle(&mut self, msg: Warmup, ctx: &mut Context<Self>) -> Self::Result {
-        let started = Instant::now();
-        let mut outcome = WarmupOutcome {
-            ok: true,
-            skipped: msg.steps == 0,
-            steps: msg.steps,
-            batch_size: msg.batch_size,
-            duration_ms: 0.0,
-            error: None,
-        };
-        if self.engine.is_none() {
-            outcome.ok = false;
-            outcome.error = Some("model is not loaded".into());
-            return MessageResult(outcome);
-        }
-        if let (true, Some(engine)) = (msg.steps > 0, self.engine.as_mut()) {
-            self.status.set_state(ModelState::Warming);
-            self.bus.do_send(Publish(LifecycleEvent {
-                model: self.status.model().clone(),
-                state: ModelState::Warming,
-                detail: None,
-                restarts: self.status.restarts(),
-                at: SystemTime::now(),
-                warmup: None,
-            }));
-            match catch_unwind(AssertUnwindSafe(|| {
-                engine.warmup(msg.steps, msg.batch_size.max(1))
-            })) {
-                Ok(Ok(())) => {}
-                Ok(Err(err)) => {
-                    outcome.ok = false;
-                    outcome.error = Some(err.0);
-                }
-                Err(panic) => {
-                    let reason = format!("warmup panicked: {}", panic_message(&panic));
-                    outcome.ok = false;
-                    outcome.error = Some(reason.clone());
-                    outcome.duration_ms = started.elapsed().as_secs_f64() * 1e3;
-                    self.status.set_warmup(outcome.clone());
-                    if self.fault(reason) {
-                        ctx.stop();
-                    }
-                    return MessageResult(outcome);
-                }
+        let (outcome, restart) =
+            self.supervision.warmup(self.engine.as_mut(), &msg, |e, steps, size| e.warmup(steps, size));
+        if let Some(restart) = restart {
+            self.engine = None;
+            if restart {
+                ctx.stop();
             }
         }
-        outcome.duration_ms = started.elapsed().as_secs_f64() * 1e3;
-        self.status.set_warmup(outcome.clone());
-        self.publish(ModelState::Ready, None, None);
         MessageResult(outcome)
-    }
-}
-
-/// The text of a panic payload.
-pub fn panic_message(panic: &Box<dyn Any + Send>) -> String {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "unknown panic".to_string()
     }
 }

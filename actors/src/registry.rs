@@ -12,9 +12,7 @@ pub struct Registry<T> {
 
 impl<T> Default for Registry<T> {
     fn default() -> Self {
-        Self {
-            models: DashMap::new(),
-        }
+        Self { models: DashMap::new() }
     }
 }
 
@@ -41,11 +39,7 @@ impl<T> Registry<T> {
 
     /// Every served model, sorted by id so listings are stable.
     pub fn all(&self) -> Vec<(String, Arc<T>)> {
-        let mut all: Vec<_> = self
-            .models
-            .iter()
-            .map(|e| (e.key().clone(), e.value().clone()))
-            .collect();
+        let mut all: Vec<_> = self.models.iter().map(|e| (e.key().clone(), e.value().clone())).collect();
         all.sort_by(|a, b| a.0.cmp(&b.0));
         all
     }

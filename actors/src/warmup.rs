@@ -56,10 +56,7 @@ impl Handler<LifecycleEvent> for WarmupActor {
         let (ModelState::Loaded, Some(target)) = (event.state, event.warmup) else {
             return;
         };
-        let request = Warmup {
-            steps: self.policy.steps_for(&event.model),
-            batch_size: self.policy.batch_size,
-        };
+        let request = Warmup { steps: self.policy.steps_for(&event.model), batch_size: self.policy.batch_size };
         let model = event.model.clone();
         ctx.spawn(target.send(request).into_actor(self).map(move |result, _, _| match result {
             Ok(outcome) if outcome.ok => {

@@ -17,10 +17,9 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use futures_util::future::join_all;
 use sis_actors::{
-    Admission, AdmissionError, BatchItem, BatchObserver, Batcher, BatcherConfig, Engine,
-    EngineError, EngineLoader, EventBus, JobError, JobOutput, LifecycleEvent, ModelActor,
-    ModelActorConfig, ModelState, ModelStatus, Permit, RunBatch, Submit, Subscribe, WarmupActor,
-    WarmupPolicy,
+    Admission, AdmissionError, BatchItem, BatchObserver, Batcher, BatcherConfig, Engine, EngineError, EngineLoader,
+    EventBus, JobError, JobOutput, LifecycleEvent, ModelActor, ModelActorConfig, ModelState, ModelStatus, Permit,
+    RunBatch, Submit, Subscribe, WarmupActor, WarmupPolicy,
 };
 use tokio::sync::oneshot;
 
@@ -136,14 +135,9 @@ impl EngineLoader for FakeLoader {
     fn load(&self) -> Result<FakeEngine, EngineError> {
         let attempt = self.probe.loads.fetch_add(1, Ordering::SeqCst);
         if attempt < self.failing_loads {
-            return Err(EngineError::new(format!(
-                "weights missing (attempt {})",
-                attempt + 1
-            )));
+            return Err(EngineError::new(format!("weights missing (attempt {})", attempt + 1)));
         }
-        Ok(FakeEngine {
-            probe: self.probe.clone(),
-        })
+        Ok(FakeEngine { probe: self.probe.clone() })
     }
 }
 
@@ -172,11 +166,7 @@ impl Handler<LifecycleEvent> for Recorder {
     type Result = ();
 
     fn handle(&mut self, event: LifecycleEvent, _: &mut Context<Self>) {
-        self.seen.lock().unwrap().push(Seen {
-            state: event.state,
-            restarts: event.restarts,
-            detail: event.detail,
-        });
+        self.seen.lock().unwrap().push(Seen { state: event.state, restarts: event.restarts, detail: event.detail });
     }
 }
 
@@ -240,10 +230,7 @@ impl Setup {
         let bus = EventBus::default().start();
         // Subscribe before the model starts, so that no event is missed.
         let events = Arc::new(Mutex::new(Vec::new()));
-        let recorder = Recorder {
-            seen: events.clone(),
-        }
-        .start();
+        let recorder = Recorder { seen: events.clone() }.start();
         bus.send(Subscribe(recorder.recipient())).await.unwrap();
         if let Some(policy) = self.warmup {
             let warmer = WarmupActor::new(policy).start();
@@ -251,22 +238,13 @@ impl Setup {
         }
 
         let probe = Arc::new(Probe::default());
-        let loader = Arc::new(FakeLoader {
-            probe: probe.clone(),
-            failing_loads: self.failing_loads,
-        });
+        let loader = Arc::new(FakeLoader { probe: probe.clone(), failing_loads: self.failing_loads });
         let status = ModelStatus::new(self.name);
         let model = ModelActor::start(loader, status.clone(), bus, self.model);
 
         let dispatches = Arc::new(Dispatches::default());
         let batcher = Batcher::new(self.batcher, model.recipient(), dispatches.clone()).start();
-        Harness {
-            batcher,
-            status,
-            probe,
-            events,
-            dispatches,
-        }
+        Harness { batcher, status, probe, events, dispatches }
     }
 }
 
@@ -290,12 +268,7 @@ impl Harness {
     }
 
     fn states(&self) -> Vec<ModelState> {
-        self.events
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|seen| seen.state)
-            .collect()
+        self.events.lock().unwrap().iter().map(|seen| seen.state).collect()
     }
 
     fn events(&self) -> Vec<Seen> {
@@ -304,10 +277,7 @@ impl Harness {
 
     async fn wait_for_state(&self, state: ModelState) {
         let status = self.status.clone();
-        wait_until(&format!("model is {state:?}"), move || {
-            status.state() == state
-        })
-        .await;
+        wait_until(&format!("model is {state:?}"), move || status.state() == state).await;
     }
 
     /// Waits until the engine has started a batch holding `value`.
@@ -375,50 +345,29 @@ async fn concurrent_jobs_get_their_own_outputs_within_budgets() {
     .await;
 
     // Job j has (j % 5) + 1 inputs; all values are unique and their costs vary from 1 to 10.
-    let jobs: Vec<Vec<u32>> = (0..60u32)
-        .map(|j| {
-            (0..=j % 5)
-                .map(|k| 100 * j + 10 * k + (j + k) % 10)
-                .collect()
-        })
-        .collect();
+    let jobs: Vec<Vec<u32>> =
+        (0..60u32).map(|j| (0..=j % 5).map(|k| 100 * j + 10 * k + (j + k) % 10).collect()).collect();
     // Submit everything before the batcher gets to run, then wait for all answers together.
     let replies: Vec<Reply> = jobs.iter().map(|inputs| model.submit(inputs)).collect();
     let answers = join_all(replies.into_iter().map(outputs)).await;
 
     for (inputs, outputs) in jobs.iter().zip(&answers) {
-        assert_eq!(
-            outputs,
-            &doubled(inputs),
-            "job {inputs:?} got someone else's outputs"
-        );
+        assert_eq!(outputs, &doubled(inputs), "job {inputs:?} got someone else's outputs");
     }
 
     let batches = model.probe.batches();
     for batch in &batches {
         let cost: usize = batch.iter().map(|&v| cost_of(v)).sum();
-        assert!(
-            batch.len() <= max_items,
-            "batch of {} items: {batch:?}",
-            batch.len()
-        );
+        assert!(batch.len() <= max_items, "batch of {} items: {batch:?}", batch.len());
         assert!(cost <= max_tokens, "batch costing {cost} tokens: {batch:?}");
     }
     // Every input reached the engine exactly once.
     assert_eq!(sorted(model.probe.inputs()), sorted(jobs.concat()));
     // Under this load the batcher really batched.
-    assert!(
-        batches.len() < jobs.concat().len(),
-        "{} batches for {} inputs",
-        batches.len(),
-        jobs.concat().len()
-    );
+    assert!(batches.len() < jobs.concat().len(), "{} batches for {} inputs", batches.len(), jobs.concat().len());
     // The observer saw the same batches the engine ran.
     let observed = model.dispatches.0.lock().unwrap().clone();
-    let ran: Vec<(usize, usize)> = batches
-        .iter()
-        .map(|b| (b.len(), b.iter().map(|&v| cost_of(v)).sum()))
-        .collect();
+    let ran: Vec<(usize, usize)> = batches.iter().map(|b| (b.len(), b.iter().map(|&v| cost_of(v)).sum())).collect();
     assert_eq!(observed, ran);
 }
 
@@ -427,16 +376,10 @@ async fn concurrent_jobs_get_their_own_outputs_within_budgets() {
 #[actix_rt::test]
 async fn window_gathers_small_jobs_into_one_batch() {
     let window = Duration::from_millis(200);
-    let model = Setup {
-        batcher: BatcherConfig {
-            window,
-            max_items: 16,
-            ..Setup::default().batcher
-        },
-        ..Setup::default()
-    }
-    .start()
-    .await;
+    let model =
+        Setup { batcher: BatcherConfig { window, max_items: 16, ..Setup::default().batcher }, ..Setup::default() }
+            .start()
+            .await;
     model.wait_for_state(ModelState::Loaded).await;
 
     let jobs = [vec![11], vec![12, 13], vec![14], vec![15]];
@@ -445,19 +388,10 @@ async fn window_gathers_small_jobs_into_one_batch() {
         let output = answer(reply).await.expect("job succeeds");
         assert_eq!(output.outputs, doubled(inputs));
         // Each job waited for the window (loosely: timers never fire early, but keep slack).
-        assert!(
-            output.queue_wait >= window / 2,
-            "queue_wait {:?}",
-            output.queue_wait
-        );
+        assert!(output.queue_wait >= window / 2, "queue_wait {:?}", output.queue_wait);
     }
 
-    assert_eq!(
-        model.probe.batches().len(),
-        1,
-        "batches: {:?}",
-        model.probe.batches()
-    );
+    assert_eq!(model.probe.batches().len(), 1, "batches: {:?}", model.probe.batches());
     assert_eq!(sorted(model.probe.inputs()), vec![11, 12, 13, 14, 15]);
 }
 
@@ -466,11 +400,7 @@ async fn window_gathers_small_jobs_into_one_batch() {
 #[actix_rt::test]
 async fn batches_group_similar_costs_and_oversized_inputs_run_alone() {
     let model = Setup {
-        batcher: BatcherConfig {
-            max_items: 2,
-            max_tokens: 9,
-            ..Setup::default().batcher
-        },
+        batcher: BatcherConfig { max_items: 2, max_tokens: 9, ..Setup::default().batcher },
         ..Setup::default()
     }
     .start()
@@ -495,11 +425,7 @@ async fn batches_group_similar_costs_and_oversized_inputs_run_alone() {
 #[actix_rt::test]
 async fn a_panicking_engine_is_restarted_and_serves_the_queue() {
     let model = Setup {
-        batcher: BatcherConfig {
-            max_items: 4,
-            max_in_flight: 3,
-            ..Setup::default().batcher
-        },
+        batcher: BatcherConfig { max_items: 4, max_in_flight: 3, ..Setup::default().batcher },
         ..Setup::default()
     }
     .start()
@@ -527,22 +453,11 @@ async fn a_panicking_engine_is_restarted_and_serves_the_queue() {
 
     // What the engine ran: the two pending jobs left the batcher together, after the restart.
     let batches: Vec<Vec<u32>> = model.probe.batches().into_iter().map(sorted).collect();
-    assert_eq!(
-        batches,
-        vec![vec![slow(1500)], vec![5, PANIC], vec![6, 7], vec![8, 9, 10]]
-    );
-    assert_eq!(
-        model.probe.loads(),
-        2,
-        "engine loaded once more after the panic"
-    );
+    assert_eq!(batches, vec![vec![slow(1500)], vec![5, PANIC], vec![6, 7], vec![8, 9, 10]]);
+    assert_eq!(model.probe.loads(), 2, "engine loaded once more after the panic");
     assert_eq!(model.status.restarts(), 1);
     assert_eq!(model.status.state(), ModelState::Loaded);
-    assert!(model
-        .status
-        .last_error()
-        .unwrap()
-        .contains("engine panicked"));
+    assert!(model.status.last_error().unwrap().contains("engine panicked"));
 
     // Subscribers saw the restart: Restarting, then Loading and Loaded again.
     wait_until("five lifecycle events", || model.states().len() >= 5).await;
@@ -582,24 +497,14 @@ async fn an_engine_error_fails_the_job_and_restarts_the_engine() {
 /// the queue are unaffected.
 #[actix_rt::test]
 async fn a_failed_batch_fails_the_whole_split_job() {
-    let model = Setup {
-        batcher: BatcherConfig {
-            max_items: 2,
-            ..Setup::default().batcher
-        },
-        ..Setup::default()
-    }
-    .start()
-    .await;
+    let model =
+        Setup { batcher: BatcherConfig { max_items: 2, ..Setup::default().batcher }, ..Setup::default() }.start().await;
     model.wait_for_state(ModelState::Loaded).await;
 
     // Costs 1, 2, 9, 10: the first batch is [0, PANIC], then 8 and 9 would follow.
     let split = model.submit(&[0, PANIC, 8, 9]);
     let other = model.submit(&[5]);
-    assert!(matches!(
-        answer(split).await,
-        Err(JobError::EngineFailed(_))
-    ));
+    assert!(matches!(answer(split).await, Err(JobError::EngineFailed(_))));
     assert_eq!(outputs(other).await, vec![10]);
 
     let batches: Vec<Vec<u32>> = model.probe.batches().into_iter().map(sorted).collect();
@@ -610,28 +515,16 @@ async fn a_failed_batch_fails_the_whole_split_job() {
 /// with `Unavailable` without reaching the engine.
 #[actix_rt::test]
 async fn repeated_engine_failures_exhaust_the_restart_budget() {
-    let model = Setup {
-        model: ModelActorConfig {
-            max_restarts: 1,
-            ..Setup::default().model
-        },
-        ..Setup::default()
-    }
-    .start()
-    .await;
+    let model = Setup { model: ModelActorConfig { max_restarts: 1, ..Setup::default().model }, ..Setup::default() }
+        .start()
+        .await;
     model.wait_for_state(ModelState::Loaded).await;
 
     for _ in 0..2 {
-        assert!(matches!(
-            answer(model.submit(&[PANIC])).await,
-            Err(JobError::EngineFailed(_))
-        ));
+        assert!(matches!(answer(model.submit(&[PANIC])).await, Err(JobError::EngineFailed(_))));
     }
     model.wait_for_state(ModelState::Failed).await;
-    assert!(matches!(
-        answer(model.submit(&[21])).await,
-        Err(JobError::Unavailable(_))
-    ));
+    assert!(matches!(answer(model.submit(&[21])).await, Err(JobError::Unavailable(_))));
     assert!(!model.probe.saw(21));
     assert_eq!(model.status.restarts(), 1);
 }
@@ -646,10 +539,7 @@ async fn repeated_engine_failures_exhaust_the_restart_budget() {
 async fn a_loader_that_always_fails_ends_in_failed() {
     let model = Setup {
         failing_loads: usize::MAX,
-        model: ModelActorConfig {
-            max_restarts: 2,
-            ..Setup::default().model
-        },
+        model: ModelActorConfig { max_restarts: 2, ..Setup::default().model },
         ..Setup::default()
     }
     .start()
@@ -658,11 +548,7 @@ async fn a_loader_that_always_fails_ends_in_failed() {
     model.wait_for_state(ModelState::Failed).await;
     assert_eq!(model.probe.loads(), 3, "max_restarts + 1 attempts");
     assert_eq!(model.status.restarts(), 2);
-    assert!(model
-        .status
-        .last_error()
-        .unwrap()
-        .contains("weights missing (attempt 3)"));
+    assert!(model.status.last_error().unwrap().contains("weights missing (attempt 3)"));
 
     match answer(model.submit(&[1, 2])).await {
         Err(JobError::Unavailable(reason)) => {
@@ -674,21 +560,13 @@ async fn a_loader_that_always_fails_ends_in_failed() {
 
     wait_until("six lifecycle events", || model.states().len() >= 6).await;
     use ModelState::*;
-    assert_eq!(
-        model.states(),
-        vec![Loading, Restarting, Loading, Restarting, Loading, Failed]
-    );
+    assert_eq!(model.states(), vec![Loading, Restarting, Loading, Restarting, Loading, Failed]);
 }
 
 /// A loader that fails once is retried; the model then loads and serves.
 #[actix_rt::test]
 async fn a_flaky_loader_is_retried_until_it_loads() {
-    let model = Setup {
-        failing_loads: 1,
-        ..Setup::default()
-    }
-    .start()
-    .await;
+    let model = Setup { failing_loads: 1, ..Setup::default() }.start().await;
 
     model.wait_for_state(ModelState::Loaded).await;
     assert_eq!(model.probe.loads(), 2);
@@ -707,11 +585,7 @@ async fn a_flaky_loader_is_retried_until_it_loads() {
 async fn jobs_waiting_longer_than_the_queue_timeout_are_refused() {
     let timeout = Duration::from_millis(100);
     let model = Setup {
-        batcher: BatcherConfig {
-            max_in_flight: 1,
-            queue_timeout: timeout,
-            ..Setup::default().batcher
-        },
+        batcher: BatcherConfig { max_in_flight: 1, queue_timeout: timeout, ..Setup::default().batcher },
         ..Setup::default()
     }
     .start()
@@ -721,16 +595,12 @@ async fn jobs_waiting_longer_than_the_queue_timeout_are_refused() {
 
     let busy = model.submit_with(&[slow(1500)], Some(admission.try_admit().unwrap()));
     model.wait_until_engine_runs(slow(1500)).await;
-    let late: Vec<Reply> = (31..36)
-        .map(|v| model.submit_with(&[v, v + 10], Some(admission.try_admit().unwrap())))
-        .collect();
+    let late: Vec<Reply> =
+        (31..36).map(|v| model.submit_with(&[v, v + 10], Some(admission.try_admit().unwrap()))).collect();
 
     for reply in late {
         match answer(reply).await {
-            Err(JobError::QueueTimeout {
-                waited,
-                timeout: limit,
-            }) => {
+            Err(JobError::QueueTimeout { waited, timeout: limit }) => {
                 assert_eq!(limit, timeout);
                 assert!(waited > timeout, "waited {waited:?}");
             }
@@ -738,10 +608,7 @@ async fn jobs_waiting_longer_than_the_queue_timeout_are_refused() {
         }
     }
     assert_eq!(outputs(busy).await, doubled(&[slow(1500)]));
-    assert!(
-        (31..46).all(|v| !model.probe.saw(v)),
-        "a refused job reached the engine"
-    );
+    assert!((31..46).all(|v| !model.probe.saw(v)), "a refused job reached the engine");
     assert_eq!(admission.depth(), 0, "refused jobs gave their permits back");
 
     // The model is idle again: a new job is served.
@@ -763,20 +630,8 @@ async fn warmup_makes_models_ready_and_honours_the_skiplist() {
         allowlist: Vec::new(),
         skiplist: vec!["cold".to_string()],
     };
-    let warm = Setup {
-        name: "warm",
-        warmup: Some(policy.clone()),
-        ..Setup::default()
-    }
-    .start()
-    .await;
-    let cold = Setup {
-        name: "cold",
-        warmup: Some(policy),
-        ..Setup::default()
-    }
-    .start()
-    .await;
+    let warm = Setup { name: "warm", warmup: Some(policy.clone()), ..Setup::default() }.start().await;
+    let cold = Setup { name: "cold", warmup: Some(policy), ..Setup::default() }.start().await;
 
     warm.wait_for_state(ModelState::Ready).await;
     let outcome = warm.status.warmup().expect("warmup outcome recorded");
@@ -803,24 +658,11 @@ async fn warmup_makes_models_ready_and_honours_the_skiplist() {
 /// After a restart the reloaded engine is warmed again before the model is `Ready` again.
 #[actix_rt::test]
 async fn warmup_runs_again_after_a_restart() {
-    let policy = WarmupPolicy {
-        enabled: true,
-        steps: 1,
-        batch_size: 2,
-        ..WarmupPolicy::default()
-    };
-    let model = Setup {
-        warmup: Some(policy),
-        ..Setup::default()
-    }
-    .start()
-    .await;
+    let policy = WarmupPolicy { enabled: true, steps: 1, batch_size: 2, ..WarmupPolicy::default() };
+    let model = Setup { warmup: Some(policy), ..Setup::default() }.start().await;
     model.wait_for_state(ModelState::Ready).await;
 
-    assert!(matches!(
-        answer(model.submit(&[PANIC])).await,
-        Err(JobError::EngineFailed(_))
-    ));
+    assert!(matches!(answer(model.submit(&[PANIC])).await, Err(JobError::EngineFailed(_))));
     wait_until("a second warmup", || model.probe.warmups().len() == 2).await;
     model.wait_for_state(ModelState::Ready).await;
     assert_eq!(model.status.restarts(), 1);
@@ -835,37 +677,22 @@ async fn warmup_runs_again_after_a_restart() {
 /// failure or an empty job. Afterwards the queue is empty and admits again.
 #[actix_rt::test]
 async fn permits_are_released_when_jobs_are_answered() {
-    let model = Setup {
-        batcher: BatcherConfig {
-            max_in_flight: 2,
-            ..Setup::default().batcher
-        },
-        ..Setup::default()
-    }
-    .start()
-    .await;
+    let model = Setup { batcher: BatcherConfig { max_in_flight: 2, ..Setup::default().batcher }, ..Setup::default() }
+        .start()
+        .await;
     model.wait_for_state(ModelState::Loaded).await;
     let admission = Admission::new(5);
 
     let admit = || admission.try_admit().expect("queue has room");
     let busy = model.submit_with(&[slow(500)], Some(admit()));
     let failing = model.submit_with(&[PANIC], Some(admit()));
-    let fine: Vec<Reply> = [[1, 2], [3, 4], [5, 6]]
-        .iter()
-        .map(|i| model.submit_with(i, Some(admit())))
-        .collect();
+    let fine: Vec<Reply> = [[1, 2], [3, 4], [5, 6]].iter().map(|i| model.submit_with(i, Some(admit()))).collect();
     // Five jobs are admitted and none is answered yet: the queue is full.
     assert_eq!(admission.depth(), 5);
-    assert_eq!(
-        admission.try_admit().unwrap_err(),
-        AdmissionError::QueueFull { capacity: 5 }
-    );
+    assert_eq!(admission.try_admit().unwrap_err(), AdmissionError::QueueFull { capacity: 5 });
 
     assert!(answer(busy).await.is_ok());
-    assert!(matches!(
-        answer(failing).await,
-        Err(JobError::EngineFailed(_))
-    ));
+    assert!(matches!(answer(failing).await, Err(JobError::EngineFailed(_))));
     for reply in fine {
         assert!(answer(reply).await.is_ok());
     }
@@ -897,17 +724,11 @@ async fn a_cancelled_job_never_reaches_the_engine() {
     assert!(answer(busy).await.is_ok());
     assert_eq!(outputs(kept).await, vec![154]);
     assert!(!model.probe.saw(4242), "cancelled input reached the engine");
-    wait_until("the cancelled job's permit is released", || {
-        admission.depth() == 0
-    })
-    .await;
+    wait_until("the cancelled job's permit is released", || admission.depth() == 0).await;
 
     // Waiting for the batching window.
     let model = Setup {
-        batcher: BatcherConfig {
-            window: Duration::from_millis(300),
-            ..Setup::default().batcher
-        },
+        batcher: BatcherConfig { window: Duration::from_millis(300), ..Setup::default().batcher },
         ..Setup::default()
     }
     .start()
@@ -926,18 +747,8 @@ async fn a_cancelled_job_never_reaches_the_engine() {
 /// Several models side by side keep their batches apart.
 #[actix_rt::test]
 async fn models_do_not_share_batches() {
-    let a = Setup {
-        name: "a",
-        ..Setup::default()
-    }
-    .start()
-    .await;
-    let b = Setup {
-        name: "b",
-        ..Setup::default()
-    }
-    .start()
-    .await;
+    let a = Setup { name: "a", ..Setup::default() }.start().await;
+    let b = Setup { name: "b", ..Setup::default() }.start().await;
     let (from_a, from_b) = (a.submit(&[1, 2]), b.submit(&[3]));
     assert_eq!(outputs(from_a).await, vec![2, 4]);
     assert_eq!(outputs(from_b).await, vec![6]);
@@ -952,14 +763,8 @@ async fn run_batch_can_be_sent_directly() {
     let probe = Arc::new(Probe::default());
     let bus = EventBus::default().start();
     let status = ModelStatus::new("direct");
-    let loader = Arc::new(FakeLoader {
-        probe: probe.clone(),
-        failing_loads: 0,
-    });
+    let loader = Arc::new(FakeLoader { probe: probe.clone(), failing_loads: 0 });
     let model = ModelActor::start(loader, status, bus, ModelActorConfig::default());
-    let result = model
-        .send(RunBatch::<Item, u64>::new(vec![Item(5), Item(6)]))
-        .await
-        .unwrap();
+    let result = model.send(RunBatch::<Item, u64>::new(vec![Item(5), Item(6)])).await.unwrap();
     assert_eq!(result.unwrap(), vec![10, 12]);
 }

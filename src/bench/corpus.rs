@@ -70,16 +70,7 @@ const TAILS: &[&str] = &[
     "next to the busy main street",
     "on the first warm morning of spring",
 ];
-const FILLERS: &[&str] = &[
-    "and then",
-    "so",
-    "but later",
-    "and after that",
-    "although",
-    "while",
-    "because",
-    "until",
-];
+const FILLERS: &[&str] = &["and then", "so", "but later", "and after that", "although", "while", "because", "until"];
 
 /// `n` sentences of roughly 8–40 words, deterministic for a seed.
 pub fn sentences(n: usize, seed: u64) -> Vec<String> {

@@ -39,41 +39,38 @@ pub struct EmbeddingsBench {
 /// Runs the benchmark and prints its report.
 pub async fn run(args: EmbeddingsBench) -> anyhow::Result<()> {
     let texts = corpus::sentences(args.requests * args.batch, args.seed);
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.concurrency)
-        .build()?;
+    let client = reqwest::Client::builder().pool_max_idle_per_host(args.concurrency).build()?;
     let endpoint = format!("{}/v1/embeddings", args.url.trim_end_matches('/'));
     let bar = indicatif::ProgressBar::new(args.requests as u64);
     if args.json {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     let started = Instant::now();
-    let outcomes: Vec<(String, Duration, usize)> =
-        futures_util::stream::iter(texts.chunks(args.batch.max(1)))
-            .map(|chunk| {
-                let body = serde_json::json!({
-                    "model": args.model,
-                    "input": chunk,
-                    "encoding_format": args.encoding_format,
-                });
-                let (client, endpoint, bar) = (&client, &endpoint, &bar);
-                async move {
-                    let t = Instant::now();
-                    let status = match client.post(endpoint).json(&body).send().await {
-                        Ok(r) => {
-                            let status = r.status().as_u16().to_string();
-                            let _ = r.bytes().await;
-                            status
-                        }
-                        Err(_) => "error".to_string(),
-                    };
-                    bar.inc(1);
-                    (status, t.elapsed(), chunk.len())
-                }
-            })
-            .buffer_unordered(args.concurrency.max(1))
-            .collect()
-            .await;
+    let outcomes: Vec<(String, Duration, usize)> = futures_util::stream::iter(texts.chunks(args.batch.max(1)))
+        .map(|chunk| {
+            let body = serde_json::json!({
+                "model": args.model,
+                "input": chunk,
+                "encoding_format": args.encoding_format,
+            });
+            let (client, endpoint, bar) = (&client, &endpoint, &bar);
+            async move {
+                let t = Instant::now();
+                let status = match client.post(endpoint).json(&body).send().await {
+                    Ok(r) => {
+                        let status = r.status().as_u16().to_string();
+                        let _ = r.bytes().await;
+                        status
+                    }
+                    Err(_) => "error".to_string(),
+                };
+                bar.inc(1);
+                (status, t.elapsed(), chunk.len())
+            }
+        })
+        .buffer_unordered(args.concurrency.max(1))
+        .collect()
+        .await;
     let wall = started.elapsed();
     bar.finish_and_clear();
     let report = Report::new("embeddings", "texts", args.concurrency, wall, &outcomes);

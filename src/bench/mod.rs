@@ -16,10 +16,7 @@ pub enum BenchCommand {
 
 /// Runs a benchmark on its own tokio runtime.
 pub fn run(command: BenchCommand) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     match command {
         BenchCommand::Embeddings(args) => runtime.block_on(embeddings::run(args)),
     }

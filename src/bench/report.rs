@@ -77,23 +77,14 @@ impl Report {
 
     /// Human-readable lines.
     pub fn print(&self) {
-        println!(
-            "{}: {} requests at concurrency {}",
-            self.bench, self.requests, self.concurrency
-        );
-        println!(
-            "  completed      {} in {:.2} s",
-            self.completed, self.wall_seconds
-        );
+        println!("{}: {} requests at concurrency {}", self.bench, self.requests, self.concurrency);
+        println!("  completed      {} in {:.2} s", self.completed, self.wall_seconds);
         println!(
             "  throughput     {:.1} req/s, {:.1} {}/s",
             self.requests_per_second, self.units_per_second, self.unit
         );
         let l = &self.latency_ms;
-        println!(
-            "  latency (ms)   p50 {} | p95 {} | p99 {} | max {}",
-            l["p50"], l["p95"], l["p99"], l["max"]
-        );
+        println!("  latency (ms)   p50 {} | p95 {} | p99 {} | max {}", l["p50"], l["p95"], l["p99"], l["max"]);
         println!("  statuses       {:?}", self.statuses);
     }
 }

@@ -27,6 +27,8 @@ use super::ConfigError;
 pub enum ModelKind {
     /// Text embeddings (`/v1/embeddings`).
     Embedding,
+    /// Chat completions (`/v1/chat/completions`).
+    Chat,
 }
 
 impl ModelKind {
@@ -34,6 +36,7 @@ impl ModelKind {
     pub fn capability(self) -> &'static str {
         match self {
             ModelKind::Embedding => "embeddings",
+            ModelKind::Chat => "chat",
         }
     }
 }
@@ -85,6 +88,9 @@ pub struct ModelEntry {
     /// Hub revision (branch, tag or commit).
     #[serde(default = "default_revision")]
     pub revision: String,
+    /// The weights file inside the folder, for single-file formats (`model.Q4_1.gguf`).
+    #[serde(default)]
+    pub file: Option<String>,
     /// A local folder with the model files; wins over `repo`.
     #[serde(default)]
     pub path: Option<PathBuf>,
@@ -121,6 +127,15 @@ pub struct ModelEntry {
     /// Per-model cache entries (0 disables).
     #[serde(default)]
     pub cache_size: Option<usize>,
+    /// Chat default temperature.
+    #[serde(default)]
+    pub temperature: Option<f32>,
+    /// Chat default top_p.
+    #[serde(default)]
+    pub top_p: Option<f32>,
+    /// Chat default max_tokens.
+    #[serde(default)]
+    pub max_tokens: Option<usize>,
     /// Test hook: a text containing this marker makes the engine panic once
     /// (only honoured by builds with the `fault-injection` feature).
     #[serde(default)]
@@ -161,16 +176,10 @@ impl Roster {
         let mut seen = std::collections::HashSet::new();
         for entry in &roster.models {
             if !seen.insert(entry.id.as_str()) {
-                return Err(ConfigError::new(format!(
-                    "model id {:?} appears twice",
-                    entry.id
-                )));
+                return Err(ConfigError::new(format!("model id {:?} appears twice", entry.id)));
             }
             if entry.repo.is_none() && entry.path.is_none() {
-                return Err(ConfigError::new(format!(
-                    "model {:?} needs `repo` or `path`",
-                    entry.id
-                )));
+                return Err(ConfigError::new(format!("model {:?} needs `repo` or `path`", entry.id)));
             }
             if entry.fault_panic_marker.is_some() && !cfg!(feature = "fault-injection") {
                 return Err(ConfigError::new(format!(
@@ -190,16 +199,10 @@ impl Roster {
         selection
             .iter()
             .map(|id| {
-                self.models
-                    .iter()
-                    .find(|m| &m.id == id)
-                    .cloned()
-                    .ok_or_else(|| {
-                        let known: Vec<_> = self.models.iter().map(|m| m.id.as_str()).collect();
-                        ConfigError::new(format!(
-                            "MODELS names unknown model {id:?}; the roster has {known:?}"
-                        ))
-                    })
+                self.models.iter().find(|m| &m.id == id).cloned().ok_or_else(|| {
+                    let known: Vec<_> = self.models.iter().map(|m| m.id.as_str()).collect();
+                    ConfigError::new(format!("MODELS names unknown model {id:?}; the roster has {known:?}"))
+                })
             })
             .collect()
     }
@@ -211,10 +214,8 @@ mod tests {
 
     #[test]
     fn unknown_key_is_refused_with_its_line() {
-        let err = Roster::parse(
-            "[[models]]\nid = \"a\"\nkind = \"embedding\"\npath = \"/x\"\ncolour = 1\n",
-        )
-        .unwrap_err();
+        let err =
+            Roster::parse("[[models]]\nid = \"a\"\nkind = \"embedding\"\npath = \"/x\"\ncolour = 1\n").unwrap_err();
         assert!(err.to_string().contains("colour"), "{err}");
         assert!(err.to_string().contains("line 5"), "{err}");
     }
@@ -226,10 +227,6 @@ mod tests {
                 .unwrap();
         assert_eq!(roster.select(&[]).unwrap().len(), 1);
         assert_eq!(roster.select(&["b".into()]).unwrap()[0].id, "b");
-        assert!(roster
-            .select(&["c".into()])
-            .unwrap_err()
-            .to_string()
-            .contains("unknown model"));
+        assert!(roster.select(&["c".into()]).unwrap_err().to_string().contains("unknown model"));
     }
 }

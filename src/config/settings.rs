@@ -86,6 +86,34 @@ pub struct EmbeddingSettings {
     pub batch_max_tokens: usize,
 }
 
+/// Chat completions: limits, defaults and the continuous-batching scheduler.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChatSettings {
+    /// Longest prompt in tokens (`CHAT_MAX_PROMPT_TOKENS`).
+    pub max_prompt_tokens: usize,
+    /// `max_tokens` when the request gives none (`MAX_NEW_TOKENS`).
+    pub default_max_tokens: usize,
+    /// Upper clamp of `max_tokens` (`CHAT_MAX_NEW_TOKENS`).
+    pub max_new_tokens: usize,
+    /// Default temperature (`DEFAULT_TEMPERATURE`).
+    pub temperature: f32,
+    /// Default top_p (`DEFAULT_TOP_P`).
+    pub top_p: f32,
+    /// Continuous batching on (`ENABLE_CHAT_BATCHING`); off runs one sequence at a time.
+    pub batching: bool,
+    /// Sequences in the running batch (`CHAT_BATCH_MAX_SIZE`).
+    pub batch_max_size: usize,
+    /// Requests waiting or running per model (`CHAT_BATCH_QUEUE_SIZE` / `CHAT_MAX_QUEUE_SIZE`).
+    pub max_queue_size: usize,
+    /// Longest wait for a batch slot (`CHAT_QUEUE_TIMEOUT_SEC` / `QUEUE_TIMEOUT_SEC`).
+    #[serde(serialize_with = "as_secs")]
+    pub queue_timeout: Duration,
+    /// Prompt tokens prefilled per step, so running sequences keep streaming (`CHAT_PREFILL_CHUNK`).
+    pub prefill_chunk: usize,
+    /// Accepted for compatibility; continuous batching admits at every step (`CHAT_BATCH_WINDOW_MS`).
+    pub batch_window_ms: u64,
+}
+
 /// Warmup of loaded models.
 #[derive(Debug, Clone, Serialize)]
 pub struct WarmupSettings {
@@ -128,6 +156,8 @@ pub struct Settings {
     pub http_workers: usize,
     /// Embedding admission and batching.
     pub embeddings: EmbeddingSettings,
+    /// Chat completions.
+    pub chat: ChatSettings,
     /// Warmup.
     pub warmup: WarmupSettings,
 }
@@ -158,11 +188,7 @@ impl Layers<'_> {
                 toml::Value::String(s) => s.clone(),
                 toml::Value::Array(items) => items
                     .iter()
-                    .map(|i| {
-                        i.as_str()
-                            .map(str::to_string)
-                            .unwrap_or_else(|| i.to_string())
-                    })
+                    .map(|i| i.as_str().map(str::to_string).unwrap_or_else(|| i.to_string()))
                     .collect::<Vec<_>>()
                     .join(","),
                 other => other.to_string(),
@@ -177,48 +203,30 @@ impl Layers<'_> {
     {
         match self.raw(key, env) {
             None => Ok(default),
-            Some((source, text)) => text
-                .trim()
-                .parse()
-                .map_err(|e| ConfigError::new(format!("{source}={text:?} is invalid: {e}"))),
+            Some((source, text)) => {
+                text.trim().parse().map_err(|e| ConfigError::new(format!("{source}={text:?} is invalid: {e}")))
+            }
         }
     }
 
     fn flag(&self, key: &'static str, env: &[&str], default: bool) -> Result<bool, ConfigError> {
         match self.raw(key, env) {
             None => Ok(default),
-            Some((source, text)) => parse_bool(&text).ok_or_else(|| {
-                ConfigError::new(format!(
-                    "{source}={text:?} is invalid: expected true/false or 1/0"
-                ))
-            }),
+            Some((source, text)) => parse_bool(&text)
+                .ok_or_else(|| ConfigError::new(format!("{source}={text:?} is invalid: expected true/false or 1/0"))),
         }
     }
 
     fn list(&self, key: &'static str, env: &[&str]) -> Vec<String> {
         self.raw(key, env)
-            .map(|(_, text)| {
-                text.split(',')
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .map(String::from)
-                    .collect()
-            })
+            .map(|(_, text)| text.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect())
             .unwrap_or_default()
     }
 
-    fn positive(
-        &self,
-        key: &'static str,
-        env: &[&str],
-        default: usize,
-    ) -> Result<usize, ConfigError> {
+    fn positive(&self, key: &'static str, env: &[&str], default: usize) -> Result<usize, ConfigError> {
         let v = self.get(key, env, default)?;
         if v == 0 {
-            return Err(ConfigError::new(format!(
-                "{} must be at least 1",
-                env.first().unwrap_or(&key)
-            )));
+            return Err(ConfigError::new(format!("{} must be at least 1", env.first().unwrap_or(&key))));
         }
         Ok(v)
     }
@@ -242,10 +250,7 @@ impl Settings {
     }
 
     /// As [`Settings::load`], with the environment given as a lookup function (for tests).
-    pub fn load_with(
-        cli: &Overrides,
-        env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<(Settings, Roster), ConfigError> {
+    pub fn load_with(cli: &Overrides, env: &dyn Fn(&str) -> Option<String>) -> Result<(Settings, Roster), ConfigError> {
         let config_path = cli
             .config
             .clone()
@@ -274,17 +279,11 @@ impl Settings {
         put("models", cli.models.clone());
         put("device", cli.device.clone());
         put("log_format", cli.log_format.clone());
-        let l = Layers {
-            cli: flags,
-            env,
-            file: &roster.settings,
-        };
+        let l = Layers { cli: flags, env, file: &roster.settings };
 
         for key in roster.settings.keys() {
             if !KNOWN_FILE_KEYS.contains(&key.as_str()) {
-                return Err(ConfigError::new(format!(
-                    "roster [settings] has unknown key {key:?}"
-                )));
+                return Err(ConfigError::new(format!("roster [settings] has unknown key {key:?}")));
             }
         }
 
@@ -292,8 +291,7 @@ impl Settings {
             Some(dir) if !dir.is_empty() => PathBuf::from(dir),
             _ => match env("HF_HOME") {
                 Some(home) if !home.is_empty() => PathBuf::from(home).join("hub"),
-                _ => PathBuf::from(env("HOME").unwrap_or_else(|| ".".into()))
-                    .join(".cache/huggingface/hub"),
+                _ => PathBuf::from(env("HOME").unwrap_or_else(|| ".".into())).join(".cache/huggingface/hub"),
             },
         };
         let device: String = l.get("device", &["MODEL_DEVICE", "DEVICE"], "cpu".to_string())?;
@@ -308,58 +306,50 @@ impl Settings {
             auto_download: l.flag("auto_download", &["AUTO_DOWNLOAD_MODELS"], true)?,
             hf_cache,
             log_format: l.get("log_format", &["LOG_FORMAT"], LogFormat::Text)?,
-            max_request_bytes: l.positive(
-                "max_request_bytes",
-                &["MAX_REQUEST_BYTES"],
-                4 * 1024 * 1024,
-            )?,
+            max_request_bytes: l.positive("max_request_bytes", &["MAX_REQUEST_BYTES"], 4 * 1024 * 1024)?,
             max_restarts: l.get("max_restarts", &["MODEL_MAX_RESTARTS"], 5)?,
             http_workers: l.get("http_workers", &["HTTP_WORKERS"], 0)?,
             embeddings: EmbeddingSettings {
-                max_batch_size: l.positive(
-                    "max_batch_size",
-                    &["MAX_BATCH_SIZE", "EMBEDDING_MAX_BATCH_SIZE"],
-                    32,
-                )?,
+                max_batch_size: l.positive("max_batch_size", &["MAX_BATCH_SIZE", "EMBEDDING_MAX_BATCH_SIZE"], 32)?,
                 max_text_chars: l.positive(
                     "max_text_chars",
                     &["MAX_TEXT_CHARS", "EMBEDDING_MAX_TEXT_CHARS"],
                     20_000,
                 )?,
                 cache_size: l.get("embedding_cache_size", &["EMBEDDING_CACHE_SIZE"], 256)?,
-                max_concurrent: l.positive(
-                    "max_concurrent",
-                    &["EMBEDDING_MAX_CONCURRENT", "MAX_CONCURRENT"],
-                    1,
-                )?,
-                max_queue_size: l.positive(
-                    "max_queue_size",
-                    &["EMBEDDING_MAX_QUEUE_SIZE", "MAX_QUEUE_SIZE"],
-                    256,
-                )?,
+                max_concurrent: l.positive("max_concurrent", &["EMBEDDING_MAX_CONCURRENT", "MAX_CONCURRENT"], 1)?,
+                max_queue_size: l.positive("max_queue_size", &["EMBEDDING_MAX_QUEUE_SIZE", "MAX_QUEUE_SIZE"], 256)?,
                 queue_timeout: Duration::from_secs_f64(
-                    l.get::<f64>(
-                        "queue_timeout_sec",
-                        &["EMBEDDING_QUEUE_TIMEOUT_SEC", "QUEUE_TIMEOUT_SEC"],
-                        30.0,
-                    )?
-                    .max(0.001),
+                    l.get::<f64>("queue_timeout_sec", &["EMBEDDING_QUEUE_TIMEOUT_SEC", "QUEUE_TIMEOUT_SEC"], 30.0)?
+                        .max(0.001),
                 ),
-                batch_window_ms: l.get(
-                    "batch_window_ms",
-                    &["EMBEDDING_BATCH_WINDOW_MS", "BATCH_WINDOW_MS"],
-                    5,
-                )?,
+                batch_window_ms: l.get("batch_window_ms", &["EMBEDDING_BATCH_WINDOW_MS", "BATCH_WINDOW_MS"], 5)?,
                 batch_max_size: l.positive(
                     "batch_max_size",
                     &["EMBEDDING_BATCH_WINDOW_MAX_SIZE", "BATCH_WINDOW_MAX_SIZE"],
                     64,
                 )?,
-                batch_max_tokens: l.positive(
-                    "batch_max_tokens",
-                    &["EMBEDDING_BATCH_MAX_TOKENS"],
-                    8192,
+                batch_max_tokens: l.positive("batch_max_tokens", &["EMBEDDING_BATCH_MAX_TOKENS"], 8192)?,
+            },
+            chat: ChatSettings {
+                max_prompt_tokens: l.positive("chat_max_prompt_tokens", &["CHAT_MAX_PROMPT_TOKENS"], 4096)?,
+                default_max_tokens: l.positive("max_new_tokens", &["MAX_NEW_TOKENS"], 512)?,
+                max_new_tokens: l.positive("chat_max_new_tokens", &["CHAT_MAX_NEW_TOKENS"], 2048)?,
+                temperature: l.get("default_temperature", &["DEFAULT_TEMPERATURE"], 0.7)?,
+                top_p: l.get("default_top_p", &["DEFAULT_TOP_P"], 0.9)?,
+                batching: l.flag("enable_chat_batching", &["ENABLE_CHAT_BATCHING"], true)?,
+                batch_max_size: l.positive("chat_batch_max_size", &["CHAT_BATCH_MAX_SIZE"], 8)?,
+                max_queue_size: l.positive(
+                    "chat_max_queue_size",
+                    &["CHAT_MAX_QUEUE_SIZE", "CHAT_BATCH_QUEUE_SIZE"],
+                    64,
                 )?,
+                queue_timeout: Duration::from_secs_f64(
+                    l.get::<f64>("chat_queue_timeout_sec", &["CHAT_QUEUE_TIMEOUT_SEC", "QUEUE_TIMEOUT_SEC"], 60.0)?
+                        .max(0.001),
+                ),
+                prefill_chunk: l.positive("chat_prefill_chunk", &["CHAT_PREFILL_CHUNK"], 256)?,
+                batch_window_ms: l.get("chat_batch_window_ms", &["CHAT_BATCH_WINDOW_MS"], 0)?,
             },
             warmup: WarmupSettings {
                 enabled: l.flag("enable_warmup", &["ENABLE_WARMUP"], true)?,
@@ -397,6 +387,17 @@ const KNOWN_FILE_KEYS: &[&str] = &[
     "batch_window_ms",
     "batch_max_size",
     "batch_max_tokens",
+    "chat_max_prompt_tokens",
+    "max_new_tokens",
+    "chat_max_new_tokens",
+    "default_temperature",
+    "default_top_p",
+    "enable_chat_batching",
+    "chat_batch_max_size",
+    "chat_max_queue_size",
+    "chat_queue_timeout_sec",
+    "chat_prefill_chunk",
+    "chat_batch_window_ms",
     "enable_warmup",
     "warmup_steps",
     "warmup_batch_size",
@@ -407,16 +408,12 @@ const KNOWN_FILE_KEYS: &[&str] = &[
 fn validate_device(device: &str) -> Result<(), ConfigError> {
     let ok = match device {
         "cpu" | "auto" | "metal" | "cuda" => true,
-        d => d
-            .strip_prefix("cuda:")
-            .is_some_and(|i| i.parse::<usize>().is_ok()),
+        d => d.strip_prefix("cuda:").is_some_and(|i| i.parse::<usize>().is_ok()),
     };
     if ok {
         Ok(())
     } else {
-        Err(ConfigError::new(format!(
-            "MODEL_DEVICE={device:?} is invalid: expected cpu, cuda[:i], metal or auto"
-        )))
+        Err(ConfigError::new(format!("MODEL_DEVICE={device:?} is invalid: expected cpu, cuda[:i], metal or auto")))
     }
 }
 
@@ -426,26 +423,15 @@ mod tests {
 
     fn build(cli: Overrides, env: &[(&str, &str)], file: &str) -> Result<Settings, ConfigError> {
         let roster = Roster::parse(file).unwrap();
-        let env: HashMap<String, String> = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        Settings::build(
-            &cli,
-            &|k| env.get(k).cloned(),
-            &roster,
-            PathBuf::from("x.toml"),
-        )
+        let env: HashMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Settings::build(&cli, &|k| env.get(k).cloned(), &roster, PathBuf::from("x.toml"))
     }
 
     #[test]
     fn precedence_cli_env_file_default() {
         let file = "[settings]\nport = 9000\nbatch_window_ms = 7\nmax_batch_size = 8\n";
         let s = build(
-            Overrides {
-                port: Some(1234),
-                ..Default::default()
-            },
+            Overrides { port: Some(1234), ..Default::default() },
             &[("PORT", "5555"), ("MAX_BATCH_SIZE", "16")],
             file,
         )
@@ -458,12 +444,8 @@ mod tests {
 
     #[test]
     fn new_spelling_wins_over_old() {
-        let s = build(
-            Overrides::default(),
-            &[("BATCH_WINDOW_MS", "3"), ("EMBEDDING_BATCH_WINDOW_MS", "9")],
-            "",
-        )
-        .unwrap();
+        let s =
+            build(Overrides::default(), &[("BATCH_WINDOW_MS", "3"), ("EMBEDDING_BATCH_WINDOW_MS", "9")], "").unwrap();
         assert_eq!(s.embeddings.batch_window_ms, 9);
     }
 
@@ -483,12 +465,7 @@ mod tests {
     fn hf_cache_location() {
         let s = build(Overrides::default(), &[("HF_HOME", "/h")], "").unwrap();
         assert_eq!(s.hf_cache, PathBuf::from("/h/hub"));
-        let s = build(
-            Overrides::default(),
-            &[("HF_HOME", "/h"), ("HF_HUB_CACHE", "/c")],
-            "",
-        )
-        .unwrap();
+        let s = build(Overrides::default(), &[("HF_HOME", "/h"), ("HF_HUB_CACHE", "/c")], "").unwrap();
         assert_eq!(s.hf_cache, PathBuf::from("/c"));
     }
 }

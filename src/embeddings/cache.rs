@@ -16,25 +16,16 @@ impl EmbeddingCache {
     /// A cache of `capacity` entries (at least 1).
     pub fn new(capacity: usize) -> Self {
         let capacity = NonZeroUsize::new(capacity.max(1)).expect("at least 1");
-        Self {
-            entries: Mutex::new(LruCache::new(capacity)),
-        }
+        Self { entries: Mutex::new(LruCache::new(capacity)) }
     }
 
     /// The vector and token count of a text, refreshing its recency.
     pub fn get(&self, text: &str) -> Option<CachedEmbedding> {
-        self.entries
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(text)
-            .cloned()
+        self.entries.lock().unwrap_or_else(|e| e.into_inner()).get(text).cloned()
     }
 
     /// Stores a vector.
     pub fn put(&self, text: &str, vector: Arc<[f32]>, tokens: usize) {
-        self.entries
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .put(text.to_string(), (vector, tokens));
+        self.entries.lock().unwrap_or_else(|e| e.into_inner()).put(text.to_string(), (vector, tokens));
     }
 }

@@ -53,16 +53,7 @@ impl EmbeddingModel {
         fault_marker: Option<String>,
     ) -> Self {
         let cache = (cache_size > 0).then(|| EmbeddingCache::new(cache_size));
-        Self {
-            id,
-            tokenizer,
-            dimensions,
-            cache,
-            admission,
-            batcher,
-            metrics,
-            fault_marker,
-        }
+        Self { id, tokenizer, dimensions, cache, admission, batcher, metrics, fault_marker }
     }
 
     /// The model's output dimension.
@@ -99,29 +90,17 @@ impl EmbeddingModel {
         let model = &*self.id;
         if self.cache.is_some() {
             let misses = missing.iter().map(|(_, at)| at.len()).sum::<usize>();
-            self.metrics
-                .embedding_cache_hits
-                .with_label_values(&[model])
-                .inc_by((texts.len() - misses) as u64);
-            self.metrics
-                .embedding_cache_misses
-                .with_label_values(&[model])
-                .inc_by(misses as u64);
+            self.metrics.embedding_cache_hits.with_label_values(&[model]).inc_by((texts.len() - misses) as u64);
+            self.metrics.embedding_cache_misses.with_label_values(&[model]).inc_by(misses as u64);
         }
         if !missing.is_empty() {
             let permit = self.admission.try_admit().map_err(|e| self.rejected(e))?;
             let mut inputs = Vec::with_capacity(missing.len());
             for (text, at) in &missing {
-                let ids = self
-                    .tokenizer
-                    .encode(text)
-                    .map_err(|e| ApiError::invalid(format!("input[{}]", at[0]), e))?;
+                let ids = self.tokenizer.encode(text).map_err(|e| ApiError::invalid(format!("input[{}]", at[0]), e))?;
                 prompt_tokens += ids.len() * at.len();
                 let fault = cfg!(feature = "fault-injection")
-                    && self
-                        .fault_marker
-                        .as_deref()
-                        .is_some_and(|marker| text.contains(marker));
+                    && self.fault_marker.as_deref().is_some_and(|marker| text.contains(marker));
                 inputs.push(EmbedInput { ids, fault });
             }
             let token_counts: Vec<usize> = inputs.iter().map(|i| i.ids.len()).collect();
@@ -131,13 +110,8 @@ impl EmbeddingModel {
                 .await
                 .map_err(|_| ApiError::Internal("the batcher dropped the request".into()))?
                 .map_err(|e| self.job_failed(e))?;
-            self.metrics
-                .embedding_queue_wait
-                .with_label_values(&[model])
-                .observe(output.queue_wait.as_secs_f64());
-            for (((text, at), vector), tokens) in
-                missing.iter().zip(output.outputs).zip(token_counts)
-            {
+            self.metrics.embedding_queue_wait.with_label_values(&[model]).observe(output.queue_wait.as_secs_f64());
+            for (((text, at), vector), tokens) in missing.iter().zip(output.outputs).zip(token_counts) {
                 let vector: Arc<[f32]> = vector.into();
                 if let Some(cache) = &self.cache {
                     cache.put(text, vector.clone(), tokens);
@@ -147,17 +121,8 @@ impl EmbeddingModel {
                 }
             }
         }
-        self.metrics
-            .embedding_tokens
-            .with_label_values(&[model])
-            .inc_by(prompt_tokens as u64);
-        Ok(Embedded {
-            vectors: vectors
-                .into_iter()
-                .map(|v| v.expect("every input answered"))
-                .collect(),
-            prompt_tokens,
-        })
+        self.metrics.embedding_tokens.with_label_values(&[model]).inc_by(prompt_tokens as u64);
+        Ok(Embedded { vectors: vectors.into_iter().map(|v| v.expect("every input answered")).collect(), prompt_tokens })
     }
 
     fn rejected(&self, error: AdmissionError) -> ApiError {
@@ -165,7 +130,10 @@ impl EmbeddingModel {
             AdmissionError::QueueFull { capacity } => {
                 self.metrics.embedding_queue_rejections.inc();
                 ApiError::Overloaded {
-                    message: format!("Model `{}` is busy: its queue of {capacity} requests is full; retry shortly", self.id),
+                    message: format!(
+                        "Model `{}` is busy: its queue of {capacity} requests is full; retry shortly",
+                        self.id
+                    ),
                     retry_after: Duration::from_secs(1),
                 }
             }
@@ -186,12 +154,8 @@ impl EmbeddingModel {
                     retry_after: Duration::from_secs(1),
                 }
             }
-            JobError::EngineFailed(e) => {
-                ApiError::Internal(format!("Model `{}` failed on this batch: {e}", self.id))
-            }
-            JobError::Unavailable(e) => {
-                ApiError::Unavailable(format!("Model `{}` is unavailable: {e}", self.id))
-            }
+            JobError::EngineFailed(e) => ApiError::Internal(format!("Model `{}` failed on this batch: {e}", self.id)),
+            JobError::Unavailable(e) => ApiError::Unavailable(format!("Model `{}` is unavailable: {e}", self.id)),
         }
     }
 }

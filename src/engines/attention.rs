@@ -26,21 +26,13 @@ impl Packing {
             spans.push((start, len));
             start += len;
         }
-        Self {
-            spans,
-            tokens: start,
-        }
+        Self { spans, tokens: start }
     }
 }
 
 /// Attention of every sequence over itself: `qkv` is `[tokens, 3·heads·head_dim]` with Q already
 /// scaled; returns `[tokens, heads·head_dim]`.
-pub fn packed_attention(
-    qkv: &Tensor,
-    packing: &Packing,
-    heads: usize,
-    head_dim: usize,
-) -> Result<Tensor> {
+pub fn packed_attention(qkv: &Tensor, packing: &Packing, heads: usize, head_dim: usize) -> Result<Tensor> {
     match qkv.device() {
         Device::Cpu => cpu_attention(qkv, packing, heads, head_dim),
         _ => tensor_attention(qkv, packing, heads, head_dim),
@@ -51,9 +43,7 @@ fn cpu_attention(qkv: &Tensor, packing: &Packing, heads: usize, head_dim: usize)
     let hidden = heads * head_dim;
     let qkv = qkv.contiguous()?;
     let (storage, layout) = qkv.storage_and_layout();
-    let Storage::Cpu(cpu) = &*storage else {
-        unreachable!("checked device")
-    };
+    let Storage::Cpu(cpu) = &*storage else { unreachable!("checked device") };
     let data = &cpu.as_slice::<f32>()?[layout.start_offset()..];
     let stride = 3 * hidden;
     let mut out = vec![0f32; packing.tokens * hidden];
@@ -103,33 +93,14 @@ fn cpu_attention(qkv: &Tensor, packing: &Packing, heads: usize, head_dim: usize)
     Tensor::from_vec(out, (packing.tokens, hidden), &Device::Cpu)
 }
 
-fn tensor_attention(
-    qkv: &Tensor,
-    packing: &Packing,
-    heads: usize,
-    head_dim: usize,
-) -> Result<Tensor> {
+fn tensor_attention(qkv: &Tensor, packing: &Packing, heads: usize, head_dim: usize) -> Result<Tensor> {
     let hidden = heads * head_dim;
     let mut outs = Vec::with_capacity(packing.spans.len());
     for &(start, len) in &packing.spans {
-        let seq = qkv
-            .narrow(0, start, len)?
-            .reshape((len, 3, heads, head_dim))?;
-        let q = seq
-            .narrow(1, 0, 1)?
-            .squeeze(1)?
-            .transpose(0, 1)?
-            .contiguous()?;
-        let k = seq
-            .narrow(1, 1, 1)?
-            .squeeze(1)?
-            .transpose(0, 1)?
-            .contiguous()?;
-        let v = seq
-            .narrow(1, 2, 1)?
-            .squeeze(1)?
-            .transpose(0, 1)?
-            .contiguous()?;
+        let seq = qkv.narrow(0, start, len)?.reshape((len, 3, heads, head_dim))?;
+        let q = seq.narrow(1, 0, 1)?.squeeze(1)?.transpose(0, 1)?.contiguous()?;
+        let k = seq.narrow(1, 1, 1)?.squeeze(1)?.transpose(0, 1)?.contiguous()?;
+        let v = seq.narrow(1, 2, 1)?.squeeze(1)?.transpose(0, 1)?.contiguous()?;
         let scores = q.matmul(&k.t()?)?;
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
         let ctx = probs.matmul(&v)?.transpose(0, 1)?.reshape((len, hidden))?;
@@ -146,23 +117,10 @@ mod tests {
     fn cpu_kernel_matches_tensor_math() {
         let (heads, head_dim) = (2, 4);
         let packing = Packing::new([3, 1, 5]);
-        let qkv = Tensor::randn(
-            0f32,
-            1.0,
-            (packing.tokens, 3 * heads * head_dim),
-            &Device::Cpu,
-        )
-        .unwrap();
+        let qkv = Tensor::randn(0f32, 1.0, (packing.tokens, 3 * heads * head_dim), &Device::Cpu).unwrap();
         let fast = cpu_attention(&qkv, &packing, heads, head_dim).unwrap();
         let slow = tensor_attention(&qkv, &packing, heads, head_dim).unwrap();
-        let diff = (fast - slow)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = (fast - slow).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(diff < 1e-5, "max difference {diff}");
     }
 }

@@ -111,11 +111,7 @@ impl LayerNorm {
         } else {
             (vb.get(dim, "gamma")?, vb.get(dim, "beta")?)
         };
-        Ok(Self {
-            weight,
-            bias,
-            eps: eps as f32,
-        })
+        Ok(Self { weight, bias, eps: eps as f32 })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -155,20 +151,9 @@ impl BertModel {
         let root = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, device)? };
         let vb = ["", "bert.", "roberta.", "model."]
             .iter()
-            .map(|p| {
-                if p.is_empty() {
-                    root.clone()
-                } else {
-                    root.pp(p.trim_end_matches('.'))
-                }
-            })
+            .map(|p| if p.is_empty() { root.clone() } else { root.pp(p.trim_end_matches('.')) })
             .find(|vb| vb.contains_tensor("embeddings.word_embeddings.weight"))
-            .ok_or_else(|| {
-                anyhow::anyhow!(
-                    "{} has no embeddings.word_embeddings.weight",
-                    weights.display()
-                )
-            })?;
+            .ok_or_else(|| anyhow::anyhow!("{} has no embeddings.word_embeddings.weight", weights.display()))?;
         let (h, i) = (config.hidden_size, config.intermediate_size);
         if h % config.num_attention_heads != 0 {
             anyhow::bail!("hidden_size {h} is not a multiple of num_attention_heads");
@@ -177,13 +162,8 @@ impl BertModel {
         let head_dim = h / heads;
         let emb = vb.pp("embeddings");
         let word = emb.get((config.vocab_size, h), "word_embeddings.weight")?;
-        let position = emb.get(
-            (config.max_position_embeddings, h),
-            "position_embeddings.weight",
-        )?;
-        let token_type = emb
-            .get((config.type_vocab_size, h), "token_type_embeddings.weight")?
-            .narrow(0, 0, 1)?;
+        let position = emb.get((config.max_position_embeddings, h), "position_embeddings.weight")?;
+        let token_type = emb.get((config.type_vocab_size, h), "token_type_embeddings.weight")?.narrow(0, 0, 1)?;
         let embed_norm = LayerNorm::load(&emb.pp("LayerNorm"), h, config.layer_norm_eps)?;
 
         let scale = 1.0 / (head_dim as f64).sqrt();
@@ -201,11 +181,7 @@ impl BertModel {
             layers.push(Layer {
                 qkv,
                 attn_out: Linear::load(&l.pp("attention.output.dense"), h, h)?,
-                attn_norm: LayerNorm::load(
-                    &l.pp("attention.output.LayerNorm"),
-                    h,
-                    config.layer_norm_eps,
-                )?,
+                attn_norm: LayerNorm::load(&l.pp("attention.output.LayerNorm"), h, config.layer_norm_eps)?,
                 intermediate: Linear::load(&l.pp("intermediate.dense"), h, i)?,
                 output: Linear::load(&l.pp("output.dense"), i, h)?,
                 out_norm: LayerNorm::load(&l.pp("output.LayerNorm"), h, config.layer_norm_eps)?,
@@ -251,18 +227,14 @@ impl BertModel {
         for layer in &self.layers {
             let qkv = layer.qkv.forward(&x)?;
             let ctx = packed_attention(&qkv, packing, self.heads, self.head_dim)?;
-            let attn = layer
-                .attn_norm
-                .forward(&(layer.attn_out.forward(&ctx)? + &x)?)?;
+            let attn = layer.attn_norm.forward(&(layer.attn_out.forward(&ctx)? + &x)?)?;
             let hidden = layer.intermediate.forward(&attn)?;
             let hidden = match self.activation {
                 Activation::GeluErf => hidden.gelu_erf()?,
                 Activation::GeluTanh => hidden.gelu()?,
                 Activation::Relu => hidden.relu()?,
             };
-            x = layer
-                .out_norm
-                .forward(&(layer.output.forward(&hidden)? + attn)?)?;
+            x = layer.out_norm.forward(&(layer.output.forward(&hidden)? + attn)?)?;
         }
         Ok(x)
     }

@@ -72,8 +72,7 @@ impl EmbedderSpec {
         };
         let modules_file = dir.join("modules.json");
         let file_normalize = if modules_file.is_file() {
-            let modules: Vec<StModule> =
-                serde_json::from_str(&std::fs::read_to_string(modules_file)?)?;
+            let modules: Vec<StModule> = serde_json::from_str(&std::fs::read_to_string(modules_file)?)?;
             Some(modules.iter().any(|m| m.kind.ends_with(".Normalize")))
         } else {
             None
@@ -99,8 +98,7 @@ impl EmbedderSpec {
 
     /// Loads the tokenizer with truncation at the model's limit and no padding (the engine packs).
     pub fn tokenizer(&self) -> anyhow::Result<EmbeddingTokenizer> {
-        let mut tokenizer =
-            Tokenizer::from_file(self.dir.join("tokenizer.json")).map_err(anyhow::Error::msg)?;
+        let mut tokenizer = Tokenizer::from_file(self.dir.join("tokenizer.json")).map_err(anyhow::Error::msg)?;
         tokenizer.with_padding(None);
         tokenizer
             .with_truncation(Some(TruncationParams {
@@ -123,10 +121,7 @@ pub struct EmbeddingTokenizer {
 impl EmbeddingTokenizer {
     /// Token ids of a text, with special tokens, truncated to the model's limit.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, String> {
-        self.tokenizer
-            .encode(text, true)
-            .map(|e| e.get_ids().to_vec())
-            .map_err(|e| e.to_string())
+        self.tokenizer.encode(text, true).map(|e| e.get_ids().to_vec()).map_err(|e| e.to_string())
     }
 }
 
@@ -161,10 +156,7 @@ impl Embedder {
             self.ids.extend_from_slice(seq);
         }
         let packing = Packing::new(batch.iter().map(|s| s.len()));
-        let hidden = self
-            .model
-            .forward(&self.ids, &packing)?
-            .to_device(&Device::Cpu)?;
+        let hidden = self.model.forward(&self.ids, &packing)?.to_device(&Device::Cpu)?;
         let width = self.model.hidden_size();
         let states = hidden.flatten_all()?.to_vec1::<f32>()?;
         let mut out = Vec::with_capacity(batch.len());
@@ -220,13 +212,8 @@ impl Engine for Embedder {
 
     fn warmup(&mut self, steps: usize, batch_size: usize) -> Result<(), EngineError> {
         let vocab = self.model.config.vocab_size as u32;
-        let seqs: Vec<Vec<u32>> = (0..batch_size)
-            .map(|i| {
-                (0..16 + (i * 7) % 48)
-                    .map(|t| (1000 + t as u32 * 13) % vocab)
-                    .collect()
-            })
-            .collect();
+        let seqs: Vec<Vec<u32>> =
+            (0..batch_size).map(|i| (0..16 + (i * 7) % 48).map(|t| (1000 + t as u32 * 13) % vocab).collect()).collect();
         let refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
         for _ in 0..steps {
             self.embed(&refs).map_err(EngineError::new)?;
@@ -246,17 +233,8 @@ impl EngineLoader for EmbedderLoader {
 
     fn load(&self) -> Result<Embedder, EngineError> {
         let device = super::device::open(&self.spec.device).map_err(EngineError::new)?;
-        let model = BertModel::load(
-            &self.spec.dir.join("model.safetensors"),
-            self.spec.config.clone(),
-            &device,
-        )
-        .map_err(EngineError::new)?;
-        Ok(Embedder {
-            model,
-            pooling: self.spec.pooling,
-            normalize: self.spec.normalize,
-            ids: Vec::new(),
-        })
+        let model = BertModel::load(&self.spec.dir.join("model.safetensors"), self.spec.config.clone(), &device)
+            .map_err(EngineError::new)?;
+        Ok(Embedder { model, pooling: self.spec.pooling, normalize: self.spec.normalize, ids: Vec::new() })
     }
 }

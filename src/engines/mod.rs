@@ -2,5 +2,11 @@
 
 pub mod attention;
 pub mod bert;
+pub mod chat;
+pub mod chat_spec;
+pub mod chat_template;
 pub mod device;
 pub mod embedder;
+pub mod gguf_tokenizer;
+pub mod llama;
+pub mod sampling;

@@ -13,34 +13,24 @@ pub async fn read_json<T: DeserializeOwned>(
     mut payload: web::Payload,
     limit: usize,
 ) -> Result<T, ApiError> {
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
+    let declared =
+        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|len| len > limit) {
         return Err(ApiError::PayloadTooLarge { limit });
     }
     let mut body = web::BytesMut::with_capacity(declared.unwrap_or(1024).min(limit));
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk
-            .map_err(|e| ApiError::bad_request(format!("Could not read the request body: {e}")))?;
+        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("Could not read the request body: {e}")))?;
         if body.len() + chunk.len() > limit {
             return Err(ApiError::PayloadTooLarge { limit });
         }
         body.extend_from_slice(&chunk);
     }
     if body.is_empty() {
-        return Err(ApiError::bad_request(
-            "The request body is empty; expected a JSON object",
-        ));
+        return Err(ApiError::bad_request("The request body is empty; expected a JSON object"));
     }
     serde_json::from_slice(&body).map_err(|e| {
-        let what = if e.is_data() {
-            "has a field of the wrong type"
-        } else {
-            "is not valid JSON"
-        };
+        let what = if e.is_data() { "has a field of the wrong type" } else { "is not valid JSON" };
         ApiError::bad_request(format!("The request body {what}: {e}"))
     })
 }

@@ -54,22 +54,14 @@ struct Usage {
 }
 
 /// The handler: records `embedding_requests_total` and latency for every outcome.
-pub async fn create(
-    req: HttpRequest,
-    payload: web::Payload,
-    runtime: web::Data<Runtime>,
-) -> HttpResponse {
+pub async fn create(req: HttpRequest, payload: web::Payload, runtime: web::Data<Runtime>) -> HttpResponse {
     let started = Instant::now();
     let (model, result) = handle(&req, payload, &runtime).await;
     let response = result.unwrap_or_else(|e| e.error_response());
     if let Some(model) = model {
         let m = &runtime.metrics;
-        m.embedding_requests
-            .with_label_values(&[&model, response.status().as_str()])
-            .inc();
-        m.embedding_latency
-            .with_label_values(&[&model])
-            .observe(started.elapsed().as_secs_f64());
+        m.embedding_requests.with_label_values(&[&model, response.status().as_str()]).inc();
+        m.embedding_latency.with_label_values(&[&model]).observe(started.elapsed().as_secs_f64());
     }
     response
 }
@@ -80,11 +72,10 @@ async fn handle(
     payload: web::Payload,
     runtime: &Runtime,
 ) -> (Option<String>, Result<HttpResponse, ApiError>) {
-    let request: EmbeddingsRequest =
-        match read_json(req, payload, runtime.settings.max_request_bytes).await {
-            Ok(r) => r,
-            Err(e) => return (None, Err(e)),
-        };
+    let request: EmbeddingsRequest = match read_json(req, payload, runtime.settings.max_request_bytes).await {
+        Ok(r) => r,
+        Err(e) => return (None, Err(e)),
+    };
     let Some(served) = runtime.registry.get(&request.model) else {
         return (None, Err(ApiError::ModelNotFound(request.model)));
     };
@@ -97,7 +88,10 @@ async fn embed(
     served: &Arc<crate::runtime::ServedModel>,
     runtime: &Runtime,
 ) -> Result<HttpResponse, ApiError> {
-    let Capability::Embeddings(model) = &served.capability;
+    let Capability::Embeddings(model) = &served.capability else {
+        let id = &served.entry.id;
+        return Err(ApiError::invalid("model", format!("Model `{id}` does not support embeddings")));
+    };
     let limits = &runtime.settings.embeddings;
     let texts = texts_of(request.input, limits.max_batch_size, limits.max_text_chars)?;
     let base64 = match request.encoding_format.as_deref() {
@@ -115,10 +109,7 @@ async fn embed(
         None => None,
         Some(d) if d >= 1 && d as usize <= full => Some(d as usize),
         Some(d) => {
-            return Err(ApiError::invalid(
-                "dimensions",
-                format!("dimensions must be between 1 and {full}, got {d}"),
-            ))
+            return Err(ApiError::invalid("dimensions", format!("dimensions must be between 1 and {full}, got {d}")))
         }
     };
 
@@ -138,33 +129,18 @@ async fn embed(
     };
     let data = (0..texts.len())
         .map(|index| {
-            let vector: &[f32] = truncated
-                .get(index)
-                .map(Vec::as_slice)
-                .unwrap_or(&embedded.vectors[index]);
+            let vector: &[f32] = truncated.get(index).map(Vec::as_slice).unwrap_or(&embedded.vectors[index]);
             let embedding = if base64 {
                 let bytes: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
                 Encoded::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
             } else {
                 Encoded::Float(vector)
             };
-            EmbeddingData {
-                object: "embedding",
-                index,
-                embedding,
-            }
+            EmbeddingData { object: "embedding", index, embedding }
         })
         .collect();
-    let usage = Usage {
-        prompt_tokens: embedded.prompt_tokens,
-        total_tokens: embedded.prompt_tokens,
-    };
-    Ok(HttpResponse::Ok().json(EmbeddingsResponse {
-        object: "list",
-        data,
-        model: &served.entry.id,
-        usage,
-    }))
+    let usage = Usage { prompt_tokens: embedded.prompt_tokens, total_tokens: embedded.prompt_tokens };
+    Ok(HttpResponse::Ok().json(EmbeddingsResponse { object: "list", data, model: &served.entry.id, usage }))
 }
 
 /// Validates `input`: a string or a non-empty list of strings within the limits; errors name the index.
@@ -192,18 +168,12 @@ fn texts_of(input: Value, max_items: usize, max_chars: usize) -> Result<Vec<Stri
         }
         Value::Array(items) => {
             if items.is_empty() {
-                return Err(ApiError::invalid(
-                    "input",
-                    "input is an empty list; send at least one string",
-                ));
+                return Err(ApiError::invalid("input", "input is an empty list; send at least one string"));
             }
             if items.len() > max_items {
                 return Err(ApiError::invalid(
                     "input",
-                    format!(
-                        "input has {} items, more than the limit of {max_items} per request",
-                        items.len()
-                    ),
+                    format!("input has {} items, more than the limit of {max_items} per request", items.len()),
                 ));
             }
             items
@@ -213,9 +183,7 @@ fn texts_of(input: Value, max_items: usize, max_chars: usize) -> Result<Vec<Stri
                     Value::String(text) => check(&text, format!("input[{i}]")).map(|_| text),
                     Value::Number(_) | Value::Array(_) => Err(ApiError::invalid(
                         format!("input[{i}]"),
-                        format!(
-                            "input[{i}] is a token array; this server accepts text inputs only"
-                        ),
+                        format!("input[{i}] is a token array; this server accepts text inputs only"),
                     )),
                     other => Err(ApiError::invalid(
                         format!("input[{i}]"),
@@ -226,10 +194,7 @@ fn texts_of(input: Value, max_items: usize, max_chars: usize) -> Result<Vec<Stri
         }
         other => Err(ApiError::invalid(
             "input",
-            format!(
-                "input must be a string or a list of strings, got {}",
-                kind_of(&other)
-            ),
+            format!("input must be a string or a list of strings, got {}", kind_of(&other)),
         )),
     }
 }

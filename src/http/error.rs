@@ -20,28 +20,17 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let (kind, param, code) = match self {
-            ApiError::InvalidRequest { param, code, .. } => {
-                ("invalid_request_error", param.clone(), *code)
-            }
-            ApiError::ModelNotFound(_) => (
-                "invalid_request_error",
-                Some("model".into()),
-                Some("model_not_found"),
-            ),
+            ApiError::InvalidRequest { param, code, .. } => ("invalid_request_error", param.clone(), *code),
+            ApiError::ModelNotFound(_) => ("invalid_request_error", Some("model".into()), Some("model_not_found")),
             ApiError::UnknownRoute { .. } => ("invalid_request_error", None, Some("unknown_url")),
-            ApiError::PayloadTooLarge { .. } => {
-                ("invalid_request_error", None, Some("payload_too_large"))
-            }
+            ApiError::PayloadTooLarge { .. } => ("invalid_request_error", None, Some("payload_too_large")),
             ApiError::Overloaded { .. } => ("rate_limit_error", None, Some("rate_limit_exceeded")),
             ApiError::Unavailable(_) => ("server_error", None, Some("model_unavailable")),
             ApiError::Internal(_) => ("server_error", None, Some("internal_error")),
         };
         let mut response = HttpResponse::build(self.status_code());
         if let ApiError::Overloaded { retry_after, .. } = self {
-            response.insert_header((
-                header::RETRY_AFTER,
-                retry_after.as_secs().max(1).to_string(),
-            ));
+            response.insert_header((header::RETRY_AFTER, retry_after.as_secs().max(1).to_string()));
         }
         response.json(json!({
             "error": { "message": self.to_string(), "type": kind, "param": param, "code": code }

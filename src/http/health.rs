@@ -11,12 +11,11 @@ use crate::runtime::Runtime;
 pub async fn health(runtime: web::Data<Runtime>) -> HttpResponse {
     let mut models = Map::new();
     let mut embedding_queues = Map::new();
+    let mut chat_queues = Map::new();
     let mut ok_models = Vec::new();
     let mut failures = Map::new();
-    let mut capability_ready: Map<String, Value> = ["embeddings", "chat", "audio"]
-        .iter()
-        .map(|c| (c.to_string(), json!(false)))
-        .collect();
+    let mut capability_ready: Map<String, Value> =
+        ["embeddings", "chat", "audio"].iter().map(|c| (c.to_string(), json!(false))).collect();
     let mut healthy = true;
     for (id, served) in runtime.registry.all() {
         let state = served.status.state();
@@ -34,10 +33,11 @@ pub async fn health(runtime: web::Data<Runtime>) -> HttpResponse {
             capability_ready.insert(capability.to_string(), json!(true));
         }
         healthy &= state != ModelState::Failed;
-        embedding_queues.insert(
-            id.clone(),
-            json!({ "depth": admission.depth(), "capacity": admission.capacity() }),
-        );
+        let queue = json!({ "depth": admission.depth(), "capacity": admission.capacity() });
+        match served.entry.kind {
+            crate::config::ModelKind::Embedding => embedding_queues.insert(id.clone(), queue),
+            crate::config::ModelKind::Chat => chat_queues.insert(id.clone(), queue),
+        };
         models.insert(
             id.clone(),
             json!({
@@ -62,7 +62,7 @@ pub async fn health(runtime: web::Data<Runtime>) -> HttpResponse {
             "capabilities": capability_ready,
         },
         "embedding_batch_queues": embedding_queues,
-        "chat_batch_queues": {},
+        "chat_batch_queues": chat_queues,
         "runtime_config": runtime.settings,
     });
     if healthy {
@@ -79,12 +79,8 @@ pub async fn live() -> HttpResponse {
 
 /// Every model is ready (503 with the states otherwise).
 pub async fn ready(runtime: web::Data<Runtime>) -> HttpResponse {
-    let states: Map<String, Value> = runtime
-        .registry
-        .all()
-        .into_iter()
-        .map(|(id, s)| (id, json!(s.status.state().as_str())))
-        .collect();
+    let states: Map<String, Value> =
+        runtime.registry.all().into_iter().map(|(id, s)| (id, json!(s.status.state().as_str()))).collect();
     let ready = states.values().all(|s| s == "ready");
     let body = json!({ "status": if ready { "ready" } else { "not_ready" }, "models": states });
     if ready {

@@ -10,14 +10,8 @@ pub async fn render(runtime: web::Data<Runtime>) -> HttpResponse {
     for (id, served) in runtime.registry.all() {
         let capability = served.entry.kind.capability();
         let admission = served.admission();
-        m.queue_depth
-            .with_label_values(&[&id, capability])
-            .set(admission.depth() as i64);
-        m.queue_capacity
-            .with_label_values(&[&id, capability])
-            .set(admission.capacity() as i64);
+        m.queue_depth.with_label_values(&[&id, capability]).set(admission.depth() as i64);
+        m.queue_capacity.with_label_values(&[&id, capability]).set(admission.capacity() as i64);
     }
-    HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4; charset=utf-8")
-        .body(m.render())
+    HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(m.render())
 }

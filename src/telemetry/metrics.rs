@@ -1,13 +1,11 @@
 //! The Prometheus metrics sis exports, with the names the seed's operators already read.
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
-const LATENCY_BUCKETS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-];
+const LATENCY_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
 /// Every metric, registered once in a private registry.
 pub struct Metrics {
@@ -30,6 +28,34 @@ pub struct Metrics {
     pub embedding_cache_misses: IntCounterVec,
     /// `embedding_tokens_total{model}`: prompt tokens embedded.
     pub embedding_tokens: IntCounterVec,
+    /// `chat_requests_total{model,status}`.
+    pub chat_requests: IntCounterVec,
+    /// `chat_request_latency_seconds{model}`.
+    pub chat_latency: HistogramVec,
+    /// `chat_request_queue_wait_seconds{model}`.
+    pub chat_queue_wait: HistogramVec,
+    /// `chat_batch_wait_seconds{model}`: wait for a slot in the running batch.
+    pub chat_batch_wait: HistogramVec,
+    /// `chat_batch_size{model}`: sequences per decode step.
+    pub chat_batch_size: HistogramVec,
+    /// `chat_time_to_first_token_seconds{model}`.
+    pub chat_ttft: HistogramVec,
+    /// `chat_inter_token_latency_seconds{model}`.
+    pub chat_inter_token: HistogramVec,
+    /// `chat_tokens_generated_total{model}`.
+    pub chat_tokens: IntCounterVec,
+    /// `chat_prompt_tokens_total{model}`.
+    pub chat_prompt_tokens: IntCounterVec,
+    /// `chat_batch_queue_rejections_total{model}`.
+    pub chat_queue_rejections: IntCounterVec,
+    /// `chat_batch_oom_retries_total{model}` (CPU batches do not run out of memory; kept for dashboards).
+    pub chat_oom_retries: IntCounterVec,
+    /// `chat_batch_requeues_total{model}`.
+    pub chat_requeues: IntCounterVec,
+    /// `chat_batch_queue_size{model}`: requests waiting for a slot.
+    pub chat_queue_size: IntGaugeVec,
+    /// `chat_count_pool_size`: sequences running across chat models.
+    pub chat_pool_size: IntGaugeVec,
     /// `model_queue_depth{model,capability}`: requests waiting or running.
     pub queue_depth: IntGaugeVec,
     /// `model_queue_capacity{model,capability}`.
@@ -53,49 +79,32 @@ impl Metrics {
         let registry = Registry::new();
         let counter = |name: &str, help: &str, labels: &[&str]| {
             let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("unique metric");
+            registry.register(Box::new(c.clone())).expect("unique metric");
             c
         };
         let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
-            let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), &["model"])
-                .expect("valid");
-            registry
-                .register(Box::new(h.clone()))
-                .expect("unique metric");
+            let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), &["model"]).expect("valid");
+            registry.register(Box::new(h.clone())).expect("unique metric");
             h
         };
         let gauge = |name: &str, help: &str, labels: &[&str]| {
             let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry
-                .register(Box::new(g.clone()))
-                .expect("unique metric");
+            registry.register(Box::new(g.clone())).expect("unique metric");
             g
         };
         let latency = LATENCY_BUCKETS.to_vec();
+        let latency_long: Vec<f64> = LATENCY_BUCKETS.iter().copied().chain([60.0, 120.0]).collect();
         let sizes = vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
-        let embedding_queue_rejections = IntCounter::new(
-            "embedding_queue_rejections_total",
-            "Embedding requests refused with 429",
-        )
-        .expect("valid");
-        registry
-            .register(Box::new(embedding_queue_rejections.clone()))
-            .expect("unique");
+        let embedding_queue_rejections =
+            IntCounter::new("embedding_queue_rejections_total", "Embedding requests refused with 429").expect("valid");
+        registry.register(Box::new(embedding_queue_rejections.clone())).expect("unique");
         let warmup_ready_workers = GaugeVec::new(
             Opts::new("warmup_pool_ready_workers", "Warmed workers ready to serve"),
             &["model", "capability", "executor"],
         )
         .expect("valid");
-        registry
-            .register(Box::new(warmup_ready_workers.clone()))
-            .expect("unique");
-        let uptime = Gauge::new(
-            "process_uptime_seconds",
-            "Seconds since the process started",
-        )
-        .expect("valid");
+        registry.register(Box::new(warmup_ready_workers.clone())).expect("unique");
+        let uptime = Gauge::new("process_uptime_seconds", "Seconds since the process started").expect("valid");
         registry.register(Box::new(uptime.clone())).expect("unique");
         Self {
             embedding_requests: counter(
@@ -118,48 +127,58 @@ impl Metrics {
                 "Wait of the oldest text of each embedding batch",
                 latency,
             ),
-            embedding_batch_size: histogram(
-                "embedding_batch_size",
-                "Texts per embedding batch",
-                sizes,
-            ),
+            embedding_batch_size: histogram("embedding_batch_size", "Texts per embedding batch", sizes),
             embedding_queue_rejections,
-            embedding_cache_hits: counter(
-                "embedding_cache_hits_total",
-                "Embedding cache hits",
-                &["model"],
-            ),
-            embedding_cache_misses: counter(
-                "embedding_cache_misses_total",
-                "Embedding cache misses",
-                &["model"],
-            ),
+            embedding_cache_hits: counter("embedding_cache_hits_total", "Embedding cache hits", &["model"]),
+            embedding_cache_misses: counter("embedding_cache_misses_total", "Embedding cache misses", &["model"]),
             embedding_tokens: counter("embedding_tokens_total", "Tokens embedded", &["model"]),
-            queue_depth: gauge(
-                "model_queue_depth",
-                "Requests waiting or running",
-                &["model", "capability"],
+            chat_requests: counter("chat_requests_total", "Chat requests by status", &["model", "status"]),
+            chat_latency: histogram("chat_request_latency_seconds", "Chat request latency", latency_long.clone()),
+            chat_queue_wait: histogram(
+                "chat_request_queue_wait_seconds",
+                "Wait before a chat request joined the batch",
+                latency_long.clone(),
             ),
-            queue_capacity: gauge(
-                "model_queue_capacity",
-                "Queue capacity",
-                &["model", "capability"],
+            chat_batch_wait: histogram(
+                "chat_batch_wait_seconds",
+                "Wait for a slot in the running chat batch",
+                latency_long.clone(),
             ),
-            model_state: gauge(
-                "model_state",
-                "1 for the model actor's current state",
-                &["model", "state"],
+            chat_batch_size: histogram(
+                "chat_batch_size",
+                "Sequences per chat decode step",
+                vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0],
             ),
-            model_restarts: counter(
-                "model_restarts_total",
-                "Engine restarts by the supervisor",
+            chat_ttft: histogram(
+                "chat_time_to_first_token_seconds",
+                "Time to the first generated token",
+                latency_long.clone(),
+            ),
+            chat_inter_token: histogram(
+                "chat_inter_token_latency_seconds",
+                "Time between generated tokens",
+                LATENCY_BUCKETS.to_vec(),
+            ),
+            chat_tokens: counter("chat_tokens_generated_total", "Completion tokens generated", &["model"]),
+            chat_prompt_tokens: counter("chat_prompt_tokens_total", "Prompt tokens processed", &["model"]),
+            chat_queue_rejections: counter(
+                "chat_batch_queue_rejections_total",
+                "Chat requests refused with 429",
                 &["model"],
             ),
-            lifecycle_events: counter(
-                "model_lifecycle_events_total",
-                "Lifecycle events",
-                &["model", "state"],
+            chat_oom_retries: counter(
+                "chat_batch_oom_retries_total",
+                "Chat batches shrunk after running out of memory",
+                &["model"],
             ),
+            chat_requeues: counter("chat_batch_requeues_total", "Chat sequences put back in the queue", &["model"]),
+            chat_queue_size: gauge("chat_batch_queue_size", "Chat requests waiting for a batch slot", &["model"]),
+            chat_pool_size: gauge("chat_count_pool_size", "Chat sequences running", &[]),
+            queue_depth: gauge("model_queue_depth", "Requests waiting or running", &["model", "capability"]),
+            queue_capacity: gauge("model_queue_capacity", "Queue capacity", &["model", "capability"]),
+            model_state: gauge("model_state", "1 for the model actor's current state", &["model", "state"]),
+            model_restarts: counter("model_restarts_total", "Engine restarts by the supervisor", &["model"]),
+            lifecycle_events: counter("model_lifecycle_events_total", "Lifecycle events", &["model", "state"]),
             warmup_ready_workers,
             uptime,
             registry,
@@ -171,9 +190,7 @@ impl Metrics {
     pub fn render(&self) -> String {
         self.uptime.set(self.started.elapsed().as_secs_f64());
         let mut out = Vec::new();
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut out)
-            .expect("text encoding cannot fail");
+        TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("text encoding cannot fail");
         String::from_utf8(out).expect("prometheus text is utf-8")
     }
 }

@@ -1,0 +1,304 @@
+//! The sequence actor: a supervised model actor for step-wise engines (LLM decoding) that schedules
+//! per step (continuous batching).
+//!
+//! Each [`Generate`] request waits in the actor's queue until a slot of the running batch is free,
+//! joins at the next step, receives its events through its own channel, and leaves the batch the step
+//! it finishes or its client goes away. Steps re-arm themselves through the actor's own mailbox, so
+//! requests that arrive meanwhile are admitted between two steps. A panic or error fails only the
+//! sequences in the running batch; the supervisor restarts the engine and the queue is served after.
+
+use actix::prelude::*;
+use std::collections::{HashMap, VecDeque};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+use crate::admission::Permit;
+use crate::batcher::JobError;
+use crate::engine::EngineError;
+use crate::lifecycle::{EventBus, ModelStatus};
+use crate::model_actor::{ModelActorConfig, Warmup};
+use crate::supervision::{panic_message, Supervision};
+
+/// An engine that advances many sequences one step at a time.
+pub trait StepEngine: Unpin + 'static {
+    /// What starts a sequence (prompt, sampling settings).
+    type Request: Send + Unpin + 'static;
+    /// What a sequence emits (a text delta, the finish reason).
+    type Event: Send + Unpin + 'static;
+
+    /// Starts a sequence. An error refuses this request only.
+    fn add(&mut self, id: u64, request: Self::Request) -> Result<(), EngineError>;
+    /// Forgets a sequence and frees its state.
+    fn remove(&mut self, id: u64);
+    /// Advances every sequence by one step, pushing `(id, event, last)`; `last` means the sequence is
+    /// done and already removed.
+    fn step(&mut self, events: &mut Vec<(u64, Self::Event, bool)>) -> Result<(), EngineError>;
+    /// Runs representative steps before the model is marked ready.
+    fn warmup(&mut self, steps: usize, batch_size: usize) -> Result<(), EngineError>;
+}
+
+/// Builds a [`StepEngine`] on the actor's thread.
+pub trait StepLoader: Send + Sync + 'static {
+    /// The engine built.
+    type Engine: StepEngine;
+    /// Loads it.
+    fn load(&self) -> Result<Self::Engine, EngineError>;
+}
+
+/// What a sequence's channel carries.
+#[derive(Debug)]
+pub enum SequenceMessage<E> {
+    /// The sequence joined the running batch after waiting this long.
+    Admitted(Duration),
+    /// An engine event.
+    Event(E),
+    /// The sequence ended without finishing.
+    Failed(JobError),
+}
+
+/// Starts a sequence.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Generate<R: Send + 'static, E: Send + 'static> {
+    /// The request.
+    pub request: R,
+    /// Where its events go; dropping the receiver cancels the sequence.
+    pub events: mpsc::UnboundedSender<SequenceMessage<E>>,
+    /// Its admission slot, held until it ends.
+    pub permit: Option<Permit>,
+}
+
+impl<R: Send + 'static, E: Send + 'static> Generate<R, E> {
+    /// A request and the receiver of its events.
+    pub fn new(request: R, permit: Option<Permit>) -> (Self, mpsc::UnboundedReceiver<SequenceMessage<E>>) {
+        let (events, rx) = mpsc::unbounded_channel();
+        (Self { request, events, permit }, rx)
+    }
+}
+
+/// Scheduling limits.
+#[derive(Debug, Clone)]
+pub struct SequenceConfig {
+    /// Sequences in the running batch.
+    pub max_running: usize,
+    /// Longest wait for a slot before the request is refused.
+    pub queue_timeout: Duration,
+}
+
+struct Waiting<R: Send + 'static, E: Send + 'static> {
+    msg: Generate<R, E>,
+    since: Instant,
+}
+
+struct Running<E> {
+    events: mpsc::UnboundedSender<SequenceMessage<E>>,
+    _permit: Option<Permit>,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Step;
+
+type RequestOf<L> = <<L as StepLoader>::Engine as StepEngine>::Request;
+type EventOf<L> = <<L as StepLoader>::Engine as StepEngine>::Event;
+
+/// The supervised continuous-batching actor.
+pub struct SequenceActor<L: StepLoader> {
+    loader: Arc<L>,
+    engine: Option<L::Engine>,
+    supervision: Supervision,
+    config: SequenceConfig,
+    waiting: VecDeque<Waiting<RequestOf<L>, EventOf<L>>>,
+    running: HashMap<u64, Running<EventOf<L>>>,
+    next_id: u64,
+    step_armed: bool,
+    events: Vec<(u64, EventOf<L>, bool)>,
+    observer: Arc<dyn SequenceObserver>,
+}
+
+/// Hooks for metrics.
+pub trait SequenceObserver: Send + Sync + 'static {
+    /// A step ran over `running` sequences, `waiting` more queued.
+    fn step(&self, _running: usize, _waiting: usize, _took: Duration) {}
+}
+
+impl SequenceObserver for () {}
+
+impl<L: StepLoader> SequenceActor<L> {
+    /// Starts the actor on its own thread under a supervisor.
+    pub fn start(
+        loader: Arc<L>,
+        status: Arc<ModelStatus>,
+        bus: Addr<EventBus>,
+        actor: ModelActorConfig,
+        config: SequenceConfig,
+        observer: Arc<dyn SequenceObserver>,
+    ) -> Addr<Self> {
+        let arbiter = Arbiter::new();
+        Supervisor::start_in_arbiter(&arbiter.handle(), move |_| Self {
+            loader,
+            engine: None,
+            supervision: Supervision::new(status, bus, actor),
+            config,
+            waiting: VecDeque::new(),
+            running: HashMap::new(),
+            next_id: 0,
+            step_armed: false,
+            events: Vec::new(),
+            observer,
+        })
+    }
+
+    /// Refuses stale or abandoned waiters, admits waiters into free slots, and arms the next step.
+    fn schedule(&mut self, ctx: &mut Context<Self>) {
+        let timeout = self.config.queue_timeout;
+        self.waiting.retain(|w| {
+            if w.msg.events.is_closed() {
+                return false;
+            }
+            let waited = w.since.elapsed();
+            if waited > timeout {
+                let _ = w.msg.events.send(SequenceMessage::Failed(JobError::QueueTimeout { waited, timeout }));
+                return false;
+            }
+            true
+        });
+        let Some(engine) = self.engine.as_mut() else {
+            if self.supervision.status.state() == crate::ModelState::Failed {
+                let reason = self.supervision.unavailable();
+                for w in self.waiting.drain(..) {
+                    let _ = w.msg.events.send(SequenceMessage::Failed(JobError::Unavailable(reason.clone())));
+                }
+            }
+            return;
+        };
+        while self.running.len() < self.config.max_running.max(1) {
+            let Some(w) = self.waiting.pop_front() else { break };
+            let id = self.next_id;
+            self.next_id += 1;
+            let Generate { request, events, permit } = w.msg;
+            match engine.add(id, request) {
+                Ok(()) => {
+                    let _ = events.send(SequenceMessage::Admitted(w.since.elapsed()));
+                    self.running.insert(id, Running { events, _permit: permit });
+                }
+                Err(e) => {
+                    let _ = events.send(SequenceMessage::Failed(JobError::EngineFailed(e.0)));
+                }
+            }
+        }
+        if !self.running.is_empty() && !self.step_armed {
+            self.step_armed = true;
+            ctx.notify(Step);
+        }
+    }
+
+    fn fail_running(&mut self, error: JobError) {
+        for (_, r) in self.running.drain() {
+            let _ = r.events.send(SequenceMessage::Failed(error.clone()));
+        }
+    }
+}
+
+impl<L: StepLoader> Actor for SequenceActor<L> {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(self.supervision.mailbox_capacity());
+        let loader = self.loader.clone();
+        self.engine = self.supervision.load(|| loader.load(), ctx.address().recipient());
+        // Waiters time out even when no step runs.
+        ctx.run_interval(Duration::from_millis(50), |act, ctx| {
+            if !act.waiting.is_empty() {
+                act.schedule(ctx);
+            }
+        });
+        self.schedule(ctx);
+    }
+}
+
+impl<L: StepLoader> Supervised for SequenceActor<L> {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        self.engine = None;
+        self.step_armed = false;
+    }
+}
+
+impl<L: StepLoader> Handler<Generate<RequestOf<L>, EventOf<L>>> for SequenceActor<L> {
+    type Result = ();
+
+    fn handle(&mut self, msg: Generate<RequestOf<L>, EventOf<L>>, ctx: &mut Context<Self>) {
+        self.waiting.push_back(Waiting { msg, since: Instant::now() });
+        self.schedule(ctx);
+    }
+}
+
+impl<L: StepLoader> Handler<Step> for SequenceActor<L> {
+    type Result = ();
+
+    fn handle(&mut self, _: Step, ctx: &mut Context<Self>) {
+        self.step_armed = false;
+        let Some(engine) = self.engine.as_mut() else { return };
+        // Clients that went away leave before the step costs anything.
+        let gone: Vec<u64> = self.running.iter().filter(|(_, r)| r.events.is_closed()).map(|(id, _)| *id).collect();
+        for id in gone {
+            engine.remove(id);
+            self.running.remove(&id);
+        }
+        if self.running.is_empty() {
+            self.schedule(ctx);
+            return;
+        }
+        let started = Instant::now();
+        let mut events = std::mem::take(&mut self.events);
+        events.clear();
+        let result = catch_unwind(AssertUnwindSafe(|| engine.step(&mut events)));
+        let reason = match result {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(format!("engine error: {e}")),
+            Err(panic) => Some(format!("engine panicked: {}", panic_message(&panic))),
+        };
+        self.observer.step(self.running.len(), self.waiting.len(), started.elapsed());
+        if let Some(reason) = reason {
+            self.events = events;
+            self.engine = None;
+            self.fail_running(JobError::EngineFailed(reason.clone()));
+            if self.supervision.fault(reason) {
+                ctx.stop();
+            } else {
+                self.schedule(ctx);
+            }
+            return;
+        }
+        self.supervision.succeeded();
+        for (id, event, last) in events.drain(..) {
+            if let Some(r) = self.running.get(&id) {
+                let _ = r.events.send(SequenceMessage::Event(event));
+            }
+            if last {
+                self.running.remove(&id);
+            }
+        }
+        self.events = events;
+        self.schedule(ctx);
+    }
+}
+
+impl<L: StepLoader> Handler<Warmup> for SequenceActor<L> {
+    type Result = MessageResult<Warmup>;
+
+    fn handle(&mut self, msg: Warmup, ctx: &mut Context<Self>) -> Self::Result {
+        let (outcome, restart) =
+            self.supervision.warmup(self.engine.as_mut(), &msg, |e, steps, size| e.warmup(steps, size));
+        if let Some(restart) = restart {
+            self.engine = None;
+            if restart {
+                ctx.stop();
+            }
+        }
+        self.schedule(ctx);
+        MessageResult(outcome)
+    }
+}

@@ -1,0 +1,362 @@
+//! The chat engine: sequences with their own KV cache, sampling, detokenization and stop handling,
+//! advanced together one packed step at a time (see [`super::llama`]).
+
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use tokenizers::Tokenizer;
+
+use super::llama::{KvCache, Llama, StepInput};
+use super::sampling::{sample, Sampling};
+use sis_actors::{EngineError, StepEngine, StepLoader};
+
+/// Why a sequence ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// End of turn or a stop string.
+    Stop,
+    /// `max_tokens` reached.
+    Length,
+}
+
+impl FinishReason {
+    /// The OpenAI name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+        }
+    }
+}
+
+/// A sequence to generate.
+#[derive(Debug, Clone)]
+pub struct ChatRequest {
+    /// Prompt token ids.
+    pub prompt: Vec<u32>,
+    /// Most tokens to generate.
+    pub max_tokens: usize,
+    /// Sampling settings.
+    pub sampling: Sampling,
+    /// Seed of this sequence's randomness.
+    pub seed: u64,
+    /// Stop strings (never included in the output).
+    pub stop: Vec<String>,
+    /// Test hook: the engine panics when this sequence joins a step (fault-injection builds only).
+    pub fault: bool,
+}
+
+/// What a step produced for one sequence.
+#[derive(Debug, Clone)]
+pub struct ChatEvent {
+    /// New text (may be empty while a stop string or a UTF-8 character is incomplete).
+    pub text: String,
+    /// Set on the last event.
+    pub finish: Option<FinishReason>,
+    /// Tokens generated so far.
+    pub completion_tokens: usize,
+}
+
+/// Token vocabulary as raw bytes (byte-level BPE), for exact incremental detokenization.
+pub struct TokenBytes {
+    bytes: Vec<Vec<u8>>,
+}
+
+impl TokenBytes {
+    /// Maps every token of a byte-level BPE tokenizer to its bytes; special tokens map to nothing.
+    pub fn new(tokenizer: &Tokenizer) -> Self {
+        let mut decode = HashMap::new();
+        let mut n = 0u32;
+        for b in 0..=255u8 {
+            let printable = (33..=126).contains(&b) || (161..=172).contains(&b) || b >= 174;
+            let c = if printable {
+                char::from(b)
+            } else {
+                n += 1;
+                char::from_u32(255 + n).expect("valid char")
+            };
+            decode.insert(c, b);
+        }
+        let size = tokenizer.get_vocab_size(true);
+        let specials: std::collections::HashSet<u32> =
+            tokenizer.get_added_tokens_decoder().iter().filter(|(_, t)| t.special).map(|(id, _)| *id).collect();
+        let bytes = (0..size as u32)
+            .map(|id| {
+                if specials.contains(&id) {
+                    return Vec::new();
+                }
+                let token = tokenizer.id_to_token(id).unwrap_or_default();
+                token
+                    .chars()
+                    .flat_map(|c| {
+                        decode.get(&c).copied().map(|b| vec![b]).unwrap_or_else(|| c.to_string().into_bytes())
+                    })
+                    .collect()
+            })
+            .collect();
+        Self { bytes }
+    }
+
+    fn get(&self, id: u32) -> &[u8] {
+        self.bytes.get(id as usize).map(Vec::as_slice).unwrap_or(&[])
+    }
+}
+
+struct Sequence {
+    request: ChatRequest,
+    cache: KvCache,
+    prefilled: usize,
+    next: Vec<u32>,
+    generated: usize,
+    counts: HashMap<u32, u32>,
+    rng: StdRng,
+    utf8: Vec<u8>,
+    held: String,
+}
+
+/// The loaded chat engine.
+pub struct ChatEngine {
+    model: Llama,
+    bytes: TokenBytes,
+    eos: Vec<u32>,
+    prefill_chunk: usize,
+    sequences: HashMap<u64, Sequence>,
+    order: Vec<u64>,
+}
+
+impl ChatEngine {
+    /// Wraps a model; `eos` lists the tokens that end a turn.
+    pub fn new(model: Llama, tokenizer: &Tokenizer, eos: Vec<u32>, prefill_chunk: usize) -> Self {
+        Self {
+            model,
+            bytes: TokenBytes::new(tokenizer),
+            eos,
+            prefill_chunk: prefill_chunk.max(1),
+            sequences: HashMap::new(),
+            order: Vec::new(),
+        }
+    }
+
+    /// Context window of the model.
+    pub fn context(&self) -> usize {
+        self.model.config.context
+    }
+}
+
+/// Appends decoded bytes and returns the text that can be released, holding back a possible stop-string
+/// prefix; `Some(stop)` text when a stop string completed (everything before it).
+fn release(seq: &mut Sequence, bytes: &[u8]) -> (String, bool) {
+    seq.utf8.extend_from_slice(bytes);
+    let valid = match std::str::from_utf8(&seq.utf8) {
+        Ok(s) => s.len(),
+        Err(e) => e.valid_up_to(),
+    };
+    let text = String::from_utf8(seq.utf8.drain(..valid).collect()).expect("validated");
+    seq.held.push_str(&text);
+    if let Some(at) = seq.request.stop.iter().filter(|s| !s.is_empty()).filter_map(|s| seq.held.find(s.as_str())).min()
+    {
+        let out = seq.held[..at].to_string();
+        seq.held.clear();
+        return (out, true);
+    }
+    // Hold back the longest tail that could still start a stop string.
+    let mut keep = 0;
+    for stop in &seq.request.stop {
+        for (i, _) in seq.held.char_indices() {
+            let tail = &seq.held[i..];
+            if tail.len() > keep && tail.len() < stop.len() && stop.starts_with(tail) {
+                keep = tail.len();
+            }
+        }
+    }
+    let cut = seq.held.len() - keep;
+    let out = seq.held[..cut].to_string();
+    seq.held.drain(..cut);
+    (out, false)
+}
+
+impl StepEngine for ChatEngine {
+    type Request = ChatRequest;
+    type Event = ChatEvent;
+
+    fn add(&mut self, id: u64, request: ChatRequest) -> Result<(), EngineError> {
+        let context = self.model.config.context;
+        if request.prompt.is_empty() {
+            return Err(EngineError::new("empty prompt"));
+        }
+        if request.prompt.len() + request.max_tokens > context {
+            return Err(EngineError::new(format!("prompt and max_tokens exceed the context of {context} tokens")));
+        }
+        let seq = Sequence {
+            rng: StdRng::seed_from_u64(request.seed),
+            cache: self.model.new_cache(),
+            prefilled: 0,
+            next: Vec::new(),
+            generated: 0,
+            counts: HashMap::new(),
+            utf8: Vec::new(),
+            held: String::new(),
+            request,
+        };
+        self.sequences.insert(id, seq);
+        self.order.push(id);
+        Ok(())
+    }
+
+    fn remove(&mut self, id: u64) {
+        self.sequences.remove(&id);
+        self.order.retain(|o| *o != id);
+    }
+
+    fn step(&mut self, events: &mut Vec<(u64, ChatEvent, bool)>) -> Result<(), EngineError> {
+        // Decode tokens first, then prompt chunks within the prefill budget (oldest first), so
+        // running sequences keep getting tokens while long prompts are prefilled.
+        let mut budget = self.prefill_chunk;
+        let mut ids = Vec::with_capacity(self.order.len());
+        for &id in &self.order {
+            let seq = self.sequences.get_mut(&id).expect("ordered ids exist");
+            if seq.request.fault {
+                panic!("fault injection: panic requested by the test hook");
+            }
+            if seq.prefilled < seq.request.prompt.len() {
+                if budget == 0 {
+                    continue;
+                }
+                let end = (seq.prefilled + budget).min(seq.request.prompt.len());
+                seq.next = seq.request.prompt[seq.prefilled..end].to_vec();
+                budget -= end - seq.prefilled;
+                seq.prefilled = end;
+            }
+            ids.push(id);
+        }
+        let mut inputs: Vec<(u64, StepInput<'_>)> = Vec::with_capacity(ids.len());
+        for (id, seq) in self.sequences.iter_mut() {
+            if ids.contains(id) {
+                let logits = seq.prefilled == seq.request.prompt.len();
+                inputs.push((*id, StepInput { cache: &mut seq.cache, tokens: &seq.next, logits }));
+            }
+        }
+        inputs.sort_by_key(|(id, _)| ids.iter().position(|x| x == id));
+        let order: Vec<(u64, bool)> = inputs.iter().map(|(id, i)| (*id, i.logits)).collect();
+        let mut step: Vec<StepInput<'_>> = inputs.into_iter().map(|(_, i)| i).collect();
+        let logits = self.model.step(&mut step).map_err(EngineError::new)?;
+        drop(step);
+
+        let mut rows = logits.into_iter();
+        for (id, wants) in order {
+            if !wants {
+                continue;
+            }
+            let mut row = rows.next().ok_or_else(|| EngineError::new("missing logits"))?;
+            let seq = self.sequences.get_mut(&id).expect("present");
+            let token = sample(&mut row, &seq.request.sampling, &seq.counts, &mut seq.rng);
+            seq.generated += 1;
+            *seq.counts.entry(token).or_insert(0) += 1;
+            seq.next = vec![token];
+            let (text, finish) = if self.eos.contains(&token) {
+                let rest = std::mem::take(&mut seq.held) + &String::from_utf8_lossy(&std::mem::take(&mut seq.utf8));
+                (rest, Some(FinishReason::Stop))
+            } else {
+                let (text, stopped) = release(seq, self.bytes.get(token));
+                if stopped {
+                    (text, Some(FinishReason::Stop))
+                } else if seq.generated >= seq.request.max_tokens {
+                    let rest = std::mem::take(&mut seq.held) + &String::from_utf8_lossy(&std::mem::take(&mut seq.utf8));
+                    (text + &rest, Some(FinishReason::Length))
+                } else {
+                    (text, None)
+                }
+            };
+            let event = ChatEvent { text, finish, completion_tokens: seq.generated };
+            events.push((id, event, finish.is_some()));
+            if finish.is_some() {
+                self.remove(id);
+            }
+        }
+        Ok(())
+    }
+
+    fn warmup(&mut self, steps: usize, batch_size: usize) -> Result<(), EngineError> {
+        let vocab = self.model.config.vocab as u32;
+        let mut caches: Vec<KvCache> = (0..batch_size).map(|_| self.model.new_cache()).collect();
+        let prompts: Vec<Vec<u32>> =
+            (0..batch_size).map(|i| (0..8 + i as u32).map(|t| (100 + t * 31) % vocab).collect()).collect();
+        let mut inputs: Vec<StepInput<'_>> =
+            caches.iter_mut().zip(&prompts).map(|(cache, p)| StepInput { cache, tokens: p, logits: true }).collect();
+        self.model.step(&mut inputs).map_err(EngineError::new)?;
+        let one = [100u32];
+        for _ in 0..steps {
+            let mut inputs: Vec<StepInput<'_>> =
+                caches.iter_mut().map(|cache| StepInput { cache, tokens: &one, logits: true }).collect();
+            self.model.step(&mut inputs).map_err(EngineError::new)?;
+        }
+        Ok(())
+    }
+}
+
+/// Loads a GGUF chat model on the actor's thread.
+pub struct ChatLoader {
+    /// The .gguf file.
+    pub path: PathBuf,
+    /// The tokenizer (shared with the request path).
+    pub tokenizer: std::sync::Arc<Tokenizer>,
+    /// End-of-turn tokens.
+    pub eos: Vec<u32>,
+    /// Prompt tokens prefilled per step.
+    pub prefill_chunk: usize,
+}
+
+impl StepLoader for ChatLoader {
+    type Engine = ChatEngine;
+
+    fn load(&self) -> Result<ChatEngine, EngineError> {
+        let (model, _) = Llama::from_gguf(&self.path).map_err(|e| EngineError::new(format!("{e:#}")))?;
+        Ok(ChatEngine::new(model, &self.tokenizer, self.eos.clone(), self.prefill_chunk))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seq(stop: &[&str]) -> Sequence {
+        Sequence {
+            request: ChatRequest {
+                prompt: vec![1],
+                max_tokens: 10,
+                sampling: Sampling { temperature: 0.0, top_p: 1.0, presence_penalty: 0.0, frequency_penalty: 0.0 },
+                seed: 0,
+                stop: stop.iter().map(|s| s.to_string()).collect(),
+                fault: false,
+            },
+            cache: KvCache::default(),
+            prefilled: 0,
+            next: vec![],
+            generated: 0,
+            counts: HashMap::new(),
+            rng: StdRng::seed_from_u64(0),
+            utf8: vec![],
+            held: String::new(),
+        }
+    }
+
+    #[test]
+    fn stop_strings_match_across_tokens_and_are_never_emitted() {
+        let mut s = seq(&["END"]);
+        assert_eq!(release(&mut s, b"hello E"), ("hello ".to_string(), false));
+        assert_eq!(release(&mut s, b"N"), (String::new(), false));
+        assert_eq!(release(&mut s, b"D tail"), (String::new(), true));
+        let mut s = seq(&["END"]);
+        assert_eq!(release(&mut s, b"EN"), (String::new(), false));
+        assert_eq!(release(&mut s, b"ough"), ("ENough".to_string(), false));
+    }
+
+    #[test]
+    fn multibyte_characters_wait_for_their_last_byte() {
+        let mut s = seq(&[]);
+        let e = "é".as_bytes();
+        assert_eq!(release(&mut s, &e[..1]), (String::new(), false));
+        assert_eq!(release(&mut s, &e[1..]), ("é".to_string(), false));
+    }
+}

@@ -1,0 +1,87 @@
+//! A `tokenizers` tokenizer built from GGUF metadata, so a lone .gguf file is enough (as with llama.cpp).
+//!
+//! Supports byte-level BPE (`tokenizer.ggml.model = "gpt2"`) with the pre-tokenizers named by
+//! `tokenizer.ggml.pre`: `smollm` (digits split one by one, then the GPT-2 byte-level regex),
+//! `qwen2` (NFC, the Qwen2 split regex), `llama-bpe` (the Llama 3 split regex) and plain `gpt2`.
+//! Control tokens (type 3) become special tokens, user-defined ones (type 4) added tokens.
+
+use anyhow::{anyhow, bail};
+use candle_core::quantized::gguf_file::{Content, Value};
+use tokenizers::models::bpe::BPE;
+use tokenizers::normalizers::unicode::NFC;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::digits::Digits;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::{AddedToken, PreTokenizerWrapper, SplitDelimiterBehavior, Tokenizer};
+
+const QWEN2_PATTERN: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+fn strings(content: &Content, key: &str) -> anyhow::Result<Vec<String>> {
+    let values = content.metadata.get(key).ok_or_else(|| anyhow!("GGUF has no {key}"))?.to_vec()?;
+    values.iter().map(|v| Ok(v.to_string()?.clone())).collect()
+}
+
+/// Builds the tokenizer described by the GGUF metadata.
+pub fn from_gguf(content: &Content) -> anyhow::Result<Tokenizer> {
+    let model = content.metadata.get("tokenizer.ggml.model").map(|v| v.to_string()).transpose()?;
+    if model.map(String::as_str) != Some("gpt2") {
+        bail!("GGUF tokenizer model {model:?} is not supported (byte-level BPE `gpt2` is); put a tokenizer.json beside the .gguf");
+    }
+    let tokens = strings(content, "tokenizer.ggml.tokens")?;
+    let merges = strings(content, "tokenizer.ggml.merges")?;
+    let types: Vec<i32> = match content.metadata.get("tokenizer.ggml.token_type") {
+        Some(v) => v.to_vec()?.iter().map(Value::to_i32).collect::<Result<_, _>>()?,
+        None => vec![1; tokens.len()],
+    };
+    let vocab: tokenizers::models::bpe::Vocab = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+    let merges: Vec<(String, String)> = merges
+        .iter()
+        .map(|m| {
+            m.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())).ok_or_else(|| anyhow!("bad merge {m:?}"))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let bpe = BPE::builder().vocab_and_merges(vocab, merges).build().map_err(|e| anyhow!("BPE: {e}"))?;
+    let mut tokenizer = Tokenizer::new(bpe);
+
+    let pre = content.metadata.get("tokenizer.ggml.pre").map(|v| v.to_string()).transpose()?.cloned();
+    let split = |pattern: &str| -> anyhow::Result<PreTokenizerWrapper> {
+        Ok(Split::new(SplitPattern::Regex(pattern.into()), SplitDelimiterBehavior::Isolated, false)
+            .map_err(|e| anyhow!("split regex: {e}"))?
+            .into())
+    };
+    let pre_tokenizer: PreTokenizerWrapper = match pre.as_deref() {
+        Some("smollm") => {
+            Sequence::new(vec![Digits::new(true).into(), ByteLevel::new(false, true, true).into()]).into()
+        }
+        Some("qwen2") => {
+            tokenizer.with_normalizer(Some(NFC)).map_err(|e| anyhow!("{e}"))?;
+            Sequence::new(vec![split(QWEN2_PATTERN)?, ByteLevel::new(false, false, false).into()]).into()
+        }
+        Some("llama-bpe" | "llama3") => {
+            Sequence::new(vec![split(LLAMA3_PATTERN)?, ByteLevel::new(false, true, false).into()]).into()
+        }
+        Some("gpt2" | "default") | None => ByteLevel::new(false, true, true).into(),
+        Some(other) => bail!("GGUF pre-tokenizer {other:?} is not supported; put a tokenizer.json beside the .gguf"),
+    };
+    tokenizer.with_pre_tokenizer(Some(pre_tokenizer));
+    tokenizer.with_decoder(Some(ByteLevel::default()));
+
+    let special: Vec<AddedToken> = tokens
+        .iter()
+        .zip(&types)
+        .filter(|(_, t)| **t == 3)
+        .map(|(token, _)| AddedToken::from(token.clone(), true))
+        .collect();
+    let added: Vec<AddedToken> = tokens
+        .iter()
+        .zip(&types)
+        .filter(|(_, t)| **t == 4)
+        .map(|(token, _)| AddedToken::from(token.clone(), false))
+        .collect();
+    tokenizer.add_special_tokens(special).map_err(|e| anyhow!("special tokens: {e}"))?;
+    tokenizer.add_tokens(added).map_err(|e| anyhow!("added tokens: {e}"))?;
+    Ok(tokenizer)
+}

@@ -1,0 +1,366 @@
+//! Decoder LLMs of the llama family (SmolLM2, Llama 3.x; qwen2/qwen3 share the layout) from GGUF, with
+//! a packed step for continuous batching.
+//!
+//! One [`Llama::step`] runs any mix of sequences, each bringing some new tokens (a prefill chunk or one
+//! decode token) and its own KV cache. The linear layers run once on the packed tokens of all sequences,
+//! so every quantized weight block is read once per step for the whole batch; attention runs per
+//! sequence against its own cache. Rows never mix, so a sequence's logits do not depend on its company.
+
+use anyhow::{anyhow, Context};
+use candle_core::quantized::gguf_file::Content;
+use candle_core::quantized::QMatMul;
+use candle_core::{Device, Module, Result, Storage, Tensor};
+use rayon::prelude::*;
+use std::path::Path;
+
+/// Shapes read from the GGUF metadata.
+#[derive(Debug, Clone)]
+pub struct LlamaConfig {
+    /// `general.architecture`.
+    pub architecture: String,
+    /// Blocks.
+    pub layers: usize,
+    /// Width.
+    pub hidden: usize,
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads (grouped-query attention).
+    pub kv_heads: usize,
+    /// Per-head width.
+    pub head_dim: usize,
+    /// RMS norm epsilon.
+    pub eps: f64,
+    /// RoPE base.
+    pub rope_base: f32,
+    /// Context window.
+    pub context: usize,
+    /// Vocabulary size.
+    pub vocab: usize,
+    /// Whether RoPE rotates halves (NeoX, qwen) rather than interleaved pairs (llama GGUF).
+    pub rope_halves: bool,
+}
+
+impl LlamaConfig {
+    fn from_gguf(content: &Content) -> anyhow::Result<Self> {
+        let md = &content.metadata;
+        let arch =
+            md.get("general.architecture").ok_or_else(|| anyhow!("no general.architecture"))?.to_string()?.clone();
+        let get = |key: &str| -> anyhow::Result<&candle_core::quantized::gguf_file::Value> {
+            md.get(&format!("{arch}.{key}")).ok_or_else(|| anyhow!("GGUF has no {arch}.{key}"))
+        };
+        let heads = get("attention.head_count")?.to_u32()? as usize;
+        let hidden = get("embedding_length")?.to_u32()? as usize;
+        let head_dim = match get("attention.key_length") {
+            Ok(v) => v.to_u32()? as usize,
+            Err(_) => hidden / heads,
+        };
+        let vocab = match get("vocab_size") {
+            Ok(v) => v.to_u32()? as usize,
+            Err(_) => md.get("tokenizer.ggml.tokens").map(|t| t.to_vec().map(Vec::len)).transpose()?.unwrap_or(0),
+        };
+        let rope_halves = match arch.as_str() {
+            "llama" => false,
+            "qwen2" | "qwen3" => true,
+            other => anyhow::bail!("GGUF architecture {other:?} is not supported (llama, qwen2, qwen3 are)"),
+        };
+        Ok(Self {
+            layers: get("block_count")?.to_u32()? as usize,
+            hidden,
+            heads,
+            kv_heads: get("attention.head_count_kv").and_then(|v| Ok(v.to_u32()? as usize)).unwrap_or(heads),
+            head_dim,
+            eps: get("attention.layer_norm_rms_epsilon")?.to_f32()? as f64,
+            rope_base: get("rope.freq_base").and_then(|v| Ok(v.to_f32()?)).unwrap_or(10_000.0),
+            context: get("context_length")?.to_u32()? as usize,
+            vocab,
+            rope_halves,
+            architecture: arch,
+        })
+    }
+}
+
+struct Block {
+    attn_norm: Tensor,
+    q: QMatMul,
+    k: QMatMul,
+    v: QMatMul,
+    q_bias: Option<Tensor>,
+    k_bias: Option<Tensor>,
+    v_bias: Option<Tensor>,
+    q_norm: Option<Tensor>,
+    k_norm: Option<Tensor>,
+    o: QMatMul,
+    ffn_norm: Tensor,
+    gate: QMatMul,
+    up: QMatMul,
+    down: QMatMul,
+}
+
+/// The KV cache of one sequence: per layer, keys and values of every position so far.
+#[derive(Default)]
+pub struct KvCache {
+    keys: Vec<Vec<f32>>,
+    values: Vec<Vec<f32>>,
+    len: usize,
+}
+
+impl KvCache {
+    /// Positions cached.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// One sequence's share of a step.
+pub struct StepInput<'a> {
+    /// Its cache, extended by the step.
+    pub cache: &'a mut KvCache,
+    /// New tokens to run.
+    pub tokens: &'a [u32],
+    /// Whether to compute logits for the last new token.
+    pub logits: bool,
+}
+
+/// A loaded model.
+pub struct Llama {
+    /// Shapes.
+    pub config: LlamaConfig,
+    embeddings: Tensor,
+    blocks: Vec<Block>,
+    norm: Tensor,
+    output: QMatMul,
+    /// cos/sin tables `[context, head_dim / 2]`.
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+}
+
+impl Llama {
+    /// Loads the weights of a GGUF file (CPU).
+    pub fn from_gguf(path: &Path) -> anyhow::Result<(Self, Content)> {
+        let mut file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let content = Content::read(&mut file).with_context(|| format!("reading GGUF {}", path.display()))?;
+        let config = LlamaConfig::from_gguf(&content)?;
+        let device = Device::Cpu;
+        let file = &mut file;
+        let embeddings = read(&content, file, "token_embd.weight")?.dequantize(&device)?;
+        let output_name =
+            if content.tensor_infos.contains_key("output.weight") { "output.weight" } else { "token_embd.weight" };
+        let output = QMatMul::from_qtensor(read(&content, file, output_name)?)?;
+        let norm = read(&content, file, "output_norm.weight")?.dequantize(&device)?;
+        let mut blocks = Vec::with_capacity(config.layers);
+        for i in 0..config.layers {
+            let mut q = |s: &str| -> anyhow::Result<QMatMul> {
+                Ok(QMatMul::from_qtensor(read(&content, file, &format!("blk.{i}.{s}"))?)?)
+            };
+            let (q_proj, k_proj, v_proj, o) =
+                (q("attn_q.weight")?, q("attn_k.weight")?, q("attn_v.weight")?, q("attn_output.weight")?);
+            let (gate, up, down) = (q("ffn_gate.weight")?, q("ffn_up.weight")?, q("ffn_down.weight")?);
+            let mut dense = |s: &str| -> anyhow::Result<Tensor> {
+                Ok(read(&content, file, &format!("blk.{i}.{s}"))?.dequantize(&device)?)
+            };
+            let (attn_norm, ffn_norm) = (dense("attn_norm.weight")?, dense("ffn_norm.weight")?);
+            let mut optional = |s: &str| -> anyhow::Result<Option<Tensor>> {
+                let name = format!("blk.{i}.{s}");
+                if content.tensor_infos.contains_key(&name) {
+                    Ok(Some(read(&content, file, &name)?.dequantize(&device)?))
+                } else {
+                    Ok(None)
+                }
+            };
+            blocks.push(Block {
+                attn_norm,
+                ffn_norm,
+                q_bias: optional("attn_q.bias")?,
+                k_bias: optional("attn_k.bias")?,
+                v_bias: optional("attn_v.bias")?,
+                q_norm: optional("attn_q_norm.weight")?,
+                k_norm: optional("attn_k_norm.weight")?,
+                q: q_proj,
+                k: k_proj,
+                v: v_proj,
+                o,
+                gate,
+                up,
+                down,
+            });
+        }
+        let half = config.head_dim / 2;
+        let mut cos = Vec::with_capacity(config.context * half);
+        let mut sin = Vec::with_capacity(config.context * half);
+        for pos in 0..config.context {
+            for i in 0..half {
+                let freq = 1.0 / config.rope_base.powf(2.0 * i as f32 / config.head_dim as f32);
+                let angle = pos as f32 * freq;
+                cos.push(angle.cos());
+                sin.push(angle.sin());
+            }
+        }
+        Ok((Self { config, embeddings, blocks, norm, output, cos, sin }, content))
+    }
+
+    /// A new, empty cache for a sequence.
+    pub fn new_cache(&self) -> KvCache {
+        KvCache { keys: vec![Vec::new(); self.config.layers], values: vec![Vec::new(); self.config.layers], len: 0 }
+    }
+
+    /// Runs one packed step; returns the logits (`[vocab]`) of each input that asked for them, in order.
+    pub fn step(&self, inputs: &mut [StepInput<'_>]) -> Result<Vec<Vec<f32>>> {
+        let c = &self.config;
+        let ids: Vec<u32> = inputs.iter().flat_map(|i| i.tokens.iter().copied()).collect();
+        let total = ids.len();
+        if total == 0 {
+            return Ok(Vec::new());
+        }
+        let starts: Vec<usize> = inputs.iter().map(|i| i.cache.len).collect();
+        let ids_t = Tensor::from_vec(ids, total, &Device::Cpu)?;
+        let mut x = self.embeddings.index_select(&ids_t, 0)?;
+        let (q_width, kv_width) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
+        for (layer, block) in self.blocks.iter().enumerate() {
+            let h = candle_nn::ops::rms_norm(&x, &block.attn_norm, c.eps as f32)?;
+            let with_bias = |t: Tensor, b: &Option<Tensor>| match b {
+                Some(b) => t.broadcast_add(b),
+                None => Ok(t),
+            };
+            let mut q = with_bias(block.q.forward(&h)?, &block.q_bias)?;
+            let mut k = with_bias(block.k.forward(&h)?, &block.k_bias)?;
+            let v = with_bias(block.v.forward(&h)?, &block.v_bias)?;
+            if let (Some(qn), Some(kn)) = (&block.q_norm, &block.k_norm) {
+                q = candle_nn::ops::rms_norm(&q.reshape((total * c.heads, c.head_dim))?, qn, c.eps as f32)?
+                    .reshape((total, q_width))?;
+                k = candle_nn::ops::rms_norm(&k.reshape((total * c.kv_heads, c.head_dim))?, kn, c.eps as f32)?
+                    .reshape((total, kv_width))?;
+            }
+            let mut q = q.flatten_all()?.to_vec1::<f32>()?;
+            let mut k = k.flatten_all()?.to_vec1::<f32>()?;
+            let v = v.flatten_all()?.to_vec1::<f32>()?;
+            // RoPE at each token's own position, then append K/V to each sequence's cache.
+            let mut row = 0;
+            for (input, &start) in inputs.iter_mut().zip(&starts) {
+                for t in 0..input.tokens.len() {
+                    let pos = start + t;
+                    self.rope(&mut q[(row + t) * q_width..][..q_width], pos);
+                    self.rope(&mut k[(row + t) * kv_width..][..kv_width], pos);
+                }
+                let n = input.tokens.len();
+                input.cache.keys[layer].extend_from_slice(&k[row * kv_width..(row + n) * kv_width]);
+                input.cache.values[layer].extend_from_slice(&v[row * kv_width..(row + n) * kv_width]);
+                row += n;
+            }
+            let attn = self.attention(inputs, &starts, layer, &q)?;
+            let attn = Tensor::from_vec(attn, (total, q_width), &Device::Cpu)?;
+            x = (x + block.o.forward(&attn)?)?;
+            let h = candle_nn::ops::rms_norm(&x, &block.ffn_norm, c.eps as f32)?;
+            let gated = (candle_nn::ops::silu(&block.gate.forward(&h)?)? * block.up.forward(&h)?)?;
+            x = (x + block.down.forward(&gated)?)?;
+        }
+        for input in inputs.iter_mut() {
+            input.cache.len += input.tokens.len();
+        }
+        // Logits only for the last new token of the sequences that sample.
+        let mut rows = Vec::new();
+        let mut end = 0;
+        for input in inputs.iter() {
+            end += input.tokens.len();
+            if input.logits && !input.tokens.is_empty() {
+                rows.push((end - 1) as u32);
+            }
+        }
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let n = rows.len();
+        let last = x.index_select(&Tensor::from_vec(rows, n, &Device::Cpu)?, 0)?;
+        let last = candle_nn::ops::rms_norm(&last, &self.norm, c.eps as f32)?;
+        let logits = self.output.forward(&last)?;
+        logits.to_vec2::<f32>()
+    }
+
+    fn rope(&self, row: &mut [f32], pos: usize) {
+        let d = self.config.head_dim;
+        let half = d / 2;
+        let cos = &self.cos[pos * half..][..half];
+        let sin = &self.sin[pos * half..][..half];
+        for head in row.chunks_exact_mut(d) {
+            if self.config.rope_halves {
+                for i in 0..half {
+                    let (a, b) = (head[i], head[i + half]);
+                    head[i] = a * cos[i] - b * sin[i];
+                    head[i + half] = a * sin[i] + b * cos[i];
+                }
+            } else {
+                for i in 0..half {
+                    let (a, b) = (head[2 * i], head[2 * i + 1]);
+                    head[2 * i] = a * cos[i] - b * sin[i];
+                    head[2 * i + 1] = a * sin[i] + b * cos[i];
+                }
+            }
+        }
+    }
+
+    /// Causal attention of each sequence's new tokens over its cache; returns `[tokens, heads·head_dim]`.
+    fn attention(&self, inputs: &[StepInput<'_>], starts: &[usize], layer: usize, q: &[f32]) -> Result<Vec<f32>> {
+        let c = &self.config;
+        let (d, q_width, kv_width) = (c.head_dim, c.heads * c.head_dim, c.kv_heads * c.head_dim);
+        let group = c.heads / c.kv_heads;
+        let scale = 1.0 / (d as f32).sqrt();
+        let mut out = vec![0f32; q.len()];
+        let mut jobs = Vec::with_capacity(inputs.len());
+        let (mut rest, mut row) = (out.as_mut_slice(), 0);
+        for (input, &start) in inputs.iter().zip(starts) {
+            let n = input.tokens.len();
+            let (chunk, tail) = rest.split_at_mut(n * q_width);
+            jobs.push((chunk, &q[row * q_width..(row + n) * q_width], start, n, input));
+            rest = tail;
+            row += n;
+        }
+        jobs.into_par_iter().for_each(|(out, q, start, n, input)| {
+            let keys = &input.cache.keys[layer];
+            let values = &input.cache.values[layer];
+            let mut scores = vec![0f32; start + n];
+            for t in 0..n {
+                let visible = start + t + 1;
+                for h in 0..c.heads {
+                    let kvh = h / group;
+                    let qh = &q[t * q_width + h * d..][..d];
+                    let mut max = f32::NEG_INFINITY;
+                    for (j, s) in scores[..visible].iter_mut().enumerate() {
+                        let kh = &keys[j * kv_width + kvh * d..][..d];
+                        // f64 accumulation: the top logits of small 4-bit models can sit within
+                        // activation-quantization noise of each other, so keep this part exact.
+                        let dot: f64 = qh.iter().zip(kh).map(|(a, b)| *a as f64 * *b as f64).sum();
+                        *s = (dot * scale as f64) as f32;
+                        max = max.max(*s);
+                    }
+                    let mut sum = 0f32;
+                    for s in scores[..visible].iter_mut() {
+                        *s = (*s - max).exp();
+                        sum += *s;
+                    }
+                    let o = &mut out[t * q_width + h * d..][..d];
+                    for (j, &p) in scores[..visible].iter().enumerate() {
+                        let vh = &values[j * kv_width + kvh * d..][..d];
+                        let w = p / sum;
+                        for (o, v) in o.iter_mut().zip(vh) {
+                            *o += w * v;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(out)
+    }
+}
+
+fn read(content: &Content, file: &mut std::fs::File, name: &str) -> anyhow::Result<candle_core::quantized::QTensor> {
+    content.tensor(file, name, &Device::Cpu).with_context(|| format!("GGUF tensor {name}"))
+}
+
+/// Whether a tensor lives in CPU memory (the packed kernels read it in place).
+pub fn is_cpu(t: &Tensor) -> bool {
+    matches!(&*t.storage_and_layout().0, Storage::Cpu(_))
+}
