@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 /// The default embedding model of the roster.
 pub const MINILM: &str = "all-MiniLM-L6-v2";
+/// The default chat model of the roster.
+pub const SMOLLM: &str = "SmolLM2-135M-Instruct";
 
 /// A running server, killed when dropped. Its log goes to a temp file shown if start-up fails.
 pub struct TestServer {
@@ -19,7 +21,8 @@ pub struct TestServer {
     _dir: tempfile::TempDir,
 }
 
-/// Builds a server: extra environment and, optionally, a roster of its own.
+/// Builds a server: extra environment and, optionally, a roster of its own. It serves the embedding
+/// model alone unless `MODELS` is set.
 #[derive(Default)]
 pub struct ServerBuilder {
     env: Vec<(String, String)>,
@@ -59,7 +62,7 @@ impl ServerBuilder {
             .arg(&roster)
             .env("WARMUP_STEPS", "1")
             .env("HTTP_WORKERS", "2")
-            .env_remove("MODELS")
+            .env("MODELS", MINILM)
             .stdout(Stdio::null())
             .stderr(log_file);
         for (k, v) in &self.env {
@@ -131,6 +134,11 @@ impl TestServer {
     /// POSTs JSON to `/v1/embeddings`.
     pub fn embed(&self, body: serde_json::Value) -> Response {
         Response::from(client().post(self.url("/v1/embeddings")).json(&body).send().expect("request sent"))
+    }
+
+    /// POSTs JSON to `/v1/chat/completions`.
+    pub fn chat(&self, body: serde_json::Value) -> Response {
+        Response::from(client().post(self.url("/v1/chat/completions")).json(&body).send().expect("request sent"))
     }
 
     /// GETs a path.

@@ -1,0 +1,265 @@
+//! `/v1/chat/completions` end to end: a real `sis serve` with SmolLM2-135M-Instruct (Q4_1 GGUF).
+
+mod common;
+
+use common::{metric, Response, TestServer, SMOLLM};
+use serde_json::{json, Value};
+
+fn server() -> TestServer {
+    TestServer::builder().env("MODELS", SMOLLM).start()
+}
+
+/// The pinned prompt of MODELS.md: this small 4-bit model needs its system message.
+fn france(extra: Value) -> Value {
+    let mut body = json!({
+        "model": SMOLLM,
+        "messages": [
+            { "role": "system", "content": "You are a helpful assistant." },
+            { "role": "user", "content": "What is the capital of France?" },
+        ],
+        "temperature": 0,
+        "max_tokens": 32,
+    });
+    body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    body
+}
+
+fn content(r: &Response) -> String {
+    assert_eq!(r.status, 200, "{}", r.text);
+    r.json()["choices"][0]["message"]["content"].as_str().unwrap().to_string()
+}
+
+/// Reads an SSE body into its JSON chunks; asserts it ends with `[DONE]`.
+fn chunks(r: &Response) -> Vec<Value> {
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(r.headers["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    let events: Vec<&str> =
+        r.text.split("\n\n").filter(|e| !e.is_empty()).map(|e| e.strip_prefix("data: ").unwrap()).collect();
+    assert_eq!(events.last(), Some(&"[DONE]"), "{}", r.text);
+    events[..events.len() - 1].iter().map(|e| serde_json::from_str(e).unwrap()).collect()
+}
+
+#[test]
+fn greedy_answer_names_paris() {
+    let server = server();
+    let r = server.chat(france(json!({})));
+    let body = r.json();
+    let text = content(&r);
+    assert!(text.contains("Paris"), "{text}");
+    assert_eq!(body["object"], "chat.completion");
+    assert!(body["id"].as_str().unwrap().starts_with("chatcmpl-"));
+    assert_eq!(body["choices"][0]["message"]["role"], "assistant");
+    assert_eq!(body["choices"][0]["finish_reason"], "stop");
+    let usage = &body["usage"];
+    assert_eq!(usage["prompt_tokens"], 27, "ChatML prompt of 27 tokens: {body}");
+    let completion = usage["completion_tokens"].as_u64().unwrap();
+    assert!(completion > 0 && completion < 32);
+    assert_eq!(usage["total_tokens"].as_u64().unwrap(), 27 + completion);
+}
+
+#[test]
+fn streaming_gives_the_same_text_and_usage() {
+    let server = server();
+    let plain = server.chat(france(json!({ "max_tokens": 24 })));
+    let streamed =
+        server.chat(france(json!({ "max_tokens": 24, "stream": true, "stream_options": { "include_usage": true } })));
+    let chunks = chunks(&streamed);
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let mut text = String::new();
+    let mut finish = None;
+    for c in &chunks {
+        assert_eq!(c["object"], "chat.completion.chunk");
+        assert_eq!(c["id"], chunks[0]["id"], "one id for the whole stream");
+        if let Some(choice) = c["choices"].get(0) {
+            text.push_str(choice["delta"]["content"].as_str().unwrap_or(""));
+            if !choice["finish_reason"].is_null() {
+                finish = Some(choice["finish_reason"].clone());
+            }
+        }
+    }
+    assert_eq!(text, content(&plain), "stream and non-stream give the same greedy text");
+    assert_eq!(Some(plain.json()["choices"][0]["finish_reason"].clone()), finish);
+    let last = chunks.last().unwrap();
+    assert_eq!(last["choices"], json!([]), "the usage chunk has no choices");
+    assert_eq!(last["usage"], plain.json()["usage"]);
+}
+
+#[test]
+fn concurrent_greedy_requests_match_their_solo_runs() {
+    let server = server();
+    let questions = [
+        "What is the capital of France?",
+        "Name a fruit.",
+        "What is 2+2?",
+        "Write one sentence about the sea and the wind and the boats.",
+        "Say hello.",
+        "What color is the sky on a clear day?",
+        "Give me a word that rhymes with cat.",
+        "Why do birds sing in the morning? Answer briefly, please.",
+    ];
+    let body = |q: &str| {
+        json!({
+            "model": SMOLLM,
+            "messages": [{ "role": "system", "content": "You are a helpful assistant." }, { "role": "user", "content": q }],
+            "temperature": 0,
+            "max_tokens": 24,
+        })
+    };
+    let solo: Vec<String> = questions.iter().map(|q| content(&server.chat(body(q)))).collect();
+    let server = &server;
+    let together: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = questions.iter().map(|q| s.spawn(move || content(&server.chat(body(q))))).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(solo, together, "batching must not change greedy output");
+    let steps = metric(&server.metrics(), &format!("chat_batch_size_count{{model=\"{SMOLLM}\"}}")).unwrap();
+    assert!(steps > 0.0);
+    let metrics = server.metrics();
+    let batched = common::parse_prometheus(&metrics)
+        .into_iter()
+        .find(|(s, _)| s == &format!("chat_batch_size_bucket{{model=\"{SMOLLM}\",le=\"1\"}}"))
+        .map(|(_, v)| v)
+        .unwrap();
+    assert!(batched < steps, "some steps ran more than one sequence");
+}
+
+#[test]
+fn seeds_stops_and_lengths() {
+    let server = server();
+    let sampled = |seed: u64| {
+        content(&server.chat(json!({
+            "model": SMOLLM,
+            "messages": [{ "role": "user", "content": "Tell me a short story about a cat." }],
+            "temperature": 0.9,
+            "top_p": 0.95,
+            "seed": seed,
+            "max_tokens": 20,
+        })))
+    };
+    assert_eq!(sampled(7), sampled(7), "same seed, same text");
+
+    let stopped = server.chat(france(json!({ "stop": ["Paris"] })));
+    let text = content(&stopped);
+    assert!(!text.contains("Paris"), "the stop string is never included: {text}");
+    assert!(text.contains("France"), "{text}");
+    assert_eq!(stopped.json()["choices"][0]["finish_reason"], "stop");
+    // A stop string that spans tokens: " is Pa" ends inside "Paris".
+    let text = content(&server.chat(france(json!({ "stop": " is Pa" }))));
+    assert!(text.ends_with("France"), "{text}");
+
+    let long = server.chat(france(json!({ "max_tokens": 3 })));
+    assert_eq!(long.json()["choices"][0]["finish_reason"], "length");
+    assert_eq!(long.json()["usage"]["completion_tokens"], 3);
+    let long = server.chat(france(json!({ "max_completion_tokens": 2 })));
+    assert_eq!(long.json()["usage"]["completion_tokens"], 2);
+}
+
+#[test]
+fn client_mistakes_get_clear_errors() {
+    let server = TestServer::builder()
+        .env("MODELS", format!("{SMOLLM},{}", common::MINILM))
+        .env("CHAT_MAX_PROMPT_TOKENS", 40)
+        .start();
+    let err = |body: Value, status: u16| server.chat(body).expect_error(status);
+    assert!(err(france(json!({ "n": 2 })), 400).contains("n=1"));
+    assert!(err(france(json!({ "max_tokens": 0 })), 400).contains("max_tokens"));
+    assert!(err(france(json!({ "max_tokens": -5 })), 400).contains("max_tokens"));
+    assert!(err(france(json!({ "temperature": 7 })), 400).contains("temperature"));
+    assert!(err(france(json!({ "model": "nope" })), 404).contains("nope"));
+    assert!(err(france(json!({ "model": common::MINILM })), 400).contains("does not support chat"));
+    assert!(err(france(json!({ "messages": [] })), 400).contains("empty"));
+    assert!(err(france(json!({ "messages": "hi" })), 400).contains("messages"));
+    assert!(err(france(json!({ "messages": [{ "role": "wizard", "content": "x" }] })), 400).contains("wizard"));
+    let image = json!({ "messages": [{ "role": "user", "content": [
+        { "type": "text", "text": "What is this?" },
+        { "type": "image_url", "image_url": { "url": "data:image/png;base64,iVBORw0KGgo=" } },
+    ] }] });
+    assert!(err(france(image), 400).contains("does not accept images"));
+    let long = json!({ "messages": [{ "role": "user", "content": "word ".repeat(200) }] });
+    assert!(err(france(long), 400).contains("Prompt too long; max 40 tokens"));
+    assert!(err(france(json!({ "stop": 5 })), 400).contains("stop"));
+    // Text parts are accepted and joined.
+    let parts = json!({ "messages": [
+        { "role": "system", "content": "You are a helpful assistant." },
+        { "role": "user", "content": [{ "type": "text", "text": "What is the capital " }, { "type": "text", "text": "of France?" }] },
+    ] });
+    assert!(content(&server.chat(france(parts))).contains("Paris"));
+}
+
+#[test]
+fn overload_answers_429_and_every_request_is_answered() {
+    let server =
+        TestServer::builder().env("MODELS", SMOLLM).env("CHAT_MAX_QUEUE_SIZE", 2).env("CHAT_BATCH_MAX_SIZE", 1).start();
+    let server = &server;
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..10)
+            .map(|_| {
+                s.spawn(move || {
+                    let r = server.chat(france(json!({ "max_tokens": 16 })));
+                    if r.status == 429 {
+                        assert!(r.headers.contains_key("retry-after"));
+                    }
+                    r.status
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(statuses.len(), 10);
+    assert!(statuses.iter().all(|s| *s == 200 || *s == 429), "{statuses:?}");
+    assert!(statuses.contains(&429) && statuses.contains(&200), "{statuses:?}");
+    let metrics = server.metrics();
+    let rejected = metric(&metrics, &format!("chat_batch_queue_rejections_total{{model=\"{SMOLLM}\"}}")).unwrap();
+    assert_eq!(rejected as usize, statuses.iter().filter(|s| **s == 429).count());
+    for name in [
+        "chat_time_to_first_token_seconds_count",
+        "chat_inter_token_latency_seconds_count",
+        "chat_tokens_generated_total",
+    ] {
+        assert!(metrics.contains(name), "{name} missing");
+    }
+}
+
+#[test]
+fn the_gguf_tokenizer_encodes_like_the_reference() {
+    use sis::config::{Overrides, Settings};
+    let overrides = Overrides {
+        config: Some(concat!(env!("CARGO_MANIFEST_DIR"), "/config/models.toml").into()),
+        ..Default::default()
+    };
+    let (settings, roster) = Settings::load(&overrides).unwrap();
+    let entry = roster.select(&[SMOLLM.into()]).unwrap().remove(0);
+    let found = sis::models::resolve(&entry, &settings.hf_cache, true).unwrap();
+    let spec = sis::engines::chat_spec::ChatSpec::from_gguf(&found.dir.join(entry.file.unwrap())).unwrap();
+    // Expected ids from an independent byte-level BPE (the GPT-2 algorithm in Python over the same
+    // GGUF vocab and merges, SmolLM2's digit split, special tokens matched first).
+    let cases: [(&str, &[u32]); 6] = [
+        ("Hello world 1234 naïve café!", &[19556, 905, 216, 33, 34, 35, 36, 15486, 46494, 37366, 17]),
+        (
+            "<|im_start|>user\nWhat's 3.14 + 2,718?<|im_end|>\n",
+            &[1, 4093, 198, 1780, 506, 216, 35, 30, 33, 36, 1232, 216, 34, 28, 39, 33, 40, 47, 2, 198],
+        ),
+        (
+            "  Multiple   spaces\tand\ttabs\n\nnew lines",
+            &[216, 16560, 256, 5600, 197, 397, 197, 100, 7366, 198, 198, 2241, 3204],
+        ),
+        (
+            "Ünïcödé ÀÉÎÕÜ — “quotes” and emoji 🙂!",
+            &[
+                142, 246, 94, 25972, 83, 7466, 84, 2756, 5549, 218, 39614, 142, 232, 142, 239, 142, 246, 1841, 619,
+                385, 2346, 573, 284, 649, 33777, 47526, 17,
+            ],
+        ),
+        ("I'll they've we're it's DON'T", &[57, 3060, 502, 3543, 392, 2316, 357, 506, 422, 2154, 23, 68]),
+        (
+            "x=1234567890;y=-0.5e10",
+            &[104, 45, 33, 34, 35, 36, 37, 38, 39, 40, 41, 32, 43, 105, 15196, 32, 30, 37, 85, 33, 32],
+        ),
+    ];
+    for (text, expected) in cases {
+        let ids = spec.tokenizer.encode(text, false).unwrap().get_ids().to_vec();
+        assert_eq!(ids, expected, "{text:?}");
+        let decoded = spec.tokenizer.decode(&ids, false).unwrap();
+        assert_eq!(decoded, text, "decoding gives the text back");
+    }
+}
