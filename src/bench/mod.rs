@@ -1,6 +1,7 @@
 //! `sis bench`: load generators against a running server, reporting throughput as completed requests
 //! over wall time, latency percentiles and counts by status.
 
+pub mod chat;
 pub mod corpus;
 pub mod embeddings;
 pub mod report;
@@ -12,6 +13,8 @@ use clap::Subcommand;
 pub enum BenchCommand {
     /// POST /v1/embeddings with seeded English sentences.
     Embeddings(embeddings::EmbeddingsBench),
+    /// Streaming POST /v1/chat/completions.
+    Chat(chat::ChatBench),
 }
 
 /// Runs a benchmark on its own tokio runtime.
@@ -19,5 +22,6 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     match command {
         BenchCommand::Embeddings(args) => runtime.block_on(embeddings::run(args)),
+        BenchCommand::Chat(args) => runtime.block_on(chat::run(args)),
     }
 }

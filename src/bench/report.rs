@@ -27,6 +27,25 @@ pub struct Report {
     pub latency_ms: BTreeMap<String, f64>,
     /// Count per HTTP status (`error` for transport failures).
     pub statuses: BTreeMap<String, usize>,
+    /// Further percentile tables (chat: time to first token, inter-token latency).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub extra: BTreeMap<String, BTreeMap<String, f64>>,
+}
+
+/// p50 / p95 / p99 / max of values (milliseconds), rounded to 0.01.
+pub fn percentiles(mut values: Vec<f64>) -> BTreeMap<String, f64> {
+    values.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| -> f64 {
+        if values.is_empty() {
+            return 0.0;
+        }
+        let rank = ((p / 100.0) * values.len() as f64).ceil() as usize;
+        values[rank.clamp(1, values.len()) - 1]
+    };
+    [("p50", 50.0), ("p95", 95.0), ("p99", 99.0), ("max", 100.0)]
+        .into_iter()
+        .map(|(k, p)| (k.to_string(), (pct(p) * 100.0).round() / 100.0))
+        .collect()
 }
 
 impl Report {
@@ -48,30 +67,21 @@ impl Report {
                 units += n;
             }
         }
-        latencies.sort_by(|a, b| a.total_cmp(b));
-        let pct = |p: f64| -> f64 {
-            if latencies.is_empty() {
-                return 0.0;
-            }
-            let rank = ((p / 100.0) * latencies.len() as f64).ceil() as usize;
-            latencies[rank.clamp(1, latencies.len()) - 1]
-        };
-        let latency_ms = [("p50", 50.0), ("p95", 95.0), ("p99", 99.0), ("max", 100.0)]
-            .into_iter()
-            .map(|(k, p)| (k.to_string(), (pct(p) * 100.0).round() / 100.0))
-            .collect();
+        let completed = latencies.len();
+        let latency_ms = percentiles(latencies);
         let secs = wall.as_secs_f64().max(1e-9);
         Self {
             bench: bench.into(),
             requests: outcomes.len(),
-            completed: latencies.len(),
+            completed,
             concurrency,
             wall_seconds: secs,
-            requests_per_second: latencies.len() as f64 / secs,
+            requests_per_second: completed as f64 / secs,
             units_per_second: units as f64 / secs,
             unit: unit.into(),
             latency_ms,
             statuses,
+            extra: BTreeMap::new(),
         }
     }
 
@@ -85,6 +95,12 @@ impl Report {
         );
         let l = &self.latency_ms;
         println!("  latency (ms)   p50 {} | p95 {} | p99 {} | max {}", l["p50"], l["p95"], l["p99"], l["max"]);
+        for (name, table) in &self.extra {
+            println!(
+                "  {name:<14} p50 {} | p95 {} | p99 {} | max {}",
+                table["p50"], table["p95"], table["p99"], table["max"]
+            );
+        }
         println!("  statuses       {:?}", self.statuses);
     }
 }

@@ -357,7 +357,21 @@ impl Llama {
 }
 
 fn read(content: &Content, file: &mut std::fs::File, name: &str) -> anyhow::Result<candle_core::quantized::QTensor> {
-    content.tensor(file, name, &Device::Cpu).with_context(|| format!("GGUF tensor {name}"))
+    let tensor = content.tensor(file, name, &Device::Cpu).with_context(|| format!("GGUF tensor {name}"))?;
+    Ok(fast_layout(tensor)?)
+}
+
+/// candle's CPU kernels for Q4_1 / Q5_0 / Q5_1 are scalar; such weights are re-quantized once at load
+/// to Q8_0, which has SIMD kernels. Q8_0 holds every 4- and 5-bit level of a block to within 1/254 of
+/// the block's range, so the model is the same to within that rounding.
+fn fast_layout(tensor: candle_core::quantized::QTensor) -> Result<candle_core::quantized::QTensor> {
+    use candle_core::quantized::{GgmlDType, QTensor};
+    match tensor.dtype() {
+        GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1 if tensor.shape().dims().len() == 2 => {
+            QTensor::quantize(&tensor.dequantize(&Device::Cpu)?, GgmlDType::Q8_0)
+        }
+        _ => Ok(tensor),
+    }
 }
 
 /// Whether a tensor lives in CPU memory (the packed kernels read it in place).
