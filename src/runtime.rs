@@ -88,6 +88,10 @@ impl SequenceObserver for StepMetrics {
         self.metrics.chat_queue_size.with_label_values(&[&self.model]).set(waiting as i64);
         self.metrics.chat_pool_size.with_label_values::<&str>(&[]).set(running as i64);
     }
+
+    fn cancelled(&self, count: usize) {
+        self.metrics.chat_cancelled.with_label_values(&[&self.model]).inc_by(count as u64);
+    }
 }
 
 impl Runtime {

@@ -263,3 +263,93 @@ fn the_gguf_tokenizer_encodes_like_the_reference() {
         assert_eq!(decoded, text, "decoding gives the text back");
     }
 }
+
+#[test]
+fn json_modes_produce_valid_json() {
+    let server = server();
+    let ask = |content: &str, format: Value, max_tokens: u32| {
+        server.chat(json!({
+            "model": SMOLLM,
+            "messages": [
+                { "role": "system", "content": "You are a helpful assistant. Answer in JSON." },
+                { "role": "user", "content": content },
+            ],
+            "temperature": 0,
+            "max_tokens": max_tokens,
+            "response_format": format,
+        }))
+    };
+    // Free-form JSON closes within the token budget, however small.
+    for max_tokens in [12, 40] {
+        let text =
+            content(&ask("Give me the capital of France as JSON.", json!({ "type": "json_object" }), max_tokens));
+        let parsed: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+        assert!(parsed.is_object(), "{text}");
+    }
+    // A schema fixes keys, types and enums, also when sampling.
+    let schema = json!({
+        "type": "json_schema",
+        "json_schema": { "name": "person", "strict": true, "schema": {
+            "type": "object",
+            "properties": {
+                "name": { "type": "string" },
+                "age": { "type": "integer" },
+                "pet": { "enum": ["cat", "dog"] },
+                "hobbies": { "type": "array", "items": { "type": "string" } },
+            },
+            "required": ["name", "age", "pet", "hobbies"],
+            "additionalProperties": false,
+        } },
+    });
+    for seed in [1, 2] {
+        let r = server.chat(json!({
+            "model": SMOLLM,
+            "messages": [{ "role": "user", "content": "Describe a person." }],
+            "temperature": 0.8,
+            "seed": seed,
+            "max_tokens": 120,
+            "response_format": schema,
+        }));
+        let text = content(&r);
+        let person: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+        let keys: Vec<&String> = person.as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["name", "age", "pet", "hobbies"], "{text}");
+        assert!(person["name"].is_string() && person["age"].is_i64(), "{text}");
+        assert!(person["pet"] == "cat" || person["pet"] == "dog", "{text}");
+        assert!(person["hobbies"].as_array().unwrap().iter().all(Value::is_string), "{text}");
+    }
+    let bad = ask("x", json!({ "type": "json_schema", "json_schema": { "schema": { "type": "tuple" } } }), 10);
+    assert!(bad.expect_error(400).contains("tuple"));
+}
+
+#[test]
+fn a_client_that_disconnects_mid_stream_frees_its_slot() {
+    use std::io::{Read, Write};
+    // One slot in the running batch: a stream that is abandoned must free it for the next request.
+    let server = TestServer::builder().env("MODELS", SMOLLM).env("CHAT_BATCH_MAX_SIZE", 1).start();
+    let address = server.base.trim_start_matches("http://").to_string();
+    let body = json!({
+        "model": SMOLLM,
+        "messages": [{ "role": "user", "content": "Count from one to one thousand, in words." }],
+        "temperature": 0,
+        "max_tokens": 2000,
+        "stream": true,
+    })
+    .to_string();
+    let mut socket = std::net::TcpStream::connect(&address).unwrap();
+    write!(
+        socket,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut first = [0u8; 512];
+    let n = socket.read(&mut first).unwrap();
+    assert!(String::from_utf8_lossy(&first[..n]).contains("200 OK"));
+    drop(socket);
+    // The next request gets the only slot, and the scheduler reports the abandoned sequence cancelled.
+    let r = server.chat(france(json!({})));
+    assert!(content(&r).contains("Paris"));
+    let cancelled = metric(&server.metrics(), &format!("chat_requests_cancelled_total{{model=\"{SMOLLM}\"}}"));
+    assert_eq!(cancelled, Some(1.0));
+}

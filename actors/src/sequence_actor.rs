@@ -122,6 +122,8 @@ pub struct SequenceActor<L: StepLoader> {
 pub trait SequenceObserver: Send + Sync + 'static {
     /// A step ran over `running` sequences, `waiting` more queued.
     fn step(&self, _running: usize, _waiting: usize, _took: Duration) {}
+    /// Sequences left the batch because their clients went away.
+    fn cancelled(&self, _count: usize) {}
 }
 
 impl SequenceObserver for () {}
@@ -243,6 +245,9 @@ impl<L: StepLoader> Handler<Step> for SequenceActor<L> {
         let Some(engine) = self.engine.as_mut() else { return };
         // Clients that went away leave before the step costs anything.
         let gone: Vec<u64> = self.running.iter().filter(|(_, r)| r.events.is_closed()).map(|(id, _)| *id).collect();
+        if !gone.is_empty() {
+            self.observer.cancelled(gone.len());
+        }
         for id in gone {
             engine.remove(id);
             self.running.remove(&id);

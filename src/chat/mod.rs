@@ -11,6 +11,7 @@ use crate::config::settings::ChatSettings;
 use crate::config::ModelEntry;
 use crate::engines::chat::{ChatEvent, ChatRequest};
 use crate::engines::chat_template::{ChatTemplate, TemplateMessage};
+use crate::engines::json_constraint::Schema;
 use crate::engines::sampling::Sampling;
 use crate::error::ApiError;
 use crate::telemetry::Metrics;
@@ -34,6 +35,8 @@ pub struct ChatParams {
     pub seed: Option<u64>,
     /// Stop strings.
     pub stop: Vec<String>,
+    /// Constrained JSON output.
+    pub json: Option<Schema>,
     /// Presence penalty.
     pub presence_penalty: f32,
     /// Frequency penalty.
@@ -129,6 +132,7 @@ impl ChatModel {
             },
             seed: params.seed.unwrap_or_else(rand::random),
             stop: params.stop,
+            json: params.json,
             prompt: ids,
             fault,
         };

@@ -7,8 +7,9 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use tokenizers::Tokenizer;
 
+use super::json_constraint::JsonMatcher;
 use super::llama::{KvCache, Llama, StepInput};
-use super::sampling::{sample, Sampling};
+use super::sampling::{sample, sample_allowed, Sampling};
 use sis_actors::{EngineError, StepEngine, StepLoader};
 
 /// Why a sequence ended.
@@ -43,6 +44,8 @@ pub struct ChatRequest {
     pub seed: u64,
     /// Stop strings (never included in the output).
     pub stop: Vec<String>,
+    /// Constrained decoding: the output must be a JSON document of this schema.
+    pub json: Option<super::json_constraint::Schema>,
     /// Test hook: the engine panics when this sequence joins a step (fault-injection builds only).
     pub fault: bool,
 }
@@ -113,6 +116,7 @@ struct Sequence {
     rng: StdRng,
     utf8: Vec<u8>,
     held: String,
+    json: Option<JsonMatcher>,
 }
 
 /// The loaded chat engine.
@@ -197,6 +201,7 @@ impl StepEngine for ChatEngine {
             counts: HashMap::new(),
             utf8: Vec::new(),
             held: String::new(),
+            json: request.json.clone().map(JsonMatcher::new),
             request,
         };
         self.sequences.insert(id, seq);
@@ -250,7 +255,35 @@ impl StepEngine for ChatEngine {
             }
             let mut row = rows.next().ok_or_else(|| EngineError::new("missing logits"))?;
             let seq = self.sequences.get_mut(&id).expect("present");
-            let token = sample(&mut row, &seq.request.sampling, &seq.counts, &mut seq.rng);
+            if let Some(matcher) = seq.json.as_mut() {
+                // Leave room to close the document before max_tokens.
+                if seq.request.max_tokens - seq.generated <= 2 * matcher.depth() + 3 {
+                    matcher.close_soon();
+                }
+            }
+            let token = match &seq.json {
+                None => sample(&mut row, &seq.request.sampling, &seq.counts, &mut seq.rng),
+                Some(matcher) => {
+                    let (bytes, eos) = (&self.bytes, &self.eos);
+                    let allowed = |t: u32| {
+                        if eos.contains(&t) {
+                            matcher.is_complete()
+                        } else {
+                            matcher.allows(bytes.get(t))
+                        }
+                    };
+                    let pick = if matcher.is_complete() {
+                        None
+                    } else {
+                        sample_allowed(&mut row, &seq.request.sampling, &seq.counts, &mut seq.rng, &allowed)
+                    };
+                    // A complete document (or, never expected, a dead end) ends the turn.
+                    pick.unwrap_or(eos[0])
+                }
+            };
+            if let (Some(matcher), false) = (seq.json.as_mut(), self.eos.contains(&token)) {
+                matcher.advance(self.bytes.get(token));
+            }
             seq.generated += 1;
             *seq.counts.entry(token).or_insert(0) += 1;
             seq.next = vec![token];
@@ -328,6 +361,7 @@ mod tests {
                 sampling: Sampling { temperature: 0.0, top_p: 1.0, presence_penalty: 0.0, frequency_penalty: 0.0 },
                 seed: 0,
                 stop: stop.iter().map(|s| s.to_string()).collect(),
+                json: None,
                 fault: false,
             },
             cache: KvCache::default(),
@@ -338,6 +372,7 @@ mod tests {
             rng: StdRng::seed_from_u64(0),
             utf8: vec![],
             held: String::new(),
+            json: None,
         }
     }
 

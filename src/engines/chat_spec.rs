@@ -57,6 +57,9 @@ impl ChatSpec {
                 }
             }
         }
+        if eos_ids.is_empty() {
+            anyhow::bail!("{} names no end-of-turn token", path.display());
+        }
         let arch = md.get("general.architecture").and_then(|v| v.to_string().ok().cloned()).unwrap_or_default();
         let context = md.get(&format!("{arch}.context_length")).and_then(|v| v.to_u32().ok()).unwrap_or(2048) as usize;
         Ok(Self {

@@ -8,5 +8,6 @@ pub mod chat_template;
 pub mod device;
 pub mod embedder;
 pub mod gguf_tokenizer;
+pub mod json_constraint;
 pub mod llama;
 pub mod sampling;

@@ -22,25 +22,64 @@ const NUCLEUS_CAP: usize = 1024;
 
 /// Picks a token from `logits` (modified in place).
 pub fn sample(logits: &mut [f32], s: &Sampling, counts: &HashMap<u32, u32>, rng: &mut StdRng) -> u32 {
+    penalise(logits, s, counts);
+    if s.temperature <= 0.0 {
+        return argmax(logits);
+    }
+    draw(top_candidates(logits, |_| true), s, rng).expect("a vocabulary is never empty")
+}
+
+/// Picks a token among those `allowed` (constrained decoding); `None` if no token is allowed.
+/// The distribution is the unconstrained one restricted to allowed tokens.
+pub fn sample_allowed(
+    logits: &mut [f32],
+    s: &Sampling,
+    counts: &HashMap<u32, u32>,
+    rng: &mut StdRng,
+    allowed: &dyn Fn(u32) -> bool,
+) -> Option<u32> {
+    penalise(logits, s, counts);
+    let mut candidates = top_candidates(logits, allowed);
+    if candidates.is_empty() {
+        // Nothing likely fits: look through the whole vocabulary.
+        candidates =
+            logits.iter().enumerate().filter(|(i, _)| allowed(*i as u32)).map(|(i, &l)| (l, i as u32)).collect();
+        candidates.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    }
+    if s.temperature <= 0.0 {
+        return candidates.first().map(|c| c.1);
+    }
+    draw(candidates, s, rng)
+}
+
+fn penalise(logits: &mut [f32], s: &Sampling, counts: &HashMap<u32, u32>) {
     for (&token, &count) in counts {
         if let Some(l) = logits.get_mut(token as usize) {
             *l -= s.presence_penalty + s.frequency_penalty * count as f32;
         }
     }
-    if s.temperature <= 0.0 {
-        return argmax(logits);
+}
+
+/// The `NUCLEUS_CAP` largest logits that pass `keep`, largest first, as (logit, token).
+fn top_candidates(logits: &[f32], keep: impl Fn(u32) -> bool) -> Vec<(f32, u32)> {
+    let mut all: Vec<(f32, u32)> = logits.iter().enumerate().map(|(i, &l)| (l, i as u32)).collect();
+    let order = |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
+    let cap = NUCLEUS_CAP.min(all.len());
+    if cap < all.len() {
+        all.select_nth_unstable_by(cap - 1, order);
+        all.truncate(cap);
     }
+    all.sort_unstable_by(order);
+    all.retain(|c| keep(c.1));
+    all
+}
+
+/// Temperature and nucleus over candidates sorted by logit, largest first.
+fn draw(candidates: Vec<(f32, u32)>, s: &Sampling, rng: &mut StdRng) -> Option<u32> {
+    let max = candidates.first()?.0;
     let inv_t = 1.0 / s.temperature;
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut probs: Vec<(f32, u32)> =
-        logits.iter().enumerate().map(|(i, &l)| (((l - max) * inv_t).exp(), i as u32)).collect();
+    let probs: Vec<(f32, u32)> = candidates.iter().map(|&(l, i)| (((l - max) * inv_t).exp(), i)).collect();
     let total: f32 = probs.iter().map(|p| p.0).sum();
-    let keep = NUCLEUS_CAP.min(probs.len());
-    if keep < probs.len() {
-        probs.select_nth_unstable_by(keep - 1, |a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-        probs.truncate(keep);
-    }
-    probs.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
     let target = s.top_p.clamp(0.0, 1.0) * total;
     let mut mass = 0.0;
     let mut cut = probs.len();
@@ -57,10 +96,10 @@ pub fn sample(logits: &mut [f32], s: &Sampling, counts: &HashMap<u32, u32>, rng:
     for p in nucleus {
         r -= p.0;
         if r <= 0.0 {
-            return p.1;
+            return Some(p.1);
         }
     }
-    nucleus[nucleus.len() - 1].1
+    nucleus.last().map(|p| p.1)
 }
 
 /// Index of the largest logit (the lowest index among ties).
@@ -102,5 +141,19 @@ mod tests {
         for _ in 0..50 {
             assert_eq!(sample(&mut [10.0, 0.0, 0.0, 0.0], &s, &HashMap::new(), &mut rng), 0);
         }
+    }
+
+    #[test]
+    fn constrained_sampling_only_picks_allowed_tokens() {
+        let greedy = Sampling { temperature: 0.0, top_p: 1.0, presence_penalty: 0.0, frequency_penalty: 0.0 };
+        let mut rng = StdRng::seed_from_u64(3);
+        let odd = |t: u32| t % 2 == 1;
+        assert_eq!(sample_allowed(&mut [5.0, 1.0, 4.0, 2.0], &greedy, &HashMap::new(), &mut rng, &odd), Some(3));
+        let hot = Sampling { temperature: 1.5, ..greedy };
+        for _ in 0..50 {
+            let t = sample_allowed(&mut [5.0, 1.0, 4.0, 2.0, 0.0], &hot, &HashMap::new(), &mut rng, &odd).unwrap();
+            assert!(odd(t));
+        }
+        assert_eq!(sample_allowed(&mut [1.0, 2.0], &hot, &HashMap::new(), &mut rng, &|_| false), None);
     }
 }

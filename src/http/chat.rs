@@ -12,6 +12,7 @@ use super::body::read_json;
 use crate::chat::{ChatModel, ChatParams};
 use crate::engines::chat::ChatEvent;
 use crate::engines::chat_template::TemplateMessage;
+use crate::engines::json_constraint::Schema;
 use crate::error::ApiError;
 use crate::runtime::{Capability, Runtime};
 use crate::telemetry::Metrics;
@@ -112,14 +113,18 @@ fn params(request: &ChatCompletionRequest, model_id: &str) -> Result<(ChatParams
         Some(t) if t >= 1 => Some(usize::try_from(t).unwrap_or(usize::MAX)),
         Some(t) => return Err(ApiError::invalid("max_tokens", format!("max_tokens must be at least 1, got {t}"))),
     };
-    if let Some(format) = &request.response_format {
-        match format.get("type").and_then(Value::as_str) {
-            Some("text") => {}
-            Some(kind @ ("json_object" | "json_schema")) => {
-                return Err(ApiError::invalid(
-                    "response_format",
-                    format!("response_format {kind} is not supported by this server yet; use \"text\""),
-                ))
+    let json = match &request.response_format {
+        None | Some(Value::Null) => None,
+        Some(format) => match format.get("type").and_then(Value::as_str) {
+            Some("text") => None,
+            Some("json_object") => Some(Schema::Object(None)),
+            Some("json_schema") => {
+                let schema = format.pointer("/json_schema/schema").ok_or_else(|| {
+                    ApiError::invalid("response_format", "response_format json_schema needs json_schema.schema")
+                })?;
+                Some(Schema::compile(schema).map_err(|e| {
+                    ApiError::invalid("response_format", format!("response_format.json_schema.schema: {e}"))
+                })?)
             }
             _ => {
                 return Err(ApiError::invalid(
@@ -127,8 +132,8 @@ fn params(request: &ChatCompletionRequest, model_id: &str) -> Result<(ChatParams
                     "response_format.type must be text, json_object or json_schema",
                 ))
             }
-        }
-    }
+        },
+    };
     let stop = match &request.stop {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::String(s)) => vec![s.clone()],
@@ -151,6 +156,7 @@ fn params(request: &ChatCompletionRequest, model_id: &str) -> Result<(ChatParams
         top_p: number(request.top_p, "top_p", 0.0, 1.0)?.map(|p| if p == 0.0 { f32::MIN_POSITIVE } else { p }),
         seed,
         stop,
+        json,
         presence_penalty: number(request.presence_penalty, "presence_penalty", -2.0, 2.0)?.unwrap_or(0.0),
         frequency_penalty: number(request.frequency_penalty, "frequency_penalty", -2.0, 2.0)?.unwrap_or(0.0),
     };

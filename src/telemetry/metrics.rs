@@ -46,6 +46,8 @@ pub struct Metrics {
     pub chat_tokens: IntCounterVec,
     /// `chat_prompt_tokens_total{model}`.
     pub chat_prompt_tokens: IntCounterVec,
+    /// `chat_requests_cancelled_total{model}`: sequences stopped because the client went away.
+    pub chat_cancelled: IntCounterVec,
     /// `chat_batch_queue_rejections_total{model}`.
     pub chat_queue_rejections: IntCounterVec,
     /// `chat_batch_oom_retries_total{model}` (CPU batches do not run out of memory; kept for dashboards).
@@ -161,6 +163,11 @@ impl Metrics {
             ),
             chat_tokens: counter("chat_tokens_generated_total", "Completion tokens generated", &["model"]),
             chat_prompt_tokens: counter("chat_prompt_tokens_total", "Prompt tokens processed", &["model"]),
+            chat_cancelled: counter(
+                "chat_requests_cancelled_total",
+                "Chat sequences stopped because the client left",
+                &["model"],
+            ),
             chat_queue_rejections: counter(
                 "chat_batch_queue_rejections_total",
                 "Chat requests refused with 429",
