@@ -171,10 +171,11 @@ impl Runtime {
             }
             ModelKind::Chat => {
                 let c = &settings.chat;
-                let file = entry.file.as_deref().ok_or_else(|| {
-                    anyhow::anyhow!("chat model {:?} needs `file` (its .gguf) in the roster", entry.id)
-                })?;
-                let spec = ChatSpec::from_gguf(&resolved.dir.join(file))?;
+                let weights = match entry.file.as_deref() {
+                    Some(file) => resolved.dir.join(file),
+                    None => resolved.dir.clone(),
+                };
+                let spec = ChatSpec::open(&weights)?;
                 let template = ChatTemplate::new(&spec.template, &spec.bos, &spec.eos)?;
                 let loader = ChatLoader {
                     path: spec.path.clone(),

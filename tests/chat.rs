@@ -353,3 +353,161 @@ fn a_client_that_disconnects_mid_stream_frees_its_slot() {
     let cancelled = metric(&server.metrics(), &format!("chat_requests_cancelled_total{{model=\"{SMOLLM}\"}}"));
     assert_eq!(cancelled, Some(1.0));
 }
+
+/// Writes a tiny random model of `arch` (llama or qwen2) twice: as a Hub-layout safetensors folder and
+/// as a GGUF file (with llama's Q/K row permutation, as llama.cpp's converter does), both with
+/// SmolLM2's tokenizer and chat template. Returns (safetensors dir, gguf path).
+fn tiny_checkpoints(dir: &std::path::Path, arch: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    use candle_core::quantized::gguf_file::{self, Value as G};
+    use candle_core::quantized::{GgmlDType, QTensor};
+    use candle_core::{Device, Tensor};
+    use std::collections::HashMap;
+
+    let (vocab, hidden, heads, kv_heads, ffn, layers) = (49152usize, 64usize, 4usize, 2usize, 128usize, 2usize);
+    let head_dim = hidden / heads;
+    let mut seed = 0x5eed_u64 + arch.len() as u64;
+    let mut random = |shape: &[usize], scale: f32| {
+        let n: usize = shape.iter().product();
+        let data: Vec<f32> = (0..n)
+            .map(|_| {
+                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0 * scale
+            })
+            .collect();
+        Tensor::from_vec(data, shape, &Device::Cpu).unwrap()
+    };
+    let ones = |n: usize| Tensor::ones(n, candle_core::DType::F32, &Device::Cpu).unwrap();
+    // llama.cpp's converter reorders Q/K rows so that RoPE rotates adjacent pairs.
+    let permute = |w: &Tensor, n_head: usize| {
+        let (out, inp) = w.dims2().unwrap();
+        w.reshape((n_head, 2, out / n_head / 2, inp))
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .contiguous()
+            .unwrap()
+            .reshape((out, inp))
+            .unwrap()
+    };
+
+    let mut hub: HashMap<String, Tensor> = HashMap::new();
+    let mut gguf: Vec<(String, Tensor)> = Vec::new();
+    let embed = random(&[vocab, hidden], 0.5);
+    hub.insert("model.embed_tokens.weight".into(), embed.clone());
+    gguf.push(("token_embd.weight".into(), embed));
+    hub.insert("model.norm.weight".into(), ones(hidden));
+    gguf.push(("output_norm.weight".into(), ones(hidden)));
+    for i in 0..layers {
+        let q = random(&[heads * head_dim, hidden], 0.3);
+        let k = random(&[kv_heads * head_dim, hidden], 0.3);
+        let (q_g, k_g) =
+            if arch == "llama" { (permute(&q, heads), permute(&k, kv_heads)) } else { (q.clone(), k.clone()) };
+        let mut put = |h: &str, g: &str, t: Tensor, tg: Option<Tensor>| {
+            hub.insert(format!("model.layers.{i}.{h}"), t.clone());
+            gguf.push((format!("blk.{i}.{g}"), tg.unwrap_or(t)));
+        };
+        put("self_attn.q_proj.weight", "attn_q.weight", q, Some(q_g));
+        put("self_attn.k_proj.weight", "attn_k.weight", k, Some(k_g));
+        put("self_attn.v_proj.weight", "attn_v.weight", random(&[kv_heads * head_dim, hidden], 0.3), None);
+        put("self_attn.o_proj.weight", "attn_output.weight", random(&[hidden, heads * head_dim], 0.3), None);
+        put("mlp.gate_proj.weight", "ffn_gate.weight", random(&[ffn, hidden], 0.3), None);
+        put("mlp.up_proj.weight", "ffn_up.weight", random(&[ffn, hidden], 0.3), None);
+        put("mlp.down_proj.weight", "ffn_down.weight", random(&[hidden, ffn], 0.3), None);
+        put("input_layernorm.weight", "attn_norm.weight", ones(hidden), None);
+        put("post_attention_layernorm.weight", "ffn_norm.weight", ones(hidden), None);
+        if arch == "qwen2" {
+            put("self_attn.q_proj.bias", "attn_q.bias", random(&[heads * head_dim], 0.1), None);
+            put("self_attn.k_proj.bias", "attn_k.bias", random(&[kv_heads * head_dim], 0.1), None);
+            put("self_attn.v_proj.bias", "attn_v.bias", random(&[kv_heads * head_dim], 0.1), None);
+        }
+    }
+
+    // The tokenizer and template come from SmolLM2's GGUF.
+    let (settings, roster) = sis::config::Settings::load(&sis::config::Overrides {
+        config: Some(concat!(env!("CARGO_MANIFEST_DIR"), "/config/models.toml").into()),
+        ..Default::default()
+    })
+    .unwrap();
+    let entry = roster.select(&[SMOLLM.into()]).unwrap().remove(0);
+    let smol = sis::models::resolve(&entry, &settings.hf_cache, true).unwrap().dir.join(entry.file.unwrap());
+    let mut file = std::fs::File::open(&smol).unwrap();
+    let content = gguf_file::Content::read(&mut file).unwrap();
+    let spec = sis::engines::chat_spec::ChatSpec::from_gguf(&smol).unwrap();
+
+    let hub_dir = dir.join(format!("{arch}-safetensors"));
+    std::fs::create_dir_all(&hub_dir).unwrap();
+    candle_core::safetensors::save(&hub, hub_dir.join("model.safetensors")).unwrap();
+    std::fs::write(
+        hub_dir.join("config.json"),
+        json!({
+            "model_type": arch, "hidden_size": hidden, "intermediate_size": ffn, "num_hidden_layers": layers,
+            "num_attention_heads": heads, "num_key_value_heads": kv_heads, "rms_norm_eps": 1e-5,
+            "rope_theta": 10000.0, "max_position_embeddings": 512, "vocab_size": vocab, "tie_word_embeddings": true,
+        })
+        .to_string(),
+    )
+    .unwrap();
+    spec.tokenizer.save(hub_dir.join("tokenizer.json"), false).unwrap();
+    std::fs::write(
+        hub_dir.join("tokenizer_config.json"),
+        json!({ "chat_template": spec.template, "bos_token": spec.bos, "eos_token": spec.eos }).to_string(),
+    )
+    .unwrap();
+
+    let gguf_path = dir.join(format!("{arch}.gguf"));
+    let mut metadata: Vec<(String, G)> = vec![
+        ("general.architecture".into(), G::String(arch.into())),
+        (format!("{arch}.block_count"), G::U32(layers as u32)),
+        (format!("{arch}.context_length"), G::U32(512)),
+        (format!("{arch}.embedding_length"), G::U32(hidden as u32)),
+        (format!("{arch}.feed_forward_length"), G::U32(ffn as u32)),
+        (format!("{arch}.attention.head_count"), G::U32(heads as u32)),
+        (format!("{arch}.attention.head_count_kv"), G::U32(kv_heads as u32)),
+        (format!("{arch}.rope.freq_base"), G::F32(10000.0)),
+        (format!("{arch}.attention.layer_norm_rms_epsilon"), G::F32(1e-5)),
+    ];
+    for (key, value) in &content.metadata {
+        if key.starts_with("tokenizer.") {
+            metadata.push((key.clone(), value.clone()));
+        }
+    }
+    let tensors: Vec<(String, QTensor)> =
+        gguf.into_iter().map(|(name, t)| (name, QTensor::quantize(&t, GgmlDType::F32).unwrap())).collect();
+    let metadata_refs: Vec<(&str, &G)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, t)| (k.as_str(), t)).collect();
+    let mut out = std::fs::File::create(&gguf_path).unwrap();
+    gguf_file::write(&mut out, &metadata_refs, &tensor_refs).unwrap();
+    (hub_dir, gguf_path)
+}
+
+#[test]
+fn safetensors_and_gguf_checkpoints_of_one_model_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut roster = String::new();
+    for arch in ["llama", "qwen2"] {
+        let (hub, gguf) = tiny_checkpoints(dir.path(), arch);
+        roster.push_str(&format!(
+            "[[models]]\nid = \"{arch}-st\"\nkind = \"chat\"\npath = {:?}\n\n[[models]]\nid = \"{arch}-gguf\"\nkind = \"chat\"\npath = {:?}\nfile = {:?}\n\n",
+            hub.display().to_string(),
+            gguf.parent().unwrap().display().to_string(),
+            gguf.file_name().unwrap().to_str().unwrap(),
+        ));
+    }
+    let server = TestServer::builder().roster(&roster).env("MODELS", "llama-st,llama-gguf,qwen2-st,qwen2-gguf").start();
+    for arch in ["llama", "qwen2"] {
+        let ask = |id: String| {
+            let r = server.chat(json!({
+                "model": id,
+                "messages": [{ "role": "user", "content": "Hello there, tiny model!" }],
+                "temperature": 0,
+                "max_tokens": 12,
+            }));
+            (content(&r), r.json()["usage"]["completion_tokens"].clone())
+        };
+        let (st, st_tokens) = ask(format!("{arch}-st"));
+        let (gg, gg_tokens) = ask(format!("{arch}-gguf"));
+        assert_eq!(st_tokens, 12, "{arch}: random weights still generate 12 tokens");
+        assert_eq!(st, gg, "{arch}: the same weights in both formats give the same greedy text");
+        assert_eq!(st_tokens, gg_tokens);
+    }
+}

@@ -330,7 +330,7 @@ impl StepEngine for ChatEngine {
 
 /// Loads a GGUF chat model on the actor's thread.
 pub struct ChatLoader {
-    /// The .gguf file.
+    /// The .gguf file, or the folder of a safetensors checkpoint.
     pub path: PathBuf,
     /// The tokenizer (shared with the request path).
     pub tokenizer: std::sync::Arc<Tokenizer>,
@@ -344,7 +344,12 @@ impl StepLoader for ChatLoader {
     type Engine = ChatEngine;
 
     fn load(&self) -> Result<ChatEngine, EngineError> {
-        let (model, _) = Llama::from_gguf(&self.path).map_err(|e| EngineError::new(format!("{e:#}")))?;
+        let model = if self.path.is_dir() {
+            Llama::from_safetensors(&self.path)
+        } else {
+            Llama::from_gguf(&self.path).map(|(model, _)| model)
+        }
+        .map_err(|e| EngineError::new(format!("{e:#}")))?;
         Ok(ChatEngine::new(model, &self.tokenizer, self.eos.clone(), self.prefill_chunk))
     }
 }

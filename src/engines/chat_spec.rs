@@ -6,7 +6,7 @@ use tokenizers::Tokenizer;
 
 /// What the request path needs from a chat model's files, read once at start-up.
 pub struct ChatSpec {
-    /// The weights.
+    /// The weights: a .gguf file, or a folder of safetensors.
     pub path: PathBuf,
     /// Tokenizer: `tokenizer.json` beside the weights, else built from the GGUF metadata.
     pub tokenizer: std::sync::Arc<Tokenizer>,
@@ -23,6 +23,15 @@ pub struct ChatSpec {
 }
 
 impl ChatSpec {
+    /// Reads a model: a .gguf file, or a folder with safetensors weights.
+    pub fn open(path: &std::path::Path) -> anyhow::Result<Self> {
+        if path.is_dir() {
+            Self::from_dir(path)
+        } else {
+            Self::from_gguf(path)
+        }
+    }
+
     /// Reads a GGUF model and the tokenizer files beside it.
     pub fn from_gguf(path: &std::path::Path) -> anyhow::Result<Self> {
         use anyhow::Context as _;
@@ -48,18 +57,8 @@ impl ChatSpec {
                 .and_then(|v| v.to_string().ok().cloned())
                 .ok_or_else(|| anyhow::anyhow!("{} has no chat template", path.display()))?,
         };
-        let mut eos_ids: Vec<u32> =
-            md.get("tokenizer.ggml.eos_token_id").and_then(|v| v.to_u32().ok()).into_iter().collect();
-        for end in ["<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>", "<end_of_turn>"] {
-            if let Some(id) = tokenizer.token_to_id(end) {
-                if !eos_ids.contains(&id) {
-                    eos_ids.push(id);
-                }
-            }
-        }
-        if eos_ids.is_empty() {
-            anyhow::bail!("{} names no end-of-turn token", path.display());
-        }
+        let eos_ids =
+            end_tokens(&tokenizer, md.get("tokenizer.ggml.eos_token_id").and_then(|v| v.to_u32().ok()), path)?;
         let arch = md.get("general.architecture").and_then(|v| v.to_string().ok().cloned()).unwrap_or_default();
         let context = md.get(&format!("{arch}.context_length")).and_then(|v| v.to_u32().ok()).unwrap_or(2048) as usize;
         Ok(Self {
@@ -72,10 +71,79 @@ impl ChatSpec {
             context,
         })
     }
+
+    /// Reads a Hub-layout safetensors folder: config.json, tokenizer.json, tokenizer_config.json
+    /// (chat template, bos/eos) and generation_config.json (end-of-turn ids).
+    pub fn from_dir(dir: &std::path::Path) -> anyhow::Result<Self> {
+        let read_json = |name: &str| -> Option<serde_json::Value> {
+            serde_json::from_str(&std::fs::read_to_string(dir.join(name)).ok()?).ok()
+        };
+        let tokenizer =
+            Tokenizer::from_file(dir.join("tokenizer.json")).map_err(|e| anyhow::anyhow!("tokenizer.json: {e}"))?;
+        let config = read_json("tokenizer_config.json").unwrap_or_default();
+        let token = |key: &str| -> String {
+            match config.get(key) {
+                Some(serde_json::Value::String(s)) => s.clone(),
+                Some(v) => v.get("content").and_then(|c| c.as_str()).unwrap_or_default().to_string(),
+                None => String::new(),
+            }
+        };
+        let template = tokenizer_config_template(dir)
+            .ok_or_else(|| anyhow::anyhow!("{} has no chat_template in tokenizer_config.json", dir.display()))?;
+        let (bos, eos) = (token("bos_token"), token("eos_token"));
+        let mut eos_ids = end_tokens(&tokenizer, tokenizer.token_to_id(&eos), dir)?;
+        if let Some(generation) = read_json("generation_config.json") {
+            let ids = match generation.get("eos_token_id") {
+                Some(serde_json::Value::Array(ids)) => ids.iter().filter_map(|i| i.as_u64()).collect(),
+                Some(id) => id.as_u64().into_iter().collect(),
+                None => Vec::new(),
+            };
+            for id in ids {
+                if !eos_ids.contains(&(id as u32)) {
+                    eos_ids.push(id as u32);
+                }
+            }
+        }
+        let context = read_json("config.json")
+            .and_then(|c| c.get("max_position_embeddings").and_then(|v| v.as_u64()))
+            .unwrap_or(2048) as usize;
+        Ok(Self {
+            path: dir.to_path_buf(),
+            tokenizer: std::sync::Arc::new(tokenizer),
+            template,
+            bos,
+            eos,
+            eos_ids,
+            context,
+        })
+    }
+}
+
+/// The model's end-of-sequence token plus the end-of-turn tokens chat templates use.
+fn end_tokens(tokenizer: &Tokenizer, eos: Option<u32>, source: &std::path::Path) -> anyhow::Result<Vec<u32>> {
+    let mut ids: Vec<u32> = eos.into_iter().collect();
+    for end in ["<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>", "<end_of_turn>"] {
+        if let Some(id) = tokenizer.token_to_id(end) {
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+    }
+    if ids.is_empty() {
+        anyhow::bail!("{} names no end-of-turn token", source.display());
+    }
+    Ok(ids)
 }
 
 fn tokenizer_config_template(dir: &std::path::Path) -> Option<String> {
     let text = std::fs::read_to_string(dir.join("tokenizer_config.json")).ok()?;
     let json: serde_json::Value = serde_json::from_str(&text).ok()?;
-    json.get("chat_template")?.as_str().map(str::to_string)
+    match json.get("chat_template")? {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Array(named) => named
+            .iter()
+            .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
+            .and_then(|t| t.get("template")?.as_str().map(str::to_string)),
+        _ => None,
+    }
 }

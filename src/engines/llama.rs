@@ -38,9 +38,55 @@ pub struct LlamaConfig {
     pub vocab: usize,
     /// Whether RoPE rotates halves (NeoX, qwen) rather than interleaved pairs (llama GGUF).
     pub rope_halves: bool,
+    /// Feed-forward width.
+    pub ffn: usize,
+}
+
+#[derive(serde::Deserialize)]
+struct HubConfig {
+    model_type: Option<String>,
+    hidden_size: usize,
+    intermediate_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    num_key_value_heads: Option<usize>,
+    head_dim: Option<usize>,
+    rms_norm_eps: f64,
+    #[serde(default = "default_theta")]
+    rope_theta: f32,
+    max_position_embeddings: usize,
+    vocab_size: usize,
+}
+
+fn default_theta() -> f32 {
+    10_000.0
 }
 
 impl LlamaConfig {
+    /// Reads a Hub `config.json` (Hub checkpoints keep Q/K unpermuted, so RoPE rotates halves).
+    pub fn from_hub_config(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let c: HubConfig = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        let architecture = c.model_type.unwrap_or_else(|| "llama".into());
+        if !matches!(architecture.as_str(), "llama" | "qwen2" | "qwen3" | "mistral") {
+            anyhow::bail!("model_type {architecture:?} is not supported (llama, qwen2, qwen3, mistral are)");
+        }
+        Ok(Self {
+            layers: c.num_hidden_layers,
+            hidden: c.hidden_size,
+            heads: c.num_attention_heads,
+            kv_heads: c.num_key_value_heads.unwrap_or(c.num_attention_heads),
+            head_dim: c.head_dim.unwrap_or(c.hidden_size / c.num_attention_heads),
+            eps: c.rms_norm_eps,
+            rope_base: c.rope_theta,
+            context: c.max_position_embeddings,
+            vocab: c.vocab_size,
+            rope_halves: true,
+            ffn: c.intermediate_size,
+            architecture,
+        })
+    }
+
     fn from_gguf(content: &Content) -> anyhow::Result<Self> {
         let md = &content.metadata;
         let arch =
@@ -74,6 +120,7 @@ impl LlamaConfig {
             context: get("context_length")?.to_u32()? as usize,
             vocab,
             rope_halves,
+            ffn: get("feed_forward_length")?.to_u32()? as usize,
             architecture: arch,
         })
     }
@@ -189,6 +236,65 @@ impl Llama {
                 down,
             });
         }
+        Ok((Self::assemble(config, embeddings, blocks, norm, output), content))
+    }
+
+    /// Loads a Hub-layout safetensors checkpoint (llama, qwen2, qwen3; f32, f16 or bf16, kept as f32).
+    pub fn from_safetensors(dir: &Path) -> anyhow::Result<Self> {
+        let config = LlamaConfig::from_hub_config(&dir.join("config.json"))?;
+        let mut files: Vec<_> = std::fs::read_dir(dir)?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+            .collect();
+        files.sort();
+        if files.is_empty() {
+            anyhow::bail!("{} has no .safetensors weights", dir.display());
+        }
+        let device = Device::Cpu;
+        // SAFETY: the files are mapped read-only and not modified while the model loads.
+        let vb = unsafe { candle_nn::VarBuilder::from_mmaped_safetensors(&files, candle_core::DType::F32, &device)? };
+        let vb = if vb.contains_tensor("model.embed_tokens.weight") { vb.pp("model") } else { vb };
+        let (h, c) = (config.hidden, &config);
+        let (q_width, kv_width) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
+        let dense = |t: Tensor| QMatMul::Tensor(t);
+        let embeddings = vb.get((c.vocab, h), "embed_tokens.weight")?;
+        let root = vb.clone();
+        let mut blocks = Vec::with_capacity(c.layers);
+        for i in 0..c.layers {
+            let l = vb.pp(format!("layers.{i}"));
+            let a = l.pp("self_attn");
+            let optional = |vb: &candle_nn::VarBuilder, name: &str, size: usize| -> anyhow::Result<Option<Tensor>> {
+                Ok(if vb.contains_tensor(name) { Some(vb.get(size, name)?) } else { None })
+            };
+            blocks.push(Block {
+                attn_norm: l.get(h, "input_layernorm.weight")?,
+                ffn_norm: l.get(h, "post_attention_layernorm.weight")?,
+                q: dense(a.get((q_width, h), "q_proj.weight")?),
+                k: dense(a.get((kv_width, h), "k_proj.weight")?),
+                v: dense(a.get((kv_width, h), "v_proj.weight")?),
+                o: dense(a.get((h, q_width), "o_proj.weight")?),
+                q_bias: optional(&a, "q_proj.bias", q_width)?,
+                k_bias: optional(&a, "k_proj.bias", kv_width)?,
+                v_bias: optional(&a, "v_proj.bias", kv_width)?,
+                q_norm: optional(&a, "q_norm.weight", c.head_dim)?,
+                k_norm: optional(&a, "k_norm.weight", c.head_dim)?,
+                gate: dense(l.get((c.ffn, h), "mlp.gate_proj.weight")?),
+                up: dense(l.get((c.ffn, h), "mlp.up_proj.weight")?),
+                down: dense(l.get((h, c.ffn), "mlp.down_proj.weight")?),
+            });
+        }
+        let norm = root.get(h, "norm.weight")?;
+        let output = match unsafe {
+            candle_nn::VarBuilder::from_mmaped_safetensors(&files, candle_core::DType::F32, &device)?
+        } {
+            top if top.contains_tensor("lm_head.weight") => dense(top.get((c.vocab, h), "lm_head.weight")?),
+            _ => dense(embeddings.clone()),
+        };
+        Ok(Self::assemble(config, embeddings, blocks, norm, output))
+    }
+
+    fn assemble(config: LlamaConfig, embeddings: Tensor, blocks: Vec<Block>, norm: Tensor, output: QMatMul) -> Self {
         let half = config.head_dim / 2;
         let mut cos = Vec::with_capacity(config.context * half);
         let mut sin = Vec::with_capacity(config.context * half);
@@ -200,7 +306,7 @@ impl Llama {
                 sin.push(angle.sin());
             }
         }
-        Ok((Self { config, embeddings, blocks, norm, output, cos, sin }, content))
+        Self { config, embeddings, blocks, norm, output, cos, sin }
     }
 
     /// A new, empty cache for a sequence.

@@ -35,7 +35,9 @@ pub fn required_files(entry: &ModelEntry) -> Vec<String> {
         (ModelKind::Embedding, None) => {
             ["config.json", "tokenizer.json", "model.safetensors"].map(String::from).to_vec()
         }
-        (ModelKind::Chat, None) => ["config.json", "tokenizer.json", "model.safetensors"].map(String::from).to_vec(),
+        (ModelKind::Chat, None) => {
+            ["config.json", "tokenizer.json", "tokenizer_config.json"].map(String::from).to_vec()
+        }
     }
 }
 
@@ -54,7 +56,14 @@ pub fn optional_files(kind: ModelKind) -> &'static [&'static str] {
 }
 
 fn complete(dir: &Path, entry: &ModelEntry) -> bool {
-    required_files(entry).iter().all(|f| dir.join(f).is_file())
+    let weights = entry.file.is_some()
+        || match entry.kind {
+            ModelKind::Embedding => true,
+            ModelKind::Chat => std::fs::read_dir(dir)
+                .map(|d| d.flatten().any(|e| e.path().extension().is_some_and(|x| x == "safetensors")))
+                .unwrap_or(false),
+        };
+    weights && required_files(entry).iter().all(|f| dir.join(f).is_file())
 }
 
 /// The cache folder of a Hub repo.
@@ -132,6 +141,20 @@ fn download_from_hub(repo: &str, entry: &ModelEntry, cache: &Path) -> anyhow::Re
     }
     for file in optional_files(entry.kind) {
         let _ = repo.get(file);
+    }
+    if entry.kind == ModelKind::Chat && entry.file.is_none() {
+        // Safetensors weights: one file, or the shards named by the index.
+        if repo.get("model.safetensors").is_err() {
+            let index = repo.get("model.safetensors.index.json")?;
+            let index: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(index)?)?;
+            let mut shards: Vec<&str> =
+                index["weight_map"].as_object().into_iter().flatten().filter_map(|(_, f)| f.as_str()).collect();
+            shards.sort_unstable();
+            shards.dedup();
+            for shard in shards {
+                repo.get(shard)?;
+            }
+        }
     }
     dir.ok_or_else(|| anyhow::anyhow!("no files"))
 }
