@@ -4,6 +4,7 @@
 //! capability's request path ([`embeddings`]), through the runtime's actors ([`runtime`], built on the
 //! `sis-actors` crate) to an engine ([`engines`]).
 
+pub mod audio;
 pub mod bench;
 pub mod chat;
 pub mod cli;

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::audio::AudioModel;
 use crate::chat::ChatModel;
 use crate::config::{ModelEntry, ModelKind, Roster, Settings};
 use crate::embeddings::EmbeddingModel;
@@ -13,6 +14,7 @@ use crate::engines::chat::ChatLoader;
 use crate::engines::chat_spec::ChatSpec;
 use crate::engines::chat_template::ChatTemplate;
 use crate::engines::embedder::{EmbedInput, EmbedderLoader, EmbedderSpec};
+use crate::engines::whisper::{AudioJob, Transcript, WhisperLoader, WhisperSpec};
 use crate::models::resolve;
 use crate::telemetry::lifecycle_metrics::LifecycleMetrics;
 use crate::telemetry::Metrics;
@@ -27,6 +29,8 @@ pub enum Capability {
     Embeddings(Box<EmbeddingModel>),
     /// Chat completions.
     Chat(Box<ChatModel>),
+    /// Speech to text.
+    Audio(Box<AudioModel>),
 }
 
 /// A served model as the registry holds it.
@@ -49,6 +53,7 @@ impl ServedModel {
         match &self.capability {
             Capability::Embeddings(m) => m.admission(),
             Capability::Chat(m) => m.admission(),
+            Capability::Audio(m) => m.admission(),
         }
     }
 }
@@ -203,6 +208,35 @@ impl Runtime {
                     actor.recipient(),
                     metrics.clone(),
                     c.clone(),
+                )))
+            }
+            ModelKind::Audio => {
+                let a = &settings.audio;
+                let spec = WhisperSpec::from_dir(&resolved.dir)?;
+                let model = ModelActor::start(
+                    Arc::new(WhisperLoader { spec: spec.clone() }),
+                    status.clone(),
+                    bus.clone(),
+                    actor_config,
+                );
+                let batcher = Batcher::<AudioJob, Transcript>::new(
+                    BatcherConfig {
+                        window: Duration::ZERO,
+                        max_items: 1,
+                        max_tokens: usize::MAX,
+                        max_in_flight: entry.max_concurrent.unwrap_or(a.max_concurrent),
+                        queue_timeout: a.queue_timeout,
+                    },
+                    model.recipient(),
+                    Arc::new(()),
+                )
+                .start();
+                Capability::Audio(Box::new(AudioModel::new(
+                    id,
+                    spec,
+                    Admission::new(entry.max_queue_size.unwrap_or(a.max_queue_size)),
+                    batcher.recipient(),
+                    metrics.clone(),
                 )))
             }
         };

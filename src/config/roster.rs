@@ -29,6 +29,8 @@ pub enum ModelKind {
     Embedding,
     /// Chat completions (`/v1/chat/completions`).
     Chat,
+    /// Speech to text (`/v1/audio/transcriptions`, `/v1/audio/translations`).
+    Audio,
 }
 
 impl ModelKind {
@@ -37,6 +39,7 @@ impl ModelKind {
         match self {
             ModelKind::Embedding => "embeddings",
             ModelKind::Chat => "chat",
+            ModelKind::Audio => "audio",
         }
     }
 }

@@ -114,6 +114,22 @@ pub struct ChatSettings {
     pub batch_window_ms: u64,
 }
 
+/// Speech to text: admission and upload limits.
+#[derive(Debug, Clone, Serialize)]
+pub struct AudioSettings {
+    /// Transcriptions running at once per model (`AUDIO_MAX_CONCURRENT`).
+    pub max_concurrent: usize,
+    /// Requests waiting or running per model (`AUDIO_MAX_QUEUE_SIZE`).
+    pub max_queue_size: usize,
+    /// Longest wait before 429 (`AUDIO_QUEUE_TIMEOUT_SEC` / `QUEUE_TIMEOUT_SEC`).
+    #[serde(serialize_with = "as_secs")]
+    pub queue_timeout: Duration,
+    /// Largest upload (`MAX_AUDIO_BYTES`, 413 beyond).
+    pub max_bytes: usize,
+    /// Longest decoded audio in seconds (`MAX_AUDIO_SECONDS`), against decompression bombs.
+    pub max_seconds: u64,
+}
+
 /// Warmup of loaded models.
 #[derive(Debug, Clone, Serialize)]
 pub struct WarmupSettings {
@@ -158,6 +174,8 @@ pub struct Settings {
     pub embeddings: EmbeddingSettings,
     /// Chat completions.
     pub chat: ChatSettings,
+    /// Speech to text.
+    pub audio: AudioSettings,
     /// Warmup.
     pub warmup: WarmupSettings,
 }
@@ -351,6 +369,16 @@ impl Settings {
                 prefill_chunk: l.positive("chat_prefill_chunk", &["CHAT_PREFILL_CHUNK"], 256)?,
                 batch_window_ms: l.get("chat_batch_window_ms", &["CHAT_BATCH_WINDOW_MS"], 0)?,
             },
+            audio: AudioSettings {
+                max_concurrent: l.positive("audio_max_concurrent", &["AUDIO_MAX_CONCURRENT"], 1)?,
+                max_queue_size: l.positive("audio_max_queue_size", &["AUDIO_MAX_QUEUE_SIZE"], 16)?,
+                queue_timeout: Duration::from_secs_f64(
+                    l.get::<f64>("audio_queue_timeout_sec", &["AUDIO_QUEUE_TIMEOUT_SEC", "QUEUE_TIMEOUT_SEC"], 120.0)?
+                        .max(0.001),
+                ),
+                max_bytes: l.positive("max_audio_bytes", &["MAX_AUDIO_BYTES"], 25 * 1024 * 1024)?,
+                max_seconds: l.get("max_audio_seconds", &["MAX_AUDIO_SECONDS"], 3 * 3600)?,
+            },
             warmup: WarmupSettings {
                 enabled: l.flag("enable_warmup", &["ENABLE_WARMUP"], true)?,
                 steps: l.get("warmup_steps", &["WARMUP_STEPS"], 2)?,
@@ -398,6 +426,11 @@ const KNOWN_FILE_KEYS: &[&str] = &[
     "chat_queue_timeout_sec",
     "chat_prefill_chunk",
     "chat_batch_window_ms",
+    "audio_max_concurrent",
+    "audio_max_queue_size",
+    "audio_queue_timeout_sec",
+    "max_audio_bytes",
+    "max_audio_seconds",
     "enable_warmup",
     "warmup_steps",
     "warmup_batch_size",

@@ -12,6 +12,7 @@ pub async fn health(runtime: web::Data<Runtime>) -> HttpResponse {
     let mut models = Map::new();
     let mut embedding_queues = Map::new();
     let mut chat_queues = Map::new();
+    let mut audio_queues = Map::new();
     let mut ok_models = Vec::new();
     let mut failures = Map::new();
     let mut capability_ready: Map<String, Value> =
@@ -37,6 +38,7 @@ pub async fn health(runtime: web::Data<Runtime>) -> HttpResponse {
         match served.entry.kind {
             crate::config::ModelKind::Embedding => embedding_queues.insert(id.clone(), queue),
             crate::config::ModelKind::Chat => chat_queues.insert(id.clone(), queue),
+            crate::config::ModelKind::Audio => audio_queues.insert(id.clone(), queue),
         };
         models.insert(
             id.clone(),
@@ -63,6 +65,7 @@ pub async fn health(runtime: web::Data<Runtime>) -> HttpResponse {
         },
         "embedding_batch_queues": embedding_queues,
         "chat_batch_queues": chat_queues,
+        "audio_queues": audio_queues,
         "runtime_config": runtime.settings,
     });
     if healthy {

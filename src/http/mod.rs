@@ -1,5 +1,6 @@
 //! The HTTP surface: one module per endpoint; handlers validate and call into the runtime.
 
+pub mod audio;
 pub mod body;
 pub mod chat;
 pub mod embeddings;
@@ -26,6 +27,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/v1/chat/completions", web::post().to(chat::create))
         .route("/chat/completions", web::post().to(chat::create))
         .route("/embeddings", web::post().to(embeddings::create))
+        .route("/v1/audio/transcriptions", web::post().to(audio::transcriptions))
+        .route("/v1/audio/translations", web::post().to(audio::translations))
         .route("/v1/models", web::get().to(models::list))
         .route("/health", web::get().to(health::health))
         .route("/health/live", web::get().to(health::live))

@@ -23,6 +23,7 @@ pub async fn list(runtime: web::Data<Runtime>) -> HttpResponse {
             match &served.capability {
                 Capability::Embeddings(embeddings) => model["dimensions"] = json!(embeddings.dimensions()),
                 Capability::Chat(chat) => model["context_length"] = json!(chat.context()),
+                Capability::Audio(audio) => model["multilingual"] = json!(audio.multilingual()),
             }
             model
         })

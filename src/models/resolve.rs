@@ -38,6 +38,7 @@ pub fn required_files(entry: &ModelEntry) -> Vec<String> {
         (ModelKind::Chat, None) => {
             ["config.json", "tokenizer.json", "tokenizer_config.json"].map(String::from).to_vec()
         }
+        (ModelKind::Audio, None) => ["config.json", "tokenizer.json"].map(String::from).to_vec(),
     }
 }
 
@@ -52,6 +53,7 @@ pub fn optional_files(kind: ModelKind) -> &'static [&'static str] {
             "special_tokens_map.json",
         ],
         ModelKind::Chat => &["tokenizer.json", "tokenizer_config.json", "generation_config.json"],
+        ModelKind::Audio => &["model.bin", "model.safetensors", "vocabulary.txt", "preprocessor_config.json"],
     }
 }
 
@@ -59,6 +61,7 @@ fn complete(dir: &Path, entry: &ModelEntry) -> bool {
     let weights = entry.file.is_some()
         || match entry.kind {
             ModelKind::Embedding => true,
+            ModelKind::Audio => dir.join("model.bin").is_file() || dir.join("model.safetensors").is_file(),
             ModelKind::Chat => std::fs::read_dir(dir)
                 .map(|d| d.flatten().any(|e| e.path().extension().is_some_and(|x| x == "safetensors")))
                 .unwrap_or(false),

@@ -58,6 +58,14 @@ pub struct Metrics {
     pub chat_queue_size: IntGaugeVec,
     /// `chat_count_pool_size`: sequences running across chat models.
     pub chat_pool_size: IntGaugeVec,
+    /// `audio_requests_total{model,status}`.
+    pub audio_requests: IntCounterVec,
+    /// `audio_request_latency_seconds{model}`.
+    pub audio_latency: HistogramVec,
+    /// `audio_request_queue_wait_seconds{model}`.
+    pub audio_queue_wait: HistogramVec,
+    /// `audio_seconds_total{model}`: audio transcribed.
+    pub audio_seconds: prometheus::CounterVec,
     /// `model_queue_depth{model,capability}`: requests waiting or running.
     pub queue_depth: IntGaugeVec,
     /// `model_queue_capacity{model,capability}`.
@@ -181,6 +189,22 @@ impl Metrics {
             chat_requeues: counter("chat_batch_requeues_total", "Chat sequences put back in the queue", &["model"]),
             chat_queue_size: gauge("chat_batch_queue_size", "Chat requests waiting for a batch slot", &["model"]),
             chat_pool_size: gauge("chat_count_pool_size", "Chat sequences running", &[]),
+            audio_requests: counter("audio_requests_total", "Audio requests by status", &["model", "status"]),
+            audio_latency: histogram("audio_request_latency_seconds", "Audio request latency", latency_long.clone()),
+            audio_queue_wait: histogram(
+                "audio_request_queue_wait_seconds",
+                "Wait before an audio request ran",
+                latency_long.clone(),
+            ),
+            audio_seconds: {
+                let c = prometheus::CounterVec::new(
+                    Opts::new("audio_seconds_total", "Seconds of audio transcribed"),
+                    &["model"],
+                )
+                .expect("valid");
+                registry.register(Box::new(c.clone())).expect("unique");
+                c
+            },
             queue_depth: gauge("model_queue_depth", "Requests waiting or running", &["model", "capability"]),
             queue_capacity: gauge("model_queue_capacity", "Queue capacity", &["model", "capability"]),
             model_state: gauge("model_state", "1 for the model actor's current state", &["model", "state"]),

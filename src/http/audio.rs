@@ -1,0 +1,189 @@
+//! `POST /v1/audio/transcriptions` and `POST /v1/audio/translations` (multipart uploads).
+
+use actix_multipart::Multipart;
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
+use futures_util::TryStreamExt;
+use std::time::Instant;
+
+use crate::audio::decode::decode;
+use crate::audio::formats::{self, Format};
+use crate::engines::whisper::{AudioJob, Task};
+use crate::error::ApiError;
+use crate::runtime::{Capability, Runtime};
+
+/// Text fields are small; anything longer is a client mistake.
+const MAX_FIELD_BYTES: usize = 64 * 1024;
+
+/// `/v1/audio/transcriptions`.
+pub async fn transcriptions(req: HttpRequest, payload: web::Payload, runtime: web::Data<Runtime>) -> HttpResponse {
+    respond(req, payload, runtime, Task::Transcribe).await
+}
+
+/// `/v1/audio/translations` (to English; multilingual models only).
+pub async fn translations(req: HttpRequest, payload: web::Payload, runtime: web::Data<Runtime>) -> HttpResponse {
+    respond(req, payload, runtime, Task::Translate).await
+}
+
+async fn respond(req: HttpRequest, payload: web::Payload, runtime: web::Data<Runtime>, task: Task) -> HttpResponse {
+    let started = Instant::now();
+    let (model, result) = handle(&req, payload, &runtime, task).await;
+    let response = result.unwrap_or_else(|e| e.error_response());
+    if let Some(model) = model {
+        let m = &runtime.metrics;
+        m.audio_requests.with_label_values(&[&model, response.status().as_str()]).inc();
+        m.audio_latency.with_label_values(&[&model]).observe(started.elapsed().as_secs_f64());
+    }
+    response
+}
+
+#[derive(Default)]
+struct Form {
+    file: Option<(Vec<u8>, Option<String>)>,
+    model: Option<String>,
+    language: Option<String>,
+    prompt: Option<String>,
+    response_format: Option<String>,
+    temperature: Option<String>,
+    granularities: Vec<String>,
+}
+
+/// Reads the multipart form, holding at most `max_bytes` of audio (413 beyond, before reading more).
+async fn read_form(req: &HttpRequest, payload: web::Payload, max_bytes: usize) -> Result<Form, ApiError> {
+    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > max_bytes + MAX_FIELD_BYTES) {
+        return Err(ApiError::PayloadTooLarge { limit: max_bytes });
+    }
+    let malformed =
+        |e: actix_multipart::MultipartError| ApiError::bad_request(format!("Malformed multipart form: {e}"));
+    let mut multipart = Multipart::new(req.headers(), payload);
+    let mut form = Form::default();
+    while let Some(mut field) = multipart.try_next().await.map_err(malformed)? {
+        let name = field.name().unwrap_or_default().to_string();
+        let limit = if name == "file" { max_bytes } else { MAX_FIELD_BYTES };
+        let filename = field.content_disposition().and_then(|d| d.get_filename()).map(str::to_string);
+        let mut bytes = Vec::new();
+        while let Some(chunk) = field.try_next().await.map_err(malformed)? {
+            if bytes.len() + chunk.len() > limit {
+                return Err(if name == "file" {
+                    ApiError::PayloadTooLarge { limit: max_bytes }
+                } else {
+                    ApiError::invalid(&name, format!("form field {name} is longer than {MAX_FIELD_BYTES} bytes"))
+                });
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        let text = || {
+            String::from_utf8(bytes.clone()).map_err(|_| ApiError::invalid(&name, format!("{name} is not UTF-8 text")))
+        };
+        match name.as_str() {
+            "file" => form.file = Some((bytes, filename)),
+            "model" => form.model = Some(text()?),
+            "language" => form.language = Some(text()?),
+            "prompt" => form.prompt = Some(text()?),
+            "response_format" => form.response_format = Some(text()?),
+            "temperature" => form.temperature = Some(text()?),
+            "timestamp_granularities[]" | "timestamp_granularities" => form.granularities.push(text()?),
+            _ => {}
+        }
+    }
+    Ok(form)
+}
+
+async fn handle(
+    req: &HttpRequest,
+    payload: web::Payload,
+    runtime: &Runtime,
+    task: Task,
+) -> (Option<String>, Result<HttpResponse, ApiError>) {
+    let settings = &runtime.settings.audio;
+    let form = match read_form(req, payload, settings.max_bytes).await {
+        Ok(f) => f,
+        Err(e) => return (None, Err(e)),
+    };
+    let Some(model_id) = form.model.clone().filter(|m| !m.is_empty()) else {
+        return (None, Err(ApiError::invalid("model", "the form needs a `model` field")));
+    };
+    let Some(served) = runtime.registry.get(&model_id) else {
+        return (None, Err(ApiError::ModelNotFound(model_id)));
+    };
+    let id = served.entry.id.clone();
+    let Capability::Audio(model) = &served.capability else {
+        return (Some(id.clone()), Err(ApiError::invalid("model", format!("Model `{id}` does not support audio"))));
+    };
+    let result = async {
+        let format = match form.response_format.as_deref() {
+            None | Some("") => Format::Json,
+            Some(f) => Format::parse(f).ok_or_else(|| {
+                ApiError::invalid(
+                    "response_format",
+                    format!("response_format must be json, text, srt, vtt or verbose_json, got {f:?}"),
+                )
+            })?,
+        };
+        for g in &form.granularities {
+            match g.as_str() {
+                "segment" => {}
+                "word" => {
+                    return Err(ApiError::invalid(
+                        "timestamp_granularities",
+                        "word-level timestamps are not supported by this server yet; use segment",
+                    ))
+                }
+                other => {
+                    return Err(ApiError::invalid("timestamp_granularities", format!("unknown granularity {other:?}")))
+                }
+            }
+        }
+        if task == Task::Translate && !model.multilingual() {
+            return Err(ApiError::invalid(
+                "model",
+                format!("Model `{id}` is English-only and cannot translate; use a multilingual model"),
+            ));
+        }
+        let language = match form.language.as_deref().map(str::trim).filter(|l| !l.is_empty()) {
+            None => None,
+            Some(l) if model.multilingual() && model.knows_language(l) => Some(l.to_string()),
+            Some("en") if !model.multilingual() => None,
+            Some(l) => return Err(ApiError::invalid("language", format!("Model `{id}` does not know language {l:?}"))),
+        };
+        let temperature = match form.temperature.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
+            None => 0.0,
+            Some(t) => match t.parse::<f64>() {
+                Ok(v) if (0.0..=1.0).contains(&v) => v,
+                _ => {
+                    return Err(ApiError::invalid(
+                        "temperature",
+                        format!("temperature must be a number from 0 to 1, got {t:?}"),
+                    ))
+                }
+            },
+        };
+        let (bytes, filename) =
+            form.file.ok_or_else(|| ApiError::invalid("file", "the form needs a `file` field with the audio"))?;
+        let permit = model.admit()?;
+        let extension = filename.as_deref().and_then(|f| f.rsplit_once('.')).map(|(_, e)| e.to_ascii_lowercase());
+        let max_seconds = settings.max_seconds;
+        let samples = web::block(move || decode(bytes, extension.as_deref(), max_seconds))
+            .await
+            .map_err(|e| ApiError::Internal(format!("decoder thread failed: {e}")))?
+            .map_err(|e| ApiError::invalid("file", e.to_string()))?;
+        let job = AudioJob { samples, task, language, prompt: form.prompt, temperature };
+        let transcript = model.run(job, permit).await?;
+        Ok(match format {
+            Format::Json => HttpResponse::Ok().json(serde_json::json!({ "text": transcript.text })),
+            Format::Text => {
+                HttpResponse::Ok().content_type("text/plain; charset=utf-8").body(format!("{}\n", transcript.text))
+            }
+            Format::Srt => HttpResponse::Ok()
+                .content_type("text/plain; charset=utf-8")
+                .body(formats::subtitles(&transcript, false)),
+            Format::Vtt => {
+                HttpResponse::Ok().content_type("text/vtt; charset=utf-8").body(formats::subtitles(&transcript, true))
+            }
+            Format::VerboseJson => HttpResponse::Ok().json(formats::verbose(&transcript)),
+        })
+    }
+    .await;
+    (Some(id), result)
+}
