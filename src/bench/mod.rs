@@ -1,6 +1,7 @@
 //! `sis bench`: load generators against a running server, reporting throughput as completed requests
 //! over wall time, latency percentiles and counts by status.
 
+pub mod audio;
 pub mod chat;
 pub mod corpus;
 pub mod embeddings;
@@ -15,6 +16,8 @@ pub enum BenchCommand {
     Embeddings(embeddings::EmbeddingsBench),
     /// Streaming POST /v1/chat/completions.
     Chat(chat::ChatBench),
+    /// POST /v1/audio/transcriptions with one file.
+    Audio(audio::AudioBench),
 }
 
 /// Runs a benchmark on its own tokio runtime.
@@ -23,5 +26,6 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Embeddings(args) => runtime.block_on(embeddings::run(args)),
         BenchCommand::Chat(args) => runtime.block_on(chat::run(args)),
+        BenchCommand::Audio(args) => runtime.block_on(audio::run(args)),
     }
 }

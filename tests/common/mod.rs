@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 pub const MINILM: &str = "all-MiniLM-L6-v2";
 /// The default chat model of the roster.
 pub const SMOLLM: &str = "SmolLM2-135M-Instruct";
+/// The default speech model of the roster.
+pub const WHISPER: &str = "whisper-tiny.en";
 
 /// A running server, killed when dropped. Its log goes to a temp file shown if start-up fails.
 pub struct TestServer {

@@ -1,0 +1,85 @@
+//! `sis bench audio`: one file transcribed many times, reporting throughput and the real-time factor
+//! (seconds of audio transcribed per second of wall time).
+
+use clap::Args;
+use futures_util::StreamExt;
+use std::time::{Duration, Instant};
+
+use super::report::Report;
+
+/// Options of the audio benchmark.
+#[derive(Args, Debug)]
+pub struct AudioBench {
+    /// Server base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8000")]
+    url: String,
+    /// Model id.
+    #[arg(long, default_value = "whisper-tiny.en")]
+    model: String,
+    /// The audio file to send.
+    #[arg(long)]
+    file: std::path::PathBuf,
+    /// Requests to send.
+    #[arg(long, default_value_t = 20)]
+    requests: usize,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 2)]
+    concurrency: usize,
+    /// `response_format` to ask for.
+    #[arg(long, default_value = "json")]
+    response_format: String,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs the benchmark and prints its report.
+pub async fn run(args: AudioBench) -> anyhow::Result<()> {
+    let bytes = std::fs::read(&args.file)?;
+    let extension = args.file.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+    let samples = crate::audio::decode::decode(bytes.clone(), extension.as_deref(), 24 * 3600)?;
+    let seconds = samples.len() as f64 / crate::engines::mel::SAMPLE_RATE as f64;
+    let name = args.file.file_name().and_then(|n| n.to_str()).unwrap_or("audio").to_string();
+    let client = reqwest::Client::new();
+    let endpoint = format!("{}/v1/audio/transcriptions", args.url.trim_end_matches('/'));
+    let bar = indicatif::ProgressBar::new(args.requests as u64);
+    if args.json {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let started = Instant::now();
+    let outcomes: Vec<(String, Duration, usize)> = futures_util::stream::iter(0..args.requests)
+        .map(|_| {
+            let form = reqwest::multipart::Form::new()
+                .part("file", reqwest::multipart::Part::bytes(bytes.clone()).file_name(name.clone()))
+                .text("model", args.model.clone())
+                .text("response_format", args.response_format.clone());
+            let (client, endpoint, bar) = (&client, &endpoint, &bar);
+            async move {
+                let t = Instant::now();
+                let status = match client.post(endpoint).multipart(form).send().await {
+                    Ok(r) => {
+                        let status = r.status().as_u16().to_string();
+                        let _ = r.bytes().await;
+                        status
+                    }
+                    Err(_) => "error".to_string(),
+                };
+                bar.inc(1);
+                (status, t.elapsed(), 1)
+            }
+        })
+        .buffer_unordered(args.concurrency.max(1))
+        .collect()
+        .await;
+    let wall = started.elapsed();
+    bar.finish_and_clear();
+    let mut report = Report::new("audio", "audio seconds", args.concurrency, wall, &outcomes);
+    report.units_per_second *= seconds;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        report.print();
+        println!("  real-time      {:.1}× ({seconds:.1} s clip)", report.units_per_second);
+    }
+    Ok(())
+}

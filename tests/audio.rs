@@ -1,0 +1,288 @@
+//! `/v1/audio/transcriptions` and `/v1/audio/translations` end to end: a real `sis serve` with
+//! whisper-tiny.en (CTranslate2 weights), fed speech that espeak-ng makes from known text.
+
+mod common;
+
+use common::{Response, TestServer, MINILM, WHISPER};
+use reqwest::blocking::multipart::{Form, Part};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const SHORT: &str = "The weather today is sunny and warm. Please remember to bring your umbrella tomorrow.";
+const LONG: &[&str] = &[
+    "Good morning and welcome to the weekly project meeting.",
+    "First, the kitchen on the third floor will be closed on Friday.",
+    "Second, the new printer is ready in the library next to the window.",
+    "Third, please send your travel requests to Maria before the end of the month.",
+    "The marketing team finished the spring campaign two weeks early.",
+    "Everyone did a wonderful job with the customer survey.",
+    "Our next goal is to improve the mobile application and fix the login problems.",
+    "The engineers will test the new version on Tuesday and Wednesday.",
+    "The office will also get new chairs and brighter lamps in December.",
+    "Lunch on Thursday is pizza, and there will be a salad for everyone.",
+    "The garden outside needs water every evening during the summer.",
+    "Our football team won the final match on Saturday afternoon.",
+    "Remember that the parking lot will be painted next weekend.",
+    "Thank you all for listening, and have a great week.",
+];
+
+fn run(cmd: &mut Command) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?} failed to start ({e}); scripts/test installs espeak-ng and sox"));
+    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Speaks `text` into `<name>.wav` (with half a second of silence around it) and converts it to
+/// flac, mp3 and ogg.
+fn speak(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let raw = dir.join(format!("{name}-raw.wav"));
+    let wav = dir.join(format!("{name}.wav"));
+    run(Command::new("espeak-ng").args(["-v", "en-us", "-s", "140", "-w"]).arg(&raw).arg(text));
+    run(Command::new("sox").arg(&raw).arg(&wav).args(["pad", "0.5", "0.5"]));
+    for ext in ["flac", "mp3", "ogg"] {
+        run(Command::new("sox").arg(&wav).arg(dir.join(format!("{name}.{ext}"))));
+    }
+    wav
+}
+
+fn words(text: &str) -> Vec<String> {
+    text.to_lowercase()
+        .split(|c: char| !c.is_alphanumeric() && c != '\'')
+        .filter(|w| !w.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// Word error rate of `hypothesis` against `reference`.
+fn wer(reference: &str, hypothesis: &str) -> f64 {
+    let (r, h) = (words(reference), words(hypothesis));
+    let mut row: Vec<usize> = (0..=h.len()).collect();
+    for i in 1..=r.len() {
+        let mut prev = row[0];
+        row[0] = i;
+        for j in 1..=h.len() {
+            let cur = row[j];
+            row[j] = (prev + (r[i - 1] != h[j - 1]) as usize).min(row[j] + 1).min(row[j - 1] + 1);
+            prev = cur;
+        }
+    }
+    row[h.len()] as f64 / r.len() as f64
+}
+
+fn transcribe(server: &TestServer, path: &Path, fields: &[(&str, &str)]) -> Response {
+    let bytes = std::fs::read(path).unwrap();
+    let name = path.file_name().unwrap().to_string_lossy().to_string();
+    let mut form = Form::new().part("file", Part::bytes(bytes).file_name(name)).text("model", WHISPER);
+    for (k, v) in fields {
+        form = form.text(k.to_string(), v.to_string());
+    }
+    Response::from(common::client().post(server.url("/v1/audio/transcriptions")).multipart(form).send().unwrap())
+}
+
+fn server() -> TestServer {
+    TestServer::builder().env("MODELS", WHISPER).start()
+}
+
+#[test]
+fn short_clips_in_every_format_are_transcribed() {
+    let dir = tempfile::tempdir().unwrap();
+    let wav = speak(dir.path(), "short", SHORT);
+    let server = server();
+    let mut texts = Vec::new();
+    for ext in ["wav", "flac", "mp3", "ogg"] {
+        let r = transcribe(&server, &wav.with_extension(ext), &[]);
+        assert_eq!(r.status, 200, "{ext}: {}", r.text);
+        let text = r.json()["text"].as_str().unwrap().to_string();
+        let error = wer(SHORT, &text);
+        assert!(error < 0.3, "{ext}: WER {error:.2} for {text:?}");
+        texts.push(text);
+    }
+    // Lossless formats carry the same samples, so the same text; lossy ones may differ by a word.
+    assert_eq!(texts[0], texts[1], "wav and flac");
+    let plain = transcribe(&server, &wav, &[("response_format", "text")]);
+    assert_eq!(plain.text.trim(), texts[0]);
+}
+
+#[test]
+fn a_long_recording_is_transcribed_window_by_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = LONG.join(" ");
+    let wav = speak(dir.path(), "long", &text);
+    let server = server();
+    let r = transcribe(&server, &wav, &[("response_format", "verbose_json"), ("timestamp_granularities[]", "segment")]);
+    assert_eq!(r.status, 200, "{}", r.text);
+    let body = r.json();
+    assert_eq!(body["task"], "transcribe");
+    assert_eq!(body["language"], "english");
+    let duration = body["duration"].as_f64().unwrap();
+    assert!((60.0..=90.0).contains(&duration), "a 60–90 s clip: {duration}");
+    let segments = body["segments"].as_array().unwrap();
+    assert!(segments.len() >= LONG.len() / 2, "{} segments", segments.len());
+    let mut last_end = 0.0;
+    for s in segments {
+        for field in [
+            "id",
+            "seek",
+            "start",
+            "end",
+            "text",
+            "tokens",
+            "temperature",
+            "avg_logprob",
+            "compression_ratio",
+            "no_speech_prob",
+        ] {
+            assert!(s.get(field).is_some(), "segment without {field}: {s}");
+        }
+        let (start, end) = (s["start"].as_f64().unwrap(), s["end"].as_f64().unwrap());
+        assert!(start >= last_end - 1e-6 && end >= start, "times increase: {s}");
+        last_end = end;
+    }
+    assert!(segments[0]["start"].as_f64().unwrap() < 2.0);
+    assert!(last_end > duration - 5.0, "segments cover the recording: ends at {last_end} of {duration}");
+    assert!(segments.iter().any(|s| s["seek"].as_u64().unwrap() > 0), "more than one 30 s window");
+    // Every sentence is there, in order.
+    let heard = body["text"].as_str().unwrap();
+    assert!(wer(&text, heard) < 0.2, "WER {:.2}: {heard}", wer(&text, heard));
+    let mut at = 0;
+    for key in [
+        "welcome",
+        "kitchen",
+        "printer",
+        "Maria",
+        "marketing",
+        "survey",
+        "mobile",
+        "engineers",
+        "chairs",
+        "pizza",
+        "garden",
+        "football",
+        "parking",
+        "listening",
+    ] {
+        let found = heard[at..].find(key).unwrap_or_else(|| panic!("{key:?} missing or out of order in {heard}"));
+        at += found + key.len();
+    }
+
+    // srt and vtt carry the same segments.
+    let srt = transcribe(&server, &wav, &[("response_format", "srt")]).text;
+    let vtt = transcribe(&server, &wav, &[("response_format", "vtt")]).text;
+    assert!(vtt.starts_with("WEBVTT\n\n"));
+    let cues: Vec<&str> = srt.trim().split("\n\n").collect();
+    assert_eq!(cues.len(), segments.len());
+    for (i, (cue, seg)) in cues.iter().zip(segments).enumerate() {
+        let lines: Vec<&str> = cue.lines().collect();
+        assert_eq!(lines[0], (i + 1).to_string());
+        let (from, to) = lines[1].split_once(" --> ").unwrap();
+        let seconds = |t: &str| {
+            let p: Vec<f64> = t.replace(',', ".").split(':').map(|x| x.parse().unwrap()).collect();
+            p[0] * 3600.0 + p[1] * 60.0 + p[2]
+        };
+        assert!((seconds(from) - seg["start"].as_f64().unwrap()).abs() < 0.002);
+        assert!((seconds(to) - seg["end"].as_f64().unwrap()).abs() < 0.002);
+        assert_eq!(lines[2], seg["text"].as_str().unwrap().trim());
+        assert!(vtt.contains(&format!("{} --> {}\n{}", from.replace(',', "."), to.replace(',', "."), lines[2])));
+    }
+}
+
+#[test]
+fn bad_uploads_get_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let wav = speak(dir.path(), "clip", "Hello there.");
+    let server =
+        TestServer::builder().env("MODELS", format!("{WHISPER},{MINILM}")).env("MAX_AUDIO_BYTES", 150_000).start();
+    let post = |form: Form, path: &str| {
+        Response::from(common::client().post(server.url(path)).multipart(form).send().unwrap())
+    };
+    let file = |bytes: Vec<u8>, name: &str| Part::bytes(bytes).file_name(name.to_string());
+    let good = std::fs::read(&wav).unwrap();
+
+    // A FLAC signature followed by noise: recognised, then undecodable.
+    let mut corrupt = b"fLaC".to_vec();
+    corrupt.extend((0..4000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8));
+    let cases: Vec<(Form, u16, &str)> = vec![
+        (
+            Form::new().text("model", WHISPER).part("file", file(b"just some text, not audio".to_vec(), "notes.txt")),
+            400,
+            "audio",
+        ),
+        (Form::new().text("model", WHISPER).part("file", file(corrupt, "clip.flac")), 400, "audio"),
+        (Form::new().text("model", WHISPER).part("file", file(vec![], "empty.wav")), 400, "empty"),
+        (Form::new().text("model", WHISPER).part("file", file(vec![0u8; 200_000], "big.wav")), 413, "larger"),
+        (Form::new().text("model", WHISPER), 400, "file"),
+        (Form::new().part("file", file(good.clone(), "clip.wav")), 400, "model"),
+        (Form::new().text("model", "nope").part("file", file(good.clone(), "clip.wav")), 404, "nope"),
+        (Form::new().text("model", MINILM).part("file", file(good.clone(), "clip.wav")), 400, "does not support audio"),
+        (
+            Form::new()
+                .text("model", WHISPER)
+                .text("response_format", "mp4")
+                .part("file", file(good.clone(), "clip.wav")),
+            400,
+            "response_format",
+        ),
+        (
+            Form::new()
+                .text("model", WHISPER)
+                .text("timestamp_granularities[]", "word")
+                .part("file", file(good.clone(), "c.wav")),
+            400,
+            "word",
+        ),
+        (
+            Form::new().text("model", WHISPER).text("temperature", "hot").part("file", file(good.clone(), "c.wav")),
+            400,
+            "temperature",
+        ),
+        (
+            Form::new().text("model", WHISPER).text("language", "xx").part("file", file(good.clone(), "c.wav")),
+            400,
+            "language",
+        ),
+    ];
+    for (form, status, needle) in cases {
+        let r = post(form, "/v1/audio/transcriptions");
+        let message = r.expect_error(status);
+        assert!(message.contains(needle), "{status} should mention {needle:?}: {message}");
+    }
+    let english_only =
+        post(Form::new().text("model", WHISPER).part("file", file(good.clone(), "clip.wav")), "/v1/audio/translations");
+    assert!(english_only.expect_error(400).contains("English-only"));
+    let not_multipart = Response::from(
+        common::client().post(server.url("/v1/audio/transcriptions")).json(&json!({"model": WHISPER})).send().unwrap(),
+    );
+    not_multipart.expect_error(400);
+    // Still healthy and serving.
+    let ok = post(Form::new().text("model", WHISPER).part("file", file(good, "clip.wav")), "/v1/audio/transcriptions");
+    assert_eq!(ok.status, 200, "{}", ok.text);
+    assert!(ok.json()["text"].as_str().unwrap().to_lowercase().contains("hello"));
+}
+
+#[test]
+fn audio_load_does_not_hold_up_embeddings() {
+    let dir = tempfile::tempdir().unwrap();
+    let wav = speak(dir.path(), "load", SHORT);
+    let server =
+        TestServer::builder().env("MODELS", format!("{WHISPER},{MINILM}")).env("AUDIO_MAX_QUEUE_SIZE", 2).start();
+    let server = &server;
+    let wav = &wav;
+    let (audio, embeddings): (Vec<u16>, Vec<u16>) = std::thread::scope(|s| {
+        let audio: Vec<_> = (0..6).map(|_| s.spawn(move || transcribe(server, wav, &[]).status)).collect();
+        let embed: Vec<_> = (0..10)
+            .map(|i| {
+                s.spawn(move || {
+                    server.embed(json!({ "model": MINILM, "input": format!("sentence {i} while audio runs") })).status
+                })
+            })
+            .collect();
+        (audio.into_iter().map(|h| h.join().unwrap()).collect(), embed.into_iter().map(|h| h.join().unwrap()).collect())
+    });
+    assert!(audio.iter().all(|s| *s == 200 || *s == 429), "{audio:?}");
+    assert!(audio.contains(&429), "a queue of 2 refuses some of 6: {audio:?}");
+    assert!(embeddings.iter().all(|s| *s == 200), "embeddings keep succeeding: {embeddings:?}");
+    let health: Value = server.get("/health").json();
+    assert_eq!(health["audio_queues"][WHISPER]["capacity"], 2);
+}
