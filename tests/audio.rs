@@ -64,6 +64,10 @@ fn words(text: &str) -> Vec<String> {
         .collect()
 }
 
+fn words_of(text: &str) -> usize {
+    words(text).len()
+}
+
 /// Word error rate of `hypothesis` against `reference`.
 fn wer(reference: &str, hypothesis: &str) -> f64 {
     let (r, h) = (words(reference), words(hypothesis));
@@ -124,7 +128,15 @@ fn a_long_recording_is_transcribed_window_by_window() {
     let text = LONG.join(" ");
     let wav = speak(dir.path(), "long", &text);
     let server = server();
-    let r = transcribe(&server, &wav, &[("response_format", "verbose_json"), ("timestamp_granularities[]", "segment")]);
+    let r = transcribe(
+        &server,
+        &wav,
+        &[
+            ("response_format", "verbose_json"),
+            ("timestamp_granularities[]", "segment"),
+            ("timestamp_granularities[]", "word"),
+        ],
+    );
     assert_eq!(r.status, 200, "{}", r.text);
     let body = r.json();
     assert_eq!(body["task"], "transcribe");
@@ -179,6 +191,27 @@ fn a_long_recording_is_transcribed_window_by_window() {
         let found = heard[at..].find(key).unwrap_or_else(|| panic!("{key:?} missing or out of order in {heard}"));
         at += found + key.len();
     }
+
+    // Words: inside their segment, in order, and together they spell the text.
+    let words = body["words"].as_array().expect("words asked for");
+    assert!(words.len() >= words_of(&text) * 8 / 10, "{} words", words.len());
+    let mut previous_end = 0.0;
+    let mut seg = 0;
+    for w in words {
+        let (start, end) = (w["start"].as_f64().unwrap(), w["end"].as_f64().unwrap());
+        assert!(start >= previous_end - 1e-6 && end >= start, "word times increase: {w}");
+        while seg + 1 < segments.len()
+            && start >= segments[seg]["end"].as_f64().unwrap()
+            && start >= segments[seg + 1]["start"].as_f64().unwrap()
+        {
+            seg += 1;
+        }
+        let (s0, s1) = (segments[seg]["start"].as_f64().unwrap(), segments[seg]["end"].as_f64().unwrap());
+        assert!(start >= s0 - 1e-6 && end <= s1 + 1e-6, "word {w} lies inside its segment [{s0}, {s1}]");
+        previous_end = end;
+    }
+    let spelled: Vec<&str> = words.iter().map(|w| w["word"].as_str().unwrap()).collect();
+    assert_eq!(words_of(&spelled.join(" ")), words_of(heard), "the words spell the text");
 
     // srt and vtt carry the same segments.
     let srt = transcribe(&server, &wav, &[("response_format", "srt")]).text;
@@ -240,10 +273,10 @@ fn bad_uploads_get_clear_errors() {
         (
             Form::new()
                 .text("model", WHISPER)
-                .text("timestamp_granularities[]", "word")
+                .text("timestamp_granularities[]", "syllable")
                 .part("file", file(good.clone(), "c.wav")),
             400,
-            "word",
+            "granularity",
         ),
         (
             Form::new().text("model", WHISPER).text("temperature", "hot").part("file", file(good.clone(), "c.wav")),

@@ -78,14 +78,18 @@ fn language_name(code: &str) -> &str {
 }
 
 /// The verbose_json body.
-pub fn verbose(t: &Transcript) -> Value {
-    json!({
+pub fn verbose(t: &Transcript, words: bool) -> Value {
+    let mut body = json!({
         "task": match t.task { Task::Transcribe => "transcribe", Task::Translate => "translate" },
         "language": language_name(&t.language),
         "duration": (t.duration * 1000.0).round() / 1000.0,
         "text": t.text,
         "segments": t.segments,
-    })
+    });
+    if words {
+        body["words"] = json!(t.words);
+    }
+    body
 }
 
 #[cfg(test)]
@@ -112,6 +116,7 @@ mod tests {
             task: Task::Transcribe,
             segments: vec![seg(0, 0.0, 2.5, " Hello there."), seg(1, 3661.25, 3725.5, " Bye.")],
             text: "Hello there. Bye.".into(),
+            words: vec![],
         }
     }
 
@@ -126,7 +131,7 @@ mod tests {
             subtitles(&t, true),
             "WEBVTT\n\n00:00:00.000 --> 00:00:02.500\nHello there.\n\n01:01:01.250 --> 01:02:05.500\nBye.\n\n"
         );
-        let v = verbose(&t);
+        let v = verbose(&t, false);
         assert_eq!(v["language"], "english");
         assert_eq!(v["segments"][1]["start"], 3661.25);
     }

@@ -14,3 +14,5 @@ pub mod llama;
 pub mod mel;
 pub mod sampling;
 pub mod whisper;
+pub mod whisper_decoder;
+pub mod word_alignment;

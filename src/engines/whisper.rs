@@ -6,6 +6,8 @@
 use candle_core::{Device, IndexOp, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::whisper::{self as cw, model::Whisper};
+
+use super::whisper_decoder::TextDecoder;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
@@ -47,6 +49,8 @@ pub struct AudioJob {
     pub prompt: Option<String>,
     /// First temperature; the fallback raises it.
     pub temperature: f64,
+    /// Whether to time every word.
+    pub words: bool,
 }
 
 impl BatchItem for AudioJob {
@@ -80,6 +84,17 @@ pub struct Segment {
     pub no_speech_prob: f64,
 }
 
+/// A timed word.
+#[derive(Debug, Clone, Serialize)]
+pub struct Word {
+    /// The word, with its punctuation.
+    pub word: String,
+    /// Start, seconds.
+    pub start: f64,
+    /// End, seconds.
+    pub end: f64,
+}
+
 /// A finished transcription.
 #[derive(Debug, Clone)]
 pub struct Transcript {
@@ -93,6 +108,8 @@ pub struct Transcript {
     pub segments: Vec<Segment>,
     /// Whole text.
     pub text: String,
+    /// Timed words, when asked for.
+    pub words: Vec<Word>,
 }
 
 /// Special tokens, looked up by their text in the tokenizer.
@@ -202,9 +219,34 @@ impl WhisperSpec {
 /// A loaded Whisper model.
 pub struct WhisperEngine {
     model: Whisper,
+    decoder: TextDecoder,
     spec: WhisperSpec,
     filters: Vec<f32>,
     config: cw::Config,
+    /// (layer, head) pairs whose cross-attention follows the audio (for word timestamps).
+    alignment_heads: Vec<(usize, usize)>,
+}
+
+/// The model's alignment heads (CTranslate2 config.json `alignment_heads`, Hub generation_config.json),
+/// else openai-whisper's default: every head of the second half of the decoder layers.
+fn alignment_heads(dir: &Path, config: &cw::Config) -> Vec<(usize, usize)> {
+    let read = |name: &str| -> Option<serde_json::Value> {
+        serde_json::from_str(&std::fs::read_to_string(dir.join(name)).ok()?).ok()
+    };
+    let listed = |v: serde_json::Value| -> Option<Vec<(usize, usize)>> {
+        v.get("alignment_heads")?
+            .as_array()?
+            .iter()
+            .map(|p| Some((p.get(0)?.as_u64()? as usize, p.get(1)?.as_u64()? as usize)))
+            .collect()
+    };
+    read("config.json").and_then(listed).or_else(|| read("generation_config.json").and_then(listed)).unwrap_or_else(
+        || {
+            (config.decoder_layers / 2..config.decoder_layers)
+                .flat_map(|l| (0..config.decoder_attention_heads).map(move |h| (l, h)))
+                .collect()
+        },
+    )
 }
 
 /// Loads Whisper on the model actor's thread.
@@ -253,7 +295,23 @@ fn load(spec: &WhisperSpec) -> anyhow::Result<WhisperEngine> {
         (vb, config)
     };
     let model = Whisper::load(&vb, config.clone())?;
-    Ok(WhisperEngine { model, spec: spec.clone(), filters: mel::filterbank(config.num_mel_bins), config })
+    let decoder = TextDecoder::load(
+        vb.pp("model.decoder"),
+        config.d_model,
+        config.decoder_attention_heads,
+        config.decoder_layers,
+        config.vocab_size,
+        config.max_target_positions,
+    )?;
+    let alignment_heads = alignment_heads(&spec.dir, &config);
+    Ok(WhisperEngine {
+        model,
+        decoder,
+        spec: spec.clone(),
+        filters: mel::filterbank(config.num_mel_bins),
+        config,
+        alignment_heads,
+    })
 }
 
 struct Decoded {
@@ -283,9 +341,9 @@ impl WhisperEngine {
 
     fn detect_language(&mut self, features: &Tensor) -> candle_core::Result<String> {
         let s = &self.spec.specials;
-        let tokens = Tensor::new(&[[s.sot]], &Device::Cpu)?;
-        let hidden = self.model.decoder.forward(&tokens, features, true)?;
-        let logits = self.model.decoder.final_linear(&hidden.i((.., 0..1))?)?.i(0)?.i(0)?.to_vec1::<f32>()?;
+        let mut state = self.decoder.start(features)?;
+        let hidden = self.decoder.forward(&mut state, &[s.sot], None)?;
+        let logits = self.decoder.logits(&hidden.i(0)?)?;
         let best = s.languages.iter().max_by(|a, b| logits[a.1 as usize].total_cmp(&logits[b.1 as usize]));
         Ok(best.map(|(c, _)| c.clone()).unwrap_or_else(|| "en".into()))
     }
@@ -304,20 +362,19 @@ impl WhisperEngine {
         let sot_index = prefix.iter().position(|&t| t == s.sot).unwrap_or(0);
         let max_new = self.config.max_target_positions / 2;
         let (mut sum_logprob, mut no_speech_prob) = (0f64, 0f64);
+        let mut state = self.decoder.start(features)?;
+        let mut hidden = self.decoder.forward(&mut state, prefix, None)?;
+        if let Some(ns) = s.no_speech {
+            let at_sot = Tensor::new(self.decoder.logits(&hidden.i(sot_index)?)?, &Device::Cpu)?;
+            let probs = candle_nn::ops::softmax_last_dim(&at_sot)?.to_vec1::<f32>()?;
+            no_speech_prob = probs[ns as usize] as f64;
+        }
         for step in 0..max_new {
-            let input = Tensor::new(tokens.as_slice(), &Device::Cpu)?.unsqueeze(0)?;
-            let hidden = self.model.decoder.forward(&input, features, step == 0)?;
-            if step == 0 {
-                if let Some(ns) = s.no_speech {
-                    let at_sot =
-                        self.model.decoder.final_linear(&hidden.i((.., sot_index..sot_index + 1))?)?.i(0)?.i(0)?;
-                    let probs = candle_nn::ops::softmax_last_dim(&at_sot)?.to_vec1::<f32>()?;
-                    no_speech_prob = probs[ns as usize] as f64;
-                }
+            if step > 0 {
+                hidden = self.decoder.forward(&mut state, &tokens[tokens.len() - 1..], None)?;
             }
-            let last = hidden.dim(1)? - 1;
-            let mut logits =
-                self.model.decoder.final_linear(&hidden.i((.., last..last + 1))?)?.i(0)?.i(0)?.to_vec1::<f32>()?;
+            let last = hidden.dim(0)? - 1;
+            let mut logits = self.decoder.logits(&hidden.i(last)?)?;
             let sampled = &tokens[sample_begin..];
             self.apply_rules(&mut logits, sampled);
             // Log-probabilities for the timestamp rule and the average log-probability.
@@ -436,6 +493,7 @@ impl WhisperEngine {
             _ => Vec::new(),
         };
         let mut segments = Vec::new();
+        let mut words = Vec::new();
         let mut seek = 0;
         while seek < content_frames {
             let window = mel.narrow(2, seek, WINDOW_FRAMES.min(frames - seek))?;
@@ -483,6 +541,7 @@ impl WhisperEngine {
                 continue;
             }
             let toks = &decoded.tokens;
+            let window_first_segment = segments.len();
             let is_ts = |t: u32| t >= s.timestamp_begin;
             let single_ending = toks.len() >= 2 && !is_ts(toks[toks.len() - 2]) && is_ts(toks[toks.len() - 1]);
             let mut cuts: Vec<usize> = (1..toks.len()).filter(|&i| is_ts(toks[i - 1]) && is_ts(toks[i])).collect();
@@ -532,6 +591,11 @@ impl WhisperEngine {
                 push(&mut segments, 0.0, end, toks.clone(), self);
                 seek += window_frames;
             }
+            if job.words {
+                let sot_index = prefix.iter().position(|&t| t == s.sot).unwrap_or(0);
+                let timed = self.align_words(&features, &prefix[sot_index..], toks, window_frames, offset)?;
+                place_words(timed, &segments[window_first_segment..], &mut words, s.eot);
+            }
             previous.extend(toks.iter().copied().filter(|&t| t < s.eot || t >= s.timestamp_begin));
         }
         // Times never go backwards.
@@ -542,8 +606,113 @@ impl WhisperEngine {
             floor = seg.end;
         }
         let text = segments.iter().map(|s| s.text.as_str()).collect::<String>().trim().to_string();
-        Ok(Transcript { language: language.unwrap_or_else(|| "en".into()), duration, task: job.task, segments, text })
+        Ok(Transcript {
+            language: language.unwrap_or_else(|| "en".into()),
+            duration,
+            task: job.task,
+            segments,
+            text,
+            words,
+        })
     }
+
+    /// Times the words of a window's text tokens from the alignment heads' cross-attention; returns
+    /// (word, token count, start, end) with absolute times.
+    fn align_words(
+        &self,
+        features: &Tensor,
+        sot_sequence: &[u32],
+        tokens: &[u32],
+        window_frames: usize,
+        offset: f64,
+    ) -> anyhow::Result<Vec<(String, usize, f64, f64)>> {
+        let s = &self.spec.specials;
+        let text: Vec<u32> = tokens.iter().copied().filter(|&t| t < s.eot).collect();
+        if text.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut sequence = sot_sequence.to_vec();
+        sequence.push(s.no_timestamps);
+        sequence.extend_from_slice(&text);
+        sequence.push(s.eot);
+        let mut state = self.decoder.start(features)?;
+        let mut captured = Vec::new();
+        self.decoder.forward(&mut state, &sequence, Some(&mut captured))?;
+        // Rows: <|notimestamps|> then each text token; columns: the audio positions of the content.
+        let (first_row, rows) = (sot_sequence.len(), text.len() + 1);
+        let cols = (window_frames / FRAMES_PER_POSITION).clamp(1, self.config.max_source_positions);
+        let mut heads = Vec::new();
+        for &(layer, head) in &self.alignment_heads {
+            if let Some(w) = captured.get(layer) {
+                heads.push(w.i(head)?.narrow(0, first_row, rows)?.narrow(1, 0, cols)?.flatten_all()?.to_vec1::<f32>()?);
+            }
+        }
+        let times = super::word_alignment::token_times(&heads, rows, cols);
+        let mut out = Vec::new();
+        let mut boundary = 0;
+        for (word, count) in self.split_words(&text) {
+            let start = times[boundary];
+            let end = times[(boundary + count).min(rows - 1)];
+            out.push((word, count, offset + start, offset + end.max(start)));
+            boundary += count;
+        }
+        Ok(out)
+    }
+
+    /// Splits text tokens into words: a word starts with a space; punctuation joins the word before.
+    fn split_words(&self, text: &[u32]) -> Vec<(String, usize)> {
+        let mut words: Vec<(String, usize)> = Vec::new();
+        let mut pending: Vec<u32> = Vec::new();
+        for &t in text {
+            pending.push(t);
+            let piece = self.spec.tokenizer.decode(&pending, false).unwrap_or_default();
+            if piece.contains('\u{FFFD}') {
+                continue; // a character split across tokens
+            }
+            let n = std::mem::take(&mut pending).len();
+            let trimmed = piece.trim();
+            let punctuation = !trimmed.is_empty() && trimmed.chars().all(|c| !c.is_alphanumeric());
+            match words.last_mut() {
+                Some(last) if !piece.starts_with(' ') || punctuation => {
+                    last.0.push_str(&piece);
+                    last.1 += n;
+                }
+                _ => words.push((piece, n)),
+            }
+        }
+        if !pending.is_empty() {
+            match words.last_mut() {
+                Some(last) => last.1 += pending.len(),
+                None => words.push((String::new(), pending.len())),
+            }
+        }
+        words.into_iter().map(|(w, n)| (w.trim().to_string(), n)).collect()
+    }
+}
+
+/// Puts a window's timed words into its segments: each word belongs to the segment holding its first
+/// token and is clamped to it; times never decrease.
+fn place_words(timed: Vec<(String, usize, f64, f64)>, segments: &[Segment], words: &mut Vec<Word>, eot: u32) {
+    let mut ends = Vec::new();
+    let mut total = 0;
+    for seg in segments {
+        total += seg.tokens.iter().filter(|&&t| t < eot).count();
+        ends.push(total);
+    }
+    let mut first_token = 0;
+    for (word, count, start, end) in timed {
+        let seg = ends.iter().position(|&e| e > first_token).and_then(|i| segments.get(i));
+        first_token += count;
+        let (Some(seg), false) = (seg, word.is_empty()) else { continue };
+        let floor = words.last().map(|w: &Word| w.end).unwrap_or(0.0).max(seg.start);
+        let start = start.clamp(floor.min(seg.end), seg.end);
+        let end = end.clamp(start, seg.end);
+        words.push(Word { word, start: round(start), end: round(end) });
+    }
+}
+
+fn round(t: f64) -> f64 {
+    (t * 1000.0).round() / 1000.0
 }
 
 impl Engine for WhisperEngine {
@@ -561,6 +730,7 @@ impl Engine for WhisperEngine {
             language: None,
             prompt: None,
             temperature: 0.0,
+            words: false,
         };
         for _ in 0..steps.min(1) {
             self.transcribe(&job).map_err(|e| EngineError::new(format!("{e:#}")))?;

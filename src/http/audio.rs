@@ -121,15 +121,11 @@ async fn handle(
                 )
             })?,
         };
+        let mut words = false;
         for g in &form.granularities {
             match g.as_str() {
                 "segment" => {}
-                "word" => {
-                    return Err(ApiError::invalid(
-                        "timestamp_granularities",
-                        "word-level timestamps are not supported by this server yet; use segment",
-                    ))
-                }
+                "word" => words = true,
                 other => {
                     return Err(ApiError::invalid("timestamp_granularities", format!("unknown granularity {other:?}")))
                 }
@@ -168,7 +164,14 @@ async fn handle(
             .await
             .map_err(|e| ApiError::Internal(format!("decoder thread failed: {e}")))?
             .map_err(|e| ApiError::invalid("file", e.to_string()))?;
-        let job = AudioJob { samples, task, language, prompt: form.prompt, temperature };
+        let job = AudioJob {
+            samples,
+            task,
+            language,
+            prompt: form.prompt,
+            temperature,
+            words: words && format == Format::VerboseJson,
+        };
         let transcript = model.run(job, permit).await?;
         Ok(match format {
             Format::Json => HttpResponse::Ok().json(serde_json::json!({ "text": transcript.text })),
@@ -181,7 +184,7 @@ async fn handle(
             Format::Vtt => {
                 HttpResponse::Ok().content_type("text/vtt; charset=utf-8").body(formats::subtitles(&transcript, true))
             }
-            Format::VerboseJson => HttpResponse::Ok().json(formats::verbose(&transcript)),
+            Format::VerboseJson => HttpResponse::Ok().json(formats::verbose(&transcript, words)),
         })
     }
     .await;

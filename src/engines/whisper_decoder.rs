@@ -1,0 +1,173 @@
+//! Whisper's text decoder with a self-attention KV cache and access to cross-attention weights.
+//!
+//! candle-transformers' decoder re-runs the whole token sequence at every step and keeps its attention
+//! to itself; this one appends one token at a time to per-layer caches (linear cost per step) and can
+//! hand out the cross-attention weights that word timestamps are aligned from.
+
+use candle_core::{Module, Result, Tensor, D};
+use candle_nn::{LayerNorm, Linear, VarBuilder};
+
+struct Attention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    out: Linear,
+}
+
+impl Attention {
+    fn load(vb: VarBuilder, width: usize) -> Result<Self> {
+        Ok(Self {
+            q: candle_nn::linear(width, width, vb.pp("q_proj"))?,
+            k: candle_nn::linear_no_bias(width, width, vb.pp("k_proj"))?,
+            v: candle_nn::linear(width, width, vb.pp("v_proj"))?,
+            out: candle_nn::linear(width, width, vb.pp("out_proj"))?,
+        })
+    }
+}
+
+struct Block {
+    attn: Attention,
+    attn_ln: LayerNorm,
+    cross: Attention,
+    cross_ln: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+    mlp_ln: LayerNorm,
+}
+
+/// Per-window decoding state: self-attention keys/values so far and the cross-attention keys/values
+/// of the window's audio.
+pub struct DecoderState {
+    self_kv: Vec<Option<(Tensor, Tensor)>>,
+    cross_kv: Vec<(Tensor, Tensor)>,
+    /// Tokens decoded so far.
+    pub len: usize,
+}
+
+/// The decoder.
+pub struct TextDecoder {
+    embed: Tensor,
+    pos: Tensor,
+    blocks: Vec<Block>,
+    ln: LayerNorm,
+    heads: usize,
+    width: usize,
+}
+
+fn layer_norm(vb: VarBuilder, width: usize) -> Result<LayerNorm> {
+    Ok(LayerNorm::new(vb.get(width, "weight")?, vb.get(width, "bias")?, 1e-5))
+}
+
+impl TextDecoder {
+    /// Loads `model.decoder.*` from Hub-named weights.
+    pub fn load(
+        vb: VarBuilder,
+        width: usize,
+        heads: usize,
+        layers: usize,
+        vocab: usize,
+        positions: usize,
+    ) -> Result<Self> {
+        let blocks = (0..layers)
+            .map(|i| {
+                let b = vb.pp(format!("layers.{i}"));
+                Ok(Block {
+                    attn: Attention::load(b.pp("self_attn"), width)?,
+                    attn_ln: layer_norm(b.pp("self_attn_layer_norm"), width)?,
+                    cross: Attention::load(b.pp("encoder_attn"), width)?,
+                    cross_ln: layer_norm(b.pp("encoder_attn_layer_norm"), width)?,
+                    fc1: candle_nn::linear(width, 4 * width, b.pp("fc1"))?,
+                    fc2: candle_nn::linear(4 * width, width, b.pp("fc2"))?,
+                    mlp_ln: layer_norm(b.pp("final_layer_norm"), width)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            embed: vb.get((vocab, width), "embed_tokens.weight")?,
+            pos: vb.get((positions, width), "embed_positions.weight")?,
+            blocks,
+            ln: layer_norm(vb.pp("layer_norm"), width)?,
+            heads,
+            width,
+        })
+    }
+
+    /// `[n, width]` → `[heads, n, head_dim]`.
+    fn split(&self, x: &Tensor) -> Result<Tensor> {
+        let n = x.dim(0)?;
+        x.reshape((n, self.heads, self.width / self.heads))?.transpose(0, 1)?.contiguous()
+    }
+
+    /// Prepares a window: cross-attention keys and values of its audio features `[1, frames, width]`.
+    pub fn start(&self, audio: &Tensor) -> Result<DecoderState> {
+        let audio = audio.squeeze(0)?;
+        let cross_kv = self
+            .blocks
+            .iter()
+            .map(|b| Ok((self.split(&b.cross.k.forward(&audio)?)?, self.split(&b.cross.v.forward(&audio)?)?)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(DecoderState { self_kv: vec![None; self.blocks.len()], cross_kv, len: 0 })
+    }
+
+    /// Runs new tokens; returns their final hidden states `[n, width]`. When `capture` is given, the
+    /// cross-attention weights of every layer (`[heads, n, frames]`) are pushed to it.
+    pub fn forward(
+        &self,
+        state: &mut DecoderState,
+        tokens: &[u32],
+        mut capture: Option<&mut Vec<Tensor>>,
+    ) -> Result<Tensor> {
+        let n = tokens.len();
+        let device = self.embed.device();
+        let ids = Tensor::new(tokens, device)?;
+        let mut x = (self.embed.index_select(&ids, 0)? + self.pos.narrow(0, state.len, n)?)?;
+        let scale = 1.0 / ((self.width / self.heads) as f64).sqrt();
+        let total = state.len + n;
+        let past = state.len;
+        let mask = if n > 1 {
+            let m: Vec<f32> = (0..n)
+                .flat_map(|i| (0..total).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 }))
+                .collect();
+            Some(Tensor::from_vec(m, (n, total), device)?)
+        } else {
+            None
+        };
+        for (layer, block) in self.blocks.iter().enumerate() {
+            // Self-attention over the cache plus the new tokens.
+            let h = block.attn_ln.forward(&x)?;
+            let q = (self.split(&block.attn.q.forward(&h)?)? * scale)?;
+            let (mut k, mut v) = (self.split(&block.attn.k.forward(&h)?)?, self.split(&block.attn.v.forward(&h)?)?);
+            if let Some((pk, pv)) = &state.self_kv[layer] {
+                k = Tensor::cat(&[pk, &k], 1)?;
+                v = Tensor::cat(&[pv, &v], 1)?;
+            }
+            let mut scores = q.matmul(&k.t()?)?;
+            if let Some(mask) = &mask {
+                scores = scores.broadcast_add(mask)?;
+            }
+            let attn = candle_nn::ops::softmax_last_dim(&scores)?.matmul(&v)?;
+            state.self_kv[layer] = Some((k, v));
+            let attn = attn.transpose(0, 1)?.reshape((n, self.width))?;
+            x = (x + block.attn.out.forward(&attn)?)?;
+            // Cross-attention over the audio.
+            let h = block.cross_ln.forward(&x)?;
+            let q = (self.split(&block.cross.q.forward(&h)?)? * scale)?;
+            let (ck, cv) = &state.cross_kv[layer];
+            let weights = candle_nn::ops::softmax_last_dim(&q.matmul(&ck.t()?)?)?;
+            if let Some(capture) = capture.as_deref_mut() {
+                capture.push(weights.clone());
+            }
+            let attn = weights.matmul(cv)?.transpose(0, 1)?.reshape((n, self.width))?;
+            x = (x + block.cross.out.forward(&attn)?)?;
+            let h = block.mlp_ln.forward(&x)?;
+            x = (x + block.fc2.forward(&block.fc1.forward(&h)?.gelu_erf()?)?)?;
+        }
+        state.len = total;
+        self.ln.forward(&x)
+    }
+
+    /// Logits of one hidden state `[width]` (the output projection is the token embedding).
+    pub fn logits(&self, hidden: &Tensor) -> Result<Vec<f32>> {
+        self.embed.matmul(&hidden.unsqueeze(1)?)?.squeeze(D::Minus1)?.to_vec1::<f32>()
+    }
+}
