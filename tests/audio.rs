@@ -361,3 +361,61 @@ fn a_multilingual_model_detects_the_language_and_translates() {
     );
     assert_eq!(given.json()["language"], "german");
 }
+
+#[test]
+fn a_hub_safetensors_whisper_matches_its_ctranslate2_original() {
+    // Convert the CTranslate2 model.bin into a Hub-layout folder (model.safetensors, config.json,
+    // generation_config.json, tokenizer.json) and serve both: the same audio gives the same words.
+    let (settings, roster) = sis::config::Settings::load(&sis::config::Overrides {
+        config: Some(concat!(env!("CARGO_MANIFEST_DIR"), "/config/models.toml").into()),
+        ..Default::default()
+    })
+    .unwrap();
+    let entry = roster.select(&[WHISPER.into()]).unwrap().remove(0);
+    let ct2 = sis::models::resolve(&entry, &settings.hf_cache, true).unwrap().dir;
+    let dir = tempfile::tempdir().unwrap();
+    let hub = dir.path().join("whisper-hub");
+    std::fs::create_dir_all(&hub).unwrap();
+    let vars = sis::engines::ct2::read(&ct2.join("model.bin")).unwrap();
+    let (tensors, shape) = sis::engines::ct2::whisper_tensors(&vars).unwrap();
+    candle_core::safetensors::save(&tensors, hub.join("model.safetensors")).unwrap();
+    let ct2_config: Value = serde_json::from_str(&std::fs::read_to_string(ct2.join("config.json")).unwrap()).unwrap();
+    std::fs::write(
+        hub.join("config.json"),
+        json!({
+            "num_mel_bins": shape.mels, "max_source_positions": shape.audio_positions, "d_model": shape.width,
+            "encoder_attention_heads": shape.encoder_heads, "encoder_layers": shape.encoder_layers,
+            "vocab_size": shape.vocab, "max_target_positions": shape.text_positions,
+            "decoder_attention_heads": shape.decoder_heads, "decoder_layers": shape.decoder_layers,
+            "suppress_tokens": ct2_config["suppress_ids"], "begin_suppress_tokens": ct2_config["suppress_ids_begin"],
+        })
+        .to_string(),
+    )
+    .unwrap();
+    std::fs::write(
+        hub.join("generation_config.json"),
+        json!({ "alignment_heads": ct2_config["alignment_heads"] }).to_string(),
+    )
+    .unwrap();
+    std::fs::copy(ct2.join("tokenizer.json"), hub.join("tokenizer.json")).unwrap();
+
+    let roster = format!(
+        "[[models]]\nid = \"ct2\"\nkind = \"audio\"\npath = {:?}\n\n[[models]]\nid = \"hub\"\nkind = \"audio\"\npath = {:?}\n",
+        ct2.display().to_string(),
+        hub.display().to_string()
+    );
+    let server = TestServer::builder().roster(&roster).env("MODELS", "ct2,hub").start();
+    let wav = speak(dir.path(), "clip", SHORT);
+    let fields = [("response_format", "verbose_json"), ("timestamp_granularities[]", "word")];
+    let a = upload(&server, "/v1/audio/transcriptions", "ct2", &wav, &fields).json();
+    let b = upload(&server, "/v1/audio/transcriptions", "hub", &wav, &fields).json();
+    assert_eq!(a["text"], b["text"]);
+    for (x, y) in a["segments"].as_array().unwrap().iter().zip(b["segments"].as_array().unwrap()) {
+        for key in ["start", "end", "text", "tokens", "temperature"] {
+            assert_eq!(x[key], y[key], "{key}");
+        }
+        assert!((x["avg_logprob"].as_f64().unwrap() - y["avg_logprob"].as_f64().unwrap()).abs() < 1e-4);
+    }
+    assert_eq!(a["words"], b["words"]);
+    assert!(wer(SHORT, a["text"].as_str().unwrap()) < 0.3);
+}
