@@ -16,3 +16,4 @@ pub mod http;
 pub mod models;
 pub mod runtime;
 pub mod telemetry;
+pub mod vision;

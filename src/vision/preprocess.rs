@@ -1,0 +1,159 @@
+//! Image preprocessing as Qwen2-VL / Qwen3-VL processors define it (`preprocessor_config.json`):
+//! resize so both sides are multiples of patch size × merge size within the pixel budget, rescale to
+//! [0, 1], normalize with the processor's mean and std, and cut into temporal × spatial patches.
+
+/// The processor settings that matter.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProcessorConfig {
+    /// Patch side in pixels (14 for Qwen2-VL, 16 for Qwen3-VL).
+    pub patch_size: usize,
+    /// Patches merged per side into one token.
+    pub merge_size: usize,
+    /// Frames per temporal patch (an image is repeated to fill it).
+    pub temporal_patch_size: usize,
+    /// Fewest pixels after resizing.
+    pub min_pixels: usize,
+    /// Most pixels after resizing.
+    pub max_pixels: usize,
+    /// Per-channel mean.
+    pub mean: [f32; 3],
+    /// Per-channel std.
+    pub std: [f32; 3],
+}
+
+impl ProcessorConfig {
+    /// Reads `preprocessor_config.json` (both the `min_pixels`/`max_pixels` and the
+    /// `size.shortest_edge`/`size.longest_edge` spellings).
+    pub fn from_json(json: &serde_json::Value) -> Self {
+        let get = |k: &str| json.get(k).and_then(|v| v.as_u64()).map(|v| v as usize);
+        let size = |k: &str| json.get("size").and_then(|s| s.get(k)).and_then(|v| v.as_u64()).map(|v| v as usize);
+        let triple = |k: &str, d: [f32; 3]| {
+            json.get(k)
+                .and_then(|v| v.as_array())
+                .filter(|a| a.len() == 3)
+                .map(|a| [0, 1, 2].map(|i| a[i].as_f64().unwrap_or(d[i] as f64) as f32))
+                .unwrap_or(d)
+        };
+        Self {
+            patch_size: get("patch_size").unwrap_or(16),
+            merge_size: get("merge_size").unwrap_or(2),
+            temporal_patch_size: get("temporal_patch_size").unwrap_or(2),
+            min_pixels: get("min_pixels").or(size("shortest_edge")).unwrap_or(56 * 56),
+            max_pixels: get("max_pixels").or(size("longest_edge")).unwrap_or(28 * 28 * 1280),
+            mean: triple("image_mean", [0.5, 0.5, 0.5]),
+            std: triple("image_std", [0.5, 0.5, 0.5]),
+        }
+    }
+
+    /// The resized `(height, width)`: multiples of patch × merge, within the pixel budget, close to the
+    /// original aspect ratio. Errors for absurd aspect ratios (over 200:1).
+    pub fn target_size(&self, height: usize, width: usize) -> Result<(usize, usize), String> {
+        let factor = (self.patch_size * self.merge_size) as f64;
+        let (h, w) = (height as f64, width as f64);
+        if height == 0 || width == 0 {
+            return Err("the image is empty".into());
+        }
+        if h.max(w) / h.min(w) > 200.0 {
+            return Err(format!("the aspect ratio {width}×{height} is more extreme than 200:1"));
+        }
+        let round = |x: f64| ((x / factor).round() * factor).max(factor);
+        let (mut hb, mut wb) = (round(h), round(w));
+        if hb * wb > self.max_pixels as f64 {
+            let beta = (h * w / self.max_pixels as f64).sqrt();
+            hb = ((h / beta / factor).floor() * factor).max(factor);
+            wb = ((w / beta / factor).floor() * factor).max(factor);
+        } else if hb * wb < self.min_pixels as f64 {
+            let beta = (self.min_pixels as f64 / (h * w)).sqrt();
+            hb = (h * beta / factor).ceil() * factor;
+            wb = (w * beta / factor).ceil() * factor;
+        }
+        Ok((hb as usize, wb as usize))
+    }
+
+    /// The patch grid `(t, h, w)` of a resized image, and the number of tokens it takes in the prompt.
+    pub fn grid(&self, height: usize, width: usize) -> ((usize, usize, usize), usize) {
+        let grid = (1, height / self.patch_size, width / self.patch_size);
+        (grid, grid.0 * grid.1 * grid.2 / (self.merge_size * self.merge_size))
+    }
+
+    /// Normalized patches of an RGB image already resized to `(height, width)` (row-major, 3 bytes per
+    /// pixel): one row per patch, ordered by merge block as the vision tower expects, each row holding
+    /// channel × temporal × patch × patch values.
+    pub fn patches(&self, rgb: &[u8], height: usize, width: usize) -> Vec<f32> {
+        let (p, m, t) = (self.patch_size, self.merge_size, self.temporal_patch_size);
+        let (gh, gw) = (height / p, width / p);
+        let mut out = Vec::with_capacity(gh * gw * 3 * t * p * p);
+        for bh in 0..gh / m {
+            for bw in 0..gw / m {
+                for mh in 0..m {
+                    for mw in 0..m {
+                        let (py, px) = ((bh * m + mh) * p, (bw * m + mw) * p);
+                        for c in 0..3 {
+                            for _ in 0..t {
+                                for y in 0..p {
+                                    for x in 0..p {
+                                        let v = rgb[((py + y) * width + px + x) * 3 + c] as f32 / 255.0;
+                                        out.push((v - self.mean[c]) / self.std[c]);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn qwen3() -> ProcessorConfig {
+        ProcessorConfig::from_json(&json!({
+            "patch_size": 16, "merge_size": 2, "temporal_patch_size": 2,
+            "size": { "shortest_edge": 65536, "longest_edge": 16777216 },
+            "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5],
+        }))
+    }
+
+    #[test]
+    fn resize_targets_worked_out_by_hand() {
+        let c = qwen3();
+        // 640×480 has 307200 pixels, inside the budget: round each side to a multiple of 32.
+        assert_eq!(c.target_size(480, 640).unwrap(), (480, 640));
+        // 100×50 = 5000 pixels is under the 65536 minimum: scale by √(65536/5000) ≈ 3.62, round up
+        // to multiples of 32: 50·3.62 = 181 → 192, 100·3.62 = 362 → 384.
+        assert_eq!(c.target_size(50, 100).unwrap(), (192, 384));
+        // 333×517: 333/32 = 10.4 → 320, 517/32 = 16.2 → 512 (163840 pixels, inside the budget).
+        assert_eq!(c.target_size(333, 517).unwrap(), (320, 512));
+        // Over the maximum: 8000×8000 with max 1024·1024 scales to floor(8000/7.8125/32)·32 = 1024.
+        let small = ProcessorConfig { max_pixels: 1024 * 1024, ..c.clone() };
+        assert_eq!(small.target_size(8000, 8000).unwrap(), (1024, 1024));
+        assert!(c.target_size(10, 5000).is_err());
+        // 480×640 → a 30×40 patch grid, 1200 patches, 300 tokens after the 2×2 merge.
+        assert_eq!(c.grid(480, 640), ((1, 30, 40), 300));
+    }
+
+    #[test]
+    fn patches_are_normalized_and_ordered_by_merge_block() {
+        let c = ProcessorConfig { patch_size: 2, merge_size: 2, temporal_patch_size: 2, ..qwen3() };
+        // A 4×4 image whose red channel is the pixel index, green 255, blue 0.
+        let rgb: Vec<u8> = (0..16u8).flat_map(|i| [i * 10, 255, 0]).collect();
+        let patches = c.patches(&rgb, 4, 4);
+        assert_eq!(patches.len(), 4 * 3 * 2 * 2 * 2);
+        let row = 3 * 2 * 2 * 2;
+        // First patch (top-left 2×2: pixels 0, 1, 4, 5), red channel, first frame: (v/255 − 0.5)/0.5.
+        let norm = |v: u8| (v as f32 / 255.0 - 0.5) / 0.5;
+        assert_eq!(&patches[..4], &[norm(0), norm(10), norm(40), norm(50)]);
+        // The temporal copy repeats the frame.
+        assert_eq!(&patches[4..8], &patches[..4]);
+        // Green is 1.0 everywhere, blue −1.0.
+        assert!(patches[8..16].iter().all(|&g| (g - 1.0).abs() < 1e-6));
+        assert!(patches[16..24].iter().all(|&b| (b + 1.0).abs() < 1e-6));
+        // Second patch in merge order is the top-right 2×2 (pixels 2, 3, 6, 7).
+        assert_eq!(&patches[row..row + 4], &[norm(20), norm(30), norm(60), norm(70)]);
+    }
+}
