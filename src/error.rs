@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use sis_actors::{AdmissionError, JobError};
+
 /// Everything a request can fail with, in OpenAI's terms.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ApiError {
@@ -57,5 +59,38 @@ impl ApiError {
     /// A 400 not tied to a parameter.
     pub fn bad_request(message: impl Into<String>) -> Self {
         ApiError::InvalidRequest { message: message.into(), param: None, code: None }
+    }
+}
+
+impl ApiError {
+    /// The answer to a request its model's queue did not admit.
+    pub fn not_admitted(model: &str, error: AdmissionError, retry_after: Duration) -> Self {
+        match error {
+            AdmissionError::QueueFull { capacity } => ApiError::Overloaded {
+                message: format!("Model `{model}` is busy: its queue of {capacity} requests is full; retry shortly"),
+                retry_after,
+            },
+            AdmissionError::Closed => ApiError::Unavailable("The server is shutting down".into()),
+        }
+    }
+
+    /// The answer to an admitted request that got no result.
+    pub fn job_failed(model: &str, error: JobError, retry_after: Duration) -> Self {
+        match error {
+            JobError::QueueTimeout { waited, .. } => ApiError::Overloaded {
+                message: format!(
+                    "Request waited {:.1}s in the queue of `{model}`; retry shortly",
+                    waited.as_secs_f64()
+                ),
+                retry_after,
+            },
+            JobError::EngineFailed(e) => ApiError::Internal(format!("Model `{model}` failed on this request: {e}")),
+            JobError::Unavailable(e) => ApiError::Unavailable(format!("Model `{model}` is unavailable: {e}")),
+        }
+    }
+
+    /// Whether this is a 429 (for the rejection counters).
+    pub fn is_overload(&self) -> bool {
+        matches!(self, ApiError::Overloaded { .. })
     }
 }

@@ -295,13 +295,10 @@ impl<L: StepLoader> Handler<Warmup> for SequenceActor<L> {
     type Result = MessageResult<Warmup>;
 
     fn handle(&mut self, msg: Warmup, ctx: &mut Context<Self>) -> Self::Result {
-        let (outcome, restart) =
-            self.supervision.warmup(self.engine.as_mut(), &msg, |e, steps, size| e.warmup(steps, size));
-        if let Some(restart) = restart {
-            self.engine = None;
-            if restart {
-                ctx.stop();
-            }
+        let (outcome, stop) =
+            self.supervision.handle_warmup(&mut self.engine, &msg, |e, steps, size| e.warmup(steps, size));
+        if stop {
+            ctx.stop();
         }
         self.schedule(ctx);
         MessageResult(outcome)

@@ -97,9 +97,24 @@ impl Supervision {
         }
     }
 
+    /// Handles a [`Warmup`] message: warms the engine, marks the model ready, and on a panic drops
+    /// the engine. Returns the outcome and whether the actor must stop so its supervisor restarts it.
+    pub fn handle_warmup<E>(
+        &mut self,
+        engine: &mut Option<E>,
+        msg: &Warmup,
+        run: impl FnOnce(&mut E, usize, usize) -> Result<(), EngineError>,
+    ) -> (WarmupOutcome, bool) {
+        let (outcome, restart) = self.warmup(engine.as_mut(), msg, run);
+        if restart.is_some() {
+            *engine = None;
+        }
+        (outcome, restart == Some(true))
+    }
+
     /// Runs warmup on a loaded engine and marks the model ready. Returns the outcome and, when the
     /// engine panicked, whether the actor must restart.
-    pub fn warmup<E>(
+    fn warmup<E>(
         &mut self,
         engine: Option<&mut E>,
         msg: &Warmup,

@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::engines::whisper::{AudioJob, Transcript, WhisperSpec};
 use crate::error::ApiError;
 use crate::telemetry::Metrics;
-use sis_actors::{Admission, AdmissionError, JobError, Submit};
+use sis_actors::{Admission, Submit};
 
 /// The batcher's message type for audio jobs.
 pub type AudioSubmit = Submit<AudioJob, Transcript>;
@@ -54,16 +54,7 @@ impl AudioModel {
 
     /// Takes a queue slot before the upload is decoded (429 at once when full).
     pub fn admit(&self) -> Result<sis_actors::Permit, ApiError> {
-        self.admission.try_admit().map_err(|e| match e {
-            AdmissionError::QueueFull { capacity } => ApiError::Overloaded {
-                message: format!(
-                    "Model `{}` is busy: its queue of {capacity} requests is full; retry shortly",
-                    self.id
-                ),
-                retry_after: Duration::from_secs(5),
-            },
-            AdmissionError::Closed => ApiError::Unavailable("The server is shutting down".into()),
-        })
+        self.admission.try_admit().map_err(|e| ApiError::not_admitted(&self.id, e, Duration::from_secs(5)))
     }
 
     /// Runs a job that holds a permit.
@@ -71,20 +62,10 @@ impl AudioModel {
         let seconds = job.samples.len() as f64 / crate::engines::mel::SAMPLE_RATE as f64;
         let (submit, reply) = Submit::new(vec![job], Some(permit));
         self.batcher.do_send(submit);
-        let output = reply.await.map_err(|_| ApiError::Internal("the batcher dropped the request".into()))?.map_err(
-            |e| match e {
-                JobError::QueueTimeout { waited, .. } => ApiError::Overloaded {
-                    message: format!(
-                        "Request waited {:.1}s in the queue of `{}`; retry shortly",
-                        waited.as_secs_f64(),
-                        self.id
-                    ),
-                    retry_after: Duration::from_secs(5),
-                },
-                JobError::EngineFailed(e) => ApiError::Internal(format!("Model `{}` failed: {e}", self.id)),
-                JobError::Unavailable(e) => ApiError::Unavailable(format!("Model `{}` is unavailable: {e}", self.id)),
-            },
-        )?;
+        let output = reply
+            .await
+            .map_err(|_| ApiError::Internal("the batcher dropped the request".into()))?
+            .map_err(|e| ApiError::job_failed(&self.id, e, Duration::from_secs(5)))?;
         let model = &*self.id;
         self.metrics.audio_queue_wait.with_label_values(&[model]).observe(output.queue_wait.as_secs_f64());
         self.metrics.audio_seconds.with_label_values(&[model]).inc_by(seconds);

@@ -15,7 +15,7 @@ use crate::engines::json_constraint::Schema;
 use crate::engines::sampling::Sampling;
 use crate::error::ApiError;
 use crate::telemetry::Metrics;
-use sis_actors::{Admission, AdmissionError, Generate, SequenceMessage};
+use sis_actors::{Admission, Generate, SequenceMessage};
 
 /// The sequence actor's message type for chat.
 pub type ChatGenerate = Generate<ChatRequest, ChatEvent>;
@@ -137,19 +137,10 @@ impl ChatModel {
             fault,
         };
         let prompt_tokens = request.prompt.len();
-        let permit = self.admission.try_admit().map_err(|e| match e {
-            AdmissionError::QueueFull { capacity } => {
-                self.metrics.chat_queue_rejections.with_label_values(&[&self.id]).inc();
-                ApiError::Overloaded {
-                    message: format!(
-                        "Model `{}` is busy: its queue of {capacity} requests is full; retry shortly",
-                        self.id
-                    ),
-                    retry_after: Duration::from_secs(1),
-                }
-            }
-            AdmissionError::Closed => ApiError::Unavailable("The server is shutting down".into()),
-        })?;
+        let permit = self
+            .admission
+            .try_admit()
+            .map_err(|e| self.count_overload(ApiError::not_admitted(&self.id, e, Duration::from_secs(1))))?;
         let (message, events) = Generate::new(request, Some(permit));
         self.actor.do_send(message);
         Ok(Started { events, prompt_tokens })
@@ -157,22 +148,13 @@ impl ChatModel {
 
     /// The API error for a sequence that ended without finishing.
     pub fn failure(&self, error: sis_actors::JobError) -> ApiError {
-        match error {
-            sis_actors::JobError::QueueTimeout { waited, .. } => {
-                self.metrics.chat_queue_rejections.with_label_values(&[&self.id]).inc();
-                ApiError::Overloaded {
-                    message: format!(
-                        "Request waited {:.1}s for a batch slot of `{}`; retry shortly",
-                        waited.as_secs_f64(),
-                        self.id
-                    ),
-                    retry_after: Duration::from_secs(1),
-                }
-            }
-            sis_actors::JobError::EngineFailed(e) => ApiError::Internal(format!("Model `{}` failed: {e}", self.id)),
-            sis_actors::JobError::Unavailable(e) => {
-                ApiError::Unavailable(format!("Model `{}` is unavailable: {e}", self.id))
-            }
+        self.count_overload(ApiError::job_failed(&self.id, error, Duration::from_secs(1)))
+    }
+
+    fn count_overload(&self, error: ApiError) -> ApiError {
+        if error.is_overload() {
+            self.metrics.chat_queue_rejections.with_label_values(&[&self.id]).inc();
         }
+        error
     }
 }

@@ -126,36 +126,17 @@ impl EmbeddingModel {
     }
 
     fn rejected(&self, error: AdmissionError) -> ApiError {
-        match error {
-            AdmissionError::QueueFull { capacity } => {
-                self.metrics.embedding_queue_rejections.inc();
-                ApiError::Overloaded {
-                    message: format!(
-                        "Model `{}` is busy: its queue of {capacity} requests is full; retry shortly",
-                        self.id
-                    ),
-                    retry_after: Duration::from_secs(1),
-                }
-            }
-            AdmissionError::Closed => ApiError::Unavailable("The server is shutting down".into()),
-        }
+        self.count_overload(ApiError::not_admitted(&self.id, error, Duration::from_secs(1)))
     }
 
     fn job_failed(&self, error: JobError) -> ApiError {
-        match error {
-            JobError::QueueTimeout { waited, .. } => {
-                self.metrics.embedding_queue_rejections.inc();
-                ApiError::Overloaded {
-                    message: format!(
-                        "Request waited {:.1}s in the queue of `{}`; retry shortly",
-                        waited.as_secs_f64(),
-                        self.id
-                    ),
-                    retry_after: Duration::from_secs(1),
-                }
-            }
-            JobError::EngineFailed(e) => ApiError::Internal(format!("Model `{}` failed on this batch: {e}", self.id)),
-            JobError::Unavailable(e) => ApiError::Unavailable(format!("Model `{}` is unavailable: {e}", self.id)),
+        self.count_overload(ApiError::job_failed(&self.id, error, Duration::from_secs(1)))
+    }
+
+    fn count_overload(&self, error: ApiError) -> ApiError {
+        if error.is_overload() {
+            self.metrics.embedding_queue_rejections.inc();
         }
+        error
     }
 }
