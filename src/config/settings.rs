@@ -130,6 +130,24 @@ pub struct AudioSettings {
     pub max_seconds: u64,
 }
 
+/// Image inputs of vision chat (SPEC §2 "Vision").
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageSettings {
+    /// Fetch http(s) image URLs at all (`ALLOW_REMOTE_IMAGES`).
+    pub allow_remote: bool,
+    /// Hosts images may be fetched from (`REMOTE_IMAGE_HOST_ALLOWLIST`; empty refuses every host).
+    pub host_allowlist: Vec<String>,
+    /// Fetch timeout (`REMOTE_IMAGE_TIMEOUT`, seconds).
+    #[serde(serialize_with = "as_secs")]
+    pub timeout: Duration,
+    /// Largest image, fetched or inline (`MAX_REMOTE_IMAGE_BYTES`).
+    pub max_bytes: usize,
+    /// Accepted formats, sniffed from the bytes (`REMOTE_IMAGE_MIME_ALLOWLIST`).
+    pub mime_allowlist: Vec<String>,
+    /// Folder local image paths may point into (`LOCAL_IMAGE_DIR`; unset refuses local paths).
+    pub local_dir: Option<PathBuf>,
+}
+
 /// Warmup of loaded models.
 #[derive(Debug, Clone, Serialize)]
 pub struct WarmupSettings {
@@ -176,6 +194,8 @@ pub struct Settings {
     pub chat: ChatSettings,
     /// Speech to text.
     pub audio: AudioSettings,
+    /// Image inputs.
+    pub images: ImageSettings,
     /// Warmup.
     pub warmup: WarmupSettings,
 }
@@ -379,6 +399,23 @@ impl Settings {
                 max_bytes: l.positive("max_audio_bytes", &["MAX_AUDIO_BYTES"], 25 * 1024 * 1024)?,
                 max_seconds: l.get("max_audio_seconds", &["MAX_AUDIO_SECONDS"], 3 * 3600)?,
             },
+            images: ImageSettings {
+                allow_remote: l.flag("allow_remote_images", &["ALLOW_REMOTE_IMAGES"], false)?,
+                host_allowlist: l.list("remote_image_host_allowlist", &["REMOTE_IMAGE_HOST_ALLOWLIST"]),
+                timeout: Duration::from_secs_f64(
+                    l.get::<f64>("remote_image_timeout", &["REMOTE_IMAGE_TIMEOUT"], 5.0)?.max(0.001),
+                ),
+                max_bytes: l.positive("max_remote_image_bytes", &["MAX_REMOTE_IMAGE_BYTES"], 5 * 1024 * 1024)?,
+                mime_allowlist: {
+                    let listed = l.list("remote_image_mime_allowlist", &["REMOTE_IMAGE_MIME_ALLOWLIST"]);
+                    if listed.is_empty() {
+                        ["image/png", "image/jpeg", "image/webp", "image/gif"].map(String::from).to_vec()
+                    } else {
+                        listed
+                    }
+                },
+                local_dir: l.raw("local_image_dir", &["LOCAL_IMAGE_DIR"]).map(|(_, dir)| PathBuf::from(dir)),
+            },
             warmup: WarmupSettings {
                 enabled: l.flag("enable_warmup", &["ENABLE_WARMUP"], true)?,
                 steps: l.get("warmup_steps", &["WARMUP_STEPS"], 2)?,
@@ -431,6 +468,12 @@ const KNOWN_FILE_KEYS: &[&str] = &[
     "audio_queue_timeout_sec",
     "max_audio_bytes",
     "max_audio_seconds",
+    "allow_remote_images",
+    "remote_image_host_allowlist",
+    "remote_image_timeout",
+    "max_remote_image_bytes",
+    "remote_image_mime_allowlist",
+    "local_image_dir",
     "enable_warmup",
     "warmup_steps",
     "warmup_batch_size",
@@ -492,6 +535,27 @@ mod tests {
         assert!(err.to_string().contains("bogus"), "{err}");
         let err = build(Overrides::default(), &[("ENABLE_WARMUP", "maybe")], "").unwrap_err();
         assert!(err.to_string().contains("ENABLE_WARMUP"), "{err}");
+    }
+
+    #[test]
+    fn image_inputs_are_locked_down_by_default() {
+        let s = build(Overrides::default(), &[], "").unwrap();
+        assert!(!s.images.allow_remote);
+        assert!(s.images.host_allowlist.is_empty() && s.images.local_dir.is_none());
+        assert_eq!(s.images.max_bytes, 5 * 1024 * 1024);
+        let s = build(
+            Overrides::default(),
+            &[
+                ("ALLOW_REMOTE_IMAGES", "1"),
+                ("REMOTE_IMAGE_HOST_ALLOWLIST", "a.example, b.example"),
+                ("REMOTE_IMAGE_TIMEOUT", "2.5"),
+            ],
+            "",
+        )
+        .unwrap();
+        assert!(s.images.allow_remote);
+        assert_eq!(s.images.host_allowlist, vec!["a.example", "b.example"]);
+        assert_eq!(s.images.timeout, Duration::from_millis(2500));
     }
 
     #[test]

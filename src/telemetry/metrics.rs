@@ -66,6 +66,8 @@ pub struct Metrics {
     pub audio_queue_wait: HistogramVec,
     /// `audio_seconds_total{model}`: audio transcribed.
     pub audio_seconds: prometheus::CounterVec,
+    /// `remote_image_rejections_total{reason}`: image inputs refused, by reason.
+    pub image_rejections: IntCounterVec,
     /// `model_queue_depth{model,capability}`: requests waiting or running.
     pub queue_depth: IntGaugeVec,
     /// `model_queue_capacity{model,capability}`.
@@ -205,6 +207,7 @@ impl Metrics {
                 registry.register(Box::new(c.clone())).expect("unique");
                 c
             },
+            image_rejections: counter("remote_image_rejections_total", "Image inputs refused, by reason", &["reason"]),
             queue_depth: gauge("model_queue_depth", "Requests waiting or running", &["model", "capability"]),
             queue_capacity: gauge("model_queue_capacity", "Queue capacity", &["model", "capability"]),
             model_state: gauge("model_state", "1 for the model actor's current state", &["model", "state"]),

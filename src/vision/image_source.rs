@@ -157,6 +157,20 @@ pub struct LoadedImage {
 }
 
 impl ImagePolicy {
+    /// The policy of the configuration, with the public-address filter.
+    pub fn from_settings(s: &crate::config::settings::ImageSettings) -> Self {
+        Self {
+            allow_remote: s.allow_remote,
+            host_allowlist: s.host_allowlist.clone(),
+            timeout: s.timeout,
+            max_bytes: s.max_bytes,
+            mime_allowlist: s.mime_allowlist.clone(),
+            local_dir: s.local_dir.clone(),
+            max_redirects: 3,
+            address_filter: is_public,
+        }
+    }
+
     fn check_format(&self, bytes: Vec<u8>) -> Result<LoadedImage, Rejection> {
         let format = ImageFormat::sniff(&bytes)
             .ok_or_else(|| reject("bad_mime", "the content is not a PNG, JPEG, WebP or GIF image"))?;
