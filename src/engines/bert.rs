@@ -228,11 +228,13 @@ impl BertModel {
             let qkv = layer.qkv.forward(&x)?;
             let ctx = packed_attention(&qkv, packing, self.heads, self.head_dim)?;
             let attn = layer.attn_norm.forward(&(layer.attn_out.forward(&ctx)? + &x)?)?;
-            let hidden = layer.intermediate.forward(&attn)?;
             let hidden = match self.activation {
-                Activation::GeluErf => hidden.gelu_erf()?,
-                Activation::GeluTanh => hidden.gelu()?,
-                Activation::Relu => hidden.relu()?,
+                Activation::GeluErf => super::activation::bias_gelu_erf(
+                    &attn.matmul(&layer.intermediate.weight)?,
+                    &layer.intermediate.bias,
+                )?,
+                Activation::GeluTanh => layer.intermediate.forward(&attn)?.gelu()?,
+                Activation::Relu => layer.intermediate.forward(&attn)?.relu()?,
             };
             x = layer.out_norm.forward(&(layer.output.forward(&hidden)? + attn)?)?;
         }

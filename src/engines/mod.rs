@@ -1,5 +1,6 @@
 //! Inference engines, one file per model family. Engines know candle and tokenizers, not actix or HTTP.
 
+pub mod activation;
 pub mod attention;
 pub mod bert;
 pub mod chat;
