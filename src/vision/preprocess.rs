@@ -157,3 +157,71 @@ mod tests {
         assert_eq!(&patches[row..row + 4], &[norm(20), norm(30), norm(60), norm(70)]);
     }
 }
+
+/// An image ready for the vision tower.
+#[derive(Debug, Clone)]
+pub struct PreparedImage {
+    /// Normalized patches, one row per patch (see [`ProcessorConfig::patches`]).
+    pub patches: Vec<f32>,
+    /// Patch grid `(t, h, w)`.
+    pub grid: (usize, usize, usize),
+    /// Placeholder tokens the image takes in the prompt.
+    pub tokens: usize,
+}
+
+/// Most pixels an upload may decode to (decompression bombs are refused before allocation).
+pub const MAX_DECODED_PIXELS: u64 = 50_000_000;
+
+impl ProcessorConfig {
+    /// Decodes an encoded image (PNG, JPEG, WebP, GIF first frame), resizes it with a bicubic filter to
+    /// [`ProcessorConfig::target_size`] and cuts it into patches.
+    pub fn prepare(&self, bytes: &[u8]) -> Result<PreparedImage, String> {
+        let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(|e| format!("cannot read the image: {e}"))?;
+        let mut limits = image::Limits::default();
+        limits.max_alloc = Some(MAX_DECODED_PIXELS * 4);
+        reader.limits(limits);
+        let (width, height) = reader.into_dimensions().map_err(|e| format!("cannot read the image: {e}"))?;
+        if width as u64 * height as u64 > MAX_DECODED_PIXELS {
+            return Err(format!("the image is {width}×{height}, more than {MAX_DECODED_PIXELS} pixels"));
+        }
+        let decoded = image::load_from_memory(bytes).map_err(|e| format!("cannot decode the image: {e}"))?;
+        let (th, tw) = self.target_size(height as usize, width as usize)?;
+        let rgb = decoded.resize_exact(tw as u32, th as u32, image::imageops::FilterType::CatmullRom).to_rgb8();
+        let patches = self.patches(rgb.as_raw(), th, tw);
+        let (grid, tokens) = self.grid(th, tw);
+        Ok(PreparedImage { patches, grid, tokens })
+    }
+}
+
+#[cfg(test)]
+mod prepare_tests {
+    use super::*;
+
+    fn png(width: u32, height: u32) -> Vec<u8> {
+        let img = image::RgbImage::from_fn(width, height, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, 128]));
+        let mut out = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+        out.into_inner()
+    }
+
+    #[test]
+    fn prepares_real_images_and_refuses_bad_ones() {
+        let c =
+            ProcessorConfig::from_json(&serde_json::json!({ "patch_size": 16, "merge_size": 2, "min_pixels": 65536 }));
+        let p = c.prepare(&png(640, 480)).unwrap();
+        assert_eq!(p.grid, (1, 30, 40));
+        assert_eq!(p.tokens, 300);
+        assert_eq!(p.patches.len(), 1200 * 3 * 2 * 16 * 16);
+        // A small image is scaled up to the pixel floor (worked out in `resize_targets_worked_out_by_hand`).
+        assert_eq!(c.prepare(&png(100, 50)).unwrap().grid, (1, 12, 24));
+        assert!(c.prepare(b"not an image").is_err());
+        // A PNG header announcing 100000×100000 pixels is refused before anything is allocated.
+        let mut bomb = png(1, 1);
+        bomb[16..20].copy_from_slice(&100_000u32.to_be_bytes());
+        bomb[20..24].copy_from_slice(&100_000u32.to_be_bytes());
+        let err = c.prepare(&bomb).unwrap_err();
+        assert!(err.contains("pixels") || err.contains("cannot"), "{err}");
+    }
+}
