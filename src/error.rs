@@ -28,6 +28,14 @@ pub enum ApiError {
         /// Path.
         path: String,
     },
+    /// The path exists, the method does not (405).
+    #[error("{method} is not allowed on {path}")]
+    MethodNotAllowed {
+        /// HTTP method.
+        method: String,
+        /// Path.
+        path: String,
+    },
     /// Body over the limit (413).
     #[error("Request body is larger than the {limit}-byte limit")]
     PayloadTooLarge {

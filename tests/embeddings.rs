@@ -154,6 +154,7 @@ fn client_mistakes_get_openai_shaped_errors() {
     r.expect_error(413);
 
     server.get("/v1/nothing-here").expect_error(404);
+    assert!(server.get("/v1/embeddings").expect_error(405).contains("GET"));
     // The server is still healthy after all of that.
     assert_eq!(server.embed(json!({ "model": MINILM, "input": FOOD })).status, 200);
 }

@@ -11,6 +11,7 @@ impl ResponseError for ApiError {
         match self {
             ApiError::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::ModelNotFound(_) | ApiError::UnknownRoute { .. } => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -23,6 +24,7 @@ impl ResponseError for ApiError {
             ApiError::InvalidRequest { param, code, .. } => ("invalid_request_error", param.clone(), *code),
             ApiError::ModelNotFound(_) => ("invalid_request_error", Some("model".into()), Some("model_not_found")),
             ApiError::UnknownRoute { .. } => ("invalid_request_error", None, Some("unknown_url")),
+            ApiError::MethodNotAllowed { .. } => ("invalid_request_error", None, Some("method_not_allowed")),
             ApiError::PayloadTooLarge { .. } => ("invalid_request_error", None, Some("payload_too_large")),
             ApiError::Overloaded { .. } => ("rate_limit_error", None, Some("rate_limit_exceeded")),
             ApiError::Unavailable(_) => ("server_error", None, Some("model_unavailable")),

@@ -23,17 +23,26 @@ async fn unknown_route(req: HttpRequest) -> Result<&'static str, ApiError> {
 
 /// Routes of the API.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/v1/embeddings", web::post().to(embeddings::create))
-        .route("/v1/chat/completions", web::post().to(chat::create))
-        .route("/chat/completions", web::post().to(chat::create))
-        .route("/embeddings", web::post().to(embeddings::create))
-        .route("/v1/audio/transcriptions", web::post().to(audio::transcriptions))
-        .route("/v1/audio/translations", web::post().to(audio::translations))
-        .route("/v1/models", web::get().to(models::list))
-        .route("/health", web::get().to(health::health))
-        .route("/health/live", web::get().to(health::live))
-        .route("/health/ready", web::get().to(health::ready))
-        .route("/metrics", web::get().to(metrics::render));
+    // Each path answers its own method; any other method gets a 405 in OpenAI's error shape.
+    let post = |path: &'static str, route: actix_web::Route| {
+        web::resource(path).route(route).default_service(web::to(wrong_method))
+    };
+    let get = post;
+    cfg.service(post("/v1/embeddings", web::post().to(embeddings::create)))
+        .service(post("/embeddings", web::post().to(embeddings::create)))
+        .service(post("/v1/chat/completions", web::post().to(chat::create)))
+        .service(post("/chat/completions", web::post().to(chat::create)))
+        .service(post("/v1/audio/transcriptions", web::post().to(audio::transcriptions)))
+        .service(post("/v1/audio/translations", web::post().to(audio::translations)))
+        .service(get("/v1/models", web::get().to(models::list)))
+        .service(get("/health", web::get().to(health::health)))
+        .service(get("/health/live", web::get().to(health::live)))
+        .service(get("/health/ready", web::get().to(health::ready)))
+        .service(get("/metrics", web::get().to(metrics::render)));
+}
+
+async fn wrong_method(req: HttpRequest) -> Result<&'static str, ApiError> {
+    Err(ApiError::MethodNotAllowed { method: req.method().to_string(), path: req.path().to_string() })
 }
 
 /// Binds and runs the server until it is stopped; prints the bound address.
