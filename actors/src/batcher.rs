@@ -140,11 +140,6 @@ impl<I: BatchItem + Send + Unpin + 'static, O: Send + Unpin + 'static> Batcher<I
         }
     }
 
-    /// Inputs waiting for a batch.
-    pub fn pending_inputs(&self) -> usize {
-        self.pending.len()
-    }
-
     fn fail_job(&mut self, job: u64, error: JobError) {
         if let Some(job) = self.jobs.remove(&job) {
             let _ = job.reply.send(Err(error));

@@ -141,11 +141,6 @@ impl ChatEngine {
             order: Vec::new(),
         }
     }
-
-    /// Context window of the model.
-    pub fn context(&self) -> usize {
-        self.model.config.context
-    }
 }
 
 /// Appends decoded bytes and returns the text that can be released, holding back a possible stop-string

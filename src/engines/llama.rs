@@ -9,7 +9,7 @@
 use anyhow::{anyhow, Context};
 use candle_core::quantized::gguf_file::Content;
 use candle_core::quantized::QMatMul;
-use candle_core::{Device, Module, Result, Storage, Tensor};
+use candle_core::{Device, Module, Result, Tensor};
 use rayon::prelude::*;
 use std::path::Path;
 
@@ -478,9 +478,4 @@ fn fast_layout(tensor: candle_core::quantized::QTensor) -> Result<candle_core::q
         }
         _ => Ok(tensor),
     }
-}
-
-/// Whether a tensor lives in CPU memory (the packed kernels read it in place).
-pub fn is_cpu(t: &Tensor) -> bool {
-    matches!(&*t.storage_and_layout().0, Storage::Cpu(_))
 }
