@@ -85,3 +85,80 @@ pub fn from_gguf(content: &Content) -> anyhow::Result<Tokenizer> {
     tokenizer.add_tokens(added).map_err(|e| anyhow!("added tokens: {e}"))?;
     Ok(tokenizer)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::quantized::gguf_file::VersionedMagic;
+    use std::collections::HashMap;
+
+    /// The GPT-2 byte-to-character table.
+    fn byte_chars() -> Vec<String> {
+        let mut n = 0u32;
+        (0..=255u8)
+            .map(|b| {
+                let printable = (33..=126).contains(&b) || (161..=172).contains(&b) || b >= 174;
+                if printable {
+                    char::from(b).to_string()
+                } else {
+                    n += 1;
+                    char::from_u32(255 + n).unwrap().to_string()
+                }
+            })
+            .collect()
+    }
+
+    /// A GGUF header with a byte vocabulary plus merges building "12", "123" and "é" (c3 a9).
+    fn content(pre: &str) -> Content {
+        let mut tokens = byte_chars();
+        let merges = ["1 2", "12 3", "Ã ©"];
+        for m in merges {
+            tokens.push(m.replace(' ', ""));
+        }
+        tokens.push("<|end|>".into());
+        let mut types = vec![Value::I32(1); tokens.len()];
+        *types.last_mut().unwrap() = Value::I32(3);
+        let metadata = HashMap::from([
+            ("tokenizer.ggml.model".to_string(), Value::String("gpt2".into())),
+            ("tokenizer.ggml.pre".to_string(), Value::String(pre.into())),
+            ("tokenizer.ggml.tokens".to_string(), Value::Array(tokens.into_iter().map(Value::String).collect())),
+            (
+                "tokenizer.ggml.merges".to_string(),
+                Value::Array(merges.iter().map(|m| Value::String(m.to_string())).collect()),
+            ),
+            ("tokenizer.ggml.token_type".to_string(), Value::Array(types)),
+        ]);
+        Content { magic: VersionedMagic::GgufV3, metadata, tensor_infos: HashMap::new(), tensor_data_offset: 0 }
+    }
+
+    fn tokens(pre: &str, text: &str) -> Vec<String> {
+        let t = from_gguf(&content(pre)).unwrap();
+        t.encode(text, false).unwrap().get_tokens().to_vec()
+    }
+
+    #[test]
+    fn pre_tokenizers_split_digits_as_their_models_do() {
+        // Llama 3 groups up to three digits; SmolLM2 and Qwen2 split every digit.
+        assert_eq!(tokens("llama-bpe", "1234"), ["123", "4"]);
+        assert_eq!(tokens("smollm", "1234"), ["1", "2", "3", "4"]);
+        assert_eq!(tokens("qwen2", "1234"), ["1", "2", "3", "4"]);
+        // Special tokens are matched whole.
+        assert_eq!(tokens("smollm", "1<|end|>"), ["1", "<|end|>"]);
+    }
+
+    #[test]
+    fn qwen2_normalizes_to_nfc() {
+        // "e" + combining acute becomes the precomposed "é" (c3 a9) before byte-level BPE.
+        assert_eq!(tokens("qwen2", "e\u{301}"), ["Ã©"]);
+        assert_ne!(tokens("smollm", "e\u{301}"), ["Ã©"]);
+    }
+
+    #[test]
+    fn unknown_models_and_pre_tokenizers_are_refused() {
+        let mut c = content("smollm");
+        c.metadata.insert("tokenizer.ggml.pre".into(), Value::String("klingon".into()));
+        assert!(from_gguf(&c).unwrap_err().to_string().contains("klingon"));
+        c.metadata.insert("tokenizer.ggml.model".into(), Value::String("llama".into()));
+        assert!(from_gguf(&c).unwrap_err().to_string().contains("tokenizer.json"));
+    }
+}
