@@ -213,21 +213,23 @@ impl Runtime {
             ModelKind::Audio => {
                 let a = &settings.audio;
                 let spec = WhisperSpec::from_dir(&resolved.dir)?;
-                let model = ModelActor::start(
-                    Arc::new(WhisperLoader { spec: spec.clone() }),
-                    status.clone(),
-                    bus.clone(),
-                    actor_config,
-                );
-                let batcher = Batcher::<AudioJob, Transcript>::new(
+                // AUDIO_MAX_CONCURRENT transcriptions run at once: one worker (engine and thread) each.
+                let workers = entry.max_concurrent.unwrap_or(a.max_concurrent).max(1);
+                let loader = Arc::new(WhisperLoader { spec: spec.clone() });
+                let workers: Vec<_> = (0..workers)
+                    .map(|_| {
+                        ModelActor::start(loader.clone(), status.clone(), bus.clone(), actor_config.clone()).recipient()
+                    })
+                    .collect();
+                let batcher = Batcher::<AudioJob, Transcript>::with_workers(
                     BatcherConfig {
                         window: Duration::ZERO,
                         max_items: 1,
                         max_tokens: usize::MAX,
-                        max_in_flight: entry.max_concurrent.unwrap_or(a.max_concurrent),
+                        max_in_flight: workers.len(),
                         queue_timeout: a.queue_timeout,
                     },
-                    model.recipient(),
+                    workers,
                     Arc::new(()),
                 )
                 .start();

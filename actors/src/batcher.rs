@@ -116,7 +116,10 @@ struct Pending<I> {
 /// The batcher actor of one model.
 pub struct Batcher<I: Send + 'static, O: Send + 'static> {
     config: BatcherConfig,
-    model: Recipient<RunBatch<I, O>>,
+    /// The model actors (workers) of this model, each with its own engine.
+    workers: Vec<Recipient<RunBatch<I, O>>>,
+    /// Batches in flight at each worker.
+    busy: Vec<usize>,
     observer: Arc<dyn BatchObserver>,
     jobs: HashMap<u64, Job<O>>,
     pending: VecDeque<Pending<I>>,
@@ -128,9 +131,20 @@ pub struct Batcher<I: Send + 'static, O: Send + 'static> {
 impl<I: BatchItem + Send + Unpin + 'static, O: Send + Unpin + 'static> Batcher<I, O> {
     /// A batcher feeding `model`.
     pub fn new(config: BatcherConfig, model: Recipient<RunBatch<I, O>>, observer: Arc<dyn BatchObserver>) -> Self {
+        Self::with_workers(config, vec![model], observer)
+    }
+
+    /// A batcher feeding several workers of one model; each batch goes to the least busy worker.
+    pub fn with_workers(
+        config: BatcherConfig,
+        workers: Vec<Recipient<RunBatch<I, O>>>,
+        observer: Arc<dyn BatchObserver>,
+    ) -> Self {
+        assert!(!workers.is_empty(), "a batcher needs at least one worker");
         Self {
             config,
-            model,
+            busy: vec![0; workers.len()],
+            workers,
             observer,
             jobs: HashMap::new(),
             pending: VecDeque::new(),
@@ -224,9 +238,12 @@ impl<I: BatchItem + Send + Unpin + 'static, O: Send + Unpin + 'static> Batcher<I
             }
             self.observer.batch_dispatched(inputs.len(), cost, oldest);
             self.in_flight += 1;
-            let request = self.model.send(RunBatch::new(inputs));
+            let worker = (0..self.workers.len()).min_by_key(|&w| self.busy[w]).expect("at least one worker");
+            self.busy[worker] += 1;
+            let request = self.workers[worker].send(RunBatch::new(inputs));
             ctx.spawn(request.into_actor(self).map(move |result, act, ctx| {
                 act.in_flight -= 1;
+                act.busy[worker] -= 1;
                 let result = match result {
                     Ok(result) => result,
                     Err(mailbox) => Err(RunBatchError::Unavailable(format!("model actor is gone: {mailbox}"))),

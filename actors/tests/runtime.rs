@@ -67,6 +67,8 @@ struct Probe {
     batches: Mutex<Vec<Vec<u32>>>,
     /// Every `warmup(steps, batch_size)` call.
     warmups: Mutex<Vec<(usize, usize)>>,
+    /// The thread of every batch (one per model actor).
+    threads: Mutex<Vec<std::thread::ThreadId>>,
 }
 
 impl Probe {
@@ -103,6 +105,7 @@ impl Engine for FakeEngine {
     fn infer(&mut self, batch: Vec<Item>) -> Result<Vec<u64>, EngineError> {
         let values: Vec<u32> = batch.iter().map(|item| item.0).collect();
         self.probe.batches.lock().unwrap().push(values.clone());
+        self.probe.threads.lock().unwrap().push(std::thread::current().id());
         for &value in &values {
             if value > SLOW {
                 std::thread::sleep(Duration::from_millis(u64::from(value - SLOW)));
@@ -193,6 +196,8 @@ struct Setup {
     model: ModelActorConfig,
     batcher: BatcherConfig,
     warmup: Option<WarmupPolicy>,
+    /// Model actors (workers) behind the batcher, each with its own engine.
+    workers: usize,
 }
 
 impl Default for Setup {
@@ -213,6 +218,7 @@ impl Default for Setup {
                 queue_timeout: Duration::from_secs(60),
             },
             warmup: None,
+            workers: 1,
         }
     }
 }
@@ -240,10 +246,12 @@ impl Setup {
         let probe = Arc::new(Probe::default());
         let loader = Arc::new(FakeLoader { probe: probe.clone(), failing_loads: self.failing_loads });
         let status = ModelStatus::new(self.name);
-        let model = ModelActor::start(loader, status.clone(), bus, self.model);
+        let workers = (0..self.workers.max(1))
+            .map(|_| ModelActor::start(loader.clone(), status.clone(), bus.clone(), self.model.clone()).recipient())
+            .collect();
 
         let dispatches = Arc::new(Dispatches::default());
-        let batcher = Batcher::new(self.batcher, model.recipient(), dispatches.clone()).start();
+        let batcher = Batcher::with_workers(self.batcher, workers, dispatches.clone()).start();
         Harness { batcher, status, probe, events, dispatches }
     }
 }
@@ -767,4 +775,25 @@ async fn run_batch_can_be_sent_directly() {
     let model = ModelActor::start(loader, status, bus, ModelActorConfig::default());
     let result = model.send(RunBatch::<Item, u64>::new(vec![Item(5), Item(6)])).await.unwrap();
     assert_eq!(result.unwrap(), vec![10, 12]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Workers
+// ---------------------------------------------------------------------------------------------
+
+/// Two workers of one model run two batches at the same time, each on its own engine and thread.
+#[actix_rt::test]
+async fn batches_spread_over_the_workers_of_a_model() {
+    let mut setup = Setup { workers: 2, ..Setup::default() };
+    setup.batcher.max_items = 1;
+    setup.batcher.max_in_flight = 2;
+    let harness = setup.start().await;
+    wait_until("both engines loaded", || harness.probe.loads() == 2).await;
+    let first = harness.submit_now(&[slow(400)]).await;
+    let second = harness.submit_now(&[slow(400) + 1]).await;
+    assert_eq!(outputs(first).await, doubled(&[slow(400)]));
+    assert_eq!(outputs(second).await, doubled(&[slow(400) + 1]));
+    let mut threads = harness.probe.threads.lock().unwrap().clone();
+    threads.dedup();
+    assert_eq!(threads.len(), 2, "two engine threads ran the two batches");
 }
