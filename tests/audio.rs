@@ -419,3 +419,28 @@ fn a_hub_safetensors_whisper_matches_its_ctranslate2_original() {
     assert_eq!(a["words"], b["words"]);
     assert!(wer(SHORT, a["text"].as_str().unwrap()) < 0.3);
 }
+
+#[test]
+fn audio_max_concurrent_runs_that_many_real_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    let wav = speak(dir.path(), "pair", SHORT);
+    let server = TestServer::builder().env("MODELS", WHISPER).env("AUDIO_MAX_CONCURRENT", 2).start();
+    // Lifecycle metrics arrive through the event bus: wait until both engines have reported.
+    let series = format!("model_lifecycle_events_total{{model=\"{WHISPER}\",state=\"loaded\"}}");
+    let started = std::time::Instant::now();
+    while common::metric(&server.metrics(), &series) != Some(2.0) {
+        assert!(
+            started.elapsed().as_secs() < 60,
+            "two engines should load: {:?}",
+            common::metric(&server.metrics(), &series)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let (server, wav) = (&server, &wav);
+    let texts: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..2).map(|_| s.spawn(move || transcribe(server, wav, &[]))).collect();
+        handles.into_iter().map(|h| h.join().unwrap().json()["text"].as_str().unwrap().to_string()).collect()
+    });
+    assert_eq!(texts[0], texts[1], "both workers give the same transcript");
+    assert!(wer(SHORT, &texts[0]) < 0.3, "{}", texts[0]);
+}

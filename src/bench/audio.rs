@@ -42,10 +42,7 @@ pub async fn run(args: AudioBench) -> anyhow::Result<()> {
     let name = args.file.file_name().and_then(|n| n.to_str()).unwrap_or("audio").to_string();
     let client = reqwest::Client::new();
     let endpoint = format!("{}/v1/audio/transcriptions", args.url.trim_end_matches('/'));
-    let bar = indicatif::ProgressBar::new(args.requests as u64);
-    if args.json {
-        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
+    let bar = super::progress(args.requests, args.json);
     let started = Instant::now();
     let outcomes: Vec<(String, Duration, usize)> = futures_util::stream::iter(0..args.requests)
         .map(|_| {
@@ -55,17 +52,9 @@ pub async fn run(args: AudioBench) -> anyhow::Result<()> {
                 .text("response_format", args.response_format.clone());
             let (client, endpoint, bar) = (&client, &endpoint, &bar);
             async move {
-                let t = Instant::now();
-                let status = match client.post(endpoint).multipart(form).send().await {
-                    Ok(r) => {
-                        let status = r.status().as_u16().to_string();
-                        let _ = r.bytes().await;
-                        status
-                    }
-                    Err(_) => "error".to_string(),
-                };
+                let (status, latency) = super::timed(client.post(endpoint).multipart(form)).await;
                 bar.inc(1);
-                (status, t.elapsed(), 1)
+                (status, latency, 1)
             }
         })
         .buffer_unordered(args.concurrency.max(1))

@@ -83,10 +83,7 @@ async fn one(client: &reqwest::Client, endpoint: &str, body: Value) -> Outcome {
 pub async fn run(args: ChatBench) -> anyhow::Result<()> {
     let client = reqwest::Client::builder().pool_max_idle_per_host(args.concurrency).build()?;
     let endpoint = format!("{}/v1/chat/completions", args.url.trim_end_matches('/'));
-    let bar = indicatif::ProgressBar::new(args.n_requests as u64);
-    if args.json {
-        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
+    let bar = super::progress(args.n_requests, args.json);
     let started = Instant::now();
     let outcomes: Vec<Outcome> = futures_util::stream::iter(0..args.n_requests)
         .map(|i| {

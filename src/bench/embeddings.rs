@@ -41,10 +41,7 @@ pub async fn run(args: EmbeddingsBench) -> anyhow::Result<()> {
     let texts = corpus::sentences(args.requests * args.batch, args.seed);
     let client = reqwest::Client::builder().pool_max_idle_per_host(args.concurrency).build()?;
     let endpoint = format!("{}/v1/embeddings", args.url.trim_end_matches('/'));
-    let bar = indicatif::ProgressBar::new(args.requests as u64);
-    if args.json {
-        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
+    let bar = super::progress(args.requests, args.json);
     let started = Instant::now();
     let outcomes: Vec<(String, Duration, usize)> = futures_util::stream::iter(texts.chunks(args.batch.max(1)))
         .map(|chunk| {
@@ -55,17 +52,9 @@ pub async fn run(args: EmbeddingsBench) -> anyhow::Result<()> {
             });
             let (client, endpoint, bar) = (&client, &endpoint, &bar);
             async move {
-                let t = Instant::now();
-                let status = match client.post(endpoint).json(&body).send().await {
-                    Ok(r) => {
-                        let status = r.status().as_u16().to_string();
-                        let _ = r.bytes().await;
-                        status
-                    }
-                    Err(_) => "error".to_string(),
-                };
+                let (status, latency) = super::timed(client.post(endpoint).json(&body)).await;
                 bar.inc(1);
-                (status, t.elapsed(), chunk.len())
+                (status, latency, chunk.len())
             }
         })
         .buffer_unordered(args.concurrency.max(1))

@@ -20,6 +20,30 @@ pub enum BenchCommand {
     Audio(audio::AudioBench),
 }
 
+/// A progress bar over `n` requests, hidden when the report goes out as JSON.
+pub fn progress(n: usize, hidden: bool) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(n as u64);
+    if hidden {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    bar
+}
+
+/// Sends a request, reads the whole answer, and returns its status (`error` for transport failures)
+/// and latency.
+pub async fn timed(request: reqwest::RequestBuilder) -> (String, std::time::Duration) {
+    let started = std::time::Instant::now();
+    let status = match request.send().await {
+        Ok(r) => {
+            let status = r.status().as_u16().to_string();
+            let _ = r.bytes().await;
+            status
+        }
+        Err(_) => "error".to_string(),
+    };
+    (status, started.elapsed())
+}
+
 /// Runs a benchmark on its own tokio runtime.
 pub fn run(command: BenchCommand) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
