@@ -73,15 +73,16 @@ fn waiting_longer_than_the_queue_timeout_answers_429() {
 
 #[cfg(feature = "fault-injection")]
 #[test]
-fn a_panicking_engine_is_restarted_and_the_queue_behind_it_is_served() {
+fn a_request_that_panics_the_engine_fails_alone_and_the_model_restarts() {
     let roster = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/models.toml"))
         .unwrap()
         .replace("kind = \"embedding\"", "kind = \"embedding\"\nfault_panic_marker = \"PANIC-NOW\"");
-    let server = TestServer::builder().roster(&roster).env("BATCH_WINDOW_MS", 0).env("EMBEDDING_CACHE_SIZE", 0).start();
+    let server =
+        TestServer::builder().roster(&roster).env("BATCH_WINDOW_MS", 100).env("EMBEDDING_CACHE_SIZE", 0).start();
 
+    // The batch window gathers the poisoned request and its neighbours into one batch.
     let (failed, queued) = std::thread::scope(|s| {
         let failed = s.spawn(|| server.embed(json!({ "model": MINILM, "input": "PANIC-NOW please" })));
-        std::thread::sleep(std::time::Duration::from_millis(30));
         let server = &server;
         let queued: Vec<_> = (0..6)
             .map(|i| s.spawn(move || server.embed(json!({ "model": MINILM, "input": format!("queued text {i}") }))))
@@ -90,18 +91,21 @@ fn a_panicking_engine_is_restarted_and_the_queue_behind_it_is_served() {
     });
     assert!(failed.expect_error(500).contains("panicked"), "{}", failed.text);
     for r in &queued {
-        assert_eq!(r.status, 200, "requests queued behind the failure are served: {}", r.text);
+        assert_eq!(r.status, 200, "requests that shared the batch or queued behind it are served: {}", r.text);
     }
     let health = server.wait_health("the model to be ready again", |h| h["models"][MINILM]["state"] == "ready");
-    assert_eq!(health["models"][MINILM]["restarts"], 1);
+    // One restart if the poisoned request ran alone; two if it first shared a batch (the batcher then
+    // retries each request of that batch alone, and the poisoned one panics again).
+    let restarts = health["models"][MINILM]["restarts"].as_f64().unwrap();
+    assert!(restarts == 1.0 || restarts == 2.0, "restarts: {restarts}");
     assert!(health["models"][MINILM]["last_error"].as_str().unwrap_or("").contains("panicked"));
     let after = server.embed(json!({ "model": MINILM, "input": "after the restart" }));
     assert_eq!(after.status, 200);
     let metrics = server.metrics();
-    assert_eq!(metric(&metrics, &format!("model_restarts_total{{model=\"{MINILM}\"}}")), Some(1.0));
+    assert_eq!(metric(&metrics, &format!("model_restarts_total{{model=\"{MINILM}\"}}")), Some(restarts));
     assert_eq!(
         metric(&metrics, &format!("model_lifecycle_events_total{{model=\"{MINILM}\",state=\"restarting\"}}")),
-        Some(1.0)
+        Some(restarts)
     );
     assert_eq!(metric(&metrics, &format!("embedding_requests_total{{model=\"{MINILM}\",status=\"500\"}}")), Some(1.0));
 }

@@ -7,6 +7,10 @@
 //! answered once every one of its inputs has an output, in its own order; a job whose inputs waited
 //! longer than `queue_timeout` is answered with [`JobError::QueueTimeout`], and a job whose client is
 //! gone is dropped before it costs any inference.
+//!
+//! When the engine fails on a batch that holds several jobs, the batcher cannot know which job
+//! caused it, so it retries each of those jobs alone (ahead of new work) once the model is back: only
+//! the job that fails again gets the error, and its neighbours are served.
 
 use actix::prelude::*;
 use std::collections::{HashMap, VecDeque};
@@ -15,7 +19,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use crate::admission::Permit;
-use crate::model_actor::{RunBatch, RunBatchError};
+use crate::model_actor::{BatchFailure, RunBatch, RunBatchError};
 
 /// An input the batcher can budget for.
 pub trait BatchItem {
@@ -66,7 +70,7 @@ pub enum JobError {
         /// The limit.
         timeout: Duration,
     },
-    /// The engine failed on a batch holding this job (500).
+    /// The engine failed on this job, run alone (500).
     #[error("{0}")]
     EngineFailed(String),
     /// The model cannot serve (503).
@@ -123,6 +127,8 @@ pub struct Batcher<I: Send + 'static, O: Send + 'static> {
     observer: Arc<dyn BatchObserver>,
     jobs: HashMap<u64, Job<O>>,
     pending: VecDeque<Pending<I>>,
+    /// Jobs of a failed shared batch, each to be retried as a batch of its own before new work.
+    isolated: VecDeque<Vec<Pending<I>>>,
     next_job: u64,
     in_flight: usize,
     window: Option<SpawnHandle>,
@@ -148,6 +154,7 @@ impl<I: BatchItem + Send + Unpin + 'static, O: Send + Unpin + 'static> Batcher<I
             observer,
             jobs: HashMap::new(),
             pending: VecDeque::new(),
+            isolated: VecDeque::new(),
             next_job: 0,
             in_flight: 0,
             window: None,
@@ -178,8 +185,18 @@ impl<I: BatchItem + Send + Unpin + 'static, O: Send + Unpin + 'static> Batcher<I
             let waited = self.jobs.get(id).map(|j| now.duration_since(j.enqueued)).unwrap_or_default();
             self.fail_job(*id, JobError::QueueTimeout { waited, timeout });
         }
+        self.forget_answered();
+    }
+
+    /// Drops queued inputs of jobs that are already answered.
+    fn forget_answered(&mut self) {
         let jobs = &self.jobs;
         self.pending.retain(|p| jobs.contains_key(&p.job));
+        self.isolated.retain(|batch| batch.first().is_some_and(|p| jobs.contains_key(&p.job)));
+    }
+
+    fn has_work(&self) -> bool {
+        !self.pending.is_empty() || !self.isolated.is_empty()
     }
 
     /// Picks the next batch: the oldest input, then the inputs closest to it in cost, within budget.
@@ -220,8 +237,11 @@ impl<I: BatchItem + Send + Unpin + 'static, O: Send + Unpin + 'static> Batcher<I
             ctx.cancel_future(handle);
         }
         self.expire();
-        while self.in_flight < self.config.max_in_flight.max(1) && !self.pending.is_empty() {
-            let batch = self.take_batch();
+        while self.in_flight < self.config.max_in_flight.max(1) && self.has_work() {
+            let batch = match self.isolated.pop_front() {
+                Some(batch) => batch,
+                None => self.take_batch(),
+            };
             let now = Instant::now();
             let mut oldest = Duration::ZERO;
             let mut cost = 0;
@@ -233,7 +253,7 @@ impl<I: BatchItem + Send + Unpin + 'static, O: Send + Unpin + 'static> Batcher<I
                     job.first_dispatch.get_or_insert(now);
                 }
                 cost += p.cost;
-                routes.push((p.job, p.index));
+                routes.push(Route { job: p.job, index: p.index, cost: p.cost });
                 inputs.push(p.input);
             }
             self.observer.batch_dispatched(inputs.len(), cost, oldest);
@@ -244,51 +264,87 @@ impl<I: BatchItem + Send + Unpin + 'static, O: Send + Unpin + 'static> Batcher<I
             ctx.spawn(request.into_actor(self).map(move |result, act, ctx| {
                 act.in_flight -= 1;
                 act.busy[worker] -= 1;
-                let result = match result {
-                    Ok(result) => result,
-                    Err(mailbox) => Err(RunBatchError::Unavailable(format!("model actor is gone: {mailbox}"))),
-                };
+                let result = result.unwrap_or_else(|mailbox| {
+                    Err(BatchFailure {
+                        error: RunBatchError::Unavailable(format!("model actor is gone: {mailbox}")),
+                        inputs: Vec::new(),
+                    })
+                });
                 act.complete(routes, result);
-                if !act.pending.is_empty() {
+                if act.has_work() {
                     act.dispatch(ctx);
                 }
             }));
         }
     }
 
-    fn complete(&mut self, routes: Vec<(u64, usize)>, result: Result<Vec<O>, RunBatchError>) {
-        match result {
+    fn complete(&mut self, routes: Vec<Route>, result: Result<Vec<O>, BatchFailure<I>>) {
+        let failure = match result {
             Ok(outputs) => {
-                for ((id, index), output) in routes.into_iter().zip(outputs) {
-                    let Some(job) = self.jobs.get_mut(&id) else {
-                        continue;
-                    };
-                    job.outputs[index] = Some(output);
-                    job.remaining -= 1;
-                    if job.remaining == 0 {
-                        let job = self.jobs.remove(&id).expect("present");
-                        let queue_wait = job.first_dispatch.unwrap_or(job.enqueued).duration_since(job.enqueued);
-                        let outputs = job.outputs.into_iter().map(|o| o.expect("every output set")).collect();
-                        let _ = job.reply.send(Ok(JobOutput { outputs, queue_wait }));
-                    }
+                for (route, output) in routes.into_iter().zip(outputs) {
+                    self.deliver(route, output);
                 }
+                return;
             }
-            Err(error) => {
+            Err(failure) => failure,
+        };
+        let mut failed: Vec<u64> = routes.iter().map(|r| r.job).collect();
+        failed.sort_unstable();
+        failed.dedup();
+        match failure.error {
+            RunBatchError::EngineFailed(_) if failed.len() > 1 && failure.inputs.len() == routes.len() => {
+                self.isolate(routes, failure.inputs);
+            }
+            error => {
                 let error = match error {
                     RunBatchError::EngineFailed(e) => JobError::EngineFailed(e),
                     RunBatchError::Unavailable(e) => JobError::Unavailable(e),
                 };
-                let mut failed: Vec<u64> = routes.into_iter().map(|(id, _)| id).collect();
-                failed.sort_unstable();
-                failed.dedup();
                 for id in &failed {
                     self.fail_job(*id, error.clone());
                 }
-                let jobs = &self.jobs;
-                self.pending.retain(|p| jobs.contains_key(&p.job));
+                self.forget_answered();
             }
         }
     }
+
+    /// Stores one output and answers its job once the job is complete.
+    fn deliver(&mut self, route: Route, output: O) {
+        let Some(job) = self.jobs.get_mut(&route.job) else {
+            return;
+        };
+        job.outputs[route.index] = Some(output);
+        job.remaining -= 1;
+        if job.remaining == 0 {
+            let job = self.jobs.remove(&route.job).expect("present");
+            let queue_wait = job.first_dispatch.unwrap_or(job.enqueued).duration_since(job.enqueued);
+            let outputs = job.outputs.into_iter().map(|o| o.expect("every output set")).collect();
+            let _ = job.reply.send(Ok(JobOutput { outputs, queue_wait }));
+        }
+    }
+
+    /// Queues each job of a failed shared batch as a batch of its own, oldest job first.
+    fn isolate(&mut self, routes: Vec<Route>, inputs: Vec<I>) {
+        let mut by_job: Vec<Vec<Pending<I>>> = Vec::new();
+        for (route, input) in routes.into_iter().zip(inputs) {
+            let pending = Pending { job: route.job, index: route.index, cost: route.cost, input };
+            match by_job.iter_mut().find(|batch| batch[0].job == route.job) {
+                Some(batch) => batch.push(pending),
+                None => by_job.push(vec![pending]),
+            }
+        }
+        by_job.sort_by_key(|batch| batch[0].job);
+        self.isolated.extend(by_job);
+        self.forget_answered();
+    }
+}
+
+/// Where an input of a dispatched batch belongs.
+#[derive(Debug, Clone, Copy)]
+struct Route {
+    job: u64,
+    index: usize,
+    cost: usize,
 }
 
 impl<I: BatchItem + Send + Unpin + 'static, O: Send + Unpin + 'static> Actor for Batcher<I, O> {

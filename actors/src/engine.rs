@@ -10,7 +10,10 @@ pub trait Engine: Unpin + 'static {
     type Output: Send + Unpin + 'static;
 
     /// Runs a batch and returns exactly one output per input, in input order.
-    fn infer(&mut self, batch: Vec<Self::Input>) -> Result<Vec<Self::Output>, EngineError>;
+    ///
+    /// The batch is borrowed so that, when it fails, the runtime still holds the inputs and can retry
+    /// each request of the batch on its own: one poisoned request must not fail its neighbours.
+    fn infer(&mut self, batch: &[Self::Input]) -> Result<Vec<Self::Output>, EngineError>;
 
     /// Runs `steps` representative batches of `batch_size` inputs so that the first real request
     /// does not pay for lazy allocations and cold caches.

@@ -26,7 +26,7 @@ pub use admission::{Admission, AdmissionError, Permit};
 pub use batcher::{BatchItem, BatchObserver, Batcher, BatcherConfig, JobError, JobOutput, Submit};
 pub use engine::{Engine, EngineError, EngineLoader};
 pub use lifecycle::{EventBus, LifecycleEvent, ModelState, ModelStatus, Publish, Subscribe};
-pub use model_actor::{ModelActor, ModelActorConfig, RunBatch, RunBatchError, Warmup, WarmupOutcome};
+pub use model_actor::{BatchFailure, ModelActor, ModelActorConfig, RunBatch, RunBatchError, Warmup, WarmupOutcome};
 pub use registry::Registry;
 pub use sequence_actor::{
     Generate, SequenceActor, SequenceConfig, SequenceMessage, SequenceObserver, StepEngine, StepLoader,

@@ -1,9 +1,10 @@
 //! The supervised model actor: owns one engine on its own thread and runs whole batches on it.
 //!
 //! actix's `Supervisor` restarts an actor that stops but does not catch panics, so every engine call
-//! runs under `catch_unwind`. On a panic or engine error the batch that hit it is answered with an
-//! error, the actor reports `restarting` and stops; the supervisor restarts it on the same mailbox,
-//! so the batches queued behind the failed one are served by the reloaded engine.
+//! runs under `catch_unwind`. On a panic or engine error the batch that hit it is answered with a
+//! [`BatchFailure`] that hands its inputs back (so the batcher can retry each request alone), the
+//! actor reports `restarting` and stops; the supervisor restarts it on the same mailbox, so the
+//! batches queued behind the failed one are served by the reloaded engine.
 
 use actix::prelude::*;
 use serde::Serialize;
@@ -35,7 +36,7 @@ impl Default for ModelActorConfig {
 
 /// Runs one batch on the engine.
 #[derive(Message)]
-#[rtype(result = "Result<Vec<O>, RunBatchError>")]
+#[rtype(result = "Result<Vec<O>, BatchFailure<I>>")]
 pub struct RunBatch<I: Send + 'static, O: Send + 'static> {
     /// The inputs, answered in the same order.
     pub inputs: Vec<I>,
@@ -58,6 +59,15 @@ pub enum RunBatchError {
     /// The model is not loaded (it failed for good).
     #[error("model is unavailable: {0}")]
     Unavailable(String),
+}
+
+/// A batch that got no outputs, with its inputs handed back untouched.
+#[derive(Debug)]
+pub struct BatchFailure<I> {
+    /// What went wrong.
+    pub error: RunBatchError,
+    /// The batch's inputs, in the order they were sent.
+    pub inputs: Vec<I>,
 }
 
 /// Warms the loaded engine, then marks the model ready. `steps == 0` marks it ready at once.
@@ -132,14 +142,15 @@ impl<L: EngineLoader> Supervised for ModelActor<L> {
 }
 
 impl<L: EngineLoader> Handler<RunBatch<InputOf<L>, OutputOf<L>>> for ModelActor<L> {
-    type Result = Result<Vec<OutputOf<L>>, RunBatchError>;
+    type Result = Result<Vec<OutputOf<L>>, BatchFailure<InputOf<L>>>;
 
     fn handle(&mut self, msg: RunBatch<InputOf<L>, OutputOf<L>>, ctx: &mut Context<Self>) -> Self::Result {
+        let inputs = msg.inputs;
         let Some(engine) = self.engine.as_mut() else {
-            return Err(RunBatchError::Unavailable(self.supervision.unavailable()));
+            return Err(BatchFailure { error: RunBatchError::Unavailable(self.supervision.unavailable()), inputs });
         };
-        let expected = msg.inputs.len();
-        let reason = match catch_unwind(AssertUnwindSafe(|| engine.infer(msg.inputs))) {
+        let expected = inputs.len();
+        let reason = match catch_unwind(AssertUnwindSafe(|| engine.infer(&inputs))) {
             Ok(Ok(outputs)) if outputs.len() == expected => {
                 self.supervision.succeeded();
                 return Ok(outputs);
@@ -152,7 +163,7 @@ impl<L: EngineLoader> Handler<RunBatch<InputOf<L>, OutputOf<L>>> for ModelActor<
         if self.supervision.fault(reason.clone()) {
             ctx.stop();
         }
-        Err(RunBatchError::EngineFailed(reason))
+        Err(BatchFailure { error: RunBatchError::EngineFailed(reason), inputs })
     }
 }
 

@@ -102,7 +102,7 @@ impl Engine for FakeEngine {
     type Input = Item;
     type Output = u64;
 
-    fn infer(&mut self, batch: Vec<Item>) -> Result<Vec<u64>, EngineError> {
+    fn infer(&mut self, batch: &[Item]) -> Result<Vec<u64>, EngineError> {
         let values: Vec<u32> = batch.iter().map(|item| item.0).collect();
         self.probe.batches.lock().unwrap().push(values.clone());
         self.probe.threads.lock().unwrap().push(std::thread::current().id());
@@ -517,6 +517,30 @@ async fn a_failed_batch_fails_the_whole_split_job() {
 
     let batches: Vec<Vec<u32>> = model.probe.batches().into_iter().map(sorted).collect();
     assert_eq!(batches, vec![vec![0, PANIC], vec![5]]);
+}
+
+/// Three jobs share one batch and one of them poisons it. The batcher cannot tell which, so after
+/// the restart it retries each job alone: only the poisoned job fails, its neighbours are served.
+#[actix_rt::test]
+async fn a_poisoned_job_does_not_fail_the_jobs_that_shared_its_batch() {
+    let window = Duration::from_millis(100);
+    let model =
+        Setup { batcher: BatcherConfig { window, ..Setup::default().batcher }, ..Setup::default() }.start().await;
+    model.wait_for_state(ModelState::Loaded).await;
+
+    let before = model.submit(&[1]);
+    let poisoned = model.submit(&[2, PANIC]);
+    let after = model.submit(&[3, 4]);
+    assert_eq!(outputs(before).await, vec![2]);
+    match answer(poisoned).await {
+        Err(JobError::EngineFailed(reason)) => assert!(reason.contains("magic panic"), "{reason}"),
+        other => panic!("the poisoned job should fail, got {other:?}"),
+    }
+    assert_eq!(outputs(after).await, doubled(&[3, 4]));
+
+    let batches: Vec<Vec<u32>> = model.probe.batches().into_iter().map(sorted).collect();
+    assert_eq!(batches, vec![vec![1, 2, 3, 4, PANIC], vec![1], vec![2, PANIC], vec![3, 4]]);
+    assert_eq!(model.status.restarts(), 2, "the shared batch and the poisoned job alone both panicked");
 }
 
 /// Failures in a row beyond `max_restarts` mark the model failed for good; later jobs are refused

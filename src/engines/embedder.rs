@@ -199,7 +199,7 @@ impl Engine for Embedder {
     type Input = EmbedInput;
     type Output = Vec<f32>;
 
-    fn infer(&mut self, batch: Vec<EmbedInput>) -> Result<Vec<Vec<f32>>, EngineError> {
+    fn infer(&mut self, batch: &[EmbedInput]) -> Result<Vec<Vec<f32>>, EngineError> {
         if batch.iter().any(|i| i.fault) {
             panic!("fault injection: panic requested by the test hook");
         }

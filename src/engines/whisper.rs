@@ -719,7 +719,7 @@ impl Engine for WhisperEngine {
     type Input = AudioJob;
     type Output = Transcript;
 
-    fn infer(&mut self, batch: Vec<AudioJob>) -> Result<Vec<Transcript>, EngineError> {
+    fn infer(&mut self, batch: &[AudioJob]) -> Result<Vec<Transcript>, EngineError> {
         batch.iter().map(|job| self.transcribe(job).map_err(|e| EngineError::new(format!("{e:#}")))).collect()
     }
 
