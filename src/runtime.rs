@@ -18,6 +18,7 @@ use crate::engines::whisper::{AudioJob, Transcript, WhisperLoader, WhisperSpec};
 use crate::models::resolve;
 use crate::telemetry::lifecycle_metrics::LifecycleMetrics;
 use crate::telemetry::Metrics;
+use crate::vision::VisionInputs;
 use sis_actors::{
     Admission, BatchObserver, Batcher, BatcherConfig, EventBus, ModelActor, ModelActorConfig, ModelStatus, Registry,
     SequenceActor, SequenceConfig, SequenceObserver, Subscribe, WarmupActor, WarmupPolicy,
@@ -174,8 +175,15 @@ impl Runtime {
                     entry.fault_panic_marker.clone(),
                 )))
             }
-            ModelKind::Chat => {
+            ModelKind::Chat | ModelKind::Vision => {
                 let c = &settings.chat;
+                let vision = entry.kind == ModelKind::Vision;
+                // A vision model has its own queue (VISION_MAX_CONCURRENT / VISION_MAX_QUEUE_SIZE);
+                // text-only requests to it share its running batch with the image requests.
+                let (max_running, max_queue) = match vision {
+                    true => (settings.vision.max_concurrent, settings.vision.max_queue_size),
+                    false => (if c.batching { c.batch_max_size } else { 1 }, c.max_queue_size),
+                };
                 let weights = match entry.file.as_deref() {
                     Some(file) => resolved.dir.join(file),
                     None => resolved.dir.clone(),
@@ -194,21 +202,25 @@ impl Runtime {
                     bus.clone(),
                     actor_config,
                     SequenceConfig {
-                        max_running: if c.batching { c.batch_max_size } else { 1 },
+                        max_running: entry.max_concurrent.unwrap_or(max_running),
                         queue_timeout: c.queue_timeout,
                     },
                     Arc::new(StepMetrics { model: entry.id.clone(), metrics: metrics.clone() }),
                 );
-                Capability::Chat(Box::new(ChatModel::new(
+                let model = ChatModel::new(
                     &entry,
                     spec.tokenizer,
                     template,
                     spec.context,
-                    Admission::new(entry.max_queue_size.unwrap_or(c.max_queue_size)),
+                    Admission::new(entry.max_queue_size.unwrap_or(max_queue)),
                     actor.recipient(),
                     metrics.clone(),
                     c.clone(),
-                )))
+                );
+                Capability::Chat(Box::new(match vision {
+                    true => model.with_vision(VisionInputs::open(&weights, &settings.images)?),
+                    false => model,
+                }))
             }
             ModelKind::Audio => {
                 let a = &settings.audio;

@@ -12,9 +12,11 @@ use crate::config::ModelEntry;
 use crate::engines::chat::{ChatEvent, ChatRequest};
 use crate::engines::chat_template::{ChatTemplate, TemplateMessage};
 use crate::engines::json_constraint::Schema;
+use crate::engines::qwen3_vl::ImageInput;
 use crate::engines::sampling::Sampling;
 use crate::error::ApiError;
 use crate::telemetry::Metrics;
+use crate::vision::VisionInputs;
 use sis_actors::{Admission, Generate, SequenceMessage};
 
 /// The sequence actor's message type for chat.
@@ -41,6 +43,8 @@ pub struct ChatParams {
     pub presence_penalty: f32,
     /// Frequency penalty.
     pub frequency_penalty: f32,
+    /// The images of the conversation's image parts, in order.
+    pub images: Vec<ImageInput>,
 }
 
 /// A started generation.
@@ -63,6 +67,7 @@ pub struct ChatModel {
     limits: ChatSettings,
     defaults: (Option<f32>, Option<f32>, Option<usize>),
     fault_marker: Option<String>,
+    vision: Option<VisionInputs>,
 }
 
 impl ChatModel {
@@ -89,7 +94,19 @@ impl ChatModel {
             limits,
             defaults: (entry.temperature, entry.top_p, entry.max_tokens),
             fault_marker: entry.fault_panic_marker.clone(),
+            vision: None,
         }
+    }
+
+    /// Makes this a vision model: image parts are loaded, prepared and placed in the prompt.
+    pub fn with_vision(mut self, vision: VisionInputs) -> Self {
+        self.vision = Some(vision);
+        self
+    }
+
+    /// The image inputs of a vision model; `None` for text-only models.
+    pub fn vision(&self) -> Option<&VisionInputs> {
+        self.vision.as_ref()
     }
 
     /// The admission queue.
@@ -111,6 +128,7 @@ impl ChatModel {
             .map_err(|e| ApiError::invalid("messages", format!("cannot tokenize the prompt: {e}")))?
             .get_ids()
             .to_vec();
+        let ids = self.place_images(ids, &params.images)?;
         let max_prompt = self.limits.max_prompt_tokens.min(self.context.saturating_sub(1));
         if ids.len() > max_prompt {
             return Err(ApiError::invalid(
@@ -134,6 +152,7 @@ impl ChatModel {
             stop: params.stop,
             json: params.json,
             prompt: ids,
+            images: params.images,
             fault,
         };
         let prompt_tokens = request.prompt.len();
@@ -144,6 +163,34 @@ impl ChatModel {
         let (message, events) = Generate::new(request, Some(permit));
         self.actor.do_send(message);
         Ok(Started { events, prompt_tokens })
+    }
+
+    /// Expands each image placeholder the template wrote into as many tokens as its image takes.
+    fn place_images(&self, ids: Vec<u32>, images: &[ImageInput]) -> Result<Vec<u32>, ApiError> {
+        let Some(vision) = &self.vision else {
+            return Ok(ids);
+        };
+        let placeholder = vision.tokens.image;
+        let found = ids.iter().filter(|&&t| t == placeholder).count();
+        if found != images.len() {
+            return Err(ApiError::invalid(
+                "messages",
+                format!("the chat template placed {found} image(s) for {} image part(s)", images.len()),
+            ));
+        }
+        if images.is_empty() {
+            return Ok(ids);
+        }
+        let extra: usize = images.iter().map(|i| vision.tokens_of(i) - 1).sum();
+        let mut out = Vec::with_capacity(ids.len() + extra);
+        let mut next = images.iter();
+        for id in ids {
+            match (id == placeholder).then(|| next.next()).flatten() {
+                Some(image) => out.extend(std::iter::repeat_n(placeholder, vision.tokens_of(image))),
+                None => out.push(id),
+            }
+        }
+        Ok(out)
     }
 
     /// The API error for a sequence that ended without finishing.

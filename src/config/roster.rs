@@ -31,6 +31,8 @@ pub enum ModelKind {
     Chat,
     /// Speech to text (`/v1/audio/transcriptions`, `/v1/audio/translations`).
     Audio,
+    /// Chat completions with image parts (`/v1/chat/completions`), a Qwen3-VL checkpoint.
+    Vision,
 }
 
 impl ModelKind {
@@ -40,6 +42,7 @@ impl ModelKind {
             ModelKind::Embedding => "embeddings",
             ModelKind::Chat => "chat",
             ModelKind::Audio => "audio",
+            ModelKind::Vision => "vision",
         }
     }
 }

@@ -130,6 +130,15 @@ pub struct AudioSettings {
     pub max_seconds: u64,
 }
 
+/// Vision chat models: their own queue beside the chat settings they share.
+#[derive(Debug, Clone, Serialize)]
+pub struct VisionSettings {
+    /// Sequences in the running batch of a vision model (`VISION_MAX_CONCURRENT`).
+    pub max_concurrent: usize,
+    /// Requests waiting or running per vision model (`VISION_MAX_QUEUE_SIZE`).
+    pub max_queue_size: usize,
+}
+
 /// Image inputs of vision chat (SPEC §2 "Vision").
 #[derive(Debug, Clone, Serialize)]
 pub struct ImageSettings {
@@ -194,6 +203,8 @@ pub struct Settings {
     pub chat: ChatSettings,
     /// Speech to text.
     pub audio: AudioSettings,
+    /// Vision chat queues.
+    pub vision: VisionSettings,
     /// Image inputs.
     pub images: ImageSettings,
     /// Warmup.
@@ -399,6 +410,10 @@ impl Settings {
                 max_bytes: l.positive("max_audio_bytes", &["MAX_AUDIO_BYTES"], 25 * 1024 * 1024)?,
                 max_seconds: l.get("max_audio_seconds", &["MAX_AUDIO_SECONDS"], 3 * 3600)?,
             },
+            vision: VisionSettings {
+                max_concurrent: l.positive("vision_max_concurrent", &["VISION_MAX_CONCURRENT"], 4)?,
+                max_queue_size: l.positive("vision_max_queue_size", &["VISION_MAX_QUEUE_SIZE"], 32)?,
+            },
             images: ImageSettings {
                 allow_remote: l.flag("allow_remote_images", &["ALLOW_REMOTE_IMAGES"], false)?,
                 host_allowlist: l.list("remote_image_host_allowlist", &["REMOTE_IMAGE_HOST_ALLOWLIST"]),
@@ -468,6 +483,8 @@ const KNOWN_FILE_KEYS: &[&str] = &[
     "audio_queue_timeout_sec",
     "max_audio_bytes",
     "max_audio_seconds",
+    "vision_max_concurrent",
+    "vision_max_queue_size",
     "allow_remote_images",
     "remote_image_host_allowlist",
     "remote_image_timeout",

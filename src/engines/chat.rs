@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use tokenizers::Tokenizer;
 
 use super::json_constraint::JsonMatcher;
-use super::llama::{KvCache, Llama, StepInput};
+use super::llama::{KvCache, Llama, StepInput, StepVisual};
+use super::qwen3_vl::{rope_positions, ImageInput, VisionTokens, VisionTower};
 use super::sampling::{sample, sample_allowed, Sampling};
 use sis_actors::{EngineError, StepEngine, StepLoader};
 
@@ -46,6 +47,8 @@ pub struct ChatRequest {
     pub stop: Vec<String>,
     /// Constrained decoding: the output must be a JSON document of this schema.
     pub json: Option<super::json_constraint::Schema>,
+    /// Images, in prompt order; each `<|image_pad|>` of the prompt is already expanded to its tokens.
+    pub images: Vec<ImageInput>,
     /// Test hook: the engine panics when this sequence joins a step (fault-injection builds only).
     pub fault: bool,
 }
@@ -106,10 +109,42 @@ impl TokenBytes {
     }
 }
 
+/// A sequence's image features, computed when it joins and fed to the prefill chunks they fall in.
+struct SequenceVisual {
+    /// Rotary positions of every prompt token.
+    positions: Vec<[u32; 3]>,
+    /// Prompt offsets of the image tokens, ascending.
+    rows: Vec<usize>,
+    /// `[rows, hidden]`.
+    embeds: candle_core::Tensor,
+    /// Per DeepStack layer, `[rows, hidden]`.
+    deepstack: Vec<candle_core::Tensor>,
+    /// How far the text positions after the prompt run behind the cache slots.
+    delta: i64,
+}
+
+impl SequenceVisual {
+    /// The features of the prompt tokens `start..end`.
+    fn chunk(&self, start: usize, end: usize) -> candle_core::Result<Option<StepVisual>> {
+        let (a, b) = (self.rows.partition_point(|&r| r < start), self.rows.partition_point(|&r| r < end));
+        if a == b {
+            return Ok(None);
+        }
+        Ok(Some(StepVisual {
+            rows: self.rows[a..b].iter().map(|&r| (r - start) as u32).collect(),
+            embeds: self.embeds.narrow(0, a, b - a)?,
+            deepstack: self.deepstack.iter().map(|d| d.narrow(0, a, b - a)).collect::<candle_core::Result<_>>()?,
+        }))
+    }
+}
+
 struct Sequence {
     request: ChatRequest,
     cache: KvCache,
     prefilled: usize,
+    /// Where this step's prompt chunk starts, when the step prefills.
+    chunk_start: Option<usize>,
+    visual: Option<SequenceVisual>,
     next: Vec<u32>,
     generated: usize,
     counts: HashMap<u32, u32>,
@@ -122,6 +157,7 @@ struct Sequence {
 /// The loaded chat engine.
 pub struct ChatEngine {
     model: Llama,
+    vision: Option<(VisionTower, VisionTokens)>,
     bytes: TokenBytes,
     eos: Vec<u32>,
     prefill_chunk: usize,
@@ -134,12 +170,59 @@ impl ChatEngine {
     pub fn new(model: Llama, tokenizer: &Tokenizer, eos: Vec<u32>, prefill_chunk: usize) -> Self {
         Self {
             model,
+            vision: None,
             bytes: TokenBytes::new(tokenizer),
             eos,
             prefill_chunk: prefill_chunk.max(1),
             sequences: HashMap::new(),
             order: Vec::new(),
         }
+    }
+}
+
+impl ChatEngine {
+    /// Adds the vision tower of a vision-language model.
+    pub fn with_vision(mut self, tower: VisionTower, tokens: VisionTokens) -> Self {
+        self.vision = Some((tower, tokens));
+        self
+    }
+
+    /// Runs the vision tower on a request's images and places their features in its prompt.
+    fn encode_images(&self, request: &ChatRequest) -> Result<Option<SequenceVisual>, EngineError> {
+        if request.images.is_empty() {
+            return Ok(None);
+        }
+        let Some((tower, tokens)) = &self.vision else {
+            return Err(EngineError::new("this model has no vision tower"));
+        };
+        let merge = tower.config().spatial_merge_size;
+        let rows: Vec<usize> =
+            request.prompt.iter().enumerate().filter(|(_, &t)| t == tokens.image).map(|(i, _)| i).collect();
+        let expected: usize = request.images.iter().map(|i| i.tokens(merge)).sum();
+        if rows.len() != expected {
+            return Err(EngineError::new(format!("the prompt has {} image tokens for {expected}", rows.len())));
+        }
+        let (mut embeds, mut deepstack) = (Vec::new(), Vec::<Vec<candle_core::Tensor>>::new());
+        for image in &request.images {
+            let (e, d) = tower.forward(image).map_err(|e| EngineError::new(format!("{e:#}")))?;
+            embeds.push(e);
+            for (layer, f) in d.into_iter().enumerate() {
+                match deepstack.get_mut(layer) {
+                    Some(list) => list.push(f),
+                    None => deepstack.push(vec![f]),
+                }
+            }
+        }
+        let grids: Vec<[usize; 3]> = request.images.iter().map(|i| i.grid).collect();
+        let (positions, delta) = rope_positions(&request.prompt, tokens.image, &grids, merge);
+        let cat = |list: &[candle_core::Tensor]| candle_core::Tensor::cat(list, 0).map_err(EngineError::new);
+        Ok(Some(SequenceVisual {
+            positions,
+            rows,
+            embeds: cat(&embeds)?,
+            deepstack: deepstack.iter().map(|l| cat(l)).collect::<Result<_, _>>()?,
+            delta,
+        }))
     }
 }
 
@@ -187,10 +270,17 @@ impl StepEngine for ChatEngine {
         if request.prompt.len() + request.max_tokens > context {
             return Err(EngineError::new(format!("prompt and max_tokens exceed the context of {context} tokens")));
         }
+        let visual = self.encode_images(&request)?;
+        let mut cache = self.model.new_cache();
+        if let Some(visual) = &visual {
+            cache.rope_delta = visual.delta;
+        }
         let seq = Sequence {
             rng: StdRng::seed_from_u64(request.seed),
-            cache: self.model.new_cache(),
+            cache,
             prefilled: 0,
+            chunk_start: None,
+            visual,
             next: Vec::new(),
             generated: 0,
             counts: HashMap::new(),
@@ -219,10 +309,15 @@ impl StepEngine for ChatEngine {
             if seq.request.fault {
                 panic!("fault injection: panic requested by the test hook");
             }
+            seq.chunk_start = None;
+            if seq.prefilled == seq.request.prompt.len() {
+                seq.visual = None; // prefilled: the image features live in the cache now
+            }
             if seq.prefilled < seq.request.prompt.len() {
                 if budget == 0 {
                     continue;
                 }
+                seq.chunk_start = Some(seq.prefilled);
                 let end = (seq.prefilled + budget).min(seq.request.prompt.len());
                 seq.next = seq.request.prompt[seq.prefilled..end].to_vec();
                 budget -= end - seq.prefilled;
@@ -234,7 +329,13 @@ impl StepEngine for ChatEngine {
         for (id, seq) in self.sequences.iter_mut() {
             if ids.contains(id) {
                 let logits = seq.prefilled == seq.request.prompt.len();
-                inputs.push((*id, StepInput { cache: &mut seq.cache, tokens: &seq.next, logits }));
+                let mut input = StepInput::text(&mut seq.cache, &seq.next, logits);
+                if let (Some(visual), Some(start)) = (&seq.visual, seq.chunk_start) {
+                    let end = start + seq.next.len();
+                    input.positions = Some(&visual.positions[start..end]);
+                    input.visual = visual.chunk(start, end).map_err(EngineError::new)?;
+                }
+                inputs.push((*id, input));
             }
         }
         inputs.sort_by_key(|(id, _)| ids.iter().position(|x| x == id));
@@ -311,12 +412,12 @@ impl StepEngine for ChatEngine {
         let prompts: Vec<Vec<u32>> =
             (0..batch_size).map(|i| (0..8 + i as u32).map(|t| (100 + t * 31) % vocab).collect()).collect();
         let mut inputs: Vec<StepInput<'_>> =
-            caches.iter_mut().zip(&prompts).map(|(cache, p)| StepInput { cache, tokens: p, logits: true }).collect();
+            caches.iter_mut().zip(&prompts).map(|(cache, p)| StepInput::text(cache, p, true)).collect();
         self.model.step(&mut inputs).map_err(EngineError::new)?;
         let one = [100u32];
         for _ in 0..steps {
             let mut inputs: Vec<StepInput<'_>> =
-                caches.iter_mut().map(|cache| StepInput { cache, tokens: &one, logits: true }).collect();
+                caches.iter_mut().map(|cache| StepInput::text(cache, &one, true)).collect();
             self.model.step(&mut inputs).map_err(EngineError::new)?;
         }
         Ok(())
@@ -339,13 +440,20 @@ impl StepLoader for ChatLoader {
     type Engine = ChatEngine;
 
     fn load(&self) -> Result<ChatEngine, EngineError> {
-        let model = if self.path.is_dir() {
-            Llama::from_safetensors(&self.path)
-        } else {
-            Llama::from_gguf(&self.path).map(|(model, _)| model)
+        let error = |e: anyhow::Error| EngineError::new(format!("{e:#}"));
+        if !self.path.is_dir() {
+            let (model, _) = Llama::from_gguf(&self.path).map_err(error)?;
+            return Ok(ChatEngine::new(model, &self.tokenizer, self.eos.clone(), self.prefill_chunk));
         }
-        .map_err(|e| EngineError::new(format!("{e:#}")))?;
-        Ok(ChatEngine::new(model, &self.tokenizer, self.eos.clone(), self.prefill_chunk))
+        let model = Llama::from_safetensors(&self.path).map_err(error)?;
+        let engine = ChatEngine::new(model, &self.tokenizer, self.eos.clone(), self.prefill_chunk);
+        match super::qwen3_vl::read_config(&self.path.join("config.json")).map_err(error)? {
+            Some((config, tokens)) => {
+                let files = super::llama::safetensors_files(&self.path).map_err(error)?;
+                Ok(engine.with_vision(VisionTower::load(&files, config).map_err(error)?, tokens))
+            }
+            None => Ok(engine),
+        }
     }
 }
 
@@ -362,10 +470,13 @@ mod tests {
                 seed: 0,
                 stop: stop.iter().map(|s| s.to_string()).collect(),
                 json: None,
+                images: Vec::new(),
                 fault: false,
             },
             cache: KvCache::default(),
             prefilled: 0,
+            chunk_start: None,
+            visual: None,
             next: vec![],
             generated: 0,
             counts: HashMap::new(),

@@ -105,8 +105,12 @@ impl ChatSpec {
             }
         }
         let context = read_json("config.json")
-            .and_then(|c| c.get("max_position_embeddings").and_then(|v| v.as_u64()))
-            .unwrap_or(2048) as usize;
+            .and_then(|c| {
+                let text = c.get("text_config").unwrap_or(&c);
+                text.get("max_position_embeddings").and_then(|v| v.as_u64())
+            })
+            .unwrap_or(2048)
+            .min(32_768) as usize;
         Ok(Self {
             path: dir.to_path_buf(),
             tokenizer: std::sync::Arc::new(tokenizer),
@@ -135,9 +139,19 @@ fn end_tokens(tokenizer: &Tokenizer, eos: Option<u32>, source: &std::path::Path)
     Ok(ids)
 }
 
+/// The chat template: `tokenizer_config.json`, else `chat_template.json` (vision processors keep it
+/// there), else `chat_template.jinja`.
 fn tokenizer_config_template(dir: &std::path::Path) -> Option<String> {
-    let text = std::fs::read_to_string(dir.join("tokenizer_config.json")).ok()?;
-    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let from = |name: &str| -> Option<String> {
+        let text = std::fs::read_to_string(dir.join(name)).ok()?;
+        template_of(&serde_json::from_str(&text).ok()?)
+    };
+    from("tokenizer_config.json")
+        .or_else(|| from("chat_template.json"))
+        .or_else(|| std::fs::read_to_string(dir.join("chat_template.jinja")).ok())
+}
+
+fn template_of(json: &serde_json::Value) -> Option<String> {
     match json.get("chat_template")? {
         serde_json::Value::String(s) => Some(s.clone()),
         serde_json::Value::Array(named) => named

@@ -10,8 +10,54 @@ use serde::Serialize;
 pub struct TemplateMessage {
     /// `system`, `user` or `assistant`.
     pub role: String,
-    /// Its text.
-    pub content: String,
+    /// Its text, or its parts when it holds images.
+    pub content: Content,
+}
+
+/// A message's content: plain text, or parts as vision templates expect them
+/// (`{"type": "text", "text": …}` and `{"type": "image"}`).
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum Content {
+    /// Text only.
+    Text(String),
+    /// Text and images in order.
+    Parts(Vec<Part>),
+}
+
+/// One part of a message with images.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Part {
+    /// Text.
+    Text {
+        /// The text.
+        text: String,
+    },
+    /// An image, whose tokens the template places.
+    Image,
+}
+
+impl Content {
+    /// Whether the text of the content contains `needle`.
+    pub fn contains(&self, needle: &str) -> bool {
+        match self {
+            Content::Text(t) => t.contains(needle),
+            Content::Parts(parts) => parts.iter().any(|p| matches!(p, Part::Text { text } if text.contains(needle))),
+        }
+    }
+}
+
+impl From<&str> for Content {
+    fn from(text: &str) -> Self {
+        Content::Text(text.to_string())
+    }
+}
+
+impl From<String> for Content {
+    fn from(text: String) -> Self {
+        Content::Text(text)
+    }
 }
 
 /// A compiled chat template.
@@ -80,5 +126,14 @@ mod tests {
             .unwrap();
         let out = t.render(&[TemplateMessage { role: "user".into(), content: "  ok ".into() }]).unwrap();
         assert_eq!(out, "OK|\"user\"");
+    }
+
+    #[test]
+    fn image_parts_reach_the_template_as_typed_parts() {
+        let source = "{% for p in messages[0].content %}{% if p.type == 'image' %}<img>{% else %}{{ p.text }}{% endif %}{% endfor %}";
+        let t = ChatTemplate::new(source, "", "").unwrap();
+        let parts = Content::Parts(vec![Part::Text { text: "a".into() }, Part::Image, Part::Text { text: "b".into() }]);
+        let out = t.render(&[TemplateMessage { role: "user".into(), content: parts }]).unwrap();
+        assert_eq!(out, "a<img>b");
     }
 }

@@ -5,6 +5,10 @@
 //! decode token) and its own KV cache. The linear layers run once on the packed tokens of all sequences,
 //! so every quantized weight block is read once per step for the whole batch; attention runs per
 //! sequence against its own cache. Rows never mix, so a sequence's logits do not depend on its company.
+//!
+//! The same decoder is the language half of Qwen3-VL: tokens may carry 3-D (time, row, column) rotary
+//! positions (interleaved MRoPE), image placeholder rows take the vision tower's embeddings, and the
+//! tower's DeepStack features are added to those rows after the first layers.
 
 use anyhow::{anyhow, Context};
 use candle_core::quantized::gguf_file::Content;
@@ -40,7 +44,13 @@ pub struct LlamaConfig {
     pub rope_halves: bool,
     /// Feed-forward width.
     pub ffn: usize,
+    /// Interleaved MRoPE: rotary frequencies per position axis (time, row, column), Qwen3-VL only.
+    pub mrope_section: Option<[usize; 3]>,
 }
+
+/// Positions beyond this are not given rotary tables (long-context configs would otherwise cost
+/// hundreds of MB of tables no request on this server can reach).
+const MAX_ROPE_POSITIONS: usize = 32_768;
 
 #[derive(serde::Deserialize)]
 struct HubConfig {
@@ -56,6 +66,8 @@ struct HubConfig {
     rope_theta: f32,
     max_position_embeddings: usize,
     vocab_size: usize,
+    #[serde(default)]
+    rope_scaling: Option<serde_json::Value>,
 }
 
 fn default_theta() -> f32 {
@@ -63,26 +75,46 @@ fn default_theta() -> f32 {
 }
 
 impl LlamaConfig {
-    /// Reads a Hub `config.json` (Hub checkpoints keep Q/K unpermuted, so RoPE rotates halves).
+    /// Reads a Hub `config.json` (Hub checkpoints keep Q/K unpermuted, so RoPE rotates halves). For
+    /// Qwen3-VL the language model's `text_config` is read.
     pub fn from_hub_config(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let c: HubConfig = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-        let architecture = c.model_type.unwrap_or_else(|| "llama".into());
-        if !matches!(architecture.as_str(), "llama" | "qwen2" | "qwen3" | "mistral") {
-            anyhow::bail!("model_type {architecture:?} is not supported (llama, qwen2, qwen3, mistral are)");
+        let mut json: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        let outer = json.get("model_type").and_then(|t| t.as_str()).map(str::to_string);
+        if let Some(inner) = json.get_mut("text_config").map(serde_json::Value::take) {
+            json = inner;
+        }
+        let c: HubConfig = serde_json::from_value(json).with_context(|| format!("parsing {}", path.display()))?;
+        let architecture = outer.or(c.model_type).unwrap_or_else(|| "llama".into());
+        if !matches!(architecture.as_str(), "llama" | "qwen2" | "qwen3" | "mistral" | "qwen3_vl") {
+            anyhow::bail!("model_type {architecture:?} is not supported (llama, qwen2, qwen3, mistral, qwen3_vl are)");
+        }
+        let mrope_section = c
+            .rope_scaling
+            .as_ref()
+            .and_then(|r| r.get("mrope_section"))
+            .and_then(|s| serde_json::from_value::<[usize; 3]>(s.clone()).ok());
+        let head_dim = c.head_dim.unwrap_or(c.hidden_size / c.num_attention_heads);
+        check_head_dim(head_dim)?;
+        if let Some(section) = mrope_section {
+            if section.iter().sum::<usize>() != head_dim / 2 {
+                anyhow::bail!("mrope_section {section:?} does not add up to head_dim / 2 = {}", head_dim / 2);
+            }
         }
         Ok(Self {
             layers: c.num_hidden_layers,
             hidden: c.hidden_size,
             heads: c.num_attention_heads,
             kv_heads: c.num_key_value_heads.unwrap_or(c.num_attention_heads),
-            head_dim: c.head_dim.unwrap_or(c.hidden_size / c.num_attention_heads),
+            head_dim,
             eps: c.rms_norm_eps,
             rope_base: c.rope_theta,
-            context: c.max_position_embeddings,
+            context: c.max_position_embeddings.min(MAX_ROPE_POSITIONS),
             vocab: c.vocab_size,
             rope_halves: true,
             ffn: c.intermediate_size,
+            mrope_section,
             architecture,
         })
     }
@@ -104,6 +136,7 @@ impl LlamaConfig {
             Ok(v) => v.to_u32()? as usize,
             Err(_) => md.get("tokenizer.ggml.tokens").map(|t| t.to_vec().map(Vec::len)).transpose()?.unwrap_or(0),
         };
+        check_head_dim(head_dim)?;
         let rope_halves = match arch.as_str() {
             "llama" => false,
             "qwen2" | "qwen3" => true,
@@ -121,9 +154,18 @@ impl LlamaConfig {
             vocab,
             rope_halves,
             ffn: get("feed_forward_length")?.to_u32()? as usize,
+            mrope_section: None,
             architecture: arch,
         })
     }
+}
+
+/// Rotary tables per token are kept on the stack: heads up to 512 wide.
+fn check_head_dim(head_dim: usize) -> anyhow::Result<()> {
+    if head_dim == 0 || head_dim > 512 || head_dim % 2 == 1 {
+        anyhow::bail!("head_dim {head_dim} is not supported (an even width up to 512 is)");
+    }
+    Ok(())
 }
 
 struct Block {
@@ -149,6 +191,9 @@ pub struct KvCache {
     keys: Vec<Vec<f32>>,
     values: Vec<Vec<f32>>,
     len: usize,
+    /// Rotary position of cache slot `i` is `i + rope_delta` for text tokens; images take fewer
+    /// positions than tokens, so after one the positions run behind the slots (Qwen3-VL).
+    pub rope_delta: i64,
 }
 
 impl KvCache {
@@ -171,6 +216,28 @@ pub struct StepInput<'a> {
     pub tokens: &'a [u32],
     /// Whether to compute logits for the last new token.
     pub logits: bool,
+    /// Explicit (time, row, column) rotary positions of the new tokens; `None` continues the text
+    /// positions of the cache.
+    pub positions: Option<&'a [[u32; 3]]>,
+    /// Image features for some of the new tokens.
+    pub visual: Option<StepVisual>,
+}
+
+impl<'a> StepInput<'a> {
+    /// Text tokens at the cache's next positions.
+    pub fn text(cache: &'a mut KvCache, tokens: &'a [u32], logits: bool) -> Self {
+        Self { cache, tokens, logits, positions: None, visual: None }
+    }
+}
+
+/// Vision features that replace the embeddings of some tokens of a step input.
+pub struct StepVisual {
+    /// Offsets of the image tokens within the input's new tokens, ascending.
+    pub rows: Vec<u32>,
+    /// Their embeddings, `[rows, hidden]`.
+    pub embeds: Tensor,
+    /// DeepStack features added after layer `i`, each `[rows, hidden]`.
+    pub deepstack: Vec<Tensor>,
 }
 
 /// A loaded model.
@@ -184,6 +251,8 @@ pub struct Llama {
     /// cos/sin tables `[context, head_dim / 2]`.
     cos: Vec<f32>,
     sin: Vec<f32>,
+    /// For each rotary frequency, the position axis it turns with (0 = time; MRoPE only).
+    rope_axis: Vec<usize>,
 }
 
 impl Llama {
@@ -242,19 +311,17 @@ impl Llama {
     /// Loads a Hub-layout safetensors checkpoint (llama, qwen2, qwen3; f32, f16 or bf16, kept as f32).
     pub fn from_safetensors(dir: &Path) -> anyhow::Result<Self> {
         let config = LlamaConfig::from_hub_config(&dir.join("config.json"))?;
-        let mut files: Vec<_> = std::fs::read_dir(dir)?
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
-            .collect();
-        files.sort();
-        if files.is_empty() {
-            anyhow::bail!("{} has no .safetensors weights", dir.display());
-        }
+        let files = safetensors_files(dir)?;
         let device = Device::Cpu;
         // SAFETY: the files are mapped read-only and not modified while the model loads.
         let vb = unsafe { candle_nn::VarBuilder::from_mmaped_safetensors(&files, candle_core::DType::F32, &device)? };
-        let vb = if vb.contains_tensor("model.embed_tokens.weight") { vb.pp("model") } else { vb };
+        let vb = if vb.contains_tensor("model.language_model.embed_tokens.weight") {
+            vb.pp("model.language_model")
+        } else if vb.contains_tensor("model.embed_tokens.weight") {
+            vb.pp("model")
+        } else {
+            vb
+        };
         let (h, c) = (config.hidden, &config);
         let (q_width, kv_width) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
         let dense = |t: Tensor| QMatMul::Tensor(t);
@@ -306,12 +373,26 @@ impl Llama {
                 sin.push(angle.sin());
             }
         }
-        Self { config, embeddings, blocks, norm, output, cos, sin }
+        // Interleaved MRoPE (Qwen3-VL): frequency j turns with the row axis when j % 3 == 1 and with
+        // the column axis when j % 3 == 2, within 3 × that axis's section; every other one with time.
+        let rope_axis = (0..half)
+            .map(|j| match config.mrope_section {
+                Some(s) if j % 3 == 1 && j < 3 * s[1] => 1,
+                Some(s) if j % 3 == 2 && j < 3 * s[2] => 2,
+                _ => 0,
+            })
+            .collect();
+        Self { config, embeddings, blocks, norm, output, cos, sin, rope_axis }
     }
 
     /// A new, empty cache for a sequence.
     pub fn new_cache(&self) -> KvCache {
-        KvCache { keys: vec![Vec::new(); self.config.layers], values: vec![Vec::new(); self.config.layers], len: 0 }
+        KvCache {
+            keys: vec![Vec::new(); self.config.layers],
+            values: vec![Vec::new(); self.config.layers],
+            len: 0,
+            rope_delta: 0,
+        }
     }
 
     /// Runs one packed step; returns the logits (`[vocab]`) of each input that asked for them, in order.
@@ -325,6 +406,10 @@ impl Llama {
         let starts: Vec<usize> = inputs.iter().map(|i| i.cache.len).collect();
         let ids_t = Tensor::from_vec(ids, total, &Device::Cpu)?;
         let mut x = self.embeddings.index_select(&ids_t, 0)?;
+        let visual = self.gather_visual(inputs)?;
+        if let Some((rows, embeds, _)) = &visual {
+            x = x.index_add(rows, &(embeds - x.index_select(rows, 0)?)?, 0)?;
+        }
         let (q_width, kv_width) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
         for (layer, block) in self.blocks.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &block.attn_norm, c.eps as f32)?;
@@ -348,7 +433,10 @@ impl Llama {
             let mut row = 0;
             for (input, &start) in inputs.iter_mut().zip(&starts) {
                 for t in 0..input.tokens.len() {
-                    let pos = start + t;
+                    let pos = match input.positions {
+                        Some(p) => p[t].map(|a| a as usize),
+                        None => [(start + t) as i64 + input.cache.rope_delta; 3].map(|p| p.max(0) as usize),
+                    };
                     self.rope(&mut q[(row + t) * q_width..][..q_width], pos);
                     self.rope(&mut k[(row + t) * kv_width..][..kv_width], pos);
                 }
@@ -363,6 +451,11 @@ impl Llama {
             let h = candle_nn::ops::rms_norm(&x, &block.ffn_norm, c.eps as f32)?;
             let gated = (candle_nn::ops::silu(&block.gate.forward(&h)?)? * block.up.forward(&h)?)?;
             x = (x + block.down.forward(&gated)?)?;
+            if let Some((rows, _, deepstack)) = &visual {
+                if let Some(features) = deepstack.get(layer) {
+                    x = x.index_add(rows, features, 0)?;
+                }
+            }
         }
         for input in inputs.iter_mut() {
             input.cache.len += input.tokens.len();
@@ -386,11 +479,42 @@ impl Llama {
         logits.to_vec2::<f32>()
     }
 
-    fn rope(&self, row: &mut [f32], pos: usize) {
+    /// The image rows of a step (packed offsets), their embeddings and DeepStack features.
+    #[allow(clippy::type_complexity)]
+    fn gather_visual(&self, inputs: &[StepInput<'_>]) -> Result<Option<(Tensor, Tensor, Vec<Tensor>)>> {
+        let (mut rows, mut embeds, mut deepstack) = (Vec::new(), Vec::new(), Vec::<Vec<Tensor>>::new());
+        let mut offset = 0u32;
+        for input in inputs {
+            if let Some(v) = &input.visual {
+                rows.extend(v.rows.iter().map(|r| r + offset));
+                embeds.push(v.embeds.clone());
+                for (layer, f) in v.deepstack.iter().enumerate() {
+                    match deepstack.get_mut(layer) {
+                        Some(list) => list.push(f.clone()),
+                        None => deepstack.push(vec![f.clone()]),
+                    }
+                }
+            }
+            offset += input.tokens.len() as u32;
+        }
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let n = rows.len();
+        let deepstack = deepstack.iter().map(|l| Tensor::cat(l, 0)).collect::<Result<Vec<_>>>()?;
+        Ok(Some((Tensor::from_vec(rows, n, &Device::Cpu)?, Tensor::cat(&embeds, 0)?, deepstack)))
+    }
+
+    fn rope(&self, row: &mut [f32], pos: [usize; 3]) {
         let d = self.config.head_dim;
         let half = d / 2;
-        let cos = &self.cos[pos * half..][..half];
-        let sin = &self.sin[pos * half..][..half];
+        let mut cos = [0f32; 256];
+        let mut sin = [0f32; 256];
+        for (j, &axis) in self.rope_axis.iter().enumerate() {
+            let p = pos[axis].min(self.config.context - 1);
+            cos[j] = self.cos[p * half + j];
+            sin[j] = self.sin[p * half + j];
+        }
         for head in row.chunks_exact_mut(d) {
             if self.config.rope_halves {
                 for i in 0..half {
@@ -460,6 +584,21 @@ impl Llama {
         });
         Ok(out)
     }
+}
+
+/// The safetensors files of a checkpoint folder, sorted.
+pub fn safetensors_files(dir: &Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        anyhow::bail!("{} has no .safetensors weights", dir.display());
+    }
+    Ok(files)
 }
 
 fn read(content: &Content, file: &mut std::fs::File, name: &str) -> anyhow::Result<candle_core::quantized::QTensor> {

@@ -13,6 +13,7 @@ pub mod gguf_tokenizer;
 pub mod json_constraint;
 pub mod llama;
 pub mod mel;
+pub mod qwen3_vl;
 pub mod sampling;
 pub mod whisper;
 pub mod whisper_decoder;

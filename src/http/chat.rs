@@ -11,7 +11,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use super::body::read_json;
 use crate::chat::{ChatModel, ChatParams};
 use crate::engines::chat::ChatEvent;
-use crate::engines::chat_template::TemplateMessage;
+use crate::engines::chat_template::{Content, Part, TemplateMessage};
 use crate::engines::json_constraint::Schema;
 use crate::error::ApiError;
 use crate::runtime::{Capability, Runtime};
@@ -101,8 +101,18 @@ fn number(value: Option<f64>, param: &str, min: f64, max: f64) -> Result<Option<
     }
 }
 
-/// Validates the request into generation parameters.
-fn params(request: &ChatCompletionRequest, model_id: &str) -> Result<(ChatParams, bool, bool), ApiError> {
+/// An image part still to load: where it sits in the request (for errors) and its URL.
+struct ImagePart {
+    param: String,
+    url: String,
+}
+
+/// Validates the request into generation parameters (without images) and the image parts to load.
+fn params(
+    request: &ChatCompletionRequest,
+    model_id: &str,
+    vision: bool,
+) -> Result<(ChatParams, bool, bool, Vec<ImagePart>), ApiError> {
     if let Some(n) = request.n {
         if n != 1 {
             return Err(ApiError::invalid("n", format!("Only n=1 is supported, got {n}")));
@@ -147,7 +157,8 @@ fn params(request: &ChatCompletionRequest, model_id: &str) -> Result<(ChatParams
             .collect::<Result<_, _>>()?,
         Some(_) => return Err(ApiError::invalid("stop", "stop must be a string or a list of up to 4 strings")),
     };
-    let messages = messages(&request.messages, model_id)?;
+    let mut images = Vec::new();
+    let messages = messages(&request.messages, model_id, vision.then_some(&mut images))?;
     let seed = request.seed.map(|s| s as u64);
     let params = ChatParams {
         messages,
@@ -159,14 +170,38 @@ fn params(request: &ChatCompletionRequest, model_id: &str) -> Result<(ChatParams
         json,
         presence_penalty: number(request.presence_penalty, "presence_penalty", -2.0, 2.0)?.unwrap_or(0.0),
         frequency_penalty: number(request.frequency_penalty, "frequency_penalty", -2.0, 2.0)?.unwrap_or(0.0),
+        images: Vec::new(),
     };
     let stream = request.stream.unwrap_or(false);
     let usage = request.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false);
-    Ok((params, stream, usage))
+    Ok((params, stream, usage, images))
 }
 
-/// Validates `messages` into template messages; text parts are joined, image parts refused.
-fn messages(value: &Value, model_id: &str) -> Result<Vec<TemplateMessage>, ApiError> {
+/// The URL of an `image_url` part: `{"url": …, "detail": …}` (or a bare string, as older clients send).
+fn image_url(part: &Value, param: &str) -> Result<String, ApiError> {
+    let value = part.get("image_url");
+    let url = match value {
+        Some(Value::String(url)) => Some(url.as_str()),
+        Some(v) => v.get("url").and_then(Value::as_str),
+        None => None,
+    };
+    if let Some(detail) = value.and_then(|v| v.get("detail")) {
+        if !matches!(detail.as_str(), Some("auto" | "low" | "high")) {
+            return Err(ApiError::invalid(format!("{param}.image_url.detail"), "detail must be auto, low or high"));
+        }
+    }
+    url.filter(|u| !u.is_empty())
+        .map(str::to_string)
+        .ok_or_else(|| ApiError::invalid(format!("{param}.image_url"), "an image_url part needs image_url.url"))
+}
+
+/// Validates `messages` into template messages. Text parts of a message are joined; image parts
+/// become template parts when `images` collects them (vision models), and are refused otherwise.
+fn messages(
+    value: &Value,
+    model_id: &str,
+    mut images: Option<&mut Vec<ImagePart>>,
+) -> Result<Vec<TemplateMessage>, ApiError> {
     let Value::Array(items) = value else {
         return Err(ApiError::invalid("messages", "messages must be a list of message objects"));
     };
@@ -193,27 +228,34 @@ fn messages(value: &Value, model_id: &str) -> Result<Vec<TemplateMessage>, ApiEr
                 }
             };
             let content = match m.get("content") {
-                Some(Value::String(s)) => s.clone(),
-                Some(Value::Null) | None if role == "assistant" => String::new(),
+                Some(Value::String(s)) => Content::Text(s.clone()),
+                Some(Value::Null) | None if role == "assistant" => Content::Text(String::new()),
                 Some(Value::Array(parts)) => {
-                    let mut text = String::new();
+                    let mut out: Vec<Part> = Vec::new();
                     for (j, part) in parts.iter().enumerate() {
+                        let part_param = format!("{param}.content[{j}]");
                         match part.get("type").and_then(Value::as_str) {
                             Some("text") => {
-                                text.push_str(part.get("text").and_then(Value::as_str).ok_or_else(|| {
-                                    ApiError::invalid(
-                                        format!("{param}.content[{j}]"),
-                                        "a text part needs a string `text`",
-                                    )
-                                })?)
+                                let text = part.get("text").and_then(Value::as_str).ok_or_else(|| {
+                                    ApiError::invalid(&part_param, "a text part needs a string `text`")
+                                })?;
+                                match out.last_mut() {
+                                    Some(Part::Text { text: last }) => last.push_str(text),
+                                    _ => out.push(Part::Text { text: text.to_string() }),
+                                }
                             }
                             Some("image_url") => {
-                                return Err(ApiError::invalid(
-                                    format!("{param}.content[{j}]"),
-                                    format!(
+                                let Some(images) = images.as_deref_mut() else {
+                                    return Err(ApiError::invalid(
+                                        part_param,
+                                        format!(
                                     "Model `{model_id}` does not accept images; send text only or use a vision model"
                                 ),
-                                ))
+                                    ));
+                                };
+                                let url = image_url(part, &part_param)?;
+                                images.push(ImagePart { param: part_param, url });
+                                out.push(Part::Image);
                             }
                             _ => {
                                 return Err(ApiError::invalid(
@@ -223,7 +265,11 @@ fn messages(value: &Value, model_id: &str) -> Result<Vec<TemplateMessage>, ApiEr
                             }
                         }
                     }
-                    text
+                    match out.as_slice() {
+                        [] => Content::Text(String::new()),
+                        [Part::Text { text }] => Content::Text(text.clone()),
+                        _ => Content::Parts(out),
+                    }
                 }
                 _ => {
                     return Err(ApiError::invalid(
@@ -273,7 +319,27 @@ async fn complete(
     metrics: Arc<Metrics>,
     started: Instant,
 ) -> Result<HttpResponse, ApiError> {
-    let (params, stream, include_usage) = params(&request, model_id)?;
+    let (mut params, stream, include_usage, images) = params(&request, model_id, model.vision().is_some())?;
+    if let Some(vision) = model.vision() {
+        let loads = images.iter().map(|part| vision.load(&part.url));
+        let loaded = futures_util::future::join_all(loads).await;
+        let mut refused = None;
+        for (part, result) in images.into_iter().zip(loaded) {
+            match result {
+                Ok(image) => params.images.push(image),
+                Err(rejection) => {
+                    metrics.image_rejections.with_label_values(&[rejection.reason]).inc();
+                    refused.get_or_insert((part.param, rejection));
+                }
+            }
+        }
+        if let Some((param, rejection)) = refused {
+            return Err(ApiError::invalid(
+                param,
+                format!("image refused ({}): {}", rejection.reason, rejection.message),
+            ));
+        }
+    }
     let mut run = model.start(params)?;
     // Wait until the sequence joins the batch, so queue refusals still get their HTTP status.
     match run.events.recv().await {

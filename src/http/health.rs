@@ -13,10 +13,11 @@ pub async fn health(runtime: web::Data<Runtime>) -> HttpResponse {
     let mut embedding_queues = Map::new();
     let mut chat_queues = Map::new();
     let mut audio_queues = Map::new();
+    let mut vision_queues = Map::new();
     let mut ok_models = Vec::new();
     let mut failures = Map::new();
     let mut capability_ready: Map<String, Value> =
-        ["embeddings", "chat", "audio"].iter().map(|c| (c.to_string(), json!(false))).collect();
+        ["embeddings", "chat", "audio", "vision"].iter().map(|c| (c.to_string(), json!(false))).collect();
     let mut healthy = true;
     for (id, served) in runtime.registry.all() {
         let state = served.status.state();
@@ -39,6 +40,7 @@ pub async fn health(runtime: web::Data<Runtime>) -> HttpResponse {
             crate::config::ModelKind::Embedding => embedding_queues.insert(id.clone(), queue),
             crate::config::ModelKind::Chat => chat_queues.insert(id.clone(), queue),
             crate::config::ModelKind::Audio => audio_queues.insert(id.clone(), queue),
+            crate::config::ModelKind::Vision => vision_queues.insert(id.clone(), queue),
         };
         models.insert(
             id.clone(),
@@ -66,6 +68,7 @@ pub async fn health(runtime: web::Data<Runtime>) -> HttpResponse {
         "embedding_batch_queues": embedding_queues,
         "chat_batch_queues": chat_queues,
         "audio_queues": audio_queues,
+        "vision_queues": vision_queues,
         "runtime_config": runtime.settings,
     });
     if healthy {

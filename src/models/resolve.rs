@@ -39,6 +39,9 @@ pub fn required_files(entry: &ModelEntry) -> Vec<String> {
             ["config.json", "tokenizer.json", "tokenizer_config.json"].map(String::from).to_vec()
         }
         (ModelKind::Audio, None) => ["config.json", "tokenizer.json"].map(String::from).to_vec(),
+        (ModelKind::Vision, None) => {
+            ["config.json", "tokenizer.json", "preprocessor_config.json"].map(String::from).to_vec()
+        }
     }
 }
 
@@ -54,6 +57,9 @@ pub fn optional_files(kind: ModelKind) -> &'static [&'static str] {
         ],
         ModelKind::Chat => &["tokenizer.json", "tokenizer_config.json", "generation_config.json"],
         ModelKind::Audio => &["model.bin", "model.safetensors", "vocabulary.txt", "preprocessor_config.json"],
+        ModelKind::Vision => {
+            &["tokenizer_config.json", "chat_template.json", "chat_template.jinja", "generation_config.json"]
+        }
     }
 }
 
@@ -62,7 +68,7 @@ fn complete(dir: &Path, entry: &ModelEntry) -> bool {
         || match entry.kind {
             ModelKind::Embedding => true,
             ModelKind::Audio => dir.join("model.bin").is_file() || dir.join("model.safetensors").is_file(),
-            ModelKind::Chat => std::fs::read_dir(dir)
+            ModelKind::Chat | ModelKind::Vision => std::fs::read_dir(dir)
                 .map(|d| d.flatten().any(|e| e.path().extension().is_some_and(|x| x == "safetensors")))
                 .unwrap_or(false),
         };
@@ -145,7 +151,7 @@ fn download_from_hub(repo: &str, entry: &ModelEntry, cache: &Path) -> anyhow::Re
     for file in optional_files(entry.kind) {
         let _ = repo.get(file);
     }
-    if entry.kind == ModelKind::Chat && entry.file.is_none() {
+    if matches!(entry.kind, ModelKind::Chat | ModelKind::Vision) && entry.file.is_none() {
         // Safetensors weights: one file, or the shards named by the index.
         if repo.get("model.safetensors").is_err() {
             let index = repo.get("model.safetensors.index.json")?;

@@ -60,7 +60,7 @@ impl ImageFormat {
 #[error("{message}")]
 pub struct Rejection {
     /// Metric label: `disabled`, `scheme`, `host_not_allowed`, `private_address`, `dns`, `redirect`,
-    /// `too_large`, `timeout`, `fetch_failed`, `bad_mime`, `bad_data_uri`, `local_path`.
+    /// `too_large`, `timeout`, `fetch_failed`, `bad_mime`, `bad_data_uri`, `local_path`, `bad_image`.
     pub reason: &'static str,
     /// What happened, for the client.
     pub message: String,
