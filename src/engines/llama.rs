@@ -162,7 +162,7 @@ impl LlamaConfig {
 
 /// Rotary tables per token are kept on the stack: heads up to 512 wide.
 fn check_head_dim(head_dim: usize) -> anyhow::Result<()> {
-    if head_dim == 0 || head_dim > 512 || head_dim % 2 == 1 {
+    if head_dim == 0 || head_dim > 512 || !head_dim.is_multiple_of(2) {
         anyhow::bail!("head_dim {head_dim} is not supported (an even width up to 512 is)");
     }
     Ok(())

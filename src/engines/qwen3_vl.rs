@@ -70,7 +70,9 @@ pub fn read_config(path: &Path) -> anyhow::Result<Option<(VisionConfig, VisionTo
         start: id("vision_start_token_id")?,
         end: id("vision_end_token_id")?,
     };
-    if config.hidden_size % config.num_heads != 0 || (config.hidden_size / config.num_heads) % 4 != 0 {
+    if !config.hidden_size.is_multiple_of(config.num_heads)
+        || !(config.hidden_size / config.num_heads).is_multiple_of(4)
+    {
         anyhow::bail!("vision hidden_size {} does not split into {} heads", config.hidden_size, config.num_heads);
     }
     let side = (config.num_position_embeddings as f64).sqrt().round() as usize;
@@ -373,6 +375,55 @@ mod tests {
         assert_eq!(&pos[8..], &[[5, 5, 5], [6, 6, 6]]);
         // Next text position 7 sits at slot 10: a delta of −3.
         assert_eq!(delta, -3);
+    }
+
+    /// A tower whose only meaningful weights are a position table of `side × side` rows.
+    fn tower_with_positions(side: usize, width: usize) -> VisionTower {
+        let config = VisionConfig {
+            depth: 0,
+            hidden_size: width,
+            intermediate_size: width,
+            num_heads: 1,
+            in_channels: 3,
+            patch_size: 2,
+            spatial_merge_size: 2,
+            temporal_patch_size: 1,
+            out_hidden_size: width,
+            num_position_embeddings: side * side,
+            deepstack_visual_indexes: vec![],
+        };
+        let values: Vec<f32> = (0..side * side * width).map(|i| i as f32).collect();
+        let pos_embed = Tensor::from_vec(values, (side * side, width), &Device::Cpu).unwrap();
+        let vb = VarBuilder::zeros(DType::F32, &Device::Cpu);
+        let merger = Merger::load(&config, false, vb.pp("merger")).unwrap();
+        VisionTower {
+            patch_weight: Tensor::zeros((12, width), DType::F32, &Device::Cpu).unwrap(),
+            patch_bias: Tensor::zeros(width, DType::F32, &Device::Cpu).unwrap(),
+            pos_embed,
+            blocks: vec![],
+            merger,
+            deepstack: vec![],
+            config,
+        }
+    }
+
+    #[test]
+    fn position_table_is_resampled_and_laid_out_by_merge_block() {
+        let tower = tower_with_positions(4, 2);
+        // A 4×4 grid matches the table: no interpolation, rows reordered into 2×2 merge blocks.
+        let same = tower.position_embeddings(1, 4, 4).unwrap().to_vec2::<f32>().unwrap();
+        let order = [0, 1, 4, 5, 2, 3, 6, 7, 8, 9, 12, 13, 10, 11, 14, 15];
+        for (row, &cell) in same.iter().zip(&order) {
+            assert_eq!(row, &vec![2.0 * cell as f32, 2.0 * cell as f32 + 1.0]);
+        }
+        // A 2×2 grid samples the four corners of the table (linspace(0, 3, 2) = 0, 3).
+        let corners = tower.position_embeddings(1, 2, 2).unwrap().to_vec2::<f32>().unwrap();
+        let firsts: Vec<f32> = corners.iter().map(|r| r[0]).collect();
+        assert_eq!(firsts, vec![0.0, 6.0, 24.0, 30.0]);
+        // A 2×6 grid: columns at 0, 0.6, 1.2, 1.8, 2.4, 3 interpolate between table cells. Row 0,
+        // column 0.6 is 0.4·cell(0,0) + 0.6·cell(0,1) = 0.6 (×2 for the first value) = 1.2.
+        let wide = tower.position_embeddings(1, 2, 6).unwrap().to_vec2::<f32>().unwrap();
+        assert!((wide[1][0] - 1.2).abs() < 1e-5, "{:?}", wide[1]);
     }
 
     #[test]

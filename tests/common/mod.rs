@@ -1,6 +1,8 @@
 //! Test support: a real `sis serve` process on a free loopback port, and small HTTP helpers.
 #![allow(dead_code)]
 
+pub mod tiny_qwen3_vl;
+
 use std::io::Write;
 use std::net::TcpListener;
 use std::path::PathBuf;
