@@ -218,7 +218,7 @@ impl Runtime {
                     c.clone(),
                 );
                 Capability::Chat(Box::new(match vision {
-                    true => model.with_vision(VisionInputs::open(&weights, &settings.images)?),
+                    true => model.with_vision(VisionInputs::open(&weights, settings)?),
                     false => model,
                 }))
             }

@@ -90,6 +90,14 @@ fn images_take_the_prompt_tokens_the_processor_computes() {
     assert_eq!(chunked.chat(two).json()["choices"], first.json()["choices"]);
     drop(chunked);
 
+    // A large image: 1024×1024 is within the processor's budget (a 64×64 grid, 1024 tokens); with
+    // `detail: low` it is scaled to 512×512 pixels (256 tokens), as OpenAI's low detail does.
+    let large = data_uri("image/png", &image(1024, 1024, image::ImageFormat::Png));
+    let high = server.chat(ask(json!([text, image_part(&large)])));
+    assert_eq!(prompt_tokens(&high), base_tokens + 2 + 1024);
+    let low_part = json!({ "type": "image_url", "image_url": { "url": large, "detail": "low" } });
+    assert_eq!(prompt_tokens(&server.chat(ask(json!([text, low_part])))), base_tokens + 2 + 256);
+
     // Images in several messages of a conversation, and a GIF.
     let conversation = json!({ "model": MODEL, "temperature": 0, "max_tokens": 4, "messages": [
         { "role": "user", "content": [image_part(&png), { "type": "text", "text": "Describe." }] },
@@ -111,8 +119,16 @@ fn images_take_the_prompt_tokens_the_processor_computes() {
 fn refused_images_are_400_with_their_reason_and_counted() {
     let dir = tempfile::tempdir().unwrap();
     tiny_qwen3_vl::write(dir.path());
-    let server = server(dir.path(), &[("MAX_REMOTE_IMAGE_BYTES", "4000")]);
+    let server = server(dir.path(), &[("MAX_REMOTE_IMAGE_BYTES", "4000"), ("VISION_MAX_PIXELS", "16384")]);
     let text = json!({ "type": "text", "text": "What is it?" });
+    // VISION_MAX_PIXELS caps every image: 256×256 becomes 128×128, an 8×8 grid, 16 tokens.
+    let base = prompt_tokens(&server.chat(ask(json!([text]))));
+    let mut flat = std::io::Cursor::new(Vec::new());
+    image::RgbImage::from_pixel(256, 256, image::Rgb([200, 30, 90]))
+        .write_to(&mut flat, image::ImageFormat::Png)
+        .unwrap();
+    let square = data_uri("image/png", flat.get_ref());
+    assert_eq!(prompt_tokens(&server.chat(ask(json!([text, image_part(&square)])))), base + 2 + 16);
     let refused = |url: &str, reason: &str| {
         let before = metric(&server.metrics(), &format!("remote_image_rejections_total{{reason=\"{reason}\"}}"));
         let message = server.chat(ask(json!([text, image_part(url)]))).expect_error(400);

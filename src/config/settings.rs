@@ -137,6 +137,8 @@ pub struct VisionSettings {
     pub max_concurrent: usize,
     /// Requests waiting or running per vision model (`VISION_MAX_QUEUE_SIZE`).
     pub max_queue_size: usize,
+    /// Pixel budget of one image after resizing (`VISION_MAX_PIXELS`); 0 keeps the processor's own.
+    pub max_pixels: usize,
 }
 
 /// Image inputs of vision chat (SPEC §2 "Vision").
@@ -413,6 +415,7 @@ impl Settings {
             vision: VisionSettings {
                 max_concurrent: l.positive("vision_max_concurrent", &["VISION_MAX_CONCURRENT"], 4)?,
                 max_queue_size: l.positive("vision_max_queue_size", &["VISION_MAX_QUEUE_SIZE"], 32)?,
+                max_pixels: l.get("vision_max_pixels", &["VISION_MAX_PIXELS"], 0)?,
             },
             images: ImageSettings {
                 allow_remote: l.flag("allow_remote_images", &["ALLOW_REMOTE_IMAGES"], false)?,
@@ -485,6 +488,7 @@ const KNOWN_FILE_KEYS: &[&str] = &[
     "max_audio_seconds",
     "vision_max_concurrent",
     "vision_max_queue_size",
+    "vision_max_pixels",
     "allow_remote_images",
     "remote_image_host_allowlist",
     "remote_image_timeout",

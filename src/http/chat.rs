@@ -16,6 +16,7 @@ use crate::engines::json_constraint::Schema;
 use crate::error::ApiError;
 use crate::runtime::{Capability, Runtime};
 use crate::telemetry::Metrics;
+use crate::vision::Detail;
 use sis_actors::SequenceMessage;
 
 #[derive(Deserialize)]
@@ -105,6 +106,7 @@ fn number(value: Option<f64>, param: &str, min: f64, max: f64) -> Result<Option<
 struct ImagePart {
     param: String,
     url: String,
+    detail: Detail,
 }
 
 /// Validates the request into generation parameters (without images) and the image parts to load.
@@ -177,22 +179,30 @@ fn params(
     Ok((params, stream, usage, images))
 }
 
-/// The URL of an `image_url` part: `{"url": …, "detail": …}` (or a bare string, as older clients send).
-fn image_url(part: &Value, param: &str) -> Result<String, ApiError> {
+/// The URL and detail of an `image_url` part: `{"url": …, "detail": …}` (or a bare URL string, as
+/// older clients send).
+fn image_url(part: &Value, param: &str) -> Result<(String, Detail), ApiError> {
     let value = part.get("image_url");
     let url = match value {
         Some(Value::String(url)) => Some(url.as_str()),
         Some(v) => v.get("url").and_then(Value::as_str),
         None => None,
     };
-    if let Some(detail) = value.and_then(|v| v.get("detail")) {
-        if !matches!(detail.as_str(), Some("auto" | "low" | "high")) {
-            return Err(ApiError::invalid(format!("{param}.image_url.detail"), "detail must be auto, low or high"));
-        }
-    }
-    url.filter(|u| !u.is_empty())
-        .map(str::to_string)
-        .ok_or_else(|| ApiError::invalid(format!("{param}.image_url"), "an image_url part needs image_url.url"))
+    let detail = match value.and_then(|v| v.get("detail")) {
+        None | Some(Value::Null) => Detail::Auto,
+        Some(d) => match d.as_str() {
+            Some("auto") => Detail::Auto,
+            Some("low") => Detail::Low,
+            Some("high") => Detail::High,
+            _ => {
+                return Err(ApiError::invalid(format!("{param}.image_url.detail"), "detail must be auto, low or high"))
+            }
+        },
+    };
+    let url = url
+        .filter(|u| !u.is_empty())
+        .ok_or_else(|| ApiError::invalid(format!("{param}.image_url"), "an image_url part needs image_url.url"))?;
+    Ok((url.to_string(), detail))
 }
 
 /// Validates `messages` into template messages. Text parts of a message are joined; image parts
@@ -253,8 +263,8 @@ fn messages(
                                 ),
                                     ));
                                 };
-                                let url = image_url(part, &part_param)?;
-                                images.push(ImagePart { param: part_param, url });
+                                let (url, detail) = image_url(part, &part_param)?;
+                                images.push(ImagePart { param: part_param, url, detail });
                                 out.push(Part::Image);
                             }
                             _ => {
@@ -321,7 +331,7 @@ async fn complete(
 ) -> Result<HttpResponse, ApiError> {
     let (mut params, stream, include_usage, images) = params(&request, model_id, model.vision().is_some())?;
     if let Some(vision) = model.vision() {
-        let loads = images.iter().map(|part| vision.load(&part.url));
+        let loads = images.iter().map(|part| vision.load(&part.url, part.detail));
         let loaded = futures_util::future::join_all(loads).await;
         let mut refused = None;
         for (part, result) in images.into_iter().zip(loaded) {

@@ -45,6 +45,12 @@ impl ProcessorConfig {
         }
     }
 
+    /// The same processor with at most `max_pixels` per image (never below its minimum).
+    pub fn with_max_pixels(&self, max_pixels: usize) -> Self {
+        let max_pixels = self.max_pixels.min(max_pixels).max(self.min_pixels);
+        Self { max_pixels, ..self.clone() }
+    }
+
     /// The resized `(height, width)`: multiples of patch × merge, within the pixel budget, close to the
     /// original aspect ratio. Errors for absurd aspect ratios (over 200:1).
     pub fn target_size(&self, height: usize, width: usize) -> Result<(usize, usize), String> {
