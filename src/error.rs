@@ -53,6 +53,15 @@ pub enum ApiError {
     /// The model cannot serve now: failed, or the server is shutting down (503).
     #[error("{0}")]
     Unavailable(String),
+    /// The server is draining before it stops (503, with `Retry-After`).
+    #[error("The server is shutting down and accepts no new requests; retry on another instance")]
+    ShuttingDown,
+    /// No valid API key (401).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The work took longer than the capability's request timeout (504).
+    #[error("The request took longer than the {0:?} limit and was cancelled")]
+    Timeout(Duration),
     /// Something broke on our side (500).
     #[error("{0}")]
     Internal(String),

@@ -14,6 +14,8 @@ pub mod engines;
 pub mod error;
 pub mod http;
 pub mod models;
+pub mod reload;
 pub mod runtime;
+pub mod shutdown;
 pub mod telemetry;
 pub mod vision;

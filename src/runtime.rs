@@ -3,6 +3,7 @@
 
 use actix::prelude::*;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -15,8 +16,8 @@ use crate::engines::chat_spec::ChatSpec;
 use crate::engines::chat_template::ChatTemplate;
 use crate::engines::embedder::{EmbedInput, EmbedderLoader, EmbedderSpec};
 use crate::engines::whisper::{AudioJob, Transcript, WhisperLoader, WhisperSpec};
-use crate::models::resolve;
-use crate::telemetry::lifecycle_metrics::LifecycleMetrics;
+use crate::models::resolve::{resolve, Resolved};
+use crate::telemetry::lifecycle_metrics::{Label, LifecycleMetrics};
 use crate::telemetry::Metrics;
 use crate::vision::VisionInputs;
 use sis_actors::{
@@ -46,6 +47,30 @@ pub struct ServedModel {
     pub created: u64,
     /// Where its files came from (`local`, `cache`, `hub`, `package`).
     pub origin: &'static str,
+    /// The threads of its model actors, stopped once the last request holding this model is done.
+    pub threads: ModelThreads,
+}
+
+/// The dedicated threads (arbiters) of one model's actors. Dropping it stops them, which drops the
+/// engines: a model removed or replaced by a reload is released once its in-flight requests finish.
+#[derive(Default)]
+pub struct ModelThreads(Vec<Arbiter>);
+
+impl ModelThreads {
+    fn spawn(&mut self) -> ArbiterHandle {
+        let arbiter = Arbiter::new();
+        let handle = arbiter.handle();
+        self.0.push(arbiter);
+        handle
+    }
+}
+
+impl Drop for ModelThreads {
+    fn drop(&mut self) {
+        for arbiter in &self.0 {
+            arbiter.stop();
+        }
+    }
 }
 
 impl ServedModel {
@@ -69,6 +94,12 @@ pub struct Runtime {
     pub metrics: Arc<Metrics>,
     /// The lifecycle bus.
     pub bus: Addr<EventBus>,
+    /// The metrics actor (told the labels of models started later).
+    lifecycle: Addr<LifecycleMetrics>,
+    /// Set once shutdown begins: the API answers 503 and `/health/ready` fails.
+    draining: AtomicBool,
+    /// One reload at a time.
+    pub(crate) reloading: tokio::sync::Mutex<()>,
 }
 
 struct BatchMetrics {
@@ -113,7 +144,7 @@ impl Runtime {
             .map(|e| (e.id.clone(), (e.kind.capability().to_string(), settings.device.clone())))
             .collect();
         let lifecycle = LifecycleMetrics::new(metrics.clone(), labels).start();
-        bus.do_send(Subscribe(lifecycle.recipient()));
+        bus.do_send(Subscribe(lifecycle.clone().recipient()));
         let w = &settings.warmup;
         let warmup = WarmupActor::new(WarmupPolicy {
             enabled: w.enabled,
@@ -125,22 +156,48 @@ impl Runtime {
         .start();
         bus.do_send(Subscribe(warmup.recipient()));
 
-        let registry = Registry::new();
+        let runtime = Runtime {
+            settings,
+            registry: Registry::new(),
+            metrics,
+            bus,
+            lifecycle,
+            draining: AtomicBool::new(false),
+            reloading: tokio::sync::Mutex::new(()),
+        };
         for entry in entries {
-            let served = Self::start_model(&settings, entry, &bus, &metrics)?;
-            registry.insert(served.entry.id.clone(), served);
+            let resolved = resolve(&entry, &runtime.settings.hf_cache, runtime.settings.auto_download)?;
+            let served = runtime.start_model(entry, resolved)?;
+            runtime.registry.insert(served.entry.id.clone(), served);
         }
-        Ok(Arc::new(Runtime { settings, registry, metrics, bus }))
+        Ok(Arc::new(runtime))
     }
 
-    fn start_model(
-        settings: &Settings,
-        entry: ModelEntry,
-        bus: &Addr<EventBus>,
-        metrics: &Arc<Metrics>,
-    ) -> anyhow::Result<ServedModel> {
-        let resolved = resolve(&entry, &settings.hf_cache, settings.auto_download)?;
+    /// Begins shutdown: from now on the API answers 503 and `/health/ready` fails.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Requests admitted and not yet answered, over every model.
+    pub fn in_flight(&self) -> usize {
+        self.registry.all().iter().map(|(_, m)| m.admission().depth()).sum()
+    }
+
+    /// Starts the actors of a model whose files are resolved. Must run inside an actix system.
+    pub(crate) fn start_model(&self, entry: ModelEntry, resolved: Resolved) -> anyhow::Result<ServedModel> {
+        let (settings, bus, metrics) = (&self.settings, &self.bus, &self.metrics);
         tracing::info!(model = %entry.id, dir = %resolved.dir.display(), origin = resolved.origin, "model files found");
+        self.lifecycle.do_send(Label {
+            model: entry.id.clone(),
+            capability: entry.kind.capability().to_string(),
+            executor: settings.device.clone(),
+        });
+        let mut threads = ModelThreads::default();
         let id: Arc<str> = entry.id.as_str().into();
         let status = ModelStatus::new(id.clone());
         let actor_config = ModelActorConfig { max_restarts: settings.max_restarts, ..Default::default() };
@@ -150,8 +207,13 @@ impl Runtime {
                 let spec = EmbedderSpec::from_dir(&resolved.dir, &entry, &settings.device)?;
                 let tokenizer = spec.tokenizer()?;
                 let dimensions = spec.dimensions;
-                let model =
-                    ModelActor::start(Arc::new(EmbedderLoader { spec }), status.clone(), bus.clone(), actor_config);
+                let model = ModelActor::start_on(
+                    &threads.spawn(),
+                    Arc::new(EmbedderLoader { spec }),
+                    status.clone(),
+                    bus.clone(),
+                    actor_config,
+                );
                 let batcher = Batcher::<EmbedInput, Vec<f32>>::new(
                     BatcherConfig {
                         window: Duration::from_millis(entry.batch_window_ms.unwrap_or(s.batch_window_ms)),
@@ -196,7 +258,8 @@ impl Runtime {
                     eos: spec.eos_ids.clone(),
                     prefill_chunk: c.prefill_chunk,
                 };
-                let actor = SequenceActor::start(
+                let actor = SequenceActor::start_on(
+                    &threads.spawn(),
                     Arc::new(loader),
                     status.clone(),
                     bus.clone(),
@@ -230,7 +293,9 @@ impl Runtime {
                 let loader = Arc::new(WhisperLoader { spec: spec.clone() });
                 let workers: Vec<_> = (0..workers)
                     .map(|_| {
-                        ModelActor::start(loader.clone(), status.clone(), bus.clone(), actor_config.clone()).recipient()
+                        let thread = threads.spawn();
+                        ModelActor::start_on(&thread, loader.clone(), status.clone(), bus.clone(), actor_config.clone())
+                            .recipient()
                     })
                     .collect();
                 let batcher = Batcher::<AudioJob, Transcript>::with_workers(
@@ -255,6 +320,6 @@ impl Runtime {
             }
         };
         let created = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-        Ok(ServedModel { entry, status, capability, created, origin: resolved.origin })
+        Ok(ServedModel { entry, status, capability, created, origin: resolved.origin, threads })
     }
 }

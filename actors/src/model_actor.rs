@@ -116,8 +116,19 @@ impl<L: EngineLoader> ModelActor<L> {
         bus: Addr<EventBus>,
         config: ModelActorConfig,
     ) -> Addr<Self> {
-        let arbiter = Arbiter::new();
-        Supervisor::start_in_arbiter(&arbiter.handle(), move |_| Self {
+        Self::start_on(&Arbiter::new().handle(), loader, status, bus, config)
+    }
+
+    /// Starts the actor under a supervisor on the given arbiter (thread), which the caller owns: stopping
+    /// that arbiter stops the actor and drops its engine.
+    pub fn start_on(
+        arbiter: &ArbiterHandle,
+        loader: Arc<L>,
+        status: Arc<ModelStatus>,
+        bus: Addr<EventBus>,
+        config: ModelActorConfig,
+    ) -> Addr<Self> {
+        Supervisor::start_in_arbiter(arbiter, move |_| Self {
             loader,
             engine: None,
             supervision: Supervision::new(status, bus, config),

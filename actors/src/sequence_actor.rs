@@ -138,8 +138,21 @@ impl<L: StepLoader> SequenceActor<L> {
         config: SequenceConfig,
         observer: Arc<dyn SequenceObserver>,
     ) -> Addr<Self> {
-        let arbiter = Arbiter::new();
-        Supervisor::start_in_arbiter(&arbiter.handle(), move |_| Self {
+        Self::start_on(&Arbiter::new().handle(), loader, status, bus, actor, config, observer)
+    }
+
+    /// Starts the actor on the given arbiter (thread), which the caller owns: stopping that arbiter
+    /// stops the actor and drops its engine.
+    pub fn start_on(
+        arbiter: &ArbiterHandle,
+        loader: Arc<L>,
+        status: Arc<ModelStatus>,
+        bus: Addr<EventBus>,
+        actor: ModelActorConfig,
+        config: SequenceConfig,
+        observer: Arc<dyn SequenceObserver>,
+    ) -> Addr<Self> {
+        Supervisor::start_in_arbiter(arbiter, move |_| Self {
             loader,
             engine: None,
             supervision: Supervision::new(status, bus, actor),

@@ -193,6 +193,27 @@ impl Roster {
         Self::parse(&text).map_err(|e| ConfigError::new(format!("roster {}: {e}", path.display())))
     }
 
+    /// Reads a roster with an optional local overlay merged on top: an overlay entry with the id of a
+    /// roster entry overrides the keys it sets (say `enabled` or `max_queue_size`), other overlay
+    /// entries are added, and overlay `[settings]` keys win.
+    pub fn load_with_overlay(path: &Path, overlay: Option<&Path>) -> Result<Self, ConfigError> {
+        let Some(overlay) = overlay else {
+            return Self::load(path);
+        };
+        let read = |p: &Path| -> Result<toml::Table, ConfigError> {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| ConfigError::new(format!("cannot read roster {}: {e}", p.display())))?;
+            toml::from_str(&text).map_err(|e| ConfigError::new(format!("roster {}: {e}", p.display())))
+        };
+        // Each file must be valid on its own terms first, so that mistakes are reported with their line.
+        Self::load(path)?;
+        let (mut base, top) = (read(path)?, read(overlay)?);
+        merge(&mut base, top).map_err(|e| ConfigError::new(format!("overlay {}: {e}", overlay.display())))?;
+        let text = toml::to_string(&base).map_err(|e| ConfigError::new(e.to_string()))?;
+        Self::parse(&text)
+            .map_err(|e| ConfigError::new(format!("roster {} with overlay {}: {e}", path.display(), overlay.display())))
+    }
+
     /// Parses roster text.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
         let roster: Roster = toml::from_str(text).map_err(|e| ConfigError::new(e.to_string()))?;
@@ -231,9 +252,71 @@ impl Roster {
     }
 }
 
+/// Merges an overlay roster table into a base one (entries matched by `id`).
+fn merge(base: &mut toml::Table, overlay: toml::Table) -> Result<(), String> {
+    for (key, value) in overlay {
+        match (key.as_str(), value) {
+            ("settings", toml::Value::Table(settings)) => {
+                let target = base.entry("settings").or_insert_with(|| toml::Value::Table(Default::default()));
+                let target = target.as_table_mut().ok_or("[settings] must be a table")?;
+                target.extend(settings);
+            }
+            ("models", toml::Value::Array(entries)) => {
+                let list = base.entry("models").or_insert_with(|| toml::Value::Array(Vec::new()));
+                let list = list.as_array_mut().ok_or("models must be an array of tables")?;
+                for entry in entries {
+                    let toml::Value::Table(entry) = entry else {
+                        return Err("every [[models]] entry must be a table".into());
+                    };
+                    let id = entry.get("id").and_then(|v| v.as_str()).ok_or("every [[models]] entry needs an id")?;
+                    match list
+                        .iter_mut()
+                        .filter_map(|e| e.as_table_mut())
+                        .find(|e| e.get("id").and_then(|v| v.as_str()) == Some(id))
+                    {
+                        Some(existing) => existing.extend(entry),
+                        None => list.push(toml::Value::Table(entry)),
+                    }
+                }
+            }
+            (other, _) => return Err(format!("unknown top-level key {other:?} (expected [settings] or [[models]])")),
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_overlay_overrides_keys_adds_entries_and_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("models.toml");
+        let overlay = dir.path().join("models.local.toml");
+        std::fs::write(
+            &base,
+            "[settings]\nmax_queue_size = 8\n[[models]]\nid = \"a\"\nkind = \"embedding\"\npath = \"/a\"\n\
+             [[models]]\nid = \"b\"\nkind = \"chat\"\nrepo = \"x/b\"\nenabled = false\n",
+        )
+        .unwrap();
+        std::fs::write(
+            &overlay,
+            "[settings]\nport = 9000\n[[models]]\nid = \"b\"\nenabled = true\nmax_queue_size = 3\n\
+             [[models]]\nid = \"c\"\nkind = \"audio\"\npath = \"/c\"\n",
+        )
+        .unwrap();
+        let roster = Roster::load_with_overlay(&base, Some(&overlay)).unwrap();
+        let ids: Vec<_> = roster.models.iter().map(|m| (m.id.as_str(), m.enabled)).collect();
+        assert_eq!(ids, vec![("a", true), ("b", true), ("c", true)]);
+        assert_eq!(roster.models[1].max_queue_size, Some(3));
+        assert_eq!(roster.models[1].repo.as_deref(), Some("x/b"), "keys the overlay does not set are kept");
+        assert_eq!(roster.settings.get("max_queue_size").and_then(|v| v.as_integer()), Some(8));
+        assert_eq!(roster.settings.get("port").and_then(|v| v.as_integer()), Some(9000));
+        std::fs::write(&overlay, "[[models]]\nid = \"a\"\ncolour = 1\n").unwrap();
+        let err = Roster::load_with_overlay(&base, Some(&overlay)).unwrap_err().to_string();
+        assert!(err.contains("colour"), "{err}");
+    }
 
     #[test]
     fn unknown_key_is_refused_with_its_line() {

@@ -84,6 +84,9 @@ pub struct EmbeddingSettings {
     pub batch_max_size: usize,
     /// Tokens per batch (`EMBEDDING_BATCH_MAX_TOKENS`).
     pub batch_max_tokens: usize,
+    /// Longest a request may take in all before 504 (`EMBEDDING_REQUEST_TIMEOUT_SEC`).
+    #[serde(serialize_with = "as_secs")]
+    pub request_timeout: Duration,
 }
 
 /// Chat completions: limits, defaults and the continuous-batching scheduler.
@@ -112,6 +115,9 @@ pub struct ChatSettings {
     pub prefill_chunk: usize,
     /// Accepted for compatibility; continuous batching admits at every step (`CHAT_BATCH_WINDOW_MS`).
     pub batch_window_ms: u64,
+    /// Longest a request may take before 504; a stream, until its first byte (`CHAT_REQUEST_TIMEOUT_SEC`).
+    #[serde(serialize_with = "as_secs")]
+    pub request_timeout: Duration,
 }
 
 /// Speech to text: admission and upload limits.
@@ -128,6 +134,9 @@ pub struct AudioSettings {
     pub max_bytes: usize,
     /// Longest decoded audio in seconds (`MAX_AUDIO_SECONDS`), against decompression bombs.
     pub max_seconds: u64,
+    /// Longest a request may take in all before 504 (`AUDIO_REQUEST_TIMEOUT_SEC`).
+    #[serde(serialize_with = "as_secs")]
+    pub request_timeout: Duration,
 }
 
 /// Vision chat models: their own queue beside the chat settings they share.
@@ -159,6 +168,30 @@ pub struct ImageSettings {
     pub local_dir: Option<PathBuf>,
 }
 
+/// Who may call the server, and from which web origins.
+#[derive(Debug, Clone, Serialize)]
+pub struct AccessSettings {
+    /// Bearer keys accepted on the API (`API_KEYS`, plus one per line of `API_KEYS_FILE`); empty leaves
+    /// the API open. Shown as a count.
+    #[serde(serialize_with = "count")]
+    pub api_keys: Vec<String>,
+    /// The key of `/admin/*` (`ADMIN_API_KEY`); unset turns the admin endpoints off. Never shown.
+    #[serde(serialize_with = "redacted")]
+    pub admin_api_key: Option<String>,
+    /// `/metrics` needs an API key too (`METRICS_REQUIRE_KEY`); the health probes are always open.
+    pub metrics_require_key: bool,
+    /// Origins browsers may call from (`CORS_ALLOW_ORIGINS`, `*` for any); empty sends no CORS headers.
+    pub cors_allow_origins: Vec<String>,
+}
+
+fn count<S: serde::Serializer>(keys: &[String], s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{} key(s)", keys.len()))
+}
+
+fn redacted<S: serde::Serializer>(key: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(if key.is_some() { "set" } else { "unset" })
+}
+
 /// Warmup of loaded models.
 #[derive(Debug, Clone, Serialize)]
 pub struct WarmupSettings {
@@ -183,6 +216,9 @@ pub struct Settings {
     pub port: u16,
     /// The roster file.
     pub config_path: PathBuf,
+    /// The local overlay merged on top of the roster (`SIS_CONFIG_OVERLAY`, else `<roster>.local.toml`
+    /// beside it when that exists).
+    pub overlay_path: Option<PathBuf>,
     /// Selected roster ids (`MODELS`); empty means every enabled entry.
     pub models: Vec<String>,
     /// `cpu`, `cuda[:i]`, `metal` or `auto` (`MODEL_DEVICE`).
@@ -199,6 +235,11 @@ pub struct Settings {
     pub max_restarts: u32,
     /// HTTP worker threads (`HTTP_WORKERS`, 0 = one per core).
     pub http_workers: usize,
+    /// Time to finish in-flight work after SIGTERM / SIGINT before stopping (`SHUTDOWN_GRACE_SEC`).
+    #[serde(serialize_with = "as_secs")]
+    pub shutdown_grace: Duration,
+    /// API keys, admin key and CORS.
+    pub access: AccessSettings,
     /// Embedding admission and batching.
     pub embeddings: EmbeddingSettings,
     /// Chat completions.
@@ -274,6 +315,15 @@ impl Layers<'_> {
             .unwrap_or_default()
     }
 
+    /// A duration given in (fractional) seconds, at least a millisecond.
+    fn secs(&self, key: &'static str, env: &[&str], default: f64) -> Result<Duration, ConfigError> {
+        let v: f64 = self.get(key, env, default)?;
+        if !v.is_finite() || v < 0.0 {
+            return Err(ConfigError::new(format!("{} must be a number of seconds", env.first().unwrap_or(&key))));
+        }
+        Ok(Duration::from_secs_f64(v.max(0.001)))
+    }
+
     fn positive(&self, key: &'static str, env: &[&str], default: usize) -> Result<usize, ConfigError> {
         let v = self.get(key, env, default)?;
         if v == 0 {
@@ -283,12 +333,29 @@ impl Layers<'_> {
     }
 }
 
+/// `API_KEYS` (comma list) plus the non-empty, non-comment lines of `API_KEYS_FILE`.
+fn api_keys(l: &Layers<'_>) -> Result<Vec<String>, ConfigError> {
+    let mut keys = l.list("api_keys", &["API_KEYS"]);
+    if let Some((source, path)) = l.raw("api_keys_file", &["API_KEYS_FILE"]) {
+        let text = std::fs::read_to_string(path.trim())
+            .map_err(|e| ConfigError::new(format!("{source}={path:?} cannot be read: {e}")))?;
+        keys.extend(text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from));
+    }
+    Ok(keys)
+}
+
 fn parse_bool(text: &str) -> Option<bool> {
     match text.trim().to_ascii_lowercase().as_str() {
         "1" | "true" | "yes" | "on" => Some(true),
         "0" | "false" | "no" | "off" => Some(false),
         _ => None,
     }
+}
+
+/// `config/models.toml` → `config/models.local.toml`: the operator's overlay, kept out of git.
+pub fn local_overlay(roster: &std::path::Path) -> PathBuf {
+    let stem = roster.file_stem().and_then(|s| s.to_str()).unwrap_or("models");
+    roster.with_file_name(format!("{stem}.local.toml"))
 }
 
 /// The default roster file.
@@ -307,8 +374,12 @@ impl Settings {
             .clone()
             .or_else(|| env("SIS_CONFIG").map(PathBuf::from))
             .unwrap_or_else(|| PathBuf::from(DEFAULT_ROSTER));
-        let roster = Roster::load(&config_path)?;
-        let settings = Self::build(cli, env, &roster, config_path)?;
+        let overlay_path = match env("SIS_CONFIG_OVERLAY").filter(|p| !p.trim().is_empty()) {
+            Some(path) => Some(PathBuf::from(path)),
+            None => Some(local_overlay(&config_path)).filter(|p| p.is_file()),
+        };
+        let roster = Roster::load_with_overlay(&config_path, overlay_path.as_deref())?;
+        let settings = Self::build(cli, env, &roster, config_path, overlay_path)?;
         roster.select(&settings.models)?;
         Ok((settings, roster))
     }
@@ -318,6 +389,7 @@ impl Settings {
         env: &dyn Fn(&str) -> Option<String>,
         roster: &Roster,
         config_path: PathBuf,
+        overlay_path: Option<PathBuf>,
     ) -> Result<Settings, ConfigError> {
         let mut flags = HashMap::new();
         let mut put = |k: &'static str, v: Option<String>| {
@@ -360,6 +432,14 @@ impl Settings {
             max_request_bytes: l.positive("max_request_bytes", &["MAX_REQUEST_BYTES"], 4 * 1024 * 1024)?,
             max_restarts: l.get("max_restarts", &["MODEL_MAX_RESTARTS"], 5)?,
             http_workers: l.get("http_workers", &["HTTP_WORKERS"], 0)?,
+            shutdown_grace: l.secs("shutdown_grace_sec", &["SHUTDOWN_GRACE_SEC"], 30.0)?,
+            access: AccessSettings {
+                api_keys: api_keys(&l)?,
+                admin_api_key: l.raw("admin_api_key", &["ADMIN_API_KEY"]).map(|(_, k)| k.trim().to_string()),
+                metrics_require_key: l.flag("metrics_require_key", &["METRICS_REQUIRE_KEY"], false)?,
+                cors_allow_origins: l.list("cors_allow_origins", &["CORS_ALLOW_ORIGINS"]),
+            },
+            overlay_path,
             embeddings: EmbeddingSettings {
                 max_batch_size: l.positive("max_batch_size", &["MAX_BATCH_SIZE", "EMBEDDING_MAX_BATCH_SIZE"], 32)?,
                 max_text_chars: l.positive(
@@ -381,6 +461,11 @@ impl Settings {
                     64,
                 )?,
                 batch_max_tokens: l.positive("batch_max_tokens", &["EMBEDDING_BATCH_MAX_TOKENS"], 8192)?,
+                request_timeout: l.secs(
+                    "embedding_request_timeout_sec",
+                    &["EMBEDDING_REQUEST_TIMEOUT_SEC", "REQUEST_TIMEOUT_SEC"],
+                    60.0,
+                )?,
             },
             chat: ChatSettings {
                 max_prompt_tokens: l.positive("chat_max_prompt_tokens", &["CHAT_MAX_PROMPT_TOKENS"], 4096)?,
@@ -401,6 +486,11 @@ impl Settings {
                 ),
                 prefill_chunk: l.positive("chat_prefill_chunk", &["CHAT_PREFILL_CHUNK"], 256)?,
                 batch_window_ms: l.get("chat_batch_window_ms", &["CHAT_BATCH_WINDOW_MS"], 0)?,
+                request_timeout: l.secs(
+                    "chat_request_timeout_sec",
+                    &["CHAT_REQUEST_TIMEOUT_SEC", "REQUEST_TIMEOUT_SEC"],
+                    300.0,
+                )?,
             },
             audio: AudioSettings {
                 max_concurrent: l.positive("audio_max_concurrent", &["AUDIO_MAX_CONCURRENT"], 1)?,
@@ -411,6 +501,11 @@ impl Settings {
                 ),
                 max_bytes: l.positive("max_audio_bytes", &["MAX_AUDIO_BYTES"], 25 * 1024 * 1024)?,
                 max_seconds: l.get("max_audio_seconds", &["MAX_AUDIO_SECONDS"], 3 * 3600)?,
+                request_timeout: l.secs(
+                    "audio_request_timeout_sec",
+                    &["AUDIO_REQUEST_TIMEOUT_SEC", "REQUEST_TIMEOUT_SEC"],
+                    1800.0,
+                )?,
             },
             vision: VisionSettings {
                 max_concurrent: l.positive("vision_max_concurrent", &["VISION_MAX_CONCURRENT"], 4)?,
@@ -486,6 +581,15 @@ const KNOWN_FILE_KEYS: &[&str] = &[
     "audio_queue_timeout_sec",
     "max_audio_bytes",
     "max_audio_seconds",
+    "shutdown_grace_sec",
+    "api_keys",
+    "api_keys_file",
+    "admin_api_key",
+    "metrics_require_key",
+    "cors_allow_origins",
+    "embedding_request_timeout_sec",
+    "chat_request_timeout_sec",
+    "audio_request_timeout_sec",
     "vision_max_concurrent",
     "vision_max_queue_size",
     "vision_max_pixels",
@@ -521,7 +625,7 @@ mod tests {
     fn build(cli: Overrides, env: &[(&str, &str)], file: &str) -> Result<Settings, ConfigError> {
         let roster = Roster::parse(file).unwrap();
         let env: HashMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        Settings::build(&cli, &|k| env.get(k).cloned(), &roster, PathBuf::from("x.toml"))
+        Settings::build(&cli, &|k| env.get(k).cloned(), &roster, PathBuf::from("x.toml"), None)
     }
 
     #[test]

@@ -111,7 +111,8 @@ async fn handle(
     let Capability::Audio(model) = &served.capability else {
         return (Some(id.clone()), Err(ApiError::invalid("model", format!("Model `{id}` does not support audio"))));
     };
-    let result = async {
+    let limit = settings.request_timeout;
+    let work = async {
         let format = match form.response_format.as_deref() {
             None | Some("") => Format::Json,
             Some(f) => Format::parse(f).ok_or_else(|| {
@@ -186,7 +187,7 @@ async fn handle(
             }
             Format::VerboseJson => HttpResponse::Ok().json(formats::verbose(&transcript, words)),
         })
-    }
-    .await;
+    };
+    let result = super::deadline::within(limit, work).await;
     (Some(id), result)
 }

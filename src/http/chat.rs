@@ -90,7 +90,8 @@ async fn handle(
             Err(ApiError::invalid("model", format!("Model `{id}` does not support chat completions"))),
         );
     };
-    let result = complete(request, model, &id, runtime.metrics.clone(), started).await;
+    let limit = runtime.settings.chat.request_timeout;
+    let result = super::deadline::within(limit, complete(request, model, &id, runtime.metrics.clone(), started)).await;
     (Some(id), result)
 }
 

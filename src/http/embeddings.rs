@@ -79,7 +79,8 @@ async fn handle(
     let Some(served) = runtime.registry.get(&request.model) else {
         return (None, Err(ApiError::ModelNotFound(request.model)));
     };
-    let result = embed(request, &served, runtime).await;
+    let limit = runtime.settings.embeddings.request_timeout;
+    let result = super::deadline::within(limit, embed(request, &served, runtime)).await;
     (Some(served.entry.id.clone()), result)
 }
 

@@ -14,7 +14,9 @@ impl ResponseError for ApiError {
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -28,11 +30,23 @@ impl ResponseError for ApiError {
             ApiError::PayloadTooLarge { .. } => ("invalid_request_error", None, Some("payload_too_large")),
             ApiError::Overloaded { .. } => ("rate_limit_error", None, Some("rate_limit_exceeded")),
             ApiError::Unavailable(_) => ("server_error", None, Some("model_unavailable")),
+            ApiError::ShuttingDown => ("server_error", None, Some("shutting_down")),
+            ApiError::Unauthorized(_) => ("invalid_request_error", None, Some("invalid_api_key")),
+            ApiError::Timeout(_) => ("server_error", None, Some("timeout")),
             ApiError::Internal(_) => ("server_error", None, Some("internal_error")),
         };
         let mut response = HttpResponse::build(self.status_code());
-        if let ApiError::Overloaded { retry_after, .. } = self {
-            response.insert_header((header::RETRY_AFTER, retry_after.as_secs().max(1).to_string()));
+        match self {
+            ApiError::Overloaded { retry_after, .. } => {
+                response.insert_header((header::RETRY_AFTER, retry_after.as_secs().max(1).to_string()));
+            }
+            ApiError::ShuttingDown => {
+                response.insert_header((header::RETRY_AFTER, "1"));
+            }
+            ApiError::Unauthorized(_) => {
+                response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+            }
+            _ => {}
         }
         response.json(json!({
             "error": { "message": self.to_string(), "type": kind, "param": param, "code": code }

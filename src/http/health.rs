@@ -87,8 +87,14 @@ pub async fn live() -> HttpResponse {
 pub async fn ready(runtime: web::Data<Runtime>) -> HttpResponse {
     let states: Map<String, Value> =
         runtime.registry.all().into_iter().map(|(id, s)| (id, json!(s.status.state().as_str()))).collect();
-    let ready = states.values().all(|s| s == "ready");
-    let body = json!({ "status": if ready { "ready" } else { "not_ready" }, "models": states });
+    let draining = runtime.is_draining();
+    let ready = !draining && states.values().all(|s| s == "ready");
+    let status = match (draining, ready) {
+        (true, _) => "draining",
+        (false, true) => "ready",
+        (false, false) => "not_ready",
+    };
+    let body = json!({ "status": status, "models": states });
     if ready {
         HttpResponse::Ok().json(body)
     } else {

@@ -1,8 +1,11 @@
 //! The HTTP surface: one module per endpoint; handlers validate and call into the runtime.
 
+pub mod access;
+pub mod admin;
 pub mod audio;
 pub mod body;
 pub mod chat;
+pub mod deadline;
 pub mod embeddings;
 pub mod error;
 pub mod health;
@@ -38,24 +41,43 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(get("/health", web::get().to(health::health)))
         .service(get("/health/live", web::get().to(health::live)))
         .service(get("/health/ready", web::get().to(health::ready)))
-        .service(get("/metrics", web::get().to(metrics::render)));
+        .service(get("/metrics", web::get().to(metrics::render)))
+        .service(post("/admin/reload", web::post().to(admin::reload)));
 }
 
 async fn wrong_method(req: HttpRequest) -> Result<&'static str, ApiError> {
     Err(ApiError::MethodNotAllowed { method: req.method().to_string(), path: req.path().to_string() })
 }
 
-/// Binds and runs the server until it is stopped; prints the bound address.
+/// CORS for browser clients, from `CORS_ALLOW_ORIGINS` (`*` allows any origin).
+fn cors(origins: &[String]) -> actix_web::middleware::Condition<actix_cors::Cors> {
+    let mut cors = actix_cors::Cors::default().allow_any_method().allow_any_header().max_age(3600);
+    if origins.iter().any(|o| o == "*") {
+        cors = cors.allow_any_origin();
+    } else {
+        for origin in origins {
+            cors = cors.allowed_origin(origin);
+        }
+    }
+    actix_web::middleware::Condition::new(!origins.is_empty(), cors)
+}
+
+/// Binds and runs the server until a signal stops it (see [`crate::shutdown`]); prints the bound address.
 pub async fn serve(runtime: Arc<Runtime>) -> std::io::Result<()> {
     let settings = &runtime.settings;
     let data = web::Data::from(runtime.clone());
+    let origins = settings.access.cors_allow_origins.clone();
     let mut server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
+            .wrap(from_fn(access::access))
+            .wrap(cors(&origins))
             .wrap(from_fn(request_id::request_id))
             .configure(routes)
             .default_service(web::to(unknown_route))
     })
+    .disable_signals()
+    .shutdown_timeout(settings.shutdown_grace.as_secs().max(1))
     .bind(settings.bind_address())?;
     if settings.http_workers > 0 {
         server = server.workers(settings.http_workers);
@@ -64,5 +86,7 @@ pub async fn serve(runtime: Arc<Runtime>) -> std::io::Result<()> {
         tracing::info!(%addr, "listening");
         println!("sis listening on http://{addr}");
     }
-    server.run().await
+    let server = server.run();
+    actix_web::rt::spawn(crate::shutdown::watch(runtime, server.handle()));
+    server.await
 }

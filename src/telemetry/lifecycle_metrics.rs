@@ -26,6 +26,26 @@ impl Actor for LifecycleMetrics {
     type Context = Context<Self>;
 }
 
+/// The capability and executor labels of a model started after the metrics actor.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct Label {
+    /// Model id.
+    pub model: String,
+    /// Its capability.
+    pub capability: String,
+    /// Where it runs.
+    pub executor: String,
+}
+
+impl Handler<Label> for LifecycleMetrics {
+    type Result = ();
+
+    fn handle(&mut self, label: Label, _: &mut Context<Self>) {
+        self.labels.insert(label.model, (label.capability, label.executor));
+    }
+}
+
 impl Handler<LifecycleEvent> for LifecycleMetrics {
     type Result = ();
 

@@ -1,15 +1,20 @@
 //! The Prometheus metrics sis exports, with the names the seed's operators already read.
 
+use prometheus::core::Collector;
+use prometheus::proto::{MetricFamily, MetricType};
 use prometheus::{
     Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
     TextEncoder,
 };
+use std::cell::RefCell;
 
 const LATENCY_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
 /// Every metric, registered once in a private registry.
 pub struct Metrics {
     registry: Registry,
+    /// Name, help and type of every family, so families without samples yet are still listed.
+    families: Vec<(String, String, MetricType)>,
     /// `embedding_requests_total{model,status}`.
     pub embedding_requests: IntCounterVec,
     /// `embedding_request_latency_seconds{model}`.
@@ -89,19 +94,32 @@ impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> Self {
         let registry = Registry::new();
+        let families = RefCell::new(Vec::new());
+        let register = |collector: Box<dyn Collector>| {
+            for family in collector.collect() {
+                families.borrow_mut().push((
+                    family.name().to_string(),
+                    family.help().to_string(),
+                    family.get_field_type(),
+                ));
+            }
+            registry.register(collector).expect("unique metric");
+        };
+        #[cfg(target_os = "linux")]
+        register(Box::new(prometheus::process_collector::ProcessCollector::for_self()));
         let counter = |name: &str, help: &str, labels: &[&str]| {
             let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry.register(Box::new(c.clone())).expect("unique metric");
+            register(Box::new(c.clone()));
             c
         };
         let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
             let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), &["model"]).expect("valid");
-            registry.register(Box::new(h.clone())).expect("unique metric");
+            register(Box::new(h.clone()));
             h
         };
         let gauge = |name: &str, help: &str, labels: &[&str]| {
             let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry.register(Box::new(g.clone())).expect("unique metric");
+            register(Box::new(g.clone()));
             g
         };
         let latency = LATENCY_BUCKETS.to_vec();
@@ -109,15 +127,15 @@ impl Metrics {
         let sizes = vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
         let embedding_queue_rejections =
             IntCounter::new("embedding_queue_rejections_total", "Embedding requests refused with 429").expect("valid");
-        registry.register(Box::new(embedding_queue_rejections.clone())).expect("unique");
+        register(Box::new(embedding_queue_rejections.clone()));
         let warmup_ready_workers = GaugeVec::new(
             Opts::new("warmup_pool_ready_workers", "Warmed workers ready to serve"),
             &["model", "capability", "executor"],
         )
         .expect("valid");
-        registry.register(Box::new(warmup_ready_workers.clone())).expect("unique");
+        register(Box::new(warmup_ready_workers.clone()));
         let uptime = Gauge::new("process_uptime_seconds", "Seconds since the process started").expect("valid");
-        registry.register(Box::new(uptime.clone())).expect("unique");
+        register(Box::new(uptime.clone()));
         Self {
             embedding_requests: counter(
                 "embedding_requests_total",
@@ -204,7 +222,7 @@ impl Metrics {
                     &["model"],
                 )
                 .expect("valid");
-                registry.register(Box::new(c.clone())).expect("unique");
+                register(Box::new(c.clone()));
                 c
             },
             image_rejections: counter("remote_image_rejections_total", "Image inputs refused, by reason", &["reason"]),
@@ -216,16 +234,34 @@ impl Metrics {
             warmup_ready_workers,
             uptime,
             registry,
+            families: families.into_inner(),
             started: std::time::Instant::now(),
         }
     }
 
-    /// The text exposition of every metric.
+    /// The text exposition of every metric. Families with no samples yet are listed with their HELP
+    /// and TYPE, so dashboards and alerts can be checked against the full set.
     pub fn render(&self) -> String {
         self.uptime.set(self.started.elapsed().as_secs_f64());
+        let gathered: Vec<MetricFamily> = self.registry.gather();
         let mut out = Vec::new();
-        TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("text encoding cannot fail");
-        String::from_utf8(out).expect("prometheus text is utf-8")
+        TextEncoder::new().encode(&gathered, &mut out).expect("text encoding cannot fail");
+        let mut text = String::from_utf8(out).expect("prometheus text is utf-8");
+        for (name, help, kind) in &self.families {
+            if gathered.iter().any(|f| f.name() == name) {
+                continue;
+            }
+            let kind = match kind {
+                MetricType::COUNTER => "counter",
+                MetricType::GAUGE => "gauge",
+                MetricType::HISTOGRAM => "histogram",
+                MetricType::SUMMARY => "summary",
+                MetricType::UNTYPED => "untyped",
+            };
+            let help = help.replace('\\', "\\\\").replace('\n', "\\n");
+            text.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+        }
+        text
     }
 }
 
