@@ -214,3 +214,34 @@ fn metrics_pass_promtool_and_list_every_family() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn each_request_logs_one_line_with_its_model_status_and_queue_wait() {
+    let server = TestServer::builder().env("LOG_FORMAT", "json").start();
+    let r = client()
+        .post(server.url("/v1/embeddings"))
+        .header("X-Request-ID", "trace-me-42")
+        .json(&embed_body(MINILM))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let line = loop {
+        let found = server
+            .log()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|l| l["message"] == "request" && l["request_id"] == "trace-me-42");
+        match found {
+            Some(line) => break line,
+            None if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            None => panic!("no access-log line for the request; log:\n{}", server.log()),
+        }
+    };
+    assert_eq!(line["level"], "INFO");
+    assert_eq!(line["model"], MINILM);
+    assert_eq!(line["status"], 200);
+    assert_eq!(line["path"], "/v1/embeddings");
+    assert!(line["latency_ms"].as_f64().unwrap() > 0.0);
+    assert!(line["queue_wait_ms"].as_f64().unwrap() >= 0.0, "{line}");
+}

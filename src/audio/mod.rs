@@ -68,6 +68,7 @@ impl AudioModel {
             .map_err(|e| ApiError::job_failed(&self.id, e, Duration::from_secs(5)))?;
         let model = &*self.id;
         self.metrics.audio_queue_wait.with_label_values(&[model]).observe(output.queue_wait.as_secs_f64());
+        crate::telemetry::request_fields::note_queue_wait(output.queue_wait);
         self.metrics.audio_seconds.with_label_values(&[model]).inc_by(seconds);
         output.outputs.into_iter().next().ok_or_else(|| ApiError::Internal("no transcript".into()))
     }

@@ -690,4 +690,19 @@ mod tests {
         let s = build(Overrides::default(), &[("HF_HOME", "/h"), ("HF_HUB_CACHE", "/c")], "").unwrap();
         assert_eq!(s.hf_cache, PathBuf::from("/c"));
     }
+
+    #[test]
+    fn the_example_rosters_load() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/examples");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let cli = Overrides { config: Some(path.clone()), ..Default::default() };
+            let (settings, roster) = Settings::load_with(&cli, &|_| None)
+                .unwrap_or_else(|e| panic!("{} does not load: {e}", path.display()));
+            assert!(!roster.select(&settings.models).unwrap().is_empty(), "{} serves something", path.display());
+            seen += 1;
+        }
+        assert_eq!(seen, 3, "cpu, gpu and embeddings-node examples");
+    }
 }

@@ -111,6 +111,7 @@ impl EmbeddingModel {
                 .map_err(|_| ApiError::Internal("the batcher dropped the request".into()))?
                 .map_err(|e| self.job_failed(e))?;
             self.metrics.embedding_queue_wait.with_label_values(&[model]).observe(output.queue_wait.as_secs_f64());
+            crate::telemetry::request_fields::note_queue_wait(output.queue_wait);
             for (((text, at), vector), tokens) in missing.iter().zip(output.outputs).zip(token_counts) {
                 let vector: Arc<[f32]> = vector.into();
                 if let Some(cache) = &self.cache {

@@ -108,6 +108,7 @@ async fn handle(
         return (None, Err(ApiError::ModelNotFound(model_id)));
     };
     let id = served.entry.id.clone();
+    crate::telemetry::request_fields::note_model(&id);
     let Capability::Audio(model) = &served.capability else {
         return (Some(id.clone()), Err(ApiError::invalid("model", format!("Model `{id}` does not support audio"))));
     };

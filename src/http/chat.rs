@@ -84,6 +84,7 @@ async fn handle(
         return (None, Err(ApiError::ModelNotFound(request.model)));
     };
     let id = served.entry.id.clone();
+    crate::telemetry::request_fields::note_model(&id);
     let Capability::Chat(model) = &served.capability else {
         return (
             Some(id.clone()),
@@ -356,6 +357,7 @@ async fn complete(
     match run.events.recv().await {
         Some(SequenceMessage::Admitted(wait)) => {
             metrics.chat_queue_wait.with_label_values(&[model_id]).observe(wait.as_secs_f64());
+            crate::telemetry::request_fields::note_queue_wait(wait);
             metrics.chat_batch_wait.with_label_values(&[model_id]).observe(wait.as_secs_f64());
         }
         Some(SequenceMessage::Failed(e)) => return Err(model.failure(e)),

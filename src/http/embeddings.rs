@@ -79,6 +79,7 @@ async fn handle(
     let Some(served) = runtime.registry.get(&request.model) else {
         return (None, Err(ApiError::ModelNotFound(request.model)));
     };
+    crate::telemetry::request_fields::note_model(&served.entry.id);
     let limit = runtime.settings.embeddings.request_timeout;
     let result = super::deadline::within(limit, embed(request, &served, runtime)).await;
     (Some(served.entry.id.clone()), result)

@@ -34,16 +34,19 @@ pub async fn request_id(
     let method = req.method().clone();
     let path = req.path().to_string();
     let started = Instant::now();
-    let mut response = next.call(req).await?;
+    let (response, fields) = crate::telemetry::request_fields::scope(next.call(req)).await;
+    let mut response = response?;
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(X_REQUEST_ID, value);
     }
     let status = response.status().as_u16();
     let ms = started.elapsed().as_secs_f64() * 1e3;
+    let model = fields.model.unwrap_or_default();
+    let queue_ms = fields.queue_wait.map(|w| w.as_secs_f64() * 1e3);
     if path.starts_with("/health") || path == "/metrics" {
         tracing::debug!(request_id = %id, %method, %path, status, latency_ms = ms, "request");
     } else {
-        tracing::info!(request_id = %id, %method, %path, status, latency_ms = ms, "request");
+        tracing::info!(request_id = %id, %method, %path, %model, status, latency_ms = ms, queue_wait_ms = queue_ms, "request");
     }
     Ok(response)
 }

@@ -3,5 +3,6 @@
 pub mod lifecycle_metrics;
 pub mod logging;
 pub mod metrics;
+pub mod request_fields;
 
 pub use metrics::Metrics;
