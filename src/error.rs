@@ -56,6 +56,9 @@ pub enum ApiError {
     /// The server is draining before it stops (503, with `Retry-After`).
     #[error("The server is shutting down and accepts no new requests; retry on another instance")]
     ShuttingDown,
+    /// The client sent its body too slowly (408).
+    #[error("The request body was not received within {0:?}")]
+    RequestTimeout(Duration),
     /// No valid API key (401).
     #[error("{0}")]
     Unauthorized(String),

@@ -4,6 +4,8 @@
 //! capability's request path ([`embeddings`]), through the runtime's actors ([`runtime`], built on the
 //! `sis-actors` crate) to an engine ([`engines`]).
 
+#[cfg(test)]
+pub(crate) mod arbitrary;
 pub mod audio;
 pub mod bench;
 pub mod chat;
@@ -12,6 +14,7 @@ pub mod config;
 pub mod embeddings;
 pub mod engines;
 pub mod error;
+pub mod faults;
 pub mod http;
 pub mod models;
 pub mod reload;

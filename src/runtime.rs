@@ -16,6 +16,7 @@ use crate::engines::chat_spec::ChatSpec;
 use crate::engines::chat_template::ChatTemplate;
 use crate::engines::embedder::{EmbedInput, EmbedderLoader, EmbedderSpec};
 use crate::engines::whisper::{AudioJob, Transcript, WhisperLoader, WhisperSpec};
+use crate::faults::{Faults, FaultyLoader};
 use crate::models::resolve::{resolve, Resolved};
 use crate::telemetry::lifecycle_metrics::{Label, LifecycleMetrics};
 use crate::telemetry::Metrics;
@@ -209,7 +210,7 @@ impl Runtime {
                 let dimensions = spec.dimensions;
                 let model = ModelActor::start_on(
                     &threads.spawn(),
-                    Arc::new(EmbedderLoader { spec }),
+                    Arc::new(FaultyLoader::new(EmbedderLoader { spec }, Faults::of(&entry))),
                     status.clone(),
                     bus.clone(),
                     actor_config,
@@ -290,7 +291,7 @@ impl Runtime {
                 let spec = WhisperSpec::from_dir(&resolved.dir)?;
                 // AUDIO_MAX_CONCURRENT transcriptions run at once: one worker (engine and thread) each.
                 let workers = entry.max_concurrent.unwrap_or(a.max_concurrent).max(1);
-                let loader = Arc::new(WhisperLoader { spec: spec.clone() });
+                let loader = Arc::new(FaultyLoader::new(WhisperLoader { spec: spec.clone() }, Faults::of(&entry)));
                 let workers: Vec<_> = (0..workers)
                     .map(|_| {
                         let thread = threads.spawn();

@@ -46,7 +46,9 @@ fn burst(server: &TestServer, n: usize) -> BTreeMap<u16, usize> {
 #[test]
 fn a_full_queue_answers_429_and_every_request_is_answered() {
     let server = TestServer::builder().env("MAX_QUEUE_SIZE", 2).env("EMBEDDING_CACHE_SIZE", 0).start();
+    let watch = common::QueueWatch::start(&server, "embeddings", MINILM);
     let counts = burst(&server, 24);
+    assert!(watch.deepest() <= 2.0, "the queue never holds more than its bound");
     assert_eq!(counts.values().sum::<usize>(), 24, "every request answered: {counts:?}");
     assert!(counts.keys().all(|s| *s == 200 || *s == 429), "only 200 and 429: {counts:?}");
     assert!(counts.get(&429).copied().unwrap_or(0) > 0, "a queue of 2 must refuse some of 24: {counts:?}");

@@ -444,3 +444,35 @@ fn audio_max_concurrent_runs_that_many_real_workers() {
     assert_eq!(texts[0], texts[1], "both workers give the same transcript");
     assert!(wer(SHORT, &texts[0]) < 0.3, "{}", texts[0]);
 }
+
+/// A burst at several times the audio queue's capacity: every request is answered, with 200 or 429
+/// (with `Retry-After`), and the queue never holds more than its bound.
+#[test]
+fn an_audio_burst_is_answered_with_200_or_429_within_the_queue_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let wav = speak(dir.path(), "burst", SHORT);
+    let server = TestServer::builder().env("MODELS", WHISPER).env("AUDIO_MAX_QUEUE_SIZE", 2).start();
+    let watch = common::QueueWatch::start(&server, "audio", WHISPER);
+    let (server, wav) = (&server, &wav);
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                s.spawn(move || {
+                    let r = transcribe(server, wav, &[]);
+                    if r.status == 429 {
+                        assert!(r.headers.contains_key("retry-after"), "429 carries Retry-After");
+                    }
+                    r.status
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("every request answered")).collect()
+    });
+    assert_eq!(statuses.len(), 8);
+    assert!(statuses.iter().all(|s| *s == 200 || *s == 429), "{statuses:?}");
+    assert!(statuses.contains(&429) && statuses.contains(&200), "{statuses:?}");
+    assert!(watch.deepest() <= 2.0, "the queue never holds more than its bound");
+    let served =
+        common::metric(&server.metrics(), &format!("audio_requests_total{{model=\"{WHISPER}\",status=\"200\"}}"));
+    assert_eq!(served, Some(statuses.iter().filter(|s| **s == 200).count() as f64));
+}

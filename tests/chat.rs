@@ -191,6 +191,7 @@ fn overload_answers_429_and_every_request_is_answered() {
     let server =
         TestServer::builder().env("MODELS", SMOLLM).env("CHAT_MAX_QUEUE_SIZE", 2).env("CHAT_BATCH_MAX_SIZE", 1).start();
     let server = &server;
+    let watch = common::QueueWatch::start(server, "chat", SMOLLM);
     let statuses: Vec<u16> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..10)
             .map(|_| {
@@ -206,6 +207,7 @@ fn overload_answers_429_and_every_request_is_answered() {
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     assert_eq!(statuses.len(), 10);
+    assert!(watch.deepest() <= 2.0, "the queue never holds more than its bound");
     assert!(statuses.iter().all(|s| *s == 200 || *s == 429), "{statuses:?}");
     assert!(statuses.contains(&429) && statuses.contains(&200), "{statuses:?}");
     let metrics = server.metrics();

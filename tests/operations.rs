@@ -245,3 +245,45 @@ fn each_request_logs_one_line_with_its_model_status_and_queue_wait() {
     assert!(line["latency_ms"].as_f64().unwrap() > 0.0);
     assert!(line["queue_wait_ms"].as_f64().unwrap() >= 0.0, "{line}");
 }
+
+#[test]
+fn sigterm_under_load_answers_every_accepted_request() {
+    let mut server = TestServer::builder().env("SHUTDOWN_GRACE_SEC", 20).env("EMBEDDING_CACHE_SIZE", 0).start();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let outcomes: Vec<Result<u16, String>> = std::thread::scope(|s| {
+        let clients: Vec<_> = (0..12)
+            .map(|c| {
+                let (server, stop) = (&server, &stop);
+                s.spawn(move || {
+                    let mut seen = Vec::new();
+                    let mut i = 0;
+                    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        let body =
+                            json!({ "model": MINILM, "input": format!("client {c} request {i}: a sentence to embed") });
+                        // Once the server has stopped, connecting fails: those requests were never accepted.
+                        match client().post(server.url("/v1/embeddings")).json(&body).send() {
+                            Ok(r) => seen.push(Ok(r.status().as_u16())),
+                            Err(e) if e.is_connect() => break,
+                            Err(e) => seen.push(Err(e.to_string())),
+                        }
+                        i += 1;
+                    }
+                    seen
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(700));
+        // Clients send no new request from here on (new ones get 503, as the test above shows); the
+        // ones on the wire when the signal lands must still be answered.
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        server.signal("TERM");
+        clients.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    let status = server.wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "exit status {status:?}");
+    let errors: Vec<_> = outcomes.iter().filter_map(|o| o.as_ref().err()).collect();
+    assert!(errors.is_empty(), "no accepted request lost its answer: {errors:?}");
+    let statuses: Vec<u16> = outcomes.iter().filter_map(|o| o.as_ref().ok().copied()).collect();
+    assert!(statuses.iter().all(|s| *s == 200 || *s == 503), "{statuses:?}");
+    assert!(statuses.contains(&200), "served before the signal");
+}

@@ -180,3 +180,23 @@ mod tests {
         assert!(matches!(decode(long, Some("wav"), 2), Err(DecodeError::TooLong(2))));
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+        /// Random bytes, and real headers followed by garbage, are refused without a panic.
+        #[test]
+        fn any_upload_decodes_or_is_refused(
+            prefix in prop::sample::select(vec![&b""[..], b"RIFF\x24\x00\x00\x00WAVEfmt ", b"fLaC", b"OggS", b"ID3\x03\x00", b"\xff\xfb\x90"]),
+            tail in prop::collection::vec(any::<u8>(), 0..2048),
+            extension in prop::sample::select(vec![None, Some("wav"), Some("mp3"), Some("flac"), Some("ogg")]),
+        ) {
+            let bytes = [prefix, &tail[..]].concat();
+            let _ = decode(bytes, extension, 60);
+        }
+    }
+}

@@ -150,6 +150,25 @@ pub struct ModelEntry {
     /// (only honoured by builds with the `fault-injection` feature).
     #[serde(default)]
     pub fault_panic_marker: Option<String>,
+    /// Test hook: the first N loads fail (fault-injection builds only).
+    #[serde(default)]
+    pub fault_load_failures: Option<u32>,
+    /// Test hook: the first N warmups panic (fault-injection builds only).
+    #[serde(default)]
+    pub fault_warmup_panics: Option<u32>,
+    /// Test hook: the first N batches fail with an engine error (fault-injection builds only).
+    #[serde(default)]
+    pub fault_batch_errors: Option<u32>,
+}
+
+impl ModelEntry {
+    /// Whether the entry sets any test-only fault hook.
+    pub fn has_fault_hooks(&self) -> bool {
+        self.fault_panic_marker.is_some()
+            || self.fault_load_failures.is_some()
+            || self.fault_warmup_panics.is_some()
+            || self.fault_batch_errors.is_some()
+    }
 }
 
 fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<PackageSource>, D::Error> {
@@ -225,9 +244,9 @@ impl Roster {
             if entry.repo.is_none() && entry.path.is_none() {
                 return Err(ConfigError::new(format!("model {:?} needs `repo` or `path`", entry.id)));
             }
-            if entry.fault_panic_marker.is_some() && !cfg!(feature = "fault-injection") {
+            if entry.has_fault_hooks() && !cfg!(feature = "fault-injection") {
                 return Err(ConfigError::new(format!(
-                    "model {:?} sets fault_panic_marker, but this build has no fault-injection feature",
+                    "model {:?} sets a fault_* test hook, but this build has no fault-injection feature",
                     entry.id
                 )));
             }

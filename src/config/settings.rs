@@ -235,6 +235,12 @@ pub struct Settings {
     pub max_restarts: u32,
     /// HTTP worker threads (`HTTP_WORKERS`, 0 = one per core).
     pub http_workers: usize,
+    /// Longest a client may take to send its request head (`HEADER_READ_TIMEOUT_SEC`; 408 beyond).
+    #[serde(serialize_with = "as_secs")]
+    pub header_read_timeout: Duration,
+    /// Longest a client may take to send its body (`BODY_READ_TIMEOUT_SEC`; 408 beyond).
+    #[serde(serialize_with = "as_secs")]
+    pub body_read_timeout: Duration,
     /// Time to finish in-flight work after SIGTERM / SIGINT before stopping (`SHUTDOWN_GRACE_SEC`).
     #[serde(serialize_with = "as_secs")]
     pub shutdown_grace: Duration,
@@ -433,6 +439,8 @@ impl Settings {
             max_restarts: l.get("max_restarts", &["MODEL_MAX_RESTARTS"], 5)?,
             http_workers: l.get("http_workers", &["HTTP_WORKERS"], 0)?,
             shutdown_grace: l.secs("shutdown_grace_sec", &["SHUTDOWN_GRACE_SEC"], 30.0)?,
+            header_read_timeout: l.secs("header_read_timeout_sec", &["HEADER_READ_TIMEOUT_SEC"], 5.0)?,
+            body_read_timeout: l.secs("body_read_timeout_sec", &["BODY_READ_TIMEOUT_SEC"], 30.0)?,
             access: AccessSettings {
                 api_keys: api_keys(&l)?,
                 admin_api_key: l.raw("admin_api_key", &["ADMIN_API_KEY"]).map(|(_, k)| k.trim().to_string()),
@@ -582,6 +590,8 @@ const KNOWN_FILE_KEYS: &[&str] = &[
     "max_audio_bytes",
     "max_audio_seconds",
     "shutdown_grace_sec",
+    "header_read_timeout_sec",
+    "body_read_timeout_sec",
     "api_keys",
     "api_keys_file",
     "admin_api_key",

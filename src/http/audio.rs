@@ -97,7 +97,8 @@ async fn handle(
     task: Task,
 ) -> (Option<String>, Result<HttpResponse, ApiError>) {
     let settings = &runtime.settings.audio;
-    let form = match read_form(req, payload, settings.max_bytes).await {
+    let read = read_form(req, payload, settings.max_bytes);
+    let form = match super::body::within(runtime.settings.body_read_timeout, read).await {
         Ok(f) => f,
         Err(e) => return (None, Err(e)),
     };

@@ -76,10 +76,11 @@ async fn handle(
     runtime: &Runtime,
     started: Instant,
 ) -> (Option<String>, Result<HttpResponse, ApiError>) {
-    let request: ChatCompletionRequest = match read_json(req, payload, runtime.settings.max_request_bytes).await {
-        Ok(r) => r,
-        Err(e) => return (None, Err(e)),
-    };
+    let request: ChatCompletionRequest =
+        match read_json(req, payload, runtime.settings.max_request_bytes, runtime.settings.body_read_timeout).await {
+            Ok(r) => r,
+            Err(e) => return (None, Err(e)),
+        };
     let Some(served) = runtime.registry.get(&request.model) else {
         return (None, Err(ApiError::ModelNotFound(request.model)));
     };
@@ -479,4 +480,51 @@ fn sse(
             }
         }
     })
+}
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    const KEYS: &[&str] = &[
+        "model",
+        "messages",
+        "max_tokens",
+        "max_completion_tokens",
+        "temperature",
+        "top_p",
+        "seed",
+        "stop",
+        "stream",
+        "stream_options",
+        "n",
+        "response_format",
+        "presence_penalty",
+        "frequency_penalty",
+    ];
+
+    fn message() -> impl Strategy<Value = Value> {
+        crate::arbitrary::object_with(&["role", "content"])
+    }
+
+    proptest! {
+        /// Any chat body is turned into generation parameters or refused with a 4xx, never a panic,
+        /// for text models and for vision models alike.
+        #[test]
+        fn any_chat_body_is_accepted_or_refused_with_a_4xx(
+            mut body in crate::arbitrary::object_with(KEYS),
+            messages in prop::collection::vec(message(), 0..4),
+            vision in any::<bool>(),
+        ) {
+            if let Value::Object(map) = &mut body {
+                map.entry("messages").or_insert(Value::Array(messages));
+            }
+            if let Ok(request) = serde_json::from_value::<ChatCompletionRequest>(body) {
+                if let Err(e) = params(&request, "m", vision) {
+                    prop_assert!(e.status_code().is_client_error(), "{e}");
+                }
+            }
+        }
+    }
 }

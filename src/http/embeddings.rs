@@ -72,10 +72,11 @@ async fn handle(
     payload: web::Payload,
     runtime: &Runtime,
 ) -> (Option<String>, Result<HttpResponse, ApiError>) {
-    let request: EmbeddingsRequest = match read_json(req, payload, runtime.settings.max_request_bytes).await {
-        Ok(r) => r,
-        Err(e) => return (None, Err(e)),
-    };
+    let request: EmbeddingsRequest =
+        match read_json(req, payload, runtime.settings.max_request_bytes, runtime.settings.body_read_timeout).await {
+            Ok(r) => r,
+            Err(e) => return (None, Err(e)),
+        };
     let Some(served) = runtime.registry.get(&request.model) else {
         return (None, Err(ApiError::ModelNotFound(request.model)));
     };
@@ -229,5 +230,32 @@ mod tests {
         assert!(err(json!([{"x": 1}])).contains("input[0] must be a string"));
         assert!(err(json!(7)).contains("input must be a string"));
         assert!(err(json!(null)).contains("got null"));
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use actix_web::ResponseError;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever `input` holds, validation answers with texts or a client error, never a panic.
+        #[test]
+        fn any_input_is_accepted_or_refused_with_a_4xx(input in crate::arbitrary::json()) {
+            if let Err(e) = texts_of(input, 32, 20_000) {
+                prop_assert!(e.status_code().is_client_error(), "{e}");
+            }
+        }
+
+        /// Whole request bodies: either they parse into a request, or serde names what is wrong.
+        #[test]
+        fn any_body_parses_or_is_refused(body in crate::arbitrary::object_with(&["model", "input", "encoding_format", "dimensions", "user"])) {
+            if let Ok(request) = serde_json::from_value::<EmbeddingsRequest>(body) {
+                if let Err(e) = texts_of(request.input, 32, 20_000) {
+                    prop_assert!(e.status_code().is_client_error(), "{e}");
+                }
+            }
+        }
     }
 }

@@ -16,6 +16,7 @@ impl ResponseError for ApiError {
             ApiError::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) | ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -33,6 +34,7 @@ impl ResponseError for ApiError {
             ApiError::ShuttingDown => ("server_error", None, Some("shutting_down")),
             ApiError::Unauthorized(_) => ("invalid_request_error", None, Some("invalid_api_key")),
             ApiError::Timeout(_) => ("server_error", None, Some("timeout")),
+            ApiError::RequestTimeout(_) => ("invalid_request_error", None, Some("request_timeout")),
             ApiError::Internal(_) => ("server_error", None, Some("internal_error")),
         };
         let mut response = HttpResponse::build(self.status_code());

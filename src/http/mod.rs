@@ -77,6 +77,7 @@ pub async fn serve(runtime: Arc<Runtime>) -> std::io::Result<()> {
             .default_service(web::to(unknown_route))
     })
     .disable_signals()
+    .client_request_timeout(settings.header_read_timeout)
     .shutdown_timeout(settings.shutdown_grace.as_secs().max(1))
     .bind(settings.bind_address())?;
     if settings.http_workers > 0 {

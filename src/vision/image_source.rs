@@ -503,3 +503,35 @@ mod tests {
         assert_eq!(rt.block_on(p.load("../../etc/passwd", &r)).unwrap_err().reason, "local_path");
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any `image_url.url` string is loaded or refused with a reason, never a panic; nothing is
+        /// fetched (remote images are off) and no local path is read (no image folder).
+        #[test]
+        fn any_url_is_loaded_or_refused(url in prop_oneof![
+            ".{0,64}",
+            "data:[a-z/;=+]{0,24},[A-Za-z0-9+/=]{0,64}",
+            "(http|https|ftp|file)://[a-z0-9.:@/]{0,32}",
+        ]) {
+            let policy = ImagePolicy {
+                allow_remote: false,
+                host_allowlist: vec![],
+                timeout: Duration::from_millis(10),
+                max_bytes: 1 << 20,
+                mime_allowlist: vec!["image/png".into()],
+                local_dir: None,
+                max_redirects: 1,
+                address_filter: is_public,
+            };
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            if let Err(rejection) = runtime.block_on(policy.load(&url, &SystemResolver)) {
+                prop_assert!(!rejection.reason.is_empty());
+            }
+        }
+    }
+}

@@ -231,3 +231,22 @@ mod prepare_tests {
         assert!(err.contains("pixels") || err.contains("cannot"), "{err}");
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+        /// Random bytes behind every accepted signature are refused without a panic.
+        #[test]
+        fn any_image_bytes_prepare_or_are_refused(
+            prefix in prop::sample::select(vec![&b"\x89PNG\r\n\x1a\n"[..], b"\xff\xd8\xff", b"GIF89a", b"RIFF\x00\x00\x00\x00WEBPVP8 "]),
+            tail in prop::collection::vec(any::<u8>(), 0..1024),
+        ) {
+            let config = ProcessorConfig::from_json(&serde_json::json!({}));
+            let _ = config.prepare(&[prefix, &tail[..]].concat());
+        }
+    }
+}

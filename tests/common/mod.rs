@@ -31,6 +31,8 @@ pub struct TestServer {
 pub struct ServerBuilder {
     env: Vec<(String, String)>,
     roster: Option<String>,
+    /// Return once the server answers `/health/live`, not waiting for its models to be ready.
+    live_only: bool,
 }
 
 impl ServerBuilder {
@@ -43,6 +45,12 @@ impl ServerBuilder {
     /// Serves this roster text instead of `config/models.toml`.
     pub fn roster(mut self, toml: &str) -> Self {
         self.roster = Some(toml.to_string());
+        self
+    }
+
+    /// Returns as soon as the server is up, without waiting for its models (for models that fail).
+    pub fn live_only(mut self) -> Self {
+        self.live_only = true;
         self
     }
 
@@ -74,7 +82,8 @@ impl ServerBuilder {
         }
         let child = command.spawn().expect("spawn sis");
         let server = TestServer { child, base: format!("http://127.0.0.1:{port}"), log, _dir: dir };
-        server.wait_ready(Duration::from_secs(180));
+        let probe = if self.live_only { "/health/live" } else { "/health/ready" };
+        server.wait_for(probe, Duration::from_secs(180));
         server
     }
 }
@@ -129,11 +138,11 @@ impl TestServer {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    fn wait_ready(&self, limit: Duration) {
+    fn wait_for(&self, probe: &str, limit: Duration) {
         let client = client();
         let started = Instant::now();
         loop {
-            if let Ok(r) = client.get(self.url("/health/ready")).send() {
+            if let Ok(r) = client.get(self.url(probe)).send() {
                 if r.status().is_success() {
                     return;
                 }
@@ -300,4 +309,41 @@ pub fn parse_prometheus(text: &str) -> Vec<(String, f64)> {
 /// The value of one exact series, if exported.
 pub fn metric(text: &str, series: &str) -> Option<f64> {
     parse_prometheus(text).into_iter().find(|(s, _)| s == series).map(|(_, v)| v)
+}
+
+/// Watches `model_queue_depth` of one model on `/metrics` while a burst runs, to prove the queue never
+/// grows past its bound.
+pub struct QueueWatch {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: std::thread::JoinHandle<f64>,
+}
+
+impl QueueWatch {
+    /// Starts polling the depth of `model` (`capability` as in the metric's label).
+    pub fn start(server: &TestServer, capability: &str, model: &str) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (url, series) =
+            (server.url("/metrics"), format!("model_queue_depth{{capability=\"{capability}\",model=\"{model}\"}}"));
+        let flag = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let client = client();
+            let mut max = 0f64;
+            while !flag.load(std::sync::atomic::Ordering::SeqCst) {
+                if let Ok(r) = client.get(&url).send() {
+                    if let Some(depth) = metric(&r.text().unwrap_or_default(), &series) {
+                        max = max.max(depth);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            max
+        });
+        Self { stop, handle }
+    }
+
+    /// Stops watching; returns the deepest queue seen.
+    pub fn deepest(self) -> f64 {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.handle.join().expect("watcher")
+    }
 }
