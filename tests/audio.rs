@@ -476,3 +476,23 @@ fn an_audio_burst_is_answered_with_200_or_429_within_the_queue_bound() {
         common::metric(&server.metrics(), &format!("audio_requests_total{{model=\"{WHISPER}\",status=\"200\"}}"));
     assert_eq!(served, Some(statuses.iter().filter(|s| **s == 200).count() as f64));
 }
+
+/// A decompression bomb: two hours of silence compress to a small FLAC, but decoding stops at
+/// `MAX_AUDIO_SECONDS` and the upload is refused quickly, with the server healthy afterwards.
+#[test]
+fn an_audio_decompression_bomb_is_refused_quickly() {
+    let dir = tempfile::tempdir().unwrap();
+    let bomb = dir.path().join("silence.flac");
+    run(Command::new("sox")
+        .args(["-D", "-n", "-r", "16000", "-c", "1", "-b", "16"])
+        .arg(&bomb)
+        .args(["trim", "0", "7200"]));
+    let size = std::fs::metadata(&bomb).unwrap().len();
+    assert!(size < 1_000_000, "the bomb is small on the wire: {size} bytes");
+    let server = TestServer::builder().env("MODELS", WHISPER).env("MAX_AUDIO_SECONDS", 60).start();
+    let started = std::time::Instant::now();
+    let r = transcribe(&server, &bomb, &[]);
+    assert!(r.expect_error(400).contains("60"), "{}", r.text);
+    assert!(started.elapsed() < std::time::Duration::from_secs(10), "refused in {:?}", started.elapsed());
+    assert_eq!(server.get("/health/ready").status, 200);
+}

@@ -144,6 +144,11 @@ fn refused_images_are_400_with_their_reason_and_counted() {
     refused("data:image/png;base64,@@@not base64@@@", "bad_data_uri");
     refused("data:image/png,rawbytes", "bad_data_uri");
     refused(&data_uri("image/png", b"just some text, not an image"), "bad_mime");
+    // A decompression bomb: a tiny PNG whose header announces 100 000 × 100 000 pixels.
+    let mut bomb = small_png.clone();
+    bomb[16..20].copy_from_slice(&100_000u32.to_be_bytes());
+    bomb[20..24].copy_from_slice(&100_000u32.to_be_bytes());
+    refused(&data_uri("image/png", &bomb), "bad_image");
     // A PNG signature in front of garbage passes sniffing but cannot be decoded.
     refused(&data_uri("image/png", &[&small_png[..16], &[0u8; 64][..]].concat()), "bad_image");
     // Noise does not compress: 64×64 random pixels are far over the 4000-byte limit.

@@ -6,6 +6,7 @@ pub mod chat;
 pub mod corpus;
 pub mod embeddings;
 pub mod report;
+pub mod soak;
 
 use clap::Subcommand;
 
@@ -18,6 +19,8 @@ pub enum BenchCommand {
     Chat(chat::ChatBench),
     /// POST /v1/audio/transcriptions with one file.
     Audio(audio::AudioBench),
+    /// Minutes of overload, printing the server's resident memory over time.
+    Soak(soak::SoakBench),
 }
 
 /// A progress bar over `n` requests, hidden when the report goes out as JSON.
@@ -51,5 +54,6 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Embeddings(args) => runtime.block_on(embeddings::run(args)),
         BenchCommand::Chat(args) => runtime.block_on(chat::run(args)),
         BenchCommand::Audio(args) => runtime.block_on(audio::run(args)),
+        BenchCommand::Soak(args) => runtime.block_on(soak::run(args)),
     }
 }
