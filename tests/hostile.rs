@@ -127,6 +127,10 @@ fn malformed_json_utf8_and_multipart_get_400() {
     post("/v1/audio/transcriptions", "multipart/form-data; boundary=ABC", broken.clone()).expect_error(400);
     post("/v1/audio/transcriptions", "multipart/form-data", broken).expect_error(400);
     post("/v1/audio/transcriptions", "application/json", b"{}".to_vec()).expect_error(400);
+    // A form whose body ends inside the file field: refused at once as malformed, not left waiting.
+    let cut =
+        b"--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n\r\nRIFF....\r\n--B-".to_vec();
+    post("/v1/audio/transcriptions", "multipart/form-data; boundary=B", cut).expect_error(400);
     healthy(&server);
 }
 

@@ -3,7 +3,7 @@
 use actix_multipart::Multipart;
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
-use futures_util::TryStreamExt;
+use futures_util::{FutureExt, TryStreamExt};
 use std::time::Instant;
 
 use crate::audio::decode::decode;
@@ -49,14 +49,42 @@ struct Form {
 }
 
 /// Reads the multipart form, holding at most `max_bytes` of audio (413 beyond, before reading more).
-async fn read_form(req: &HttpRequest, payload: web::Payload, max_bytes: usize) -> Result<Form, ApiError> {
+///
+/// The body is read whole first (it is bounded), then parsed from memory in one pass: with every byte
+/// at hand the parse cannot legitimately wait, so a form that stops inside a field (where the multipart
+/// parser would wait for bytes that never come) is refused as malformed instead of hanging.
+async fn read_form(req: &HttpRequest, mut payload: web::Payload, max_bytes: usize) -> Result<Form, ApiError> {
+    let limit = max_bytes + FORM_OVERHEAD_BYTES;
     let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
-    if declared.is_some_and(|len| len > max_bytes + MAX_FIELD_BYTES) {
+    if declared.is_some_and(|len| len > limit) {
         return Err(ApiError::PayloadTooLarge { limit: max_bytes });
     }
+    let mut body = web::BytesMut::with_capacity(declared.unwrap_or(64 * 1024).min(limit));
+    while let Some(chunk) =
+        payload.try_next().await.map_err(|e| ApiError::bad_request(format!("Could not read the request body: {e}")))?
+    {
+        if body.len() + chunk.len() > limit {
+            return Err(ApiError::PayloadTooLarge { limit: max_bytes });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let stream = futures_util::stream::iter([Ok::<_, actix_web::error::PayloadError>(body.freeze())]);
+    parse_form(req.headers(), stream, max_bytes)
+        .now_or_never()
+        .unwrap_or_else(|| Err(ApiError::bad_request("Malformed multipart form: the body ends inside a field")))
+}
+
+/// Room for the form's text fields and part headers beside the audio file.
+const FORM_OVERHEAD_BYTES: usize = 8 * MAX_FIELD_BYTES;
+
+async fn parse_form(
+    headers: &header::HeaderMap,
+    stream: impl futures_util::Stream<Item = Result<web::Bytes, actix_web::error::PayloadError>> + 'static,
+    max_bytes: usize,
+) -> Result<Form, ApiError> {
     let malformed =
         |e: actix_multipart::MultipartError| ApiError::bad_request(format!("Malformed multipart form: {e}"));
-    let mut multipart = Multipart::new(req.headers(), payload);
+    let mut multipart = Multipart::new(headers, stream);
     let mut form = Form::default();
     while let Some(mut field) = multipart.try_next().await.map_err(malformed)? {
         let name = field.name().unwrap_or_default().to_string();
@@ -192,4 +220,59 @@ async fn handle(
     };
     let result = super::deadline::within(limit, work).await;
     (Some(id), result)
+}
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use actix_web::test::TestRequest;
+    use actix_web::FromRequest;
+    use proptest::prelude::*;
+
+    /// A well-formed form (a file and a model field) that the strategy then damages.
+    fn form(boundary: &str, name: &str, value: &[u8]) -> Vec<u8> {
+        let mut body = format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nwhisper\r\n\
+             --{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"a.wav\"\r\n\
+             Content-Type: audio/wav\r\n\r\n"
+        )
+        .into_bytes();
+        body.extend_from_slice(value);
+        body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+        body
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+        /// Forms cut short, with bytes flipped or spliced in, with odd names or boundaries: read or
+        /// refused with a 4xx, never a panic or a hang.
+        #[test]
+        fn any_multipart_body_is_read_or_refused_with_a_4xx(
+            boundary in "[A-Za-z0-9-]{1,20}",
+            header_boundary in prop_oneof![Just(None), "[A-Za-z0-9-]{0,20}".prop_map(Some)],
+            name in prop_oneof![Just("file".to_string()), ".{0,12}"],
+            value in prop::collection::vec(any::<u8>(), 0..256),
+            cut in any::<prop::sample::Index>(),
+            noise in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..8),
+        ) {
+            let mut body = form(&boundary, &name, &value);
+            for (at, byte) in noise {
+                let i = at.index(body.len());
+                body[i] = byte;
+            }
+            body.truncate(cut.index(body.len() + 1));
+            let content_type = format!("multipart/form-data; boundary={}", header_boundary.unwrap_or(boundary));
+            let (req, mut payload) =
+                TestRequest::post().insert_header(("content-type", content_type)).set_payload(body).to_http_parts();
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            let result = runtime.block_on(tokio::task::LocalSet::new().run_until(async {
+                let payload = web::Payload::from_request(&req, &mut payload).await.expect("payload");
+                tokio::time::timeout(std::time::Duration::from_secs(5), read_form(&req, payload, 1024)).await
+            }));
+            let result = result.expect("the form is read or refused without hanging");
+            if let Err(e) = result {
+                prop_assert!(e.status_code().is_client_error(), "{e}");
+            }
+        }
+    }
 }
