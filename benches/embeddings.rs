@@ -1,31 +1,27 @@
-//! The embedding engine alone (no HTTP, no actors): all-MiniLM-L6-v2 at batch sizes 1, 8 and 32
-//! over sentences of the benchmark corpus. Run `cargo bench --bench embeddings` after
-//! `sis models pull` (the model must be in the Hugging Face cache).
+//! The embedding engine alone (no HTTP, no actors), all-MiniLM-L6-v2:
+//! - `minilm_engine/B`: corpus sentences (27 word pieces on average) at batch 1, 8, 32 and 128;
+//! - `minilm_tokens/T`: batches of 8 sequences of exactly T tokens (16, 64, 256), to see cost per token.
+//!
+//! Run `cargo bench --bench embeddings` after `sis models pull`.
+
+mod support;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use sis::bench::corpus;
-use sis::config::{Overrides, Settings};
 use sis::engines::embedder::{EmbedderLoader, EmbedderSpec};
-use sis::models::resolve;
 use sis_actors::EngineLoader;
 
 fn engine_batches(c: &mut Criterion) {
-    let overrides = Overrides {
-        config: Some(concat!(env!("CARGO_MANIFEST_DIR"), "/config/models.toml").into()),
-        ..Default::default()
-    };
-    let (settings, roster) = Settings::load(&overrides).expect("roster");
-    let entry = roster.select(&["all-MiniLM-L6-v2".into()]).expect("entry").remove(0);
-    let found = resolve(&entry, &settings.hf_cache, false).expect("run `sis models pull` first");
-    let spec = EmbedderSpec::from_dir(&found.dir, &entry, "cpu").expect("spec");
+    let (entry, dir) = support::model("all-MiniLM-L6-v2");
+    let spec = EmbedderSpec::from_dir(&dir, &entry, "cpu").expect("spec");
     let tokenizer = spec.tokenizer().expect("tokenizer");
     let mut engine = EmbedderLoader { spec }.load().expect("engine");
-    let sentences = corpus::sentences(256, 7);
+    let sentences = corpus::sentences(512, 7);
     let ids: Vec<Vec<u32>> = sentences.iter().map(|s| tokenizer.encode(s).expect("tokenize")).collect();
 
     let mut group = c.benchmark_group("minilm_engine");
-    group.sample_size(20);
-    for batch in [1usize, 8, 32] {
+    group.sample_size(10);
+    for batch in [1usize, 8, 32, 128] {
         group.throughput(Throughput::Elements(batch as u64));
         let mut offset = 0;
         group.bench_with_input(BenchmarkId::from_parameter(batch), &batch, |b, &batch| {
@@ -34,6 +30,19 @@ fn engine_batches(c: &mut Criterion) {
                 offset = (offset + batch) % ids.len();
                 engine.embed(&seqs).expect("embed")
             })
+        });
+    }
+    group.finish();
+
+    let mut group = c.benchmark_group("minilm_tokens");
+    group.sample_size(10);
+    for tokens in [16usize, 64, 256] {
+        let seqs: Vec<Vec<u32>> =
+            (0..8).map(|s| (0..tokens).map(|t| 1000 + ((s * 31 + t * 7) % 20000) as u32).collect()).collect();
+        group.throughput(Throughput::Elements((8 * tokens) as u64));
+        group.bench_with_input(BenchmarkId::from_parameter(tokens), &tokens, |b, _| {
+            let refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
+            b.iter(|| engine.embed(&refs).expect("embed"))
         });
     }
     group.finish();

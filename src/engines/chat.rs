@@ -330,6 +330,7 @@ impl StepEngine for ChatEngine {
             if ids.contains(id) {
                 let logits = seq.prefilled == seq.request.prompt.len();
                 let mut input = StepInput::text(&mut seq.cache, &seq.next, logits);
+                input.prompt = seq.chunk_start.is_some();
                 if let (Some(visual), Some(start)) = (&seq.visual, seq.chunk_start) {
                     let end = start + seq.next.len();
                     input.positions = Some(&visual.positions[start..end]);
@@ -412,7 +413,7 @@ impl StepEngine for ChatEngine {
         let prompts: Vec<Vec<u32>> =
             (0..batch_size).map(|i| (0..8 + i as u32).map(|t| (100 + t * 31) % vocab).collect()).collect();
         let mut inputs: Vec<StepInput<'_>> =
-            caches.iter_mut().zip(&prompts).map(|(cache, p)| StepInput::text(cache, p, true)).collect();
+            caches.iter_mut().zip(&prompts).map(|(cache, p)| StepInput::text(cache, p, true).prompt()).collect();
         self.model.step(&mut inputs).map_err(EngineError::new)?;
         let one = [100u32];
         for _ in 0..steps {

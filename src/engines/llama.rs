@@ -168,21 +168,91 @@ fn check_head_dim(head_dim: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Dense copies are kept only for models whose linear weights fit in this many bytes as f32.
+const DENSE_BUDGET_BYTES: usize = 1 << 30;
+
+/// A linear layer's weight: quantized for decode rows, which are memory-bound, plus, for small models,
+/// an f32 copy for prompt rows, where a dense GEMM runs several times faster than quantized dot
+/// products. The path depends on what a row is (prompt or decode), never on the other rows of the
+/// step, so a sequence's output does not depend on its company.
+struct Weight {
+    quantized: QMatMul,
+    dense: Option<Tensor>,
+}
+
+/// Which rows of a packed step are prompt rows, and how to put the two groups back in order.
+struct RowSplit {
+    decode: Tensor,
+    prompt: Tensor,
+    /// Position of each packed row in `[decode rows…, prompt rows…]`.
+    inverse: Tensor,
+    all_prompt: bool,
+    any_prompt: bool,
+}
+
+impl RowSplit {
+    fn new(inputs: &[StepInput<'_>]) -> Result<Self> {
+        let (mut decode, mut prompt) = (Vec::new(), Vec::new());
+        let mut row = 0u32;
+        for input in inputs {
+            for _ in input.tokens {
+                if input.prompt {
+                    prompt.push(row)
+                } else {
+                    decode.push(row)
+                }
+                row += 1;
+            }
+        }
+        let mut inverse = vec![0u32; row as usize];
+        for (at, &r) in decode.iter().chain(&prompt).enumerate() {
+            inverse[r as usize] = at as u32;
+        }
+        let (all_prompt, any_prompt) = (decode.is_empty(), !prompt.is_empty());
+        let (d, p, n) = (decode.len(), prompt.len(), inverse.len());
+        Ok(Self {
+            decode: Tensor::from_vec(decode, d, &Device::Cpu)?,
+            prompt: Tensor::from_vec(prompt, p, &Device::Cpu)?,
+            inverse: Tensor::from_vec(inverse, n, &Device::Cpu)?,
+            all_prompt,
+            any_prompt,
+        })
+    }
+}
+
+impl Weight {
+    fn new(quantized: QMatMul) -> Self {
+        Self { quantized, dense: None }
+    }
+
+    fn forward(&self, x: &Tensor, rows: &RowSplit) -> Result<Tensor> {
+        let Some(w) = self.dense.as_ref().filter(|_| rows.any_prompt) else {
+            return self.quantized.forward(x);
+        };
+        if rows.all_prompt {
+            return x.matmul(&w.t()?);
+        }
+        let decode = self.quantized.forward(&x.index_select(&rows.decode, 0)?)?;
+        let prompt = x.index_select(&rows.prompt, 0)?.matmul(&w.t()?)?;
+        Tensor::cat(&[decode, prompt], 0)?.index_select(&rows.inverse, 0)
+    }
+}
+
 struct Block {
     attn_norm: Tensor,
-    q: QMatMul,
-    k: QMatMul,
-    v: QMatMul,
+    q: Weight,
+    k: Weight,
+    v: Weight,
     q_bias: Option<Tensor>,
     k_bias: Option<Tensor>,
     v_bias: Option<Tensor>,
     q_norm: Option<Tensor>,
     k_norm: Option<Tensor>,
-    o: QMatMul,
+    o: Weight,
     ffn_norm: Tensor,
-    gate: QMatMul,
-    up: QMatMul,
-    down: QMatMul,
+    gate: Weight,
+    up: Weight,
+    down: Weight,
 }
 
 /// The KV cache of one sequence: per layer, keys and values of every position so far.
@@ -221,12 +291,21 @@ pub struct StepInput<'a> {
     pub positions: Option<&'a [[u32; 3]]>,
     /// Image features for some of the new tokens.
     pub visual: Option<StepVisual>,
+    /// Whether the tokens are prompt tokens (run through the dense weights when the model keeps
+    /// them) rather than generated ones.
+    pub prompt: bool,
 }
 
 impl<'a> StepInput<'a> {
     /// Text tokens at the cache's next positions.
     pub fn text(cache: &'a mut KvCache, tokens: &'a [u32], logits: bool) -> Self {
-        Self { cache, tokens, logits, positions: None, visual: None }
+        Self { cache, tokens, logits, positions: None, visual: None, prompt: false }
+    }
+
+    /// Marks the tokens as prompt tokens.
+    pub fn prompt(mut self) -> Self {
+        self.prompt = true;
+        self
     }
 }
 
@@ -268,10 +347,19 @@ impl Llama {
             if content.tensor_infos.contains_key("output.weight") { "output.weight" } else { "token_embd.weight" };
         let output = QMatMul::from_qtensor(read(&content, file, output_name)?)?;
         let norm = read(&content, file, "output_norm.weight")?.dequantize(&device)?;
+        let linear_bytes: usize = content
+            .tensor_infos
+            .iter()
+            .filter(|(name, info)| name.starts_with("blk.") && info.shape.dims().len() == 2)
+            .map(|(_, info)| info.shape.elem_count() * 4)
+            .sum();
+        let keep_dense = linear_bytes <= DENSE_BUDGET_BYTES;
         let mut blocks = Vec::with_capacity(config.layers);
         for i in 0..config.layers {
-            let mut q = |s: &str| -> anyhow::Result<QMatMul> {
-                Ok(QMatMul::from_qtensor(read(&content, file, &format!("blk.{i}.{s}"))?)?)
+            let mut q = |s: &str| -> anyhow::Result<Weight> {
+                let tensor = read(&content, file, &format!("blk.{i}.{s}"))?;
+                let dense = if keep_dense { Some(tensor.dequantize(&device)?) } else { None };
+                Ok(Weight { quantized: QMatMul::from_qtensor(tensor)?, dense })
             };
             let (q_proj, k_proj, v_proj, o) =
                 (q("attn_q.weight")?, q("attn_k.weight")?, q("attn_v.weight")?, q("attn_output.weight")?);
@@ -324,7 +412,7 @@ impl Llama {
         };
         let (h, c) = (config.hidden, &config);
         let (q_width, kv_width) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
-        let dense = |t: Tensor| QMatMul::Tensor(t);
+        let dense = |t: Tensor| Weight::new(QMatMul::Tensor(t));
         let embeddings = vb.get((c.vocab, h), "embed_tokens.weight")?;
         let root = vb.clone();
         let mut blocks = Vec::with_capacity(c.layers);
@@ -355,8 +443,8 @@ impl Llama {
         let output = match unsafe {
             candle_nn::VarBuilder::from_mmaped_safetensors(&files, candle_core::DType::F32, &device)?
         } {
-            top if top.contains_tensor("lm_head.weight") => dense(top.get((c.vocab, h), "lm_head.weight")?),
-            _ => dense(embeddings.clone()),
+            top if top.contains_tensor("lm_head.weight") => QMatMul::Tensor(top.get((c.vocab, h), "lm_head.weight")?),
+            _ => QMatMul::Tensor(embeddings.clone()),
         };
         Ok(Self::assemble(config, embeddings, blocks, norm, output))
     }
@@ -407,6 +495,7 @@ impl Llama {
         let ids_t = Tensor::from_vec(ids, total, &Device::Cpu)?;
         let mut x = self.embeddings.index_select(&ids_t, 0)?;
         let visual = self.gather_visual(inputs)?;
+        let rows = RowSplit::new(inputs)?;
         if let Some((rows, embeds, _)) = &visual {
             x = x.index_add(rows, &(embeds - x.index_select(rows, 0)?)?, 0)?;
         }
@@ -417,9 +506,9 @@ impl Llama {
                 Some(b) => t.broadcast_add(b),
                 None => Ok(t),
             };
-            let mut q = with_bias(block.q.forward(&h)?, &block.q_bias)?;
-            let mut k = with_bias(block.k.forward(&h)?, &block.k_bias)?;
-            let v = with_bias(block.v.forward(&h)?, &block.v_bias)?;
+            let mut q = with_bias(block.q.forward(&h, &rows)?, &block.q_bias)?;
+            let mut k = with_bias(block.k.forward(&h, &rows)?, &block.k_bias)?;
+            let v = with_bias(block.v.forward(&h, &rows)?, &block.v_bias)?;
             if let (Some(qn), Some(kn)) = (&block.q_norm, &block.k_norm) {
                 q = candle_nn::ops::rms_norm(&q.reshape((total * c.heads, c.head_dim))?, qn, c.eps as f32)?
                     .reshape((total, q_width))?;
@@ -447,10 +536,10 @@ impl Llama {
             }
             let attn = self.attention(inputs, &starts, layer, &q)?;
             let attn = Tensor::from_vec(attn, (total, q_width), &Device::Cpu)?;
-            x = (x + block.o.forward(&attn)?)?;
+            x = (x + block.o.forward(&attn, &rows)?)?;
             let h = candle_nn::ops::rms_norm(&x, &block.ffn_norm, c.eps as f32)?;
-            let gated = (candle_nn::ops::silu(&block.gate.forward(&h)?)? * block.up.forward(&h)?)?;
-            x = (x + block.down.forward(&gated)?)?;
+            let gated = (candle_nn::ops::silu(&block.gate.forward(&h, &rows)?)? * block.up.forward(&h, &rows)?)?;
+            x = (x + block.down.forward(&gated, &rows)?)?;
             if let Some((rows, _, deepstack)) = &visual {
                 if let Some(features) = deepstack.get(layer) {
                     x = x.index_add(rows, features, 0)?;
@@ -562,8 +651,7 @@ impl Llama {
                         let kh = &keys[j * kv_width + kvh * d..][..d];
                         // f64 accumulation: the top logits of small 4-bit models can sit within
                         // activation-quantization noise of each other, so keep this part exact.
-                        let dot: f64 = qh.iter().zip(kh).map(|(a, b)| *a as f64 * *b as f64).sum();
-                        *s = (dot * scale as f64) as f32;
+                        *s = (dot_f64(qh, kh) * scale as f64) as f32;
                         max = max.max(*s);
                     }
                     let mut sum = 0f32;
@@ -584,6 +672,22 @@ impl Llama {
         });
         Ok(out)
     }
+}
+
+/// A dot product accumulated in f64, in eight independent lanes so that it vectorizes (a single
+/// running sum cannot be reordered by the compiler).
+#[inline]
+fn dot_f64(a: &[f32], b: &[f32]) -> f64 {
+    let mut lanes = [0f64; 8];
+    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ta, tb) = (a8.remainder(), b8.remainder());
+    for (x, y) in a8.zip(b8) {
+        for l in 0..8 {
+            lanes[l] += x[l] as f64 * y[l] as f64;
+        }
+    }
+    let tail: f64 = ta.iter().zip(tb).map(|(x, y)| *x as f64 * *y as f64).sum();
+    lanes.iter().sum::<f64>() + tail
 }
 
 /// The safetensors files of a checkpoint folder, sorted.

@@ -1,0 +1,79 @@
+//! The chat model alone (no HTTP, no actors), SmolLM2-135M-Instruct Q4_1 through the packed step:
+//! - `smollm_prefill/B`: B sequences each prefilling a 128-token prompt in one step;
+//! - `smollm_decode/B`: one decode token for each of B sequences that hold 64 tokens of context.
+//!
+//! Throughput is in tokens. Run `cargo bench --bench chat` after `sis models pull`.
+
+mod support;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use sis::engines::llama::{Llama, StepInput};
+use std::time::{Duration, Instant};
+
+fn prompt(seed: usize, len: usize, vocab: usize) -> Vec<u32> {
+    (0..len).map(|t| (100 + (seed * 131 + t * 17) % (vocab - 200)) as u32).collect()
+}
+
+fn chat_steps(c: &mut Criterion) {
+    let (entry, dir) = support::model("SmolLM2-135M-Instruct");
+    let path = dir.join(entry.file.as_deref().expect("a GGUF file"));
+    let (model, _) = Llama::from_gguf(&path).expect("model");
+    let vocab = model.config.vocab;
+
+    let mut group = c.benchmark_group("smollm_prefill");
+    group.sample_size(10);
+    for batch in [1usize, 4, 8] {
+        let prompts: Vec<Vec<u32>> = (0..batch).map(|s| prompt(s, 128, vocab)).collect();
+        group.throughput(Throughput::Elements((batch * 128) as u64));
+        group.bench_with_input(BenchmarkId::from_parameter(batch), &batch, |b, _| {
+            b.iter(|| {
+                let mut caches: Vec<_> = prompts.iter().map(|_| model.new_cache()).collect();
+                let mut inputs: Vec<StepInput<'_>> = caches
+                    .iter_mut()
+                    .zip(&prompts)
+                    .map(|(cache, p)| StepInput::text(cache, p, true).prompt())
+                    .collect();
+                model.step(&mut inputs).expect("prefill")
+            })
+        });
+    }
+    group.finish();
+
+    let mut group = c.benchmark_group("smollm_decode");
+    group.sample_size(10);
+    for batch in [1usize, 4, 8] {
+        let prompts: Vec<Vec<u32>> = (0..batch).map(|s| prompt(s, 64, vocab)).collect();
+        group.throughput(Throughput::Elements(batch as u64));
+        group.bench_with_input(BenchmarkId::from_parameter(batch), &batch, |b, _| {
+            // Caches are refilled every 32 steps (untimed), so the context stays between 64 and 96.
+            b.iter_custom(|iters| {
+                let mut timed = Duration::ZERO;
+                let mut done = 0;
+                while done < iters {
+                    let mut caches: Vec<_> = prompts.iter().map(|_| model.new_cache()).collect();
+                    let mut inputs: Vec<StepInput<'_>> = caches
+                        .iter_mut()
+                        .zip(&prompts)
+                        .map(|(cache, p)| StepInput::text(cache, p, true).prompt())
+                        .collect();
+                    model.step(&mut inputs).expect("prefill");
+                    drop(inputs);
+                    let token = [500u32];
+                    for _ in 0..32.min(iters - done) {
+                        let mut inputs: Vec<StepInput<'_>> =
+                            caches.iter_mut().map(|cache| StepInput::text(cache, &token, true)).collect();
+                        let started = Instant::now();
+                        model.step(&mut inputs).expect("decode");
+                        timed += started.elapsed();
+                        done += 1;
+                    }
+                }
+                timed
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, chat_steps);
+criterion_main!(benches);
