@@ -7,11 +7,21 @@
 mod support;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use sis::engines::llama::{Llama, StepInput};
+use sis::engines::llama::{KvCache, Llama, StepInput};
 use std::time::{Duration, Instant};
 
 fn prompt(seed: usize, len: usize, vocab: usize) -> Vec<u32> {
     (0..len).map(|t| (100 + (seed * 131 + t * 17) % (vocab - 200)) as u32).collect()
+}
+
+/// Fresh caches holding the prompts, prefilled in one packed step.
+fn prefill(model: &Llama, prompts: &[Vec<u32>]) -> Vec<KvCache> {
+    let mut caches: Vec<KvCache> = prompts.iter().map(|_| model.new_cache()).collect();
+    let mut inputs: Vec<StepInput<'_>> =
+        caches.iter_mut().zip(prompts).map(|(cache, p)| StepInput::text(cache, p, true).prompt()).collect();
+    model.step(&mut inputs).expect("prefill");
+    drop(inputs);
+    caches
 }
 
 fn chat_steps(c: &mut Criterion) {
@@ -25,17 +35,7 @@ fn chat_steps(c: &mut Criterion) {
     for batch in [1usize, 4, 8] {
         let prompts: Vec<Vec<u32>> = (0..batch).map(|s| prompt(s, 128, vocab)).collect();
         group.throughput(Throughput::Elements((batch * 128) as u64));
-        group.bench_with_input(BenchmarkId::from_parameter(batch), &batch, |b, _| {
-            b.iter(|| {
-                let mut caches: Vec<_> = prompts.iter().map(|_| model.new_cache()).collect();
-                let mut inputs: Vec<StepInput<'_>> = caches
-                    .iter_mut()
-                    .zip(&prompts)
-                    .map(|(cache, p)| StepInput::text(cache, p, true).prompt())
-                    .collect();
-                model.step(&mut inputs).expect("prefill")
-            })
-        });
+        group.bench_with_input(BenchmarkId::from_parameter(batch), &batch, |b, _| b.iter(|| prefill(&model, &prompts)));
     }
     group.finish();
 
@@ -50,14 +50,7 @@ fn chat_steps(c: &mut Criterion) {
                 let mut timed = Duration::ZERO;
                 let mut done = 0;
                 while done < iters {
-                    let mut caches: Vec<_> = prompts.iter().map(|_| model.new_cache()).collect();
-                    let mut inputs: Vec<StepInput<'_>> = caches
-                        .iter_mut()
-                        .zip(&prompts)
-                        .map(|(cache, p)| StepInput::text(cache, p, true).prompt())
-                        .collect();
-                    model.step(&mut inputs).expect("prefill");
-                    drop(inputs);
+                    let mut caches = prefill(&model, &prompts);
                     let token = [500u32];
                     for _ in 0..32.min(iters - done) {
                         let mut inputs: Vec<StepInput<'_>> =
