@@ -477,7 +477,7 @@ impl WhisperEngine {
         let mut padded = job.samples.clone();
         padded.extend(std::iter::repeat_n(0.0, cw::N_SAMPLES));
         let mels = self.config.num_mel_bins;
-        let mel = cw::audio::pcm_to_mel(&self.config, &padded, &self.filters);
+        let mel = mel::log_mel_spectrogram(&padded, &self.filters, mels)?;
         let frames = mel.len() / mels;
         let mel = Tensor::from_vec(mel, (1, mels, frames), &Device::Cpu)?;
         let mut rng = StdRng::seed_from_u64(0);
