@@ -113,9 +113,10 @@ impl TestServer {
         self._dir.path().join("roster.toml")
     }
 
-    /// Sends a signal (`TERM`, `HUP`, …) with `kill`.
+    /// Sends a signal (`TERM`, `HUP`, …) with the shell's built-in `kill` (no procps needed).
     pub fn signal(&self, name: &str) {
-        let status = Command::new("kill").arg(format!("-{name}")).arg(self.pid().to_string()).status().expect("kill");
+        let command = format!("kill -{name} {}", self.pid());
+        let status = Command::new("sh").args(["-c", &command]).status().expect("sh");
         assert!(status.success(), "kill -{name} failed");
     }
 
