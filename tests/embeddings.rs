@@ -99,6 +99,37 @@ fn a_batch_equals_the_same_texts_sent_one_by_one() {
 }
 
 #[test]
+fn bf16_dense_layers_stay_within_1e_3_cosine_of_full_precision() {
+    // The same weights served twice: the default (bf16 products where the CPU has them) and
+    // `precision = "f32"` (candle's f32 matmul throughout).
+    let roster = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/models.toml")).unwrap();
+    let start = roster.find(&format!("id = \"{MINILM}\"")).expect("MiniLM entry");
+    let end = roster[start..].find("[[models]]").map_or(roster.len(), |e| start + e);
+    let f32_entry = roster[start..end]
+        .replacen(&format!("id = \"{MINILM}\""), "id = \"minilm-f32\"", 1)
+        .replacen("kind = \"embedding\"", "kind = \"embedding\"\nprecision = \"f32\"", 1);
+    let roster = format!("{roster}\n[[models]]\n{f32_entry}");
+    let server = TestServer::builder()
+        .roster(&roster)
+        .env("MODELS", format!("{MINILM},minilm-f32"))
+        .env("EMBEDDING_CACHE_SIZE", 0)
+        .start();
+    let mut texts = sis::bench::corpus::sentences(28, 11);
+    texts.extend([FOOD, BREAD, HORSE, "Hi."].map(String::from));
+    let fast = server.embed(json!({ "model": MINILM, "input": texts })).vectors();
+    let exact = server.embed(json!({ "model": "minilm-f32", "input": texts })).vectors();
+    assert_eq!(fast.len(), texts.len());
+    let mut worst = 1f32;
+    for (f, e) in fast.iter().zip(&exact) {
+        worst = worst.min(dot(f, e) / (norm(f) * norm(e)));
+    }
+    assert!(worst >= 0.999, "worst cosine between bf16 and f32 vectors: {worst}");
+    if fast != exact {
+        eprintln!("bf16 path in use; worst cosine to f32 {worst}");
+    }
+}
+
+#[test]
 fn the_official_openai_python_client_gets_correct_vectors() {
     let server = TestServer::start();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/openai_embeddings.py");

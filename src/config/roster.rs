@@ -80,6 +80,19 @@ pub enum Pooling {
     LastToken,
 }
 
+/// Arithmetic for an encoder's dense layers (embeddings and the Whisper encoder).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// bf16 products with f32 sums where the CPU has AVX-512 BF16, else f32.
+    #[default]
+    Auto,
+    /// bf16 products; the model fails to load where the CPU lacks them.
+    Bf16,
+    /// f32 throughout.
+    F32,
+}
+
 /// One roster entry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -119,6 +132,9 @@ pub struct ModelEntry {
     /// Truncation length override in tokens.
     #[serde(default)]
     pub max_seq_length: Option<usize>,
+    /// Encoder arithmetic (`auto`, `bf16`, `f32`; default `auto`).
+    #[serde(default)]
+    pub precision: Option<Precision>,
     /// Per-model admission capacity (waiting + running).
     #[serde(default)]
     pub max_queue_size: Option<usize>,

@@ -1,7 +1,7 @@
 //! BERT-family encoders (BERT, RoBERTa, XLM-RoBERTa) with a packed forward pass.
 //!
-//! The weights are laid out once at load for the hot path: Q, K and V fused into one `[hidden, 3·hidden]`
-//! matrix with Q pre-scaled by 1/√head_dim, every linear weight transposed to `[in, out]`. The forward
+//! The weights are laid out once at load for the hot path: Q, K and V fused into one `[3·hidden, hidden]`
+//! matrix with Q pre-scaled by 1/√head_dim, every dense layer packed for its kernel ([`Dense`]). The forward
 //! pass runs the linear layers on the packed tokens of all sequences (no padding) and attention per
 //! sequence (see [`super::attention`]).
 
@@ -11,6 +11,7 @@ use serde::Deserialize;
 use std::path::Path;
 
 use super::attention::{packed_attention, Packing};
+use super::dense::Dense;
 
 /// The fields of a Hub `config.json` this encoder uses.
 #[derive(Debug, Clone, Deserialize)]
@@ -81,21 +82,9 @@ enum Activation {
     Relu,
 }
 
-struct Linear {
-    weight: Tensor, // [in, out], contiguous
-    bias: Tensor,   // [out]
-}
-
-impl Linear {
-    fn load(vb: &VarBuilder, in_dim: usize, out_dim: usize) -> Result<Self> {
-        let weight = vb.get((out_dim, in_dim), "weight")?.t()?.contiguous()?;
-        let bias = vb.get(out_dim, "bias")?;
-        Ok(Self { weight, bias })
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        x.matmul(&self.weight)?.broadcast_add(&self.bias)
-    }
+/// A torch `Linear`'s weight `[out, in]` and bias `[out]`.
+fn linear(vb: &VarBuilder, in_dim: usize, out_dim: usize) -> Result<(Tensor, Tensor)> {
+    Ok((vb.get((out_dim, in_dim), "weight")?, vb.get(out_dim, "bias")?))
 }
 
 struct LayerNorm {
@@ -120,11 +109,11 @@ impl LayerNorm {
 }
 
 struct Layer {
-    qkv: Linear,
-    attn_out: Linear,
+    qkv: Dense,
+    attn_out: Dense,
     attn_norm: LayerNorm,
-    intermediate: Linear,
-    output: Linear,
+    intermediate: Dense,
+    output: Dense,
     out_norm: LayerNorm,
 }
 
@@ -145,8 +134,9 @@ pub struct BertModel {
 }
 
 impl BertModel {
-    /// Loads `model.safetensors` (with or without a `bert.` / `roberta.` prefix).
-    pub fn load(weights: &Path, config: BertConfig, device: &Device) -> anyhow::Result<Self> {
+    /// Loads `model.safetensors` (with or without a `bert.` / `roberta.` prefix); `bf16` runs the dense
+    /// layers on the bf16 kernel.
+    pub fn load(weights: &Path, config: BertConfig, device: &Device, bf16: bool) -> anyhow::Result<Self> {
         // SAFETY: the file is mapped read-only and not modified while the model lives.
         let root = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, device)? };
         let vb = ["", "bert.", "roberta.", "model."]
@@ -171,19 +161,24 @@ impl BertModel {
         for n in 0..config.num_hidden_layers {
             let l = vb.pp(format!("encoder.layer.{n}"));
             let att = l.pp("attention.self");
-            let q = Linear::load(&att.pp("query"), h, h)?;
-            let k = Linear::load(&att.pp("key"), h, h)?;
-            let v = Linear::load(&att.pp("value"), h, h)?;
-            let qkv = Linear {
-                weight: Tensor::cat(&[(q.weight * scale)?, k.weight, v.weight], 1)?.contiguous()?,
-                bias: Tensor::cat(&[(q.bias * scale)?, k.bias, v.bias], 0)?,
+            let (qw, qb) = linear(&att.pp("query"), h, h)?;
+            let (kw, kb) = linear(&att.pp("key"), h, h)?;
+            let (vw, vb_) = linear(&att.pp("value"), h, h)?;
+            let qkv = Dense::new(
+                &Tensor::cat(&[(qw * scale)?, kw, vw], 0)?,
+                &Tensor::cat(&[(qb * scale)?, kb, vb_], 0)?,
+                bf16,
+            )?;
+            let dense = |name: &str, i: usize, o: usize| -> Result<Dense> {
+                let (w, b) = linear(&l.pp(name), i, o)?;
+                Dense::new(&w, &b, bf16)
             };
             layers.push(Layer {
                 qkv,
-                attn_out: Linear::load(&l.pp("attention.output.dense"), h, h)?,
+                attn_out: dense("attention.output.dense", h, h)?,
                 attn_norm: LayerNorm::load(&l.pp("attention.output.LayerNorm"), h, config.layer_norm_eps)?,
-                intermediate: Linear::load(&l.pp("intermediate.dense"), h, i)?,
-                output: Linear::load(&l.pp("output.dense"), i, h)?,
+                intermediate: dense("intermediate.dense", h, i)?,
+                output: dense("output.dense", i, h)?,
                 out_norm: LayerNorm::load(&l.pp("output.LayerNorm"), h, config.layer_norm_eps)?,
             });
         }
@@ -229,10 +224,7 @@ impl BertModel {
             let ctx = packed_attention(&qkv, packing, self.heads, self.head_dim)?;
             let attn = layer.attn_norm.forward(&(layer.attn_out.forward(&ctx)? + &x)?)?;
             let hidden = match self.activation {
-                Activation::GeluErf => super::activation::bias_gelu_erf(
-                    &attn.matmul(&layer.intermediate.weight)?,
-                    &layer.intermediate.bias,
-                )?,
+                Activation::GeluErf => layer.intermediate.forward_then(&attn, super::activation::gelu_erf_in_place)?,
                 Activation::GeluTanh => layer.intermediate.forward(&attn)?.gelu()?,
                 Activation::Relu => layer.intermediate.forward(&attn)?.relu()?,
             };

@@ -8,7 +8,7 @@ use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStr
 
 use super::attention::Packing;
 use super::bert::{BertConfig, BertModel};
-use crate::config::roster::{ModelEntry, Pooling};
+use crate::config::roster::{ModelEntry, Pooling, Precision};
 use sis_actors::{BatchItem, Engine, EngineError, EngineLoader};
 
 /// Everything needed to build the engine, read once from the model folder.
@@ -28,6 +28,8 @@ pub struct EmbedderSpec {
     pub dimensions: usize,
     /// The device name to load on.
     pub device: String,
+    /// Dense-layer arithmetic.
+    pub precision: Precision,
 }
 
 #[derive(Deserialize)]
@@ -93,6 +95,7 @@ impl EmbedderSpec {
             normalize: entry.normalize.or(file_normalize).unwrap_or(true),
             max_tokens,
             device: device.to_string(),
+            precision: entry.precision.unwrap_or_default(),
         })
     }
 
@@ -233,7 +236,8 @@ impl EngineLoader for EmbedderLoader {
 
     fn load(&self) -> Result<Embedder, EngineError> {
         let device = super::device::open(&self.spec.device).map_err(EngineError::new)?;
-        let model = BertModel::load(&self.spec.dir.join("model.safetensors"), self.spec.config.clone(), &device)
+        let bf16 = super::dense::uses_bf16(self.spec.precision, &device).map_err(EngineError::new)?;
+        let model = BertModel::load(&self.spec.dir.join("model.safetensors"), self.spec.config.clone(), &device, bf16)
             .map_err(EngineError::new)?;
         Ok(Embedder { model, pooling: self.spec.pooling, normalize: self.spec.normalize, ids: Vec::new() })
     }

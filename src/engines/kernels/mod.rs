@@ -1,0 +1,6 @@
+//! CPU kernels that candle lacks: dense layers on the dot-product instructions of current x86 CPUs.
+//!
+//! Each kernel is optional at run time (`supported()`), so engines keep candle's f32 path on other
+//! CPUs and when an operator asks for full precision.
+
+pub mod bf16;
