@@ -288,7 +288,8 @@ impl Runtime {
             }
             ModelKind::Audio => {
                 let a = &settings.audio;
-                let spec = WhisperSpec::from_dir(&resolved.dir)?;
+                let mut spec = WhisperSpec::from_dir(&resolved.dir)?;
+                spec.precision = entry.precision.unwrap_or_default();
                 // AUDIO_MAX_CONCURRENT transcriptions run at once: one worker (engine and thread) each.
                 let workers = entry.max_concurrent.unwrap_or(a.max_concurrent).max(1);
                 let loader = Arc::new(FaultyLoader::new(WhisperLoader { spec: spec.clone() }, Faults::of(&entry)));

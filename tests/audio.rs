@@ -123,6 +123,24 @@ fn short_clips_in_every_format_are_transcribed() {
 }
 
 #[test]
+fn the_bf16_encoder_hears_what_the_f32_encoder_hears() {
+    // The default encoder runs on bf16 products where the CPU has them; `precision = "f32"` does not.
+    let dir = tempfile::tempdir().unwrap();
+    let wav = speak(dir.path(), "short", SHORT);
+    let server = TestServer::builder()
+        .roster(&common::roster_with_copy(WHISPER, "whisper-f32", "precision = \"f32\""))
+        .env("MODELS", format!("{WHISPER},whisper-f32"))
+        .start();
+    let fast = transcribe(&server, &wav, &[]);
+    let exact = upload(&server, "/v1/audio/transcriptions", "whisper-f32", &wav, &[]);
+    assert_eq!(exact.status, 200, "{}", exact.text);
+    let (fast, exact) =
+        (fast.json()["text"].as_str().unwrap().to_string(), exact.json()["text"].as_str().unwrap().to_string());
+    assert!(wer(SHORT, &exact) < 0.3, "f32: {exact:?}");
+    assert!(wer(&exact, &fast) <= 0.1, "bf16 {fast:?} against f32 {exact:?}");
+}
+
+#[test]
 fn a_long_recording_is_transcribed_window_by_window() {
     let dir = tempfile::tempdir().unwrap();
     let text = LONG.join(" ");

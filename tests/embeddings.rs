@@ -3,7 +3,7 @@
 mod common;
 
 use base64::Engine as _;
-use common::{dot, metric, norm, parse_prometheus, TestServer, MINILM};
+use common::{dot, metric, norm, parse_prometheus, roster_with_copy, TestServer, MINILM};
 use serde_json::json;
 
 const FOOD: &str = "A man is eating food.";
@@ -102,13 +102,7 @@ fn a_batch_equals_the_same_texts_sent_one_by_one() {
 fn bf16_dense_layers_stay_within_1e_3_cosine_of_full_precision() {
     // The same weights served twice: the default (bf16 products where the CPU has them) and
     // `precision = "f32"` (candle's f32 matmul throughout).
-    let roster = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/models.toml")).unwrap();
-    let start = roster.find(&format!("id = \"{MINILM}\"")).expect("MiniLM entry");
-    let end = roster[start..].find("[[models]]").map_or(roster.len(), |e| start + e);
-    let f32_entry = roster[start..end]
-        .replacen(&format!("id = \"{MINILM}\""), "id = \"minilm-f32\"", 1)
-        .replacen("kind = \"embedding\"", "kind = \"embedding\"\nprecision = \"f32\"", 1);
-    let roster = format!("{roster}\n[[models]]\n{f32_entry}");
+    let roster = roster_with_copy(MINILM, "minilm-f32", "precision = \"f32\"");
     let server = TestServer::builder()
         .roster(&roster)
         .env("MODELS", format!("{MINILM},minilm-f32"))

@@ -224,7 +224,7 @@ impl BertModel {
             let ctx = packed_attention(&qkv, packing, self.heads, self.head_dim)?;
             let attn = layer.attn_norm.forward(&(layer.attn_out.forward(&ctx)? + &x)?)?;
             let hidden = match self.activation {
-                Activation::GeluErf => layer.intermediate.forward_then(&attn, super::activation::gelu_erf_in_place)?,
+                Activation::GeluErf => layer.intermediate.forward_then(&attn, super::kernels::elementwise::gelu_erf)?,
                 Activation::GeluTanh => layer.intermediate.forward(&attn)?.gelu()?,
                 Activation::Relu => layer.intermediate.forward(&attn)?.relu()?,
             };

@@ -1,6 +1,5 @@
 //! Inference engines, one file per model family. Engines know candle and tokenizers, not actix or HTTP.
 
-pub mod activation;
 pub mod attention;
 pub mod bert;
 pub mod chat;
@@ -19,4 +18,5 @@ pub mod qwen3_vl;
 pub mod sampling;
 pub mod whisper;
 pub mod whisper_decoder;
+pub mod whisper_encoder;
 pub mod word_alignment;

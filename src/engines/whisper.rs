@@ -1,13 +1,15 @@
-//! Speech to text with Whisper: the encoder/decoder of candle-transformers fed with weights from a
+//! Speech to text with Whisper: our encoder and decoder (whisper_encoder, whisper_decoder) fed with weights from a
 //! CTranslate2 model.bin (faster-whisper folders) or Hub safetensors, and the decoding of
 //! openai-whisper: timestamp rules, window-by-window seeking on long audio with the previous text as
 //! prompt, temperature fallback on repetitive or low-confidence output, language detection.
 
 use candle_core::{Device, IndexOp, Tensor};
 use candle_nn::VarBuilder;
-use candle_transformers::models::whisper::{self as cw, model::Whisper};
+use candle_transformers::models::whisper as cw;
 
 use super::whisper_decoder::TextDecoder;
+use super::whisper_encoder::AudioEncoder;
+use crate::config::roster::Precision;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
@@ -135,6 +137,8 @@ pub struct WhisperSpec {
     pub tokenizer: std::sync::Arc<Tokenizer>,
     /// Whether the model knows several languages.
     pub multilingual: bool,
+    /// Encoder arithmetic.
+    pub precision: Precision,
     suppress: Vec<u32>,
     suppress_begin: Vec<u32>,
     specials: Specials,
@@ -204,6 +208,7 @@ impl WhisperSpec {
                 vocab + 1501 >= 51865
             },
             tokenizer: std::sync::Arc::new(tokenizer),
+            precision: Precision::default(),
             suppress,
             suppress_begin,
             specials,
@@ -218,7 +223,7 @@ impl WhisperSpec {
 
 /// A loaded Whisper model.
 pub struct WhisperEngine {
-    model: Whisper,
+    encoder: AudioEncoder,
     decoder: TextDecoder,
     spec: WhisperSpec,
     filters: Vec<f32>,
@@ -294,7 +299,16 @@ fn load(spec: &WhisperSpec) -> anyhow::Result<WhisperEngine> {
         };
         (vb, config)
     };
-    let model = Whisper::load(&vb, config.clone())?;
+    let bf16 = super::dense::uses_bf16(spec.precision, &device)?;
+    let encoder = AudioEncoder::load(
+        &vb.pp("model.encoder"),
+        config.num_mel_bins,
+        config.d_model,
+        config.encoder_attention_heads,
+        config.encoder_layers,
+        config.max_source_positions,
+        bf16,
+    )?;
     let decoder = TextDecoder::load(
         vb.pp("model.decoder"),
         config.d_model,
@@ -305,7 +319,7 @@ fn load(spec: &WhisperSpec) -> anyhow::Result<WhisperEngine> {
     )?;
     let alignment_heads = alignment_heads(&spec.dir, &config);
     Ok(WhisperEngine {
-        model,
+        encoder,
         decoder,
         spec: spec.clone(),
         filters: mel::filterbank(config.num_mel_bins),
@@ -479,7 +493,7 @@ impl WhisperEngine {
         let mels = self.config.num_mel_bins;
         let mel = mel::log_mel_spectrogram(&padded, &self.filters, mels)?;
         let frames = mel.len() / mels;
-        let mel = Tensor::from_vec(mel, (1, mels, frames), &Device::Cpu)?;
+        let mut window = vec![0f32; mels * WINDOW_FRAMES];
         let mut rng = StdRng::seed_from_u64(0);
 
         let mut language = job.language.clone();
@@ -496,13 +510,13 @@ impl WhisperEngine {
         let mut words = Vec::new();
         let mut seek = 0;
         while seek < content_frames {
-            let window = mel.narrow(2, seek, WINDOW_FRAMES.min(frames - seek))?;
-            let window = if window.dim(2)? < WINDOW_FRAMES {
-                window.pad_with_zeros(2, 0, WINDOW_FRAMES - window.dim(2)?)?
-            } else {
-                window
-            };
-            let features = self.model.encoder.forward(&window, true)?;
+            // This window's frames, zero-padded to 30 seconds.
+            let take = WINDOW_FRAMES.min(frames - seek);
+            for (c, row) in window.chunks_exact_mut(WINDOW_FRAMES).enumerate() {
+                row[..take].copy_from_slice(&mel[c * frames + seek..][..take]);
+                row[take..].fill(0.0);
+            }
+            let features = self.encoder.forward(&window, mels)?;
             if self.spec.multilingual && language.is_none() {
                 language = Some(self.detect_language(&features)?);
             }

@@ -88,6 +88,16 @@ impl ServerBuilder {
     }
 }
 
+/// The default roster plus a copy of entry `id`, named `copy_id`, with `extra` (TOML lines) added to it:
+/// the same weights served twice with one setting changed.
+pub fn roster_with_copy(id: &str, copy_id: &str, extra: &str) -> String {
+    let roster = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/models.toml")).unwrap();
+    let start = roster.find(&format!("id = \"{id}\"")).unwrap_or_else(|| panic!("no entry {id}"));
+    let end = roster[start..].find("[[models]]").map_or(roster.len(), |e| start + e);
+    let entry = roster[start..end].replacen(&format!("id = \"{id}\""), &format!("id = \"{copy_id}\"\n{extra}"), 1);
+    format!("{roster}\n[[models]]\n{entry}")
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }

@@ -97,7 +97,9 @@ impl PackedBf16 {
             if m * self.k < 1 << 16 {
                 rows_in.zip(rows_out).for_each(|(row, out)| round_row(row, out));
             } else {
-                a.par_chunks_mut(pairs.max(1)).zip(x.par_chunks(self.k.max(1))).for_each(|(out, row)| round_row(row, out));
+                a.par_chunks_mut(pairs.max(1))
+                    .zip(x.par_chunks(self.k.max(1)))
+                    .for_each(|(out, row)| round_row(row, out));
             }
             let a: &[u32] = &a;
             let len = m * self.n;
@@ -223,7 +225,10 @@ mod avx512 {
         for c in 0..chunks {
             let v = _mm512_loadu_ps(row.as_ptr().add(c * 16));
             let h = _mm512_cvtneps_pbh(v);
-            _mm256_storeu_si256(out.as_mut_ptr().add(c * 8) as *mut __m256i, std::mem::transmute::<__m256bh, __m256i>(h));
+            _mm256_storeu_si256(
+                out.as_mut_ptr().add(c * 8) as *mut __m256i,
+                std::mem::transmute::<__m256bh, __m256i>(h),
+            );
         }
         chunks * 16
     }
@@ -255,7 +260,11 @@ mod avx512 {
             for (r, row) in acc.iter_mut().enumerate() {
                 let a = _mm512_set1_epi32(*t.a.add(r * t.lda + p) as i32);
                 for (v, slot) in row.iter_mut().enumerate() {
-                    *slot = _mm512_dpbf16_ps(*slot, std::mem::transmute::<__m512i, __m512bh>(a), std::mem::transmute::<__m512i, __m512bh>(bv[v]));
+                    *slot = _mm512_dpbf16_ps(
+                        *slot,
+                        std::mem::transmute::<__m512i, __m512bh>(a),
+                        std::mem::transmute::<__m512i, __m512bh>(bv[v]),
+                    );
                 }
             }
         }

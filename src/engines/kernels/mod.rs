@@ -4,3 +4,4 @@
 //! CPUs and when an operator asks for full precision.
 
 pub mod bf16;
+pub mod elementwise;

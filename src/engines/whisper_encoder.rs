@@ -1,0 +1,191 @@
+//! Whisper's audio encoder on [`Dense`] layers: the two convolutions as im2col + one dense layer each,
+//! then pre-norm attention blocks with Q, K and V fused, and attention per head as two matrix products.
+//!
+//! The encoder is most of the cost of a transcription (a 30-second window whatever the clip's length),
+//! and it is compute-bound, so on CPUs with AVX-512 BF16 every product (attention included) runs on the
+//! bf16 kernel with f32 sums; `precision = "f32"` keeps candle's f32 matmul throughout.
+
+use candle_core::{Device, Result, Tensor};
+use candle_nn::{Module, VarBuilder};
+use rayon::prelude::*;
+
+use super::dense::Dense;
+use super::kernels::bf16::PackedBf16;
+use super::kernels::elementwise::{gelu_erf, softmax};
+
+/// A kernel-3, padding-1 convolution over time as one dense layer on im2col rows.
+struct Conv {
+    dense: Dense,
+    stride: usize,
+    in_channels: usize,
+}
+
+impl Conv {
+    fn load(vb: &VarBuilder, in_channels: usize, out_channels: usize, stride: usize, bf16: bool) -> Result<Self> {
+        // [out, in, 3] flattens to [out, in·3]: column c·3 + j multiplies input channel c at offset j − 1.
+        let weight = vb.get((out_channels, in_channels, 3), "weight")?.reshape((out_channels, in_channels * 3))?;
+        let dense = Dense::new(&weight, &vb.get(out_channels, "bias")?, bf16)?;
+        Ok(Self { dense, stride, in_channels })
+    }
+
+    /// `input(c, t)` reads the input; returns GeLU(conv) as `[steps, out]` (time-major).
+    fn forward(&self, steps: usize, frames: usize, input: impl Fn(usize, usize) -> f32 + Sync) -> Result<Tensor> {
+        let width = self.in_channels * 3;
+        let mut cols = vec![0f32; steps * width];
+        cols.par_chunks_mut(width).enumerate().for_each(|(t, row)| {
+            for c in 0..self.in_channels {
+                for j in 0..3 {
+                    let at = (t * self.stride + j).checked_sub(1).filter(|&f| f < frames);
+                    row[c * 3 + j] = at.map_or(0.0, |f| input(c, f));
+                }
+            }
+        });
+        let cols = Tensor::from_vec(cols, (steps, width), &Device::Cpu)?;
+        self.dense.forward_then(&cols, gelu_erf)
+    }
+}
+
+struct Block {
+    attn_norm: candle_nn::LayerNorm,
+    qkv: Dense,
+    out: Dense,
+    mlp_norm: candle_nn::LayerNorm,
+    fc1: Dense,
+    fc2: Dense,
+}
+
+/// The loaded encoder.
+pub struct AudioEncoder {
+    conv1: Conv,
+    conv2: Conv,
+    positions: Tensor,
+    blocks: Vec<Block>,
+    final_norm: candle_nn::LayerNorm,
+    heads: usize,
+    width: usize,
+    bf16: bool,
+}
+
+fn layer_norm(vb: &VarBuilder, width: usize) -> Result<candle_nn::LayerNorm> {
+    Ok(candle_nn::LayerNorm::new(vb.get(width, "weight")?, vb.get(width, "bias")?, 1e-5))
+}
+
+/// openai-whisper's sinusoidal position table `[length, channels]`.
+fn sinusoids(length: usize, channels: usize) -> Result<Tensor> {
+    let half = channels / 2;
+    let step = 10_000f32.ln() / (half - 1) as f32;
+    let mut table = vec![0f32; length * channels];
+    for (t, row) in table.chunks_exact_mut(channels).enumerate() {
+        for i in 0..half {
+            let angle = t as f32 * (-(i as f32) * step).exp();
+            row[i] = angle.sin();
+            row[half + i] = angle.cos();
+        }
+    }
+    Tensor::from_vec(table, (length, channels), &Device::Cpu)
+}
+
+impl AudioEncoder {
+    /// Loads `model.encoder.*` (Hub names) from `vb`.
+    pub fn load(
+        vb: &VarBuilder,
+        mels: usize,
+        width: usize,
+        heads: usize,
+        layers: usize,
+        positions: usize,
+        bf16: bool,
+    ) -> Result<Self> {
+        let head_dim = width / heads;
+        let scale = (head_dim as f64).powf(-0.5);
+        let blocks = (0..layers)
+            .map(|i| {
+                let l = vb.pp(format!("layers.{i}"));
+                let a = l.pp("self_attn");
+                let q = (a.get((width, width), "q_proj.weight")? * scale)?;
+                let qb = (a.get(width, "q_proj.bias")? * scale)?;
+                let k = a.get((width, width), "k_proj.weight")?;
+                let kb = Tensor::zeros(width, candle_core::DType::F32, &Device::Cpu)?;
+                let v = a.get((width, width), "v_proj.weight")?;
+                let vb_ = a.get(width, "v_proj.bias")?;
+                let qkv = Dense::new(&Tensor::cat(&[q, k, v], 0)?, &Tensor::cat(&[qb, kb, vb_], 0)?, bf16)?;
+                let dense = |name: &str, i: usize, o: usize| -> Result<Dense> {
+                    Dense::new(&l.get((o, i), &format!("{name}.weight"))?, &l.get(o, &format!("{name}.bias"))?, bf16)
+                };
+                Ok(Block {
+                    attn_norm: layer_norm(&l.pp("self_attn_layer_norm"), width)?,
+                    qkv,
+                    out: dense("self_attn.out_proj", width, width)?,
+                    mlp_norm: layer_norm(&l.pp("final_layer_norm"), width)?,
+                    fc1: dense("fc1", width, 4 * width)?,
+                    fc2: dense("fc2", 4 * width, width)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            conv1: Conv::load(&vb.pp("conv1"), mels, width, 1, bf16)?,
+            conv2: Conv::load(&vb.pp("conv2"), width, width, 2, bf16)?,
+            positions: sinusoids(positions, width)?,
+            blocks,
+            final_norm: layer_norm(&vb.pp("layer_norm"), width)?,
+            heads,
+            width,
+            bf16,
+        })
+    }
+
+    /// Encodes one window of log-mel frames `[mels, frames]` (row-major) into `[1, frames/2, width]`.
+    pub fn forward(&self, mel: &[f32], mels: usize) -> Result<Tensor> {
+        let frames = mel.len() / mels;
+        let x = self.conv1.forward(frames, frames, |c, f| mel[c * frames + f])?;
+        let x1 = x.flatten_all()?.to_vec1::<f32>()?;
+        let steps = frames.div_ceil(2);
+        let width = self.width;
+        let x = self.conv2.forward(steps, frames, |c, f| x1[f * width + c])?;
+        let mut x = x.broadcast_add(&self.positions.narrow(0, 0, steps)?)?;
+        for block in &self.blocks {
+            let qkv = block.qkv.forward(&block.attn_norm.forward(&x)?)?;
+            let context = self.attention(&qkv, steps)?;
+            x = (x + block.out.forward(&context)?)?;
+            let hidden = block.fc1.forward_then(&block.mlp_norm.forward(&x)?, gelu_erf)?;
+            x = (&x + block.fc2.forward(&hidden)?)?;
+        }
+        self.final_norm.forward(&x)?.unsqueeze(0)
+    }
+
+    /// Full (unmasked) attention per head from the fused `[steps, 3·width]` projections.
+    fn attention(&self, qkv: &Tensor, steps: usize) -> Result<Tensor> {
+        let qkv = qkv.flatten_all()?.to_vec1::<f32>()?;
+        let (width, d) = (self.width, self.width / self.heads);
+        let mut context = vec![0f32; steps * width];
+        for h in 0..self.heads {
+            let column = |part: usize, t: usize| &qkv[t * 3 * width + part * width + h * d..][..d];
+            let q: Vec<f32> = (0..steps).flat_map(|t| column(0, t).iter().copied()).collect();
+            let k: Vec<f32> = (0..steps).flat_map(|t| column(1, t).iter().copied()).collect();
+            let mut v_t = vec![0f32; d * steps];
+            for t in 0..steps {
+                for (i, &v) in column(2, t).iter().enumerate() {
+                    v_t[i * steps + t] = v;
+                }
+            }
+            // Scores Q·Kᵀ (the scale is folded into Q), row softmax, then P·V as P·(Vᵀ)ᵀ.
+            let mut scores = self.product(&q, steps, &k, steps, d)?;
+            scores.par_chunks_mut(steps).for_each(softmax);
+            let head = self.product(&scores, steps, &v_t, d, steps)?;
+            for (t, row) in head.chunks_exact(d).enumerate() {
+                context[t * width + h * d..][..d].copy_from_slice(row);
+            }
+        }
+        Tensor::from_vec(context, (steps, width), &Device::Cpu)
+    }
+
+    /// `a · bᵀ` for `a` `[m, k]` and `b` `[n, k]`.
+    fn product(&self, a: &[f32], m: usize, b: &[f32], n: usize, k: usize) -> Result<Vec<f32>> {
+        if self.bf16 {
+            return Ok(PackedBf16::new(b, n, k, &[]).forward(a, m));
+        }
+        let a = Tensor::from_slice(a, (m, k), &Device::Cpu)?;
+        let b = Tensor::from_slice(b, (n, k), &Device::Cpu)?;
+        a.matmul(&b.t()?)?.flatten_all()?.to_vec1::<f32>()
+    }
+}
