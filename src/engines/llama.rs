@@ -12,10 +12,14 @@
 
 use anyhow::{anyhow, Context};
 use candle_core::quantized::gguf_file::Content;
-use candle_core::quantized::QMatMul;
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Result, Tensor};
 use rayon::prelude::*;
 use std::path::Path;
+
+use super::dense::Dense;
+use super::kernels::bf16;
+use super::kernels::quantized::{self, PackedQuant};
 
 /// Shapes read from the GGUF metadata.
 #[derive(Debug, Clone)]
@@ -172,12 +176,48 @@ fn check_head_dim(head_dim: usize) -> anyhow::Result<()> {
 const DENSE_BUDGET_BYTES: usize = 1 << 30;
 
 /// A linear layer's weight: quantized for decode rows, which are memory-bound, plus, for small models,
-/// an f32 copy for prompt rows, where a dense GEMM runs several times faster than quantized dot
-/// products. The path depends on what a row is (prompt or decode), never on the other rows of the
-/// step, so a sequence's output does not depend on its company.
+/// a dense copy (bf16 where the CPU has it) for prompt rows, where a dense GEMM runs several times faster
+/// than quantized dot products. The path depends on what a row is (prompt or decode), never on the
+/// other rows of the step, so a sequence's output does not depend on its company.
 struct Weight {
-    quantized: QMatMul,
-    dense: Option<Tensor>,
+    quantized: Quantized,
+    dense: Option<Dense>,
+}
+
+/// The quantized product: our VNNI kernel where the CPU has it and the type allows, else candle's.
+enum Quantized {
+    Packed(PackedQuant),
+    Candle(QMatMul),
+}
+
+impl Quantized {
+    fn new(tensor: QTensor) -> Result<Self> {
+        if quantized::supported() && matches!(tensor.dtype(), GgmlDType::Q4_1 | GgmlDType::Q8_0) {
+            if let Some(packed) = PackedQuant::from_qtensor(&tensor)? {
+                return Ok(Quantized::Packed(packed));
+            }
+        }
+        Ok(Quantized::Candle(QMatMul::from_qtensor(tensor)?))
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Quantized::Candle(q) => q.forward(x),
+            Quantized::Packed(p) => {
+                let (m, _) = x.dims2()?;
+                let x = x.contiguous()?;
+                let y = {
+                    let (storage, layout) = x.storage_and_layout();
+                    let candle_core::Storage::Cpu(cpu) = &*storage else {
+                        candle_core::bail!("the quantized kernel runs on CPU tensors only")
+                    };
+                    let start = layout.start_offset();
+                    p.forward(&cpu.as_slice::<f32>()?[start..start + m * p.k()], m)
+                };
+                Tensor::from_vec(y, (m, p.n()), &Device::Cpu)
+            }
+        }
+    }
 }
 
 /// Which rows of a packed step are prompt rows, and how to put the two groups back in order.
@@ -221,8 +261,23 @@ impl RowSplit {
 }
 
 impl Weight {
-    fn new(quantized: QMatMul) -> Self {
-        Self { quantized, dense: None }
+    /// An f32 weight (safetensors checkpoints): one path for every row.
+    fn new(weight: QMatMul) -> Self {
+        Self { quantized: Quantized::Candle(weight), dense: None }
+    }
+
+    /// A GGUF weight, with a dense copy for prompt rows when `keep_dense` and the weight is quantized
+    /// (float weights take candle's f32 matmul for every row, like safetensors checkpoints).
+    fn from_gguf(tensor: QTensor, keep_dense: bool) -> Result<Self> {
+        let float = matches!(tensor.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
+        let dense = if keep_dense && !float {
+            let w = tensor.dequantize(&Device::Cpu)?;
+            let bias = Tensor::zeros(w.dim(0)?, candle_core::DType::F32, &Device::Cpu)?;
+            Some(Dense::new(&w, &bias, bf16::supported())?)
+        } else {
+            None
+        };
+        Ok(Self { quantized: Quantized::new(tensor)?, dense })
     }
 
     fn forward(&self, x: &Tensor, rows: &RowSplit) -> Result<Tensor> {
@@ -230,10 +285,10 @@ impl Weight {
             return self.quantized.forward(x);
         };
         if rows.all_prompt {
-            return x.matmul(&w.t()?);
+            return w.forward(x);
         }
         let decode = self.quantized.forward(&x.index_select(&rows.decode, 0)?)?;
-        let prompt = x.index_select(&rows.prompt, 0)?.matmul(&w.t()?)?;
+        let prompt = w.forward(&x.index_select(&rows.prompt, 0)?)?;
         Tensor::cat(&[decode, prompt], 0)?.index_select(&rows.inverse, 0)
     }
 }
@@ -326,7 +381,7 @@ pub struct Llama {
     embeddings: Tensor,
     blocks: Vec<Block>,
     norm: Tensor,
-    output: QMatMul,
+    output: Quantized,
     /// cos/sin tables `[context, head_dim / 2]`.
     cos: Vec<f32>,
     sin: Vec<f32>,
@@ -345,7 +400,7 @@ impl Llama {
         let embeddings = read(&content, file, "token_embd.weight")?.dequantize(&device)?;
         let output_name =
             if content.tensor_infos.contains_key("output.weight") { "output.weight" } else { "token_embd.weight" };
-        let output = QMatMul::from_qtensor(read(&content, file, output_name)?)?;
+        let output = Quantized::new(read(&content, file, output_name)?)?;
         let norm = read(&content, file, "output_norm.weight")?.dequantize(&device)?;
         let linear_bytes: usize = content
             .tensor_infos
@@ -357,9 +412,7 @@ impl Llama {
         let mut blocks = Vec::with_capacity(config.layers);
         for i in 0..config.layers {
             let mut q = |s: &str| -> anyhow::Result<Weight> {
-                let tensor = read(&content, file, &format!("blk.{i}.{s}"))?;
-                let dense = if keep_dense { Some(tensor.dequantize(&device)?) } else { None };
-                Ok(Weight { quantized: QMatMul::from_qtensor(tensor)?, dense })
+                Ok(Weight::from_gguf(read(&content, file, &format!("blk.{i}.{s}"))?, keep_dense)?)
             };
             let (q_proj, k_proj, v_proj, o) =
                 (q("attn_q.weight")?, q("attn_k.weight")?, q("attn_v.weight")?, q("attn_output.weight")?);
@@ -443,13 +496,15 @@ impl Llama {
         let output = match unsafe {
             candle_nn::VarBuilder::from_mmaped_safetensors(&files, candle_core::DType::F32, &device)?
         } {
-            top if top.contains_tensor("lm_head.weight") => QMatMul::Tensor(top.get((c.vocab, h), "lm_head.weight")?),
-            _ => QMatMul::Tensor(embeddings.clone()),
+            top if top.contains_tensor("lm_head.weight") => {
+                Quantized::Candle(QMatMul::Tensor(top.get((c.vocab, h), "lm_head.weight")?))
+            }
+            _ => Quantized::Candle(QMatMul::Tensor(embeddings.clone())),
         };
         Ok(Self::assemble(config, embeddings, blocks, norm, output))
     }
 
-    fn assemble(config: LlamaConfig, embeddings: Tensor, blocks: Vec<Block>, norm: Tensor, output: QMatMul) -> Self {
+    fn assemble(config: LlamaConfig, embeddings: Tensor, blocks: Vec<Block>, norm: Tensor, output: Quantized) -> Self {
         let half = config.head_dim / 2;
         let mut cos = Vec::with_capacity(config.context * half);
         let mut sin = Vec::with_capacity(config.context * half);

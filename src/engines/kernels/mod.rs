@@ -5,3 +5,4 @@
 
 pub mod bf16;
 pub mod elementwise;
+pub mod quantized;
