@@ -159,7 +159,8 @@ impl Embedder {
             self.ids.extend_from_slice(seq);
         }
         let packing = Packing::new(batch.iter().map(|s| s.len()));
-        let hidden = self.model.forward(&self.ids, &packing)?.to_device(&Device::Cpu)?;
+        let (model, ids) = (&self.model, &self.ids);
+        let hidden = super::kernels::in_pool(|| model.forward(ids, &packing))?.to_device(&Device::Cpu)?;
         let width = self.model.hidden_size();
         let states = hidden.flatten_all()?.to_vec1::<f32>()?;
         let mut out = Vec::with_capacity(batch.len());

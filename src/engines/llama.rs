@@ -18,7 +18,7 @@ use rayon::prelude::*;
 use std::path::Path;
 
 use super::dense::Dense;
-use super::kernels::bf16;
+use super::kernels::{bf16, in_pool};
 use super::kernels::quantized::{self, PackedQuant};
 
 /// Shapes read from the GGUF metadata.
@@ -540,6 +540,10 @@ impl Llama {
 
     /// Runs one packed step; returns the logits (`[vocab]`) of each input that asked for them, in order.
     pub fn step(&self, inputs: &mut [StepInput<'_>]) -> Result<Vec<Vec<f32>>> {
+        in_pool(|| self.step_in_pool(inputs))
+    }
+
+    fn step_in_pool(&self, inputs: &mut [StepInput<'_>]) -> Result<Vec<Vec<f32>>> {
         let c = &self.config;
         let ids: Vec<u32> = inputs.iter().flat_map(|i| i.tokens.iter().copied()).collect();
         let total = ids.len();

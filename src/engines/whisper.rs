@@ -485,6 +485,10 @@ impl WhisperEngine {
 
     /// Transcribes (or translates) a whole recording.
     pub fn transcribe(&mut self, job: &AudioJob) -> anyhow::Result<Transcript> {
+        super::kernels::in_pool(|| self.transcribe_in_pool(job))
+    }
+
+    fn transcribe_in_pool(&mut self, job: &AudioJob) -> anyhow::Result<Transcript> {
         let s = self.spec.specials.clone();
         let duration = job.samples.len() as f64 / mel::SAMPLE_RATE as f64;
         let content_frames = job.samples.len() / cw::HOP_LENGTH;

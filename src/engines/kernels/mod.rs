@@ -6,3 +6,15 @@
 pub mod bf16;
 pub mod elementwise;
 pub mod quantized;
+
+/// Runs `f` on a worker of rayon's pool and waits for it.
+///
+/// A forward pass makes hundreds of small parallel products; called from an engine's own thread, each
+/// would wake the pool from outside and sleep until it is done (two context switches, tens of
+/// microseconds). From a worker they fork and join inside the pool, so the engine thread waits once
+/// per pass instead.
+pub fn in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    let mut result = None;
+    rayon::scope(|_| result = Some(f()));
+    result.expect("rayon::scope runs its body before returning")
+}
