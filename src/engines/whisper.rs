@@ -316,6 +316,7 @@ fn load(spec: &WhisperSpec) -> anyhow::Result<WhisperEngine> {
         config.decoder_layers,
         config.vocab_size,
         config.max_target_positions,
+        bf16,
     )?;
     let alignment_heads = alignment_heads(&spec.dir, &config);
     Ok(WhisperEngine {

@@ -4,23 +4,32 @@
 //! to itself; this one appends one token at a time to per-layer caches (linear cost per step) and can
 //! hand out the cross-attention weights that word timestamps are aligned from.
 
-use candle_core::{Module, Result, Tensor, D};
-use candle_nn::{LayerNorm, Linear, VarBuilder};
+use candle_core::{DType, Device, Module, Result, Tensor, D};
+use candle_nn::{LayerNorm, VarBuilder};
+
+use super::dense::Dense;
+use super::kernels::quantized::{self, PackedQuant};
+
+/// A torch `Linear` as a [`Dense`] layer; `bias = false` for layers without one.
+fn linear(vb: VarBuilder, in_dim: usize, out_dim: usize, bias: bool, bf16: bool) -> Result<Dense> {
+    let b = if bias { vb.get(out_dim, "bias")? } else { Tensor::zeros(out_dim, DType::F32, &Device::Cpu)? };
+    Dense::new(&vb.get((out_dim, in_dim), "weight")?, &b, bf16)
+}
 
 struct Attention {
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    out: Linear,
+    q: Dense,
+    k: Dense,
+    v: Dense,
+    out: Dense,
 }
 
 impl Attention {
-    fn load(vb: VarBuilder, width: usize) -> Result<Self> {
+    fn load(vb: VarBuilder, width: usize, bf16: bool) -> Result<Self> {
         Ok(Self {
-            q: candle_nn::linear(width, width, vb.pp("q_proj"))?,
-            k: candle_nn::linear_no_bias(width, width, vb.pp("k_proj"))?,
-            v: candle_nn::linear(width, width, vb.pp("v_proj"))?,
-            out: candle_nn::linear(width, width, vb.pp("out_proj"))?,
+            q: linear(vb.pp("q_proj"), width, width, true, bf16)?,
+            k: linear(vb.pp("k_proj"), width, width, false, bf16)?,
+            v: linear(vb.pp("v_proj"), width, width, true, bf16)?,
+            out: linear(vb.pp("out_proj"), width, width, true, bf16)?,
         })
     }
 }
@@ -30,8 +39,8 @@ struct Block {
     attn_ln: LayerNorm,
     cross: Attention,
     cross_ln: LayerNorm,
-    fc1: Linear,
-    fc2: Linear,
+    fc1: Dense,
+    fc2: Dense,
     mlp_ln: LayerNorm,
 }
 
@@ -47,6 +56,9 @@ pub struct DecoderState {
 /// The decoder.
 pub struct TextDecoder {
     embed: Tensor,
+    /// The output projection (the token embedding) as 8-bit quants, on the fast path: each step reads
+    /// it whole, and at 4 bytes a weight it is most of a step's memory traffic.
+    output: Option<PackedQuant>,
     pos: Tensor,
     blocks: Vec<Block>,
     ln: LayerNorm,
@@ -59,7 +71,8 @@ fn layer_norm(vb: VarBuilder, width: usize) -> Result<LayerNorm> {
 }
 
 impl TextDecoder {
-    /// Loads `model.decoder.*` from Hub-named weights.
+    /// Loads `model.decoder.*` from Hub-named weights; `fast` puts the dense layers on the bf16 kernel
+    /// and the output projection on 8-bit quants.
     pub fn load(
         vb: VarBuilder,
         width: usize,
@@ -67,23 +80,31 @@ impl TextDecoder {
         layers: usize,
         vocab: usize,
         positions: usize,
+        fast: bool,
     ) -> Result<Self> {
         let blocks = (0..layers)
             .map(|i| {
                 let b = vb.pp(format!("layers.{i}"));
                 Ok(Block {
-                    attn: Attention::load(b.pp("self_attn"), width)?,
+                    attn: Attention::load(b.pp("self_attn"), width, fast)?,
                     attn_ln: layer_norm(b.pp("self_attn_layer_norm"), width)?,
-                    cross: Attention::load(b.pp("encoder_attn"), width)?,
+                    cross: Attention::load(b.pp("encoder_attn"), width, fast)?,
                     cross_ln: layer_norm(b.pp("encoder_attn_layer_norm"), width)?,
-                    fc1: candle_nn::linear(width, 4 * width, b.pp("fc1"))?,
-                    fc2: candle_nn::linear(4 * width, width, b.pp("fc2"))?,
+                    fc1: linear(b.pp("fc1"), width, 4 * width, true, fast)?,
+                    fc2: linear(b.pp("fc2"), 4 * width, width, true, fast)?,
                     mlp_ln: layer_norm(b.pp("final_layer_norm"), width)?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
+        let embed = vb.get((vocab, width), "embed_tokens.weight")?;
+        let output = if fast && quantized::supported() && width % 32 == 0 {
+            Some(PackedQuant::from_f32(&embed.flatten_all()?.to_vec1::<f32>()?, vocab, width))
+        } else {
+            None
+        };
         Ok(Self {
-            embed: vb.get((vocab, width), "embed_tokens.weight")?,
+            embed,
+            output,
             pos: vb.get((positions, width), "embed_positions.weight")?,
             blocks,
             ln: layer_norm(vb.pp("layer_norm"), width)?,
@@ -168,6 +189,9 @@ impl TextDecoder {
 
     /// Logits of one hidden state `[width]` (the output projection is the token embedding).
     pub fn logits(&self, hidden: &Tensor) -> Result<Vec<f32>> {
+        if let Some(output) = &self.output {
+            return Ok(output.forward(&hidden.flatten_all()?.to_vec1::<f32>()?, 1));
+        }
         self.embed.matmul(&hidden.unsqueeze(1)?)?.squeeze(D::Minus1)?.to_vec1::<f32>()
     }
 }

@@ -117,6 +117,19 @@ impl PackedQuant {
         if columns.len() != n * blocks {
             candle_core::bail!("quantized tensor holds fewer blocks than its shape");
         }
+        Ok(Some(Self::pack(&columns, n, k, bits)))
+    }
+
+    /// Quantizes an f32 `[n, k]` matrix (`k` a multiple of 32) to 8 bits per weight.
+    pub fn from_f32(weight: &[f32], n: usize, k: usize) -> Self {
+        assert!(k % BLOCK == 0 && weight.len() == n * k, "weight is not [n, k] with k a multiple of 32");
+        let columns: Vec<_> = weight.chunks_exact(BLOCK).map(requantize).collect();
+        Self::pack(&columns, n, k, Bits::Eight)
+    }
+
+    /// Lays out each column's blocks `(d, m, quants)` for the kernel.
+    fn pack(columns: &[(f16, f16, [u8; BLOCK])], n: usize, k: usize, bits: Bits) -> Self {
+        let blocks = k / BLOCK;
         let groups = n.div_ceil(COLS);
         let mut quants = vec![0u8; groups * blocks * bits.bytes()];
         let mut scales = vec![0u16; groups * blocks * 2 * COLS];
@@ -143,7 +156,7 @@ impl PackedQuant {
                 }
             }
         }
-        Ok(Some(Self { n, k, blocks, bits, quants, scales }))
+        Self { n, k, blocks, bits, quants, scales }
     }
 
     /// Output width.
