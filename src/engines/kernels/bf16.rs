@@ -10,7 +10,6 @@
 //! input positions `(2p, 2p+1)`, the 64 columns' two bf16 values sit side by side, so the microkernel
 //! reads one contiguous stream per group and broadcasts one activation pair per row.
 
-use half::bf16;
 use rayon::prelude::*;
 
 /// Columns per group (four vectors of 16 f32 lanes).
@@ -46,8 +45,19 @@ pub struct PackedBf16 {
     bias: Vec<f32>,
 }
 
+/// Round-to-nearest-even bf16 bits of `x` (what `vcvtneps2bf16` does; NaN stays NaN).
+#[inline(always)]
+fn bf16_bits(x: f32) -> u32 {
+    let bits = x.to_bits();
+    if x.is_nan() {
+        return (bits >> 16) | 0x40;
+    }
+    (bits + 0x7fff + ((bits >> 16) & 1)) >> 16
+}
+
+#[inline(always)]
 fn pair(lo: f32, hi: f32) -> u32 {
-    bf16::from_f32(lo).to_bits() as u32 | (bf16::from_f32(hi).to_bits() as u32) << 16
+    bf16_bits(lo) | bf16_bits(hi) << 16
 }
 
 impl PackedBf16 {
@@ -58,17 +68,29 @@ impl PackedBf16 {
         let pairs = k.div_ceil(2);
         let vectors_total = n.div_ceil(16);
         let mut data = vec![0u32; vectors_total * 16 * pairs];
-        let at = |col: usize, i: usize| if col < n && i < k { weight[col * k + i] } else { 0.0 };
-        for group in 0..n.div_ceil(GROUP) {
-            let first_vector = group * GROUP / 16;
-            let vectors = (vectors_total - first_vector).min(GROUP / 16);
-            let base = first_vector * 16 * pairs;
-            for p in 0..pairs {
-                for lane in 0..vectors * 16 {
-                    let col = group * GROUP + lane;
-                    data[base + p * vectors * 16 + lane] = pair(at(col, 2 * p), at(col, 2 * p + 1));
+        // Groups are contiguous runs of `data`: all but the last hold 64 columns.
+        let pack_group = |(group, out): (usize, &mut [u32])| {
+            let vectors = out.len() / (16 * pairs).max(1);
+            for lane in 0..vectors * 16 {
+                let col = group * GROUP + lane;
+                if col >= n {
+                    break;
+                }
+                let row = &weight[col * k..(col + 1) * k];
+                let mut it = row.chunks_exact(2);
+                for (p, two) in (&mut it).enumerate() {
+                    out[p * vectors * 16 + lane] = pair(two[0], two[1]);
+                }
+                if let [last] = it.remainder() {
+                    out[(pairs - 1) * vectors * 16 + lane] = pair(*last, 0.0);
                 }
             }
+        };
+        let chunk = GROUP * pairs;
+        if n * k >= 1 << 18 {
+            data.par_chunks_mut(chunk.max(1)).enumerate().for_each(pack_group);
+        } else {
+            data.chunks_mut(chunk.max(1)).enumerate().for_each(pack_group);
         }
         let bias = if bias.is_empty() { vec![0.0; n] } else { bias.to_vec() };
         Self { n, k, pairs, data, bias }
@@ -284,7 +306,7 @@ mod tests {
     use super::*;
 
     fn reference(x: &[f32], w: &[f32], b: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
-        let r = |v: f32| bf16::from_f32(v).to_f32() as f64;
+        let r = |v: f32| half::bf16::from_f32(v).to_f32() as f64;
         let mut out = vec![0f32; m * n];
         for i in 0..m {
             for j in 0..n {
