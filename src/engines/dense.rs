@@ -21,6 +21,15 @@ pub fn uses_bf16(precision: Precision, device: &Device) -> anyhow::Result<bool> 
     }
 }
 
+/// How dense layers multiply, for logs.
+pub fn arithmetic(bf16: bool) -> &'static str {
+    if bf16 {
+        "bf16 products, f32 sums (AVX-512 BF16)"
+    } else {
+        "f32"
+    }
+}
+
 /// `x · Wᵀ + b` over the last dimension of `x`.
 pub enum Dense {
     /// candle's matmul on the transposed weight `[in, out]`.

@@ -238,6 +238,7 @@ impl EngineLoader for EmbedderLoader {
     fn load(&self) -> Result<Embedder, EngineError> {
         let device = super::device::open(&self.spec.device).map_err(EngineError::new)?;
         let bf16 = super::dense::uses_bf16(self.spec.precision, &device).map_err(EngineError::new)?;
+        tracing::info!(dir = %self.spec.dir.display(), dense = super::dense::arithmetic(bf16), "encoder layers");
         let model = BertModel::load(&self.spec.dir.join("model.safetensors"), self.spec.config.clone(), &device, bf16)
             .map_err(EngineError::new)?;
         Ok(Embedder { model, pooling: self.spec.pooling, normalize: self.spec.normalize, ids: Vec::new() })

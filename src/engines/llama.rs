@@ -18,8 +18,8 @@ use rayon::prelude::*;
 use std::path::Path;
 
 use super::dense::Dense;
-use super::kernels::{bf16, in_pool};
 use super::kernels::quantized::{self, PackedQuant};
+use super::kernels::{bf16, in_pool};
 
 /// Shapes read from the GGUF metadata.
 #[derive(Debug, Clone)]
@@ -192,7 +192,7 @@ enum Quantized {
 
 impl Quantized {
     fn new(tensor: QTensor) -> Result<Self> {
-        if quantized::supported() && matches!(tensor.dtype(), GgmlDType::Q4_1 | GgmlDType::Q8_0) {
+        if quantized::supported() && matches!(tensor.dtype(), GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q8_0) {
             if let Some(packed) = PackedQuant::from_qtensor(&tensor)? {
                 return Ok(Quantized::Packed(packed));
             }
@@ -409,6 +409,12 @@ impl Llama {
             .map(|(_, info)| info.shape.elem_count() * 4)
             .sum();
         let keep_dense = linear_bytes <= DENSE_BUDGET_BYTES;
+        tracing::info!(
+            path = %path.display(),
+            decode = if quantized::supported() { "int8 dot products (AVX-512 VNNI)" } else { "candle quantized matmul" },
+            prompt = if keep_dense { super::dense::arithmetic(bf16::supported()) } else { "quantized" },
+            "chat layers"
+        );
         let mut blocks = Vec::with_capacity(config.layers);
         for i in 0..config.layers {
             let mut q = |s: &str| -> anyhow::Result<Weight> {
@@ -764,17 +770,18 @@ pub fn safetensors_files(dir: &Path) -> anyhow::Result<Vec<std::path::PathBuf>> 
     Ok(files)
 }
 
-fn read(content: &Content, file: &mut std::fs::File, name: &str) -> anyhow::Result<candle_core::quantized::QTensor> {
+fn read(content: &Content, file: &mut std::fs::File, name: &str) -> anyhow::Result<QTensor> {
     let tensor = content.tensor(file, name, &Device::Cpu).with_context(|| format!("GGUF tensor {name}"))?;
     Ok(fast_layout(tensor)?)
 }
 
 /// candle's CPU kernels for Q4_1 / Q5_0 / Q5_1 are scalar; such weights are re-quantized once at load
-/// to Q8_0, which has SIMD kernels. Q8_0 holds every 4- and 5-bit level of a block to within 1/254 of
-/// the block's range, so the model is the same to within that rounding.
-fn fast_layout(tensor: candle_core::quantized::QTensor) -> Result<candle_core::quantized::QTensor> {
-    use candle_core::quantized::{GgmlDType, QTensor};
+/// to Q8_0, which has SIMD kernels (our own kernel runs Q4_1 as it is, where the CPU has it). Q8_0 holds
+/// every 4- and 5-bit level of a block to within 1/254 of the block's range, so the model is the same to
+/// within that rounding.
+fn fast_layout(tensor: QTensor) -> Result<QTensor> {
     match tensor.dtype() {
+        GgmlDType::Q4_1 if quantized::supported() => Ok(tensor),
         GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1 if tensor.shape().dims().len() == 2 => {
             QTensor::quantize(&tensor.dequantize(&Device::Cpu)?, GgmlDType::Q8_0)
         }

@@ -300,6 +300,7 @@ fn load(spec: &WhisperSpec) -> anyhow::Result<WhisperEngine> {
         (vb, config)
     };
     let bf16 = super::dense::uses_bf16(spec.precision, &device)?;
+    tracing::info!(dir = %spec.dir.display(), dense = super::dense::arithmetic(bf16), "whisper layers");
     let encoder = AudioEncoder::load(
         &vb.pp("model.encoder"),
         config.num_mel_bins,

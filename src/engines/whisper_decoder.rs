@@ -97,7 +97,7 @@ impl TextDecoder {
             })
             .collect::<Result<Vec<_>>>()?;
         let embed = vb.get((vocab, width), "embed_tokens.weight")?;
-        let output = if fast && quantized::supported() && width % 32 == 0 {
+        let output = if fast && quantized::supported() && width.is_multiple_of(32) {
             Some(PackedQuant::from_f32(&embed.flatten_all()?.to_vec1::<f32>()?, vocab, width))
         } else {
             None

@@ -94,6 +94,19 @@ impl PackedQuant {
                 }
                 Bits::Four
             }
+            GgmlDType::Q4_0 => {
+                let data = tensor.data()?;
+                for raw in data.chunks_exact(18).take(n * blocks) {
+                    let d = half_at(raw, 0);
+                    let mut u = [0u8; BLOCK];
+                    for j in 0..16 {
+                        u[j] = raw[2 + j] & 0x0f;
+                        u[j + 16] = raw[2 + j] >> 4;
+                    }
+                    columns.push((d, f16::from_f32(-8.0 * d.to_f32()), u));
+                }
+                Bits::Four
+            }
             GgmlDType::Q8_0 => {
                 let data = tensor.data()?;
                 for raw in data.chunks_exact(34).take(n * blocks) {
@@ -122,7 +135,7 @@ impl PackedQuant {
 
     /// Quantizes an f32 `[n, k]` matrix (`k` a multiple of 32) to 8 bits per weight.
     pub fn from_f32(weight: &[f32], n: usize, k: usize) -> Self {
-        assert!(k % BLOCK == 0 && weight.len() == n * k, "weight is not [n, k] with k a multiple of 32");
+        assert!(k.is_multiple_of(BLOCK) && weight.len() == n * k, "weight is not [n, k] with k a multiple of 32");
         let columns: Vec<_> = weight.chunks_exact(BLOCK).map(requantize).collect();
         Self::pack(&columns, n, k, Bits::Eight)
     }
@@ -176,8 +189,11 @@ impl PackedQuant {
         let mut xq = vec![0i8; m * self.k];
         let mut dx = vec![0f32; m * blocks];
         let mut sx = vec![0f32; m * blocks];
-        for (((row, q), d), s) in
-            x.chunks_exact(self.k).zip(xq.chunks_exact_mut(self.k)).zip(dx.chunks_exact_mut(blocks)).zip(sx.chunks_exact_mut(blocks))
+        for (((row, q), d), s) in x
+            .chunks_exact(self.k)
+            .zip(xq.chunks_exact_mut(self.k))
+            .zip(dx.chunks_exact_mut(blocks))
+            .zip(sx.chunks_exact_mut(blocks))
         {
             quantize_row(row, q, d, s);
         }
@@ -377,7 +393,7 @@ mod tests {
                 let want: f64 = (0..k).map(|i| wd[c * k + i] as f64 * xr[i] as f64).sum();
                 let g = got[r * n + c] as f64;
                 // Weights of other types are re-quantized to 8 bits: allow that rounding too.
-                let tol = if matches!(dtype, GgmlDType::Q4_1 | GgmlDType::Q8_0) { 2e-3 } else { 0.1 };
+                let tol = if matches!(dtype, GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q8_0) { 2e-3 } else { 0.1 };
                 assert!((g - want).abs() <= tol * (1.0 + want.abs()), "{dtype:?} {m}×{n}×{k} [{r},{c}]: {g} vs {want}");
             }
         }
@@ -389,7 +405,7 @@ mod tests {
             eprintln!("skipped: no AVX-512 VNNI on this CPU");
             return;
         }
-        for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0, GgmlDType::Q4K, GgmlDType::F32] {
+        for dtype in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0, GgmlDType::Q4K, GgmlDType::F32] {
             for &(m, n, k) in &[(1, 16, 32), (3, 40, 64), (9, 100, 256), (8, 576, 576)] {
                 if dtype == GgmlDType::Q4K && k % 256 != 0 {
                     continue;
