@@ -108,8 +108,10 @@ fn bf16_dense_layers_stay_within_1e_3_cosine_of_full_precision() {
         .env("MODELS", format!("{MINILM},minilm-f32"))
         .env("EMBEDDING_CACHE_SIZE", 0)
         .start();
-    let mut texts = sis::bench::corpus::sentences(28, 11);
+    let mut texts = sis::bench::corpus::sentences(27, 11);
     texts.extend([FOOD, BREAD, HORSE, "Hi."].map(String::from));
+    // A long text: attention of sequences from 64 tokens on also runs on bf16 products.
+    texts.push(sis::bench::corpus::sentences(12, 5).join(" "));
     let fast = server.embed(json!({ "model": MINILM, "input": texts })).vectors();
     let exact = server.embed(json!({ "model": "minilm-f32", "input": texts })).vectors();
     assert_eq!(fast.len(), texts.len());

@@ -8,6 +8,9 @@
 use candle_core::{Device, Result, Storage, Tensor};
 use rayon::prelude::*;
 
+use super::kernels::bf16::PackedBf16;
+use super::kernels::elementwise::{exp, softmax};
+
 /// Token ranges of the sequences in a packed batch.
 #[derive(Debug, Clone)]
 pub struct Packing {
@@ -30,18 +33,23 @@ impl Packing {
     }
 }
 
+/// Sequences at least this long take the bf16 matrix-product path (when enabled): below it, packing
+/// K and V costs more than it saves.
+const BF16_MIN_LEN: usize = 64;
+
 /// Attention of every sequence over itself: `qkv` is `[tokens, 3·heads·head_dim]` with Q already
-/// scaled; returns `[tokens, heads·head_dim]`.
-pub fn packed_attention(qkv: &Tensor, packing: &Packing, heads: usize, head_dim: usize) -> Result<Tensor> {
+/// scaled; returns `[tokens, heads·head_dim]`. With `bf16`, long sequences compute their scores and
+/// weighted sums as bf16 matrix products ([`head_bf16`]).
+pub fn packed_attention(qkv: &Tensor, packing: &Packing, heads: usize, head_dim: usize, bf16: bool) -> Result<Tensor> {
     match qkv.device() {
-        Device::Cpu => cpu_attention(qkv, packing, heads, head_dim),
+        Device::Cpu => cpu_attention(qkv, packing, heads, head_dim, bf16),
         _ => tensor_attention(qkv, packing, heads, head_dim),
     }
 }
 
 /// A dot product in eight independent lanes, so that it vectorizes (one running sum cannot be
 /// reordered by the compiler).
-#[inline]
+#[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut lanes = [0f32; 8];
     let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
@@ -54,7 +62,87 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     lanes.iter().sum::<f32>() + tail
 }
 
-fn cpu_attention(qkv: &Tensor, packing: &Packing, heads: usize, head_dim: usize) -> Result<Tensor> {
+#[derive(Clone, Copy)]
+struct Shape {
+    heads: usize,
+    head_dim: usize,
+    hidden: usize,
+    stride: usize,
+}
+
+/// One sequence's attention, compiled for AVX-512 where the CPU has it (the dot products, the softmax's
+/// `exp` and the weighted sums then run sixteen lanes wide).
+fn attend(data: &[f32], start: usize, len: usize, chunk: &mut [f32], shape: Shape) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,fma")]
+        unsafe fn wide(data: &[f32], start: usize, len: usize, chunk: &mut [f32], shape: Shape) {
+            attend_generic(data, start, len, chunk, shape)
+        }
+        if super::kernels::elementwise::has_avx512() {
+            // SAFETY: the features it was compiled for were detected.
+            return unsafe { wide(data, start, len, chunk, shape) };
+        }
+    }
+    attend_generic(data, start, len, chunk, shape)
+}
+
+#[inline(always)]
+fn attend_generic(data: &[f32], start: usize, len: usize, chunk: &mut [f32], shape: Shape) {
+    let Shape { heads, head_dim, hidden, stride } = shape;
+    let mut scores = vec![0f32; len];
+    for h in 0..heads {
+        let q_off = h * head_dim;
+        let k_off = hidden + h * head_dim;
+        let v_off = 2 * hidden + h * head_dim;
+        for i in 0..len {
+            let q = &data[(start + i) * stride + q_off..][..head_dim];
+            let mut max = f32::NEG_INFINITY;
+            for (j, s) in scores.iter_mut().enumerate() {
+                let k = &data[(start + j) * stride + k_off..][..head_dim];
+                let dot = dot(q, k);
+                *s = dot;
+                max = max.max(dot);
+            }
+            let mut sum = 0f32;
+            for s in scores.iter_mut() {
+                *s = exp(*s - max);
+                sum += *s;
+            }
+            let inv = 1.0 / sum;
+            let o = &mut chunk[i * hidden + h * head_dim..][..head_dim];
+            o.fill(0.0);
+            for (j, &p) in scores.iter().enumerate() {
+                let v = &data[(start + j) * stride + v_off..][..head_dim];
+                let w = p * inv;
+                for (o, v) in o.iter_mut().zip(v) {
+                    *o += w * v;
+                }
+            }
+        }
+    }
+}
+
+/// One head of full attention over rows `start..start + len` of fused projections (`data`, rows of
+/// `[Q | K | V]`, `3·hidden` wide, Q already scaled), as two bf16 matrix products with a row softmax
+/// between them; returns `[len, head_dim]`.
+pub fn head_bf16(data: &[f32], hidden: usize, start: usize, len: usize, head: usize, head_dim: usize) -> Vec<f32> {
+    let stride = 3 * hidden;
+    let column = |part: usize, t: usize| &data[(start + t) * stride + part * hidden + head * head_dim..][..head_dim];
+    let q: Vec<f32> = (0..len).flat_map(|t| column(0, t).iter().copied()).collect();
+    let k: Vec<f32> = (0..len).flat_map(|t| column(1, t).iter().copied()).collect();
+    let mut v_t = vec![0f32; head_dim * len];
+    for t in 0..len {
+        for (i, &v) in column(2, t).iter().enumerate() {
+            v_t[i * len + t] = v;
+        }
+    }
+    let mut scores = PackedBf16::new(&k, len, head_dim, &[]).forward(&q, len);
+    scores.par_chunks_mut(len).for_each(softmax);
+    PackedBf16::new(&v_t, head_dim, len, &[]).forward(&scores, len)
+}
+
+fn cpu_attention(qkv: &Tensor, packing: &Packing, heads: usize, head_dim: usize, bf16: bool) -> Result<Tensor> {
     let hidden = heads * head_dim;
     let qkv = qkv.contiguous()?;
     let (storage, layout) = qkv.storage_and_layout();
@@ -71,37 +159,17 @@ fn cpu_attention(qkv: &Tensor, packing: &Packing, heads: usize, head_dim: usize)
         chunks.push((start, len, chunk));
         rest = tail;
     }
+    let shape = Shape { heads, head_dim, hidden, stride };
     chunks.into_par_iter().for_each(|(start, len, chunk)| {
-        let mut scores = vec![0f32; len];
-        for h in 0..heads {
-            let q_off = h * head_dim;
-            let k_off = hidden + h * head_dim;
-            let v_off = 2 * hidden + h * head_dim;
-            for i in 0..len {
-                let q = &data[(start + i) * stride + q_off..][..head_dim];
-                let mut max = f32::NEG_INFINITY;
-                for (j, s) in scores.iter_mut().enumerate() {
-                    let k = &data[(start + j) * stride + k_off..][..head_dim];
-                    let dot = dot(q, k);
-                    *s = dot;
-                    max = max.max(dot);
-                }
-                let mut sum = 0f32;
-                for s in scores.iter_mut() {
-                    *s = (*s - max).exp();
-                    sum += *s;
-                }
-                let inv = 1.0 / sum;
-                let o = &mut chunk[i * hidden + h * head_dim..][..head_dim];
-                o.fill(0.0);
-                for (j, &p) in scores.iter().enumerate() {
-                    let v = &data[(start + j) * stride + v_off..][..head_dim];
-                    let w = p * inv;
-                    for (o, v) in o.iter_mut().zip(v) {
-                        *o += w * v;
-                    }
+        if bf16 && len >= BF16_MIN_LEN {
+            for h in 0..heads {
+                let out = head_bf16(data, hidden, start, len, h, head_dim);
+                for (t, row) in out.chunks_exact(head_dim).enumerate() {
+                    chunk[t * hidden + h * head_dim..][..head_dim].copy_from_slice(row);
                 }
             }
+        } else {
+            attend(data, start, len, chunk, shape)
         }
     });
     drop(storage);
@@ -133,9 +201,24 @@ mod tests {
         let (heads, head_dim) = (2, 4);
         let packing = Packing::new([3, 1, 5]);
         let qkv = Tensor::randn(0f32, 1.0, (packing.tokens, 3 * heads * head_dim), &Device::Cpu).unwrap();
-        let fast = cpu_attention(&qkv, &packing, heads, head_dim).unwrap();
+        let fast = cpu_attention(&qkv, &packing, heads, head_dim, false).unwrap();
         let slow = tensor_attention(&qkv, &packing, heads, head_dim).unwrap();
         let diff = (fast - slow).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(diff < 1e-5, "max difference {diff}");
+    }
+
+    #[test]
+    fn long_sequences_on_bf16_products_stay_close() {
+        if !crate::engines::kernels::bf16::supported() {
+            return;
+        }
+        let (heads, head_dim) = (3, 32);
+        let packing = Packing::new([70, 5, 130]);
+        let qkv =
+            (Tensor::randn(0f32, 1.0, (packing.tokens, 3 * heads * head_dim), &Device::Cpu).unwrap() * 0.3).unwrap();
+        let fast = cpu_attention(&qkv, &packing, heads, head_dim, true).unwrap();
+        let slow = tensor_attention(&qkv, &packing, heads, head_dim).unwrap();
+        let diff = (fast - slow).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff < 2e-2, "max difference {diff}");
     }
 }

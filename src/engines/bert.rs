@@ -128,6 +128,8 @@ pub struct BertModel {
     head_dim: usize,
     position_offset: usize,
     activation: Activation,
+    /// Whether the dense layers and long sequences' attention use bf16 products.
+    bf16: bool,
     device: Device,
     /// The config it was built from.
     pub config: BertConfig,
@@ -198,6 +200,7 @@ impl BertModel {
             head_dim,
             position_offset: config.position_offset(),
             activation,
+            bf16,
             device: device.clone(),
             config,
         })
@@ -221,7 +224,7 @@ impl BertModel {
         let mut x = self.embed_norm.forward(&x)?;
         for layer in &self.layers {
             let qkv = layer.qkv.forward(&x)?;
-            let ctx = packed_attention(&qkv, packing, self.heads, self.head_dim)?;
+            let ctx = packed_attention(&qkv, packing, self.heads, self.head_dim, self.bf16)?;
             let attn = layer.attn_norm.forward(&(layer.attn_out.forward(&ctx)? + &x)?)?;
             let hidden = match self.activation {
                 Activation::GeluErf => layer.intermediate.forward_then(&attn, super::kernels::elementwise::gelu_erf)?,

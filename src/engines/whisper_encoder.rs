@@ -9,9 +9,9 @@ use candle_core::{Device, Result, Tensor};
 use candle_nn::{Module, VarBuilder};
 use rayon::prelude::*;
 
+use super::attention::head_bf16;
 use super::dense::Dense;
-use super::kernels::bf16::PackedBf16;
-use super::kernels::elementwise::{gelu_erf, softmax};
+use super::kernels::elementwise::gelu_erf;
 
 /// A kernel-3, padding-1 convolution over time as one dense layer on im2col rows.
 struct Conv {
@@ -159,19 +159,7 @@ impl AudioEncoder {
         let (width, d) = (self.width, self.width / self.heads);
         let mut context = vec![0f32; steps * width];
         for h in 0..self.heads {
-            let column = |part: usize, t: usize| &qkv[t * 3 * width + part * width + h * d..][..d];
-            let q: Vec<f32> = (0..steps).flat_map(|t| column(0, t).iter().copied()).collect();
-            let k: Vec<f32> = (0..steps).flat_map(|t| column(1, t).iter().copied()).collect();
-            let mut v_t = vec![0f32; d * steps];
-            for t in 0..steps {
-                for (i, &v) in column(2, t).iter().enumerate() {
-                    v_t[i * steps + t] = v;
-                }
-            }
-            // Scores Q·Kᵀ (the scale is folded into Q), row softmax, then P·V as P·(Vᵀ)ᵀ.
-            let mut scores = self.product(&q, steps, &k, steps, d)?;
-            scores.par_chunks_mut(steps).for_each(softmax);
-            let head = self.product(&scores, steps, &v_t, d, steps)?;
+            let head = if self.bf16 { head_bf16(&qkv, width, 0, steps, h, d) } else { self.head_f32(&qkv, steps, h)? };
             for (t, row) in head.chunks_exact(d).enumerate() {
                 context[t * width + h * d..][..d].copy_from_slice(row);
             }
@@ -179,13 +167,12 @@ impl AudioEncoder {
         Tensor::from_vec(context, (steps, width), &Device::Cpu)
     }
 
-    /// `a · bᵀ` for `a` `[m, k]` and `b` `[n, k]`.
-    fn product(&self, a: &[f32], m: usize, b: &[f32], n: usize, k: usize) -> Result<Vec<f32>> {
-        if self.bf16 {
-            return Ok(PackedBf16::new(b, n, k, &[]).forward(a, m));
-        }
-        let a = Tensor::from_slice(a, (m, k), &Device::Cpu)?;
-        let b = Tensor::from_slice(b, (n, k), &Device::Cpu)?;
-        a.matmul(&b.t()?)?.flatten_all()?.to_vec1::<f32>()
+    /// One head with candle's f32 matmul: softmax(Q·Kᵀ)·V (the scale is folded into Q).
+    fn head_f32(&self, qkv: &[f32], steps: usize, h: usize) -> Result<Vec<f32>> {
+        let qkv = Tensor::from_slice(qkv, (steps, 3, self.heads, self.width / self.heads), &Device::Cpu)?;
+        let part = |i: usize| qkv.narrow(1, i, 1)?.narrow(2, h, 1)?.squeeze(2)?.squeeze(1)?.contiguous();
+        let (q, k, v) = (part(0)?, part(1)?, part(2)?);
+        let scores = candle_nn::ops::softmax_last_dim(&q.matmul(&k.t()?)?)?;
+        scores.matmul(&v)?.flatten_all()?.to_vec1::<f32>()
     }
 }
