@@ -12,6 +12,8 @@
 
 use rayon::prelude::*;
 
+use super::OutPtr;
+
 /// Columns per group (four vectors of 16 f32 lanes).
 const GROUP: usize = 64;
 /// Rows per microkernel call.
@@ -128,7 +130,7 @@ impl PackedBf16 {
             let mut out: Vec<f32> = Vec::with_capacity(len);
             let groups = self.n.div_ceil(GROUP);
             let row_blocks = m.div_ceil(ROWS_PER_TASK);
-            let out_ptr = SendPtr(out.spare_capacity_mut().as_mut_ptr() as *mut f32);
+            let out_ptr = OutPtr(out.spare_capacity_mut().as_mut_ptr() as *mut f32);
             // Tasks are (column group, block of rows): enough of them to keep both cores busy whatever
             // the shape, each reading its group's panel once per pass.
             (0..groups * row_blocks).into_par_iter().for_each(|task| {
@@ -195,11 +197,6 @@ fn round_row(row: &[f32], out: &mut [u32]) {
         *o = pair(row.get(2 * p).copied().unwrap_or(0.0), row.get(2 * p + 1).copied().unwrap_or(0.0));
     }
 }
-
-struct SendPtr(*mut f32);
-// SAFETY: used only to hand disjoint column ranges of one buffer to worker threads.
-unsafe impl Sync for SendPtr {}
-unsafe impl Send for SendPtr {}
 
 /// One microkernel call's operands.
 struct Tile {

@@ -18,3 +18,9 @@ pub fn in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     rayon::scope(|_| result = Some(f()));
     result.expect("rayon::scope runs its body before returning")
 }
+
+/// An output buffer handed to worker threads that each write their own disjoint part of it.
+struct OutPtr(*mut f32);
+// SAFETY: the kernels give each task a disjoint set of output elements, within the buffer.
+unsafe impl Sync for OutPtr {}
+unsafe impl Send for OutPtr {}

@@ -16,6 +16,8 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use half::f16;
 use rayon::prelude::*;
 
+use super::OutPtr;
+
 /// Inputs per block.
 const BLOCK: usize = 32;
 /// Output columns per group (one vector of 16 lanes).
@@ -199,7 +201,7 @@ impl PackedQuant {
         }
         let groups = self.n.div_ceil(COLS);
         let mut out = vec![0f32; m * self.n];
-        let out_ptr = SendPtr(out.as_mut_ptr());
+        let out_ptr = OutPtr(out.as_mut_ptr());
         let per_task = groups.div_ceil(rayon::current_num_threads().max(1) * 4).max(1);
         let tasks = groups.div_ceil(per_task);
         let run = |task: usize| {
@@ -273,11 +275,6 @@ fn quantize_row(row: &[f32], q: &mut [i8], dx: &mut [f32], sx: &mut [f32]) {
         sx[b] = d * sum as f32;
     }
 }
-
-struct SendPtr(*mut f32);
-// SAFETY: used only to hand disjoint column ranges of one buffer to worker threads.
-unsafe impl Sync for SendPtr {}
-unsafe impl Send for SendPtr {}
 
 /// One kernel call: a group of 16 columns, up to eight rows, every block.
 struct Tile {
