@@ -146,6 +146,8 @@ impl BatchItem for EmbedInput {
 /// A loaded embedding engine.
 pub struct Embedder {
     model: BertModel,
+    /// The threads its forward passes run on.
+    pool: super::kernels::Pool,
     pooling: Pooling,
     normalize: bool,
     ids: Vec<u32>,
@@ -160,7 +162,7 @@ impl Embedder {
         }
         let packing = Packing::new(batch.iter().map(|s| s.len()));
         let (model, ids) = (&self.model, &self.ids);
-        let hidden = super::kernels::in_pool(|| model.forward(ids, &packing))?.to_device(&Device::Cpu)?;
+        let hidden = self.pool.run(|| model.forward(ids, &packing))?.to_device(&Device::Cpu)?;
         let width = self.model.hidden_size();
         let states = hidden.flatten_all()?.to_vec1::<f32>()?;
         let mut out = Vec::with_capacity(batch.len());
@@ -241,6 +243,7 @@ impl EngineLoader for EmbedderLoader {
         tracing::info!(dir = %self.spec.dir.display(), dense = super::dense::arithmetic(bf16), "encoder layers");
         let model = BertModel::load(&self.spec.dir.join("model.safetensors"), self.spec.config.clone(), &device, bf16)
             .map_err(EngineError::new)?;
-        Ok(Embedder { model, pooling: self.spec.pooling, normalize: self.spec.normalize, ids: Vec::new() })
+        let pool = super::kernels::Pool::new("embed").map_err(EngineError::new)?;
+        Ok(Embedder { model, pool, pooling: self.spec.pooling, normalize: self.spec.normalize, ids: Vec::new() })
     }
 }

@@ -19,7 +19,7 @@ use std::path::Path;
 
 use super::dense::Dense;
 use super::kernels::quantized::{self, PackedQuant};
-use super::kernels::{bf16, in_pool};
+use super::kernels::{bf16, Pool};
 
 /// Shapes read from the GGUF metadata.
 #[derive(Debug, Clone)]
@@ -387,6 +387,8 @@ pub struct Llama {
     sin: Vec<f32>,
     /// For each rotary frequency, the position axis it turns with (0 = time; MRoPE only).
     rope_axis: Vec<usize>,
+    /// The threads its steps run on.
+    pool: Pool,
 }
 
 impl Llama {
@@ -452,7 +454,7 @@ impl Llama {
                 down,
             });
         }
-        Ok((Self::assemble(config, embeddings, blocks, norm, output), content))
+        Ok((Self::assemble(config, embeddings, blocks, norm, output)?, content))
     }
 
     /// Loads a Hub-layout safetensors checkpoint (llama, qwen2, qwen3; f32, f16 or bf16, kept as f32).
@@ -507,10 +509,16 @@ impl Llama {
             }
             _ => Quantized::Candle(QMatMul::Tensor(embeddings.clone())),
         };
-        Ok(Self::assemble(config, embeddings, blocks, norm, output))
+        Self::assemble(config, embeddings, blocks, norm, output)
     }
 
-    fn assemble(config: LlamaConfig, embeddings: Tensor, blocks: Vec<Block>, norm: Tensor, output: Quantized) -> Self {
+    fn assemble(
+        config: LlamaConfig,
+        embeddings: Tensor,
+        blocks: Vec<Block>,
+        norm: Tensor,
+        output: Quantized,
+    ) -> anyhow::Result<Self> {
         let half = config.head_dim / 2;
         let mut cos = Vec::with_capacity(config.context * half);
         let mut sin = Vec::with_capacity(config.context * half);
@@ -531,7 +539,8 @@ impl Llama {
                 _ => 0,
             })
             .collect();
-        Self { config, embeddings, blocks, norm, output, cos, sin, rope_axis }
+        let pool = Pool::new("chat").context("starting the chat model's threads")?;
+        Ok(Self { config, embeddings, blocks, norm, output, cos, sin, rope_axis, pool })
     }
 
     /// A new, empty cache for a sequence.
@@ -546,7 +555,7 @@ impl Llama {
 
     /// Runs one packed step; returns the logits (`[vocab]`) of each input that asked for them, in order.
     pub fn step(&self, inputs: &mut [StepInput<'_>]) -> Result<Vec<Vec<f32>>> {
-        in_pool(|| self.step_in_pool(inputs))
+        self.pool.run(|| self.step_in_pool(inputs))
     }
 
     fn step_in_pool(&self, inputs: &mut [StepInput<'_>]) -> Result<Vec<Vec<f32>>> {

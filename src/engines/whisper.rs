@@ -223,6 +223,8 @@ impl WhisperSpec {
 
 /// A loaded Whisper model.
 pub struct WhisperEngine {
+    /// The threads its transcriptions run on.
+    pool: std::sync::Arc<super::kernels::Pool>,
     encoder: AudioEncoder,
     decoder: TextDecoder,
     spec: WhisperSpec,
@@ -321,6 +323,7 @@ fn load(spec: &WhisperSpec) -> anyhow::Result<WhisperEngine> {
     )?;
     let alignment_heads = alignment_heads(&spec.dir, &config);
     Ok(WhisperEngine {
+        pool: std::sync::Arc::new(super::kernels::Pool::new("whisper")?),
         encoder,
         decoder,
         spec: spec.clone(),
@@ -487,7 +490,8 @@ impl WhisperEngine {
 
     /// Transcribes (or translates) a whole recording.
     pub fn transcribe(&mut self, job: &AudioJob) -> anyhow::Result<Transcript> {
-        super::kernels::in_pool(|| self.transcribe_in_pool(job))
+        let pool = self.pool.clone();
+        pool.run(|| self.transcribe_in_pool(job))
     }
 
     fn transcribe_in_pool(&mut self, job: &AudioJob) -> anyhow::Result<Transcript> {

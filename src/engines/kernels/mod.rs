@@ -7,16 +7,31 @@ pub mod bf16;
 pub mod elementwise;
 pub mod quantized;
 
-/// Runs `f` on a worker of rayon's pool and waits for it.
+/// An engine's own thread pool, which its forward passes run on.
 ///
-/// A forward pass makes hundreds of small parallel products; called from an engine's own thread, each
-/// would wake the pool from outside and sleep until it is done (two context switches, tens of
-/// microseconds). From a worker they fork and join inside the pool, so the engine thread waits once
-/// per pass instead.
-pub fn in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    let mut result = None;
-    rayon::scope(|_| result = Some(f()));
-    result.expect("rayon::scope runs its body before returning")
+/// A forward pass makes hundreds of small parallel products. Called from the engine's thread, each
+/// would wake a pool from outside and sleep until it is done (two context switches, tens of
+/// microseconds); run on a worker, they fork and join inside the pool and the engine thread waits once
+/// per pass. The pool is the engine's own, not rayon's global one, because a worker waiting on a join
+/// takes other jobs of its pool meanwhile: in a shared pool, one model's decode step could wait behind
+/// another model's whole forward pass. Threads: `RAYON_NUM_THREADS`, else one per CPU.
+pub struct Pool(rayon::ThreadPool);
+
+impl Pool {
+    /// A pool whose threads are named after `name`.
+    pub fn new(name: &str) -> std::io::Result<Self> {
+        let name = name.to_string();
+        rayon::ThreadPoolBuilder::new()
+            .thread_name(move |i| format!("{name}-{i}"))
+            .build()
+            .map(Pool)
+            .map_err(std::io::Error::other)
+    }
+
+    /// Runs `f` on a worker of the pool and waits for it.
+    pub fn run<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        self.0.install(f)
+    }
 }
 
 /// An output buffer handed to worker threads that each write their own disjoint part of it.
