@@ -9,7 +9,7 @@ use candle_core::{Device, Result, Storage, Tensor};
 use rayon::prelude::*;
 
 use super::kernels::bf16::PackedBf16;
-use super::kernels::elementwise::{exp, softmax};
+use super::kernels::elementwise::{dispatch, exp, softmax};
 
 /// Token ranges of the sequences in a packed batch.
 #[derive(Debug, Clone)]
@@ -33,13 +33,13 @@ impl Packing {
     }
 }
 
-/// Sequences at least this long take the bf16 matrix-product path (when enabled): below it, packing
-/// K and V costs more than it saves.
-const BF16_MIN_LEN: usize = 64;
+/// Sequences at least this long take matrix products (bf16 or candle's f32) instead of the loops:
+/// below it, laying out K and V costs more than it saves.
+const LONG: usize = 64;
 
 /// Attention of every sequence over itself: `qkv` is `[tokens, 3·heads·head_dim]` with Q already
-/// scaled; returns `[tokens, heads·head_dim]`. With `bf16`, long sequences compute their scores and
-/// weighted sums as bf16 matrix products ([`head_bf16`]).
+/// scaled; returns `[tokens, heads·head_dim]`. Long sequences compute their scores and weighted sums as
+/// matrix products: bf16 ([`head_bf16`]) with `bf16`, else candle's f32.
 pub fn packed_attention(qkv: &Tensor, packing: &Packing, heads: usize, head_dim: usize, bf16: bool) -> Result<Tensor> {
     match qkv.device() {
         Device::Cpu => cpu_attention(qkv, packing, heads, head_dim, bf16),
@@ -70,21 +70,10 @@ struct Shape {
     stride: usize,
 }
 
-/// One sequence's attention, compiled for AVX-512 where the CPU has it (the dot products, the softmax's
-/// `exp` and the weighted sums then run sixteen lanes wide).
-fn attend(data: &[f32], start: usize, len: usize, chunk: &mut [f32], shape: Shape) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,fma")]
-        unsafe fn wide(data: &[f32], start: usize, len: usize, chunk: &mut [f32], shape: Shape) {
-            attend_generic(data, start, len, chunk, shape)
-        }
-        if super::kernels::elementwise::has_avx512() {
-            // SAFETY: the features it was compiled for were detected.
-            return unsafe { wide(data, start, len, chunk, shape) };
-        }
-    }
-    attend_generic(data, start, len, chunk, shape)
+dispatch! {
+    /// One sequence's attention by loops (the dot products, the softmax's `exp` and the weighted sums
+    /// run sixteen lanes wide on AVX-512).
+    fn attend = attend_generic(data: &[f32], start: usize, len: usize, chunk: &mut [f32], shape: Shape)
 }
 
 #[inline(always)]
@@ -125,8 +114,8 @@ fn attend_generic(data: &[f32], start: usize, len: usize, chunk: &mut [f32], sha
 
 /// One head of full attention over rows `start..start + len` of fused projections (`data`, rows of
 /// `[Q | K | V]`, `3·hidden` wide, Q already scaled), as two bf16 matrix products with a row softmax
-/// between them; returns `[len, head_dim]`.
-pub fn head_bf16(data: &[f32], hidden: usize, start: usize, len: usize, head: usize, head_dim: usize) -> Vec<f32> {
+/// between them; writes the head's columns of `out` (`[len, hidden]`).
+pub fn head_bf16(data: &[f32], hidden: usize, start: usize, len: usize, head: usize, head_dim: usize, out: &mut [f32]) {
     let stride = 3 * hidden;
     let column = |part: usize, t: usize| &data[(start + t) * stride + part * hidden + head * head_dim..][..head_dim];
     let q: Vec<f32> = (0..len).flat_map(|t| column(0, t).iter().copied()).collect();
@@ -139,7 +128,22 @@ pub fn head_bf16(data: &[f32], hidden: usize, start: usize, len: usize, head: us
     }
     let mut scores = PackedBf16::new(&k, len, head_dim, &[]).forward(&q, len);
     scores.par_chunks_mut(len).for_each(softmax);
-    PackedBf16::new(&v_t, head_dim, len, &[]).forward(&scores, len)
+    let context = PackedBf16::new(&v_t, head_dim, len, &[]).forward(&scores, len);
+    for (t, row) in context.chunks_exact(head_dim).enumerate() {
+        out[t * hidden + head * head_dim..][..head_dim].copy_from_slice(row);
+    }
+}
+
+/// One sequence by candle's f32 matrix products: long sequences in full precision.
+fn sequence_f32(data: &[f32], start: usize, len: usize, chunk: &mut [f32], shape: Shape) -> Result<()> {
+    let rows = Tensor::from_slice(
+        &data[start * shape.stride..(start + len) * shape.stride],
+        (len, shape.stride),
+        &Device::Cpu,
+    )?;
+    let context = tensor_attention(&rows, &Packing::new([len]), shape.heads, shape.head_dim)?;
+    chunk.copy_from_slice(&context.flatten_all()?.to_vec1::<f32>()?);
+    Ok(())
 }
 
 fn cpu_attention(qkv: &Tensor, packing: &Packing, heads: usize, head_dim: usize, bf16: bool) -> Result<Tensor> {
@@ -160,18 +164,14 @@ fn cpu_attention(qkv: &Tensor, packing: &Packing, heads: usize, head_dim: usize,
         rest = tail;
     }
     let shape = Shape { heads, head_dim, hidden, stride };
-    chunks.into_par_iter().for_each(|(start, len, chunk)| {
-        if bf16 && len >= BF16_MIN_LEN {
-            for h in 0..heads {
-                let out = head_bf16(data, hidden, start, len, h, head_dim);
-                for (t, row) in out.chunks_exact(head_dim).enumerate() {
-                    chunk[t * hidden + h * head_dim..][..head_dim].copy_from_slice(row);
-                }
-            }
-        } else {
-            attend(data, start, len, chunk, shape)
+    chunks.into_par_iter().try_for_each(|(start, len, chunk)| {
+        match (len >= LONG, bf16) {
+            (true, true) => (0..heads).for_each(|h| head_bf16(data, hidden, start, len, h, head_dim, chunk)),
+            (true, false) => sequence_f32(data, start, len, chunk, shape)?,
+            (false, _) => attend(data, start, len, chunk, shape),
         }
-    });
+        Ok::<_, candle_core::Error>(())
+    })?;
     drop(storage);
     Tensor::from_vec(out, (packing.tokens, hidden), &Device::Cpu)
 }
@@ -199,7 +199,8 @@ mod tests {
     #[test]
     fn cpu_kernel_matches_tensor_math() {
         let (heads, head_dim) = (2, 4);
-        let packing = Packing::new([3, 1, 5]);
+        // Short sequences take the loops; the last one is long enough for the matrix products.
+        let packing = Packing::new([3, 1, 5, 70]);
         let qkv = Tensor::randn(0f32, 1.0, (packing.tokens, 3 * heads * head_dim), &Device::Cpu).unwrap();
         let fast = cpu_attention(&qkv, &packing, heads, head_dim, false).unwrap();
         let slow = tensor_attention(&qkv, &packing, heads, head_dim).unwrap();

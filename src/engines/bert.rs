@@ -168,12 +168,12 @@ impl BertModel {
             let (vw, vb_) = linear(&att.pp("value"), h, h)?;
             let qkv = Dense::new(
                 &Tensor::cat(&[(qw * scale)?, kw, vw], 0)?,
-                &Tensor::cat(&[(qb * scale)?, kb, vb_], 0)?,
+                Some(&Tensor::cat(&[(qb * scale)?, kb, vb_], 0)?),
                 bf16,
             )?;
             let dense = |name: &str, i: usize, o: usize| -> Result<Dense> {
                 let (w, b) = linear(&l.pp(name), i, o)?;
-                Dense::new(&w, &b, bf16)
+                Dense::new(&w, Some(&b), bf16)
             };
             layers.push(Layer {
                 qkv,

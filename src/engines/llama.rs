@@ -203,19 +203,7 @@ impl Quantized {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
             Quantized::Candle(q) => q.forward(x),
-            Quantized::Packed(p) => {
-                let (m, _) = x.dims2()?;
-                let x = x.contiguous()?;
-                let y = {
-                    let (storage, layout) = x.storage_and_layout();
-                    let candle_core::Storage::Cpu(cpu) = &*storage else {
-                        candle_core::bail!("the quantized kernel runs on CPU tensors only")
-                    };
-                    let start = layout.start_offset();
-                    p.forward(&cpu.as_slice::<f32>()?[start..start + m * p.k()], m)
-                };
-                Tensor::from_vec(y, (m, p.n()), &Device::Cpu)
-            }
+            Quantized::Packed(p) => super::dense::map_rows(x, p.n(), |rows, m| p.forward(rows, m)),
         }
     }
 }
@@ -271,9 +259,7 @@ impl Weight {
     fn from_gguf(tensor: QTensor, keep_dense: bool) -> Result<Self> {
         let float = matches!(tensor.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
         let dense = if keep_dense && !float {
-            let w = tensor.dequantize(&Device::Cpu)?;
-            let bias = Tensor::zeros(w.dim(0)?, candle_core::DType::F32, &Device::Cpu)?;
-            Some(Dense::new(&w, &bias, bf16::supported())?)
+            Some(Dense::new(&tensor.dequantize(&Device::Cpu)?, None, bf16::supported())?)
         } else {
             None
         };

@@ -4,7 +4,7 @@
 //! to itself; this one appends one token at a time to per-layer caches (linear cost per step) and can
 //! hand out the cross-attention weights that word timestamps are aligned from.
 
-use candle_core::{DType, Device, Module, Result, Tensor, D};
+use candle_core::{Module, Result, Tensor, D};
 use candle_nn::{LayerNorm, VarBuilder};
 
 use super::dense::Dense;
@@ -12,8 +12,8 @@ use super::kernels::quantized::{self, PackedQuant};
 
 /// A torch `Linear` as a [`Dense`] layer; `bias = false` for layers without one.
 fn linear(vb: VarBuilder, in_dim: usize, out_dim: usize, bias: bool, bf16: bool) -> Result<Dense> {
-    let b = if bias { vb.get(out_dim, "bias")? } else { Tensor::zeros(out_dim, DType::F32, &Device::Cpu)? };
-    Dense::new(&vb.get((out_dim, in_dim), "weight")?, &b, bf16)
+    let b = if bias { Some(vb.get(out_dim, "bias")?) } else { None };
+    Dense::new(&vb.get((out_dim, in_dim), "weight")?, b.as_ref(), bf16)
 }
 
 struct Attention {

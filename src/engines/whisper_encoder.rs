@@ -9,7 +9,7 @@ use candle_core::{Device, Result, Tensor};
 use candle_nn::{Module, VarBuilder};
 use rayon::prelude::*;
 
-use super::attention::head_bf16;
+use super::attention::{packed_attention, Packing};
 use super::dense::Dense;
 use super::kernels::elementwise::gelu_erf;
 
@@ -24,7 +24,7 @@ impl Conv {
     fn load(vb: &VarBuilder, in_channels: usize, out_channels: usize, stride: usize, bf16: bool) -> Result<Self> {
         // [out, in, 3] flattens to [out, in·3]: column c·3 + j multiplies input channel c at offset j − 1.
         let weight = vb.get((out_channels, in_channels, 3), "weight")?.reshape((out_channels, in_channels * 3))?;
-        let dense = Dense::new(&weight, &vb.get(out_channels, "bias")?, bf16)?;
+        let dense = Dense::new(&weight, Some(&vb.get(out_channels, "bias")?), bf16)?;
         Ok(Self { dense, stride, in_channels })
     }
 
@@ -108,9 +108,13 @@ impl AudioEncoder {
                 let kb = Tensor::zeros(width, candle_core::DType::F32, &Device::Cpu)?;
                 let v = a.get((width, width), "v_proj.weight")?;
                 let vb_ = a.get(width, "v_proj.bias")?;
-                let qkv = Dense::new(&Tensor::cat(&[q, k, v], 0)?, &Tensor::cat(&[qb, kb, vb_], 0)?, bf16)?;
+                let qkv = Dense::new(&Tensor::cat(&[q, k, v], 0)?, Some(&Tensor::cat(&[qb, kb, vb_], 0)?), bf16)?;
                 let dense = |name: &str, i: usize, o: usize| -> Result<Dense> {
-                    Dense::new(&l.get((o, i), &format!("{name}.weight"))?, &l.get(o, &format!("{name}.bias"))?, bf16)
+                    Dense::new(
+                        &l.get((o, i), &format!("{name}.weight"))?,
+                        Some(&l.get(o, &format!("{name}.bias"))?),
+                        bf16,
+                    )
                 };
                 Ok(Block {
                     attn_norm: layer_norm(&l.pp("self_attn_layer_norm"), width)?,
@@ -145,34 +149,12 @@ impl AudioEncoder {
         let mut x = x.broadcast_add(&self.positions.narrow(0, 0, steps)?)?;
         for block in &self.blocks {
             let qkv = block.qkv.forward(&block.attn_norm.forward(&x)?)?;
-            let context = self.attention(&qkv, steps)?;
+            let context =
+                packed_attention(&qkv, &Packing::new([steps]), self.heads, self.width / self.heads, self.bf16)?;
             x = (x + block.out.forward(&context)?)?;
             let hidden = block.fc1.forward_then(&block.mlp_norm.forward(&x)?, gelu_erf)?;
             x = (&x + block.fc2.forward(&hidden)?)?;
         }
         self.final_norm.forward(&x)?.unsqueeze(0)
-    }
-
-    /// Full (unmasked) attention per head from the fused `[steps, 3·width]` projections.
-    fn attention(&self, qkv: &Tensor, steps: usize) -> Result<Tensor> {
-        let qkv = qkv.flatten_all()?.to_vec1::<f32>()?;
-        let (width, d) = (self.width, self.width / self.heads);
-        let mut context = vec![0f32; steps * width];
-        for h in 0..self.heads {
-            let head = if self.bf16 { head_bf16(&qkv, width, 0, steps, h, d) } else { self.head_f32(&qkv, steps, h)? };
-            for (t, row) in head.chunks_exact(d).enumerate() {
-                context[t * width + h * d..][..d].copy_from_slice(row);
-            }
-        }
-        Tensor::from_vec(context, (steps, width), &Device::Cpu)
-    }
-
-    /// One head with candle's f32 matmul: softmax(Q·Kᵀ)·V (the scale is folded into Q).
-    fn head_f32(&self, qkv: &[f32], steps: usize, h: usize) -> Result<Vec<f32>> {
-        let qkv = Tensor::from_slice(qkv, (steps, 3, self.heads, self.width / self.heads), &Device::Cpu)?;
-        let part = |i: usize| qkv.narrow(1, i, 1)?.narrow(2, h, 1)?.squeeze(2)?.squeeze(1)?.contiguous();
-        let (q, k, v) = (part(0)?, part(1)?, part(2)?);
-        let scores = candle_nn::ops::softmax_last_dim(&q.matmul(&k.t()?)?)?;
-        scores.matmul(&v)?.flatten_all()?.to_vec1::<f32>()
     }
 }

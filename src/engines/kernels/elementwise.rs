@@ -53,18 +53,19 @@ pub fn has_avx512() -> bool {
     }
 }
 
-/// Runs `f` compiled for AVX-512 where the CPU has it.
+/// Defines `fn $name(args)` that runs `$generic(args)` compiled for AVX-512 where the CPU has it (the
+/// generic body is `#[inline(always)]`, so the compiler vectorizes it sixteen lanes wide there).
 macro_rules! dispatch {
-    ($name:ident, $generic:ident, ($($arg:ident: $ty:ty),*)) => {
-        /// See the generic body of the same name.
-        pub fn $name($($arg: $ty),*) {
+    ($(#[$doc:meta])* $vis:vis fn $name:ident = $generic:ident($($arg:ident: $ty:ty),*)) => {
+        $(#[$doc])*
+        $vis fn $name($($arg: $ty),*) {
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,fma")]
                 unsafe fn wide($($arg: $ty),*) {
                     $generic($($arg),*)
                 }
-                if has_avx512() {
+                if $crate::engines::kernels::elementwise::has_avx512() {
                     // SAFETY: the features it was compiled for were just detected.
                     return unsafe { wide($($arg),*) };
                 }
@@ -114,8 +115,16 @@ fn gelu_erf_generic(values: &mut [f32]) {
     }
 }
 
-dispatch!(softmax, softmax_generic, (row: &mut [f32]));
-dispatch!(gelu_erf, gelu_erf_generic, (values: &mut [f32]));
+pub(crate) use dispatch;
+
+dispatch! {
+    /// `row ← softmax(row)`.
+    pub fn softmax = softmax_generic(row: &mut [f32])
+}
+dispatch! {
+    /// Exact (erf) GeLU in place.
+    pub fn gelu_erf = gelu_erf_generic(values: &mut [f32])
+}
 
 #[cfg(test)]
 mod tests {
