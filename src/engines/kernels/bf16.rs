@@ -103,11 +103,6 @@ impl PackedBf16 {
         self.n
     }
 
-    /// Input width.
-    pub fn k(&self) -> usize {
-        self.k
-    }
-
     /// `x · Wᵀ + b` for `x` of `[m, k]` (row-major); returns `[m, n]`.
     pub fn forward(&self, x: &[f32], m: usize) -> Vec<f32> {
         assert_eq!(x.len(), m * self.k, "input is not [m, k]");

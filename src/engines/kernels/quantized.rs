@@ -179,11 +179,6 @@ impl PackedQuant {
         self.n
     }
 
-    /// Input width.
-    pub fn k(&self) -> usize {
-        self.k
-    }
-
     /// `x · Wᵀ` for `x` of `[m, k]` (row-major); returns `[m, n]`. Call only where [`supported`].
     pub fn forward(&self, x: &[f32], m: usize) -> Vec<f32> {
         assert_eq!(x.len(), m * self.k, "input is not [m, k]");
