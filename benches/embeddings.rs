@@ -13,7 +13,7 @@ use sis_actors::EngineLoader;
 
 fn engine_batches(c: &mut Criterion) {
     let (entry, dir) = support::model("all-MiniLM-L6-v2");
-    let spec = EmbedderSpec::from_dir(&dir, &entry, "cpu").expect("spec");
+    let spec = EmbedderSpec::from_dir(&dir, &entry, Default::default()).expect("spec");
     let tokenizer = spec.tokenizer().expect("tokenizer");
     let mut engine = EmbedderLoader { spec }.load().expect("engine");
     let sentences = corpus::sentences(512, 7);

@@ -200,7 +200,7 @@ fn models_list(common: &Common) -> anyhow::Result<()> {
             Err(_) => ("not downloaded".to_string(), "-".to_string()),
         };
         let chosen = if selected.contains(&entry.id) { "yes" } else { "no" };
-        println!("{:<28} {:<10} {:<9} {:>10}  {location}", entry.id, entry.kind.capability(), chosen, size);
+        println!("{:<28} {:<10} {:<9} {:>10}  {location}", entry.id, entry.kind.name(), chosen, size);
     }
     Ok(())
 }

@@ -1,4 +1,6 @@
-//! The one error type of the request path. [`crate::http::error`] maps it to HTTP once.
+//! The one error type of the request path, and its mapping onto OpenAI's error terms (HTTP status,
+//! `type`, `code`), written once here. [`crate::http::error`] renders it; capabilities use
+//! [`ApiError::status`] to label their request metrics.
 
 use std::time::Duration;
 
@@ -107,6 +109,46 @@ impl ApiError {
             JobError::EngineFailed(e) => ApiError::Internal(format!("Model `{model}` failed on this request: {e}")),
             JobError::Unavailable(e) => ApiError::Unavailable(format!("Model `{model}` is unavailable: {e}")),
         }
+    }
+
+    /// The HTTP status this error answers with.
+    pub fn status(&self) -> u16 {
+        match self {
+            ApiError::InvalidRequest { .. } => 400,
+            ApiError::ModelNotFound(_) | ApiError::UnknownRoute { .. } => 404,
+            ApiError::MethodNotAllowed { .. } => 405,
+            ApiError::PayloadTooLarge { .. } => 413,
+            ApiError::Overloaded { .. } => 429,
+            ApiError::Unavailable(_) | ApiError::ShuttingDown => 503,
+            ApiError::Unauthorized(_) => 401,
+            ApiError::RequestTimeout(_) => 408,
+            ApiError::Timeout(_) => 504,
+            ApiError::Internal(_) => 500,
+        }
+    }
+
+    /// OpenAI's error `type`, `param` and `code`.
+    pub fn terms(&self) -> (&'static str, Option<String>, Option<&'static str>) {
+        match self {
+            ApiError::InvalidRequest { param, code, .. } => ("invalid_request_error", param.clone(), *code),
+            ApiError::ModelNotFound(_) => ("invalid_request_error", Some("model".into()), Some("model_not_found")),
+            ApiError::UnknownRoute { .. } => ("invalid_request_error", None, Some("unknown_url")),
+            ApiError::MethodNotAllowed { .. } => ("invalid_request_error", None, Some("method_not_allowed")),
+            ApiError::PayloadTooLarge { .. } => ("invalid_request_error", None, Some("payload_too_large")),
+            ApiError::Overloaded { .. } => ("rate_limit_error", None, Some("rate_limit_exceeded")),
+            ApiError::Unavailable(_) => ("server_error", None, Some("model_unavailable")),
+            ApiError::ShuttingDown => ("server_error", None, Some("shutting_down")),
+            ApiError::Unauthorized(_) => ("invalid_request_error", None, Some("invalid_api_key")),
+            ApiError::Timeout(_) => ("server_error", None, Some("timeout")),
+            ApiError::RequestTimeout(_) => ("invalid_request_error", None, Some("request_timeout")),
+            ApiError::Internal(_) => ("server_error", None, Some("internal_error")),
+        }
+    }
+
+    /// The error object clients read: `{"error": {"message", "type", "param", "code"}}`.
+    pub fn body(&self) -> serde_json::Value {
+        let (kind, param, code) = self.terms();
+        serde_json::json!({ "error": { "message": self.to_string(), "type": kind, "param": param, "code": code } })
     }
 
     /// Whether this is a 429 (for the rejection counters).

@@ -5,8 +5,8 @@ use actix::prelude::*;
 use crate::lifecycle::{LifecycleEvent, ModelState};
 use crate::model_actor::Warmup;
 
-/// Which models to warm and how hard.
-#[derive(Debug, Clone, Default)]
+/// Which models to warm and how hard (serializable so a server can show it with its configuration).
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct WarmupPolicy {
     /// Master switch (`ENABLE_WARMUP`).
     pub enabled: bool,

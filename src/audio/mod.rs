@@ -1,24 +1,109 @@
-//! The audio capability: upload decoding and the request path to a Whisper model actor, whose
-//! bounded queue keeps audio from starving embeddings or chat.
+//! The speech capability: an uploaded recording in, a transcript out.
+//!
+//! [`transcribe`] finds the model, checks the request against what the model can do (translation and
+//! languages need a multilingual model), takes a queue slot before the upload is decoded (429 at once
+//! when full), decodes and resamples the upload off the async threads, and hands the job to one of the
+//! model's Whisper workers. Each worker is an engine actor on its own thread, so `max_concurrent`
+//! transcriptions run at once and audio cannot starve embeddings or chat. [`start`] builds them.
 
 pub mod decode;
 pub mod formats;
 
-use actix::Recipient;
+use actix::prelude::*;
+use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crate::engines::whisper::{AudioJob, Transcript, WhisperSpec};
+use crate::config::ModelSettings;
+use crate::engines::whisper::{AudioJob, WhisperLoader, WhisperSpec};
 use crate::error::ApiError;
+use crate::faults::{Faults, FaultyLoader};
+use crate::runtime::{Launch, RequestPath, Runtime};
 use crate::telemetry::Metrics;
-use sis_actors::{Admission, Submit};
+pub use crate::engines::whisper::{Task, Transcript};
+use sis_actors::{Admission, Batcher, BatcherConfig, ModelActor, Submit};
 
 /// The batcher's message type for audio jobs.
 pub type AudioSubmit = Submit<AudioJob, Transcript>;
 
+/// A transcription or translation request, its form fields already read.
+#[derive(Debug, Clone)]
+pub struct TranscriptionRequest {
+    /// The model id.
+    pub model: String,
+    /// Transcribe, or translate to English.
+    pub task: Task,
+    /// The uploaded file's bytes.
+    pub audio: Vec<u8>,
+    /// The uploaded file's name (its extension hints the container).
+    pub filename: Option<String>,
+    /// `language`, if given.
+    pub language: Option<String>,
+    /// `prompt`: text that precedes the audio.
+    pub prompt: Option<String>,
+    /// First decoding temperature.
+    pub temperature: f64,
+    /// Whether to time every word.
+    pub words: bool,
+}
+
+/// Transcribes (or translates) with the model the request names; records `audio_requests_total` and
+/// latency for every outcome of a served model.
+pub async fn transcribe(runtime: &Runtime, request: TranscriptionRequest) -> Result<Transcript, ApiError> {
+    let started = Instant::now();
+    let served = runtime.model(&request.model)?;
+    let id = served.settings.id.as_str();
+    let limit = served.settings.queue.request_timeout;
+    let result = match &served.path {
+        RequestPath::Audio(model) => {
+            tokio::time::timeout(limit, model.run(request)).await.unwrap_or(Err(ApiError::Timeout(limit)))
+        }
+        _ => Err(ApiError::invalid("model", format!("Model `{id}` does not support audio"))),
+    };
+    let status = result.as_ref().map_or_else(ApiError::status, |_| 200);
+    let m = &runtime.metrics;
+    m.audio_requests.with_label_values(&[id, &status.to_string()]).inc();
+    m.audio_latency.with_label_values(&[id]).observe(started.elapsed().as_secs_f64());
+    result
+}
+
+/// Builds a speech model: one engine actor (and thread) per concurrent transcription, and a batcher
+/// that hands each job to a free one.
+pub fn start(settings: &ModelSettings, dir: &Path, launch: &mut Launch<'_>) -> anyhow::Result<AudioModel> {
+    let mut spec = WhisperSpec::from_dir(dir)?;
+    spec.precision = settings.precision;
+    let loader = Arc::new(FaultyLoader::new(WhisperLoader { spec: spec.clone() }, Faults::of(launch.entry)));
+    let workers: Vec<_> = (0..settings.queue.max_concurrent)
+        .map(|_| {
+            let thread = launch.thread();
+            ModelActor::start_on(&thread, loader.clone(), launch.status.clone(), launch.bus.clone(), launch.actor_config())
+                .recipient()
+        })
+        .collect();
+    let batcher = Batcher::<AudioJob, Transcript>::with_workers(
+        BatcherConfig {
+            window: Duration::ZERO,
+            max_items: 1,
+            max_tokens: usize::MAX,
+            max_in_flight: workers.len(),
+            queue_timeout: settings.queue.queue_timeout,
+        },
+        workers,
+        Arc::new(()),
+    )
+    .start();
+    Ok(AudioModel {
+        settings: settings.clone(),
+        spec,
+        admission: Admission::new(settings.queue.max_queue_size),
+        batcher: batcher.recipient(),
+        metrics: launch.metrics.clone(),
+    })
+}
+
 /// One speech model as the request path sees it.
 pub struct AudioModel {
-    id: Arc<str>,
+    settings: ModelSettings,
     spec: WhisperSpec,
     admission: Admission,
     batcher: Recipient<AudioSubmit>,
@@ -26,17 +111,6 @@ pub struct AudioModel {
 }
 
 impl AudioModel {
-    /// Wires a model's queue and batcher together.
-    pub fn new(
-        id: Arc<str>,
-        spec: WhisperSpec,
-        admission: Admission,
-        batcher: Recipient<AudioSubmit>,
-        metrics: Arc<Metrics>,
-    ) -> Self {
-        Self { id, spec, admission, batcher, metrics }
-    }
-
     /// The admission queue.
     pub fn admission(&self) -> &Admission {
         &self.admission
@@ -47,29 +121,49 @@ impl AudioModel {
         self.spec.multilingual
     }
 
-    /// Whether `code` is a language of the model.
-    pub fn knows_language(&self, code: &str) -> bool {
-        self.spec.knows_language(code)
-    }
-
-    /// Takes a queue slot before the upload is decoded (429 at once when full).
-    pub fn admit(&self) -> Result<sis_actors::Permit, ApiError> {
-        self.admission.try_admit().map_err(|e| ApiError::not_admitted(&self.id, e, Duration::from_secs(5)))
-    }
-
-    /// Runs a job that holds a permit.
-    pub async fn run(&self, job: AudioJob, permit: sis_actors::Permit) -> Result<Transcript, ApiError> {
-        let seconds = job.samples.len() as f64 / crate::engines::mel::SAMPLE_RATE as f64;
+    async fn run(&self, request: TranscriptionRequest) -> Result<Transcript, ApiError> {
+        let id = self.settings.id.as_str();
+        if request.task == Task::Translate && !self.multilingual() {
+            return Err(ApiError::invalid(
+                "model",
+                format!("Model `{id}` is English-only and cannot translate; use a multilingual model"),
+            ));
+        }
+        let language = match request.language.as_deref().map(str::trim).filter(|l| !l.is_empty()) {
+            None => None,
+            Some(l) if self.multilingual() && self.spec.knows_language(l) => Some(l.to_string()),
+            Some("en") if !self.multilingual() => None,
+            Some(l) => return Err(ApiError::invalid("language", format!("Model `{id}` does not know language {l:?}"))),
+        };
+        // A queue slot before the upload is decoded: a full queue answers 429 without the work.
+        let permit =
+            self.admission.try_admit().map_err(|e| ApiError::not_admitted(id, e, Duration::from_secs(5)))?;
+        let extension =
+            request.filename.as_deref().and_then(|f| f.rsplit_once('.')).map(|(_, e)| e.to_ascii_lowercase());
+        let max_seconds = self.settings.audio.as_ref().map_or(u64::MAX, |a| a.max_seconds);
+        let bytes = request.audio;
+        let samples = tokio::task::spawn_blocking(move || decode::decode(bytes, extension.as_deref(), max_seconds))
+            .await
+            .map_err(|e| ApiError::Internal(format!("decoder thread failed: {e}")))?
+            .map_err(|e| ApiError::invalid("file", e.to_string()))?;
+        let seconds = samples.len() as f64 / crate::engines::mel::SAMPLE_RATE as f64;
+        let job = AudioJob {
+            samples,
+            task: request.task,
+            language,
+            prompt: request.prompt,
+            temperature: request.temperature,
+            words: request.words,
+        };
         let (submit, reply) = Submit::new(vec![job], Some(permit));
         self.batcher.do_send(submit);
         let output = reply
             .await
             .map_err(|_| ApiError::Internal("the batcher dropped the request".into()))?
-            .map_err(|e| ApiError::job_failed(&self.id, e, Duration::from_secs(5)))?;
-        let model = &*self.id;
-        self.metrics.audio_queue_wait.with_label_values(&[model]).observe(output.queue_wait.as_secs_f64());
+            .map_err(|e| ApiError::job_failed(id, e, Duration::from_secs(5)))?;
+        self.metrics.audio_queue_wait.with_label_values(&[id]).observe(output.queue_wait.as_secs_f64());
         crate::telemetry::request_fields::note_queue_wait(output.queue_wait);
-        self.metrics.audio_seconds.with_label_values(&[model]).inc_by(seconds);
+        self.metrics.audio_seconds.with_label_values(&[id]).inc_by(seconds);
         output.outputs.into_iter().next().ok_or_else(|| ApiError::Internal("no transcript".into()))
     }
 }

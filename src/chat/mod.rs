@@ -1,114 +1,145 @@
-//! The chat capability: prompt building, limits and defaults between a validated request and the
-//! model's sequence actor.
+//! The chat capability: a validated [`CompletionRequest`] in, a [`ChatStream`] out.
+//!
+//! [`complete`] finds the model, loads the request's images (vision models), renders the prompt with
+//! the model's chat template, compiles a `response_format` schema, applies the model's limits and
+//! sampling defaults, admits the sequence (429 when the queue is full) and waits until it joins the
+//! running batch, so that queue refusals still get their HTTP status. [`start`] builds a model's
+//! sequence actor from its effective settings.
 
-use actix::Recipient;
+pub mod request;
+pub mod stream;
+
+use actix::prelude::*;
+use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokenizers::Tokenizer;
-use tokio::sync::mpsc::UnboundedReceiver;
 
-use crate::config::settings::ChatSettings;
-use crate::config::ModelEntry;
-use crate::engines::chat::{ChatEvent, ChatRequest};
-use crate::engines::chat_template::{ChatTemplate, TemplateMessage};
+use crate::config::model::ChatModelSettings;
+use crate::config::{Capability, ModelSettings};
+use crate::engines::chat::{ChatEvent, ChatLoader, ChatRequest};
+use crate::engines::chat_spec::ChatSpec;
+use crate::engines::chat_template::ChatTemplate;
 use crate::engines::json_constraint::Schema;
 use crate::engines::qwen3_vl::ImageInput;
 use crate::engines::sampling::Sampling;
 use crate::error::ApiError;
+use crate::runtime::{Launch, RequestPath, Runtime};
 use crate::telemetry::Metrics;
 use crate::vision::VisionInputs;
-use sis_actors::{Admission, Generate, SequenceMessage};
+pub use request::{CompletionRequest, Content, Detail, ImageRef, Message, Part, ResponseFormat};
+use sis_actors::{Admission, Generate, SequenceActor, SequenceConfig, SequenceMessage, SequenceObserver};
+pub use stream::{ChatChunk, ChatStream, Finished};
 
 /// The sequence actor's message type for chat.
 pub type ChatGenerate = Generate<ChatRequest, ChatEvent>;
 
-/// Sampling and length settings of a request, before defaults.
-#[derive(Debug, Clone, Default)]
-pub struct ChatParams {
-    /// The conversation.
-    pub messages: Vec<TemplateMessage>,
-    /// Requested `max_tokens` (validated ≥ 1).
-    pub max_tokens: Option<usize>,
-    /// Temperature.
-    pub temperature: Option<f32>,
-    /// top_p.
-    pub top_p: Option<f32>,
-    /// Seed.
-    pub seed: Option<u64>,
-    /// Stop strings.
-    pub stop: Vec<String>,
-    /// Constrained JSON output.
-    pub json: Option<Schema>,
-    /// Presence penalty.
-    pub presence_penalty: f32,
-    /// Frequency penalty.
-    pub frequency_penalty: f32,
-    /// The images of the conversation's image parts, in order.
-    pub images: Vec<ImageInput>,
+/// Starts a completion with the model the request names.
+///
+/// Errors before the first token are returned here (and counted in `chat_requests_total`); the stream
+/// records the rest of the request's metrics. The request timeout covers the whole completion, or for a
+/// streaming request the time until the sequence joins the batch.
+pub async fn complete(runtime: &Runtime, request: CompletionRequest) -> Result<ChatStream, ApiError> {
+    let started = Instant::now();
+    let served = runtime.model(&request.model)?;
+    let id = served.settings.id.as_str();
+    let limit = served.settings.queue.request_timeout;
+    let stream = request.stream;
+    let result = match &served.path {
+        RequestPath::Chat(model) => tokio::time::timeout(limit, model.start(request, &runtime.metrics))
+            .await
+            .unwrap_or(Err(ApiError::Timeout(limit))),
+        _ => Err(ApiError::invalid("model", format!("Model `{id}` does not support chat completions"))),
+    };
+    match result {
+        Ok((events, prompt_tokens)) => {
+            let limit = (!stream).then_some(limit);
+            Ok(ChatStream::new(served.clone(), events, prompt_tokens, runtime.metrics.clone(), started, limit))
+        }
+        Err(error) => {
+            stream::record(&runtime.metrics, id, error.status(), started);
+            Err(error)
+        }
+    }
 }
 
-/// A started generation.
-pub struct Started {
-    /// Events of the sequence; dropping it cancels the sequence.
-    pub events: UnboundedReceiver<SequenceMessage<ChatEvent>>,
-    /// Prompt tokens.
-    pub prompt_tokens: usize,
+/// Builds a chat (or vision) model: its sequence actor and the request path in front of it.
+pub fn start(settings: &ModelSettings, dir: &Path, launch: &mut Launch<'_>) -> anyhow::Result<ChatModel> {
+    let limits = settings.chat.clone().expect("a chat model has chat settings");
+    let weights = match launch.entry.file.as_deref() {
+        Some(file) => dir.join(file),
+        None => dir.to_path_buf(),
+    };
+    let spec = ChatSpec::open(&weights)?;
+    let template = ChatTemplate::new(&spec.template, &spec.bos, &spec.eos)?;
+    let loader = ChatLoader {
+        path: spec.path.clone(),
+        tokenizer: spec.tokenizer.clone(),
+        eos: spec.eos_ids.clone(),
+        prefill_chunk: limits.prefill_chunk,
+    };
+    let thread = launch.thread();
+    let actor = SequenceActor::start_on(
+        &thread,
+        Arc::new(loader),
+        launch.status.clone(),
+        launch.bus.clone(),
+        launch.actor_config(),
+        SequenceConfig { max_running: settings.queue.max_concurrent, queue_timeout: settings.queue.queue_timeout },
+        Arc::new(StepMetrics { model: settings.id.clone(), metrics: launch.metrics.clone() }),
+    );
+    let vision = match settings.capability {
+        Capability::Vision => Some(VisionInputs::open(&weights, launch.settings)?),
+        _ => None,
+    };
+    Ok(ChatModel {
+        settings: settings.clone(),
+        limits,
+        tokenizer: spec.tokenizer,
+        template,
+        context: spec.context,
+        admission: Admission::new(settings.queue.max_queue_size),
+        actor: actor.recipient(),
+        metrics: launch.metrics.clone(),
+        vision,
+    })
+}
+
+/// Feeds the scheduler's gauges and histograms from the sequence actor.
+struct StepMetrics {
+    model: String,
+    metrics: Arc<Metrics>,
+}
+
+impl SequenceObserver for StepMetrics {
+    fn step(&self, running: usize, waiting: usize, _took: Duration) {
+        self.metrics.chat_batch_size.with_label_values(&[&self.model]).observe(running as f64);
+        self.metrics.chat_queue_size.with_label_values(&[&self.model]).set(waiting as i64);
+        self.metrics.chat_pool_size.with_label_values::<&str>(&[]).set(running as i64);
+    }
+
+    fn cancelled(&self, count: usize) {
+        self.metrics.chat_cancelled.with_label_values(&[&self.model]).inc_by(count as u64);
+    }
 }
 
 /// One chat model as the request path sees it.
 pub struct ChatModel {
-    id: Arc<str>,
+    settings: ModelSettings,
+    limits: ChatModelSettings,
     tokenizer: Arc<Tokenizer>,
     template: ChatTemplate,
     context: usize,
     admission: Admission,
     actor: Recipient<ChatGenerate>,
     metrics: Arc<Metrics>,
-    limits: ChatSettings,
-    defaults: (Option<f32>, Option<f32>, Option<usize>),
-    fault_marker: Option<String>,
     vision: Option<VisionInputs>,
 }
 
+/// The events of an admitted sequence, and its prompt length.
+type Admitted = (tokio::sync::mpsc::UnboundedReceiver<SequenceMessage<ChatEvent>>, usize);
+
 impl ChatModel {
-    /// Wires a model's tokenizer, template, queue and actor together.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        entry: &ModelEntry,
-        tokenizer: Arc<Tokenizer>,
-        template: ChatTemplate,
-        context: usize,
-        admission: Admission,
-        actor: Recipient<ChatGenerate>,
-        metrics: Arc<Metrics>,
-        limits: ChatSettings,
-    ) -> Self {
-        Self {
-            id: entry.id.as_str().into(),
-            tokenizer,
-            template,
-            context,
-            admission,
-            actor,
-            metrics,
-            limits,
-            defaults: (entry.temperature, entry.top_p, entry.max_tokens),
-            fault_marker: entry.fault_panic_marker.clone(),
-            vision: None,
-        }
-    }
-
-    /// Makes this a vision model: image parts are loaded, prepared and placed in the prompt.
-    pub fn with_vision(mut self, vision: VisionInputs) -> Self {
-        self.vision = Some(vision);
-        self
-    }
-
-    /// The image inputs of a vision model; `None` for text-only models.
-    pub fn vision(&self) -> Option<&VisionInputs> {
-        self.vision.as_ref()
-    }
-
     /// The admission queue.
     pub fn admission(&self) -> &Admission {
         &self.admission
@@ -119,50 +150,111 @@ impl ChatModel {
         self.context
     }
 
-    /// Builds the prompt, applies limits and defaults, and queues the sequence.
-    pub fn start(&self, params: ChatParams) -> Result<Started, ApiError> {
-        let prompt = self.template.render(&params.messages).map_err(|e| ApiError::invalid("messages", e))?;
+    /// Prepares the sequence, queues it, and waits until it joins the running batch.
+    async fn start(&self, request: CompletionRequest, metrics: &Metrics) -> Result<Admitted, ApiError> {
+        // Cheap checks first: a bad schema is refused before any image is fetched.
+        let json = schema(&request.response_format)?;
+        let images = self.load_images(&request.images).await?;
+        let sequence = self.sequence(request, images, json)?;
+        let prompt_tokens = sequence.prompt.len();
+        let permit = self.admission.try_admit().map_err(|e| {
+            self.count_overload(ApiError::not_admitted(&self.settings.id, e, Duration::from_secs(1)))
+        })?;
+        let (message, mut events) = Generate::new(sequence, Some(permit));
+        self.actor.do_send(message);
+        match events.recv().await {
+            Some(SequenceMessage::Admitted(wait)) => {
+                let model = [self.settings.id.as_str()];
+                metrics.chat_queue_wait.with_label_values(&model).observe(wait.as_secs_f64());
+                metrics.chat_batch_wait.with_label_values(&model).observe(wait.as_secs_f64());
+                crate::telemetry::request_fields::note_queue_wait(wait);
+                Ok((events, prompt_tokens))
+            }
+            Some(SequenceMessage::Failed(e)) => Err(self.failure(e)),
+            Some(SequenceMessage::Event(_)) | None => Err(ApiError::Internal("the model dropped the request".into())),
+        }
+    }
+
+    /// Loads and prepares the request's images; a text model refuses them.
+    async fn load_images(&self, parts: &[ImageRef]) -> Result<Vec<ImageInput>, ApiError> {
+        let Some(vision) = &self.vision else {
+            return match parts.first() {
+                None => Ok(Vec::new()),
+                Some(part) => Err(ApiError::invalid(
+                    &part.param,
+                    format!(
+                        "Model `{}` does not accept images; send text only or use a vision model",
+                        self.settings.id
+                    ),
+                )),
+            };
+        };
+        let loaded = futures_util::future::join_all(parts.iter().map(|p| vision.load(&p.url, p.detail))).await;
+        let mut images = Vec::with_capacity(parts.len());
+        let mut refused = None;
+        for (part, result) in parts.iter().zip(loaded) {
+            match result {
+                Ok(image) => images.push(image),
+                Err(rejection) => {
+                    self.metrics.image_rejections.with_label_values(&[rejection.reason]).inc();
+                    refused.get_or_insert((part, rejection));
+                }
+            }
+        }
+        match refused {
+            None => Ok(images),
+            Some((part, rejection)) => Err(ApiError::invalid(
+                &part.param,
+                format!("image refused ({}): {}", rejection.reason, rejection.message),
+            )),
+        }
+    }
+
+    /// Builds the sequence: the rendered, tokenized prompt with its images placed, within the model's
+    /// limits, with the request's sampling over the model's defaults.
+    fn sequence(
+        &self,
+        request: CompletionRequest,
+        images: Vec<ImageInput>,
+        json: Option<Schema>,
+    ) -> Result<ChatRequest, ApiError> {
+        let prompt = self.template.render(&request.messages).map_err(|e| ApiError::invalid("messages", e))?;
         let ids = self
             .tokenizer
             .encode(prompt.as_str(), false)
             .map_err(|e| ApiError::invalid("messages", format!("cannot tokenize the prompt: {e}")))?
             .get_ids()
             .to_vec();
-        let ids = self.place_images(ids, &params.images)?;
-        let max_prompt = self.limits.max_prompt_tokens.min(self.context.saturating_sub(1));
+        let ids = self.place_images(ids, &images)?;
+        let limits = &self.limits;
+        let max_prompt = limits.max_prompt_tokens.min(self.context.saturating_sub(1));
         if ids.len() > max_prompt {
             return Err(ApiError::invalid(
                 "messages",
                 format!("Prompt too long; max {max_prompt} tokens (this prompt has {})", ids.len()),
             ));
         }
-        let requested = params.max_tokens.or(self.defaults.2).unwrap_or(self.limits.default_max_tokens);
-        let max_tokens = requested.min(self.limits.max_new_tokens).min(self.context - ids.len()).max(1);
+        let requested = request.max_tokens.unwrap_or(limits.default_max_tokens);
+        let max_tokens = requested.min(limits.max_new_tokens).min(self.context - ids.len()).max(1);
         let fault = cfg!(feature = "fault-injection")
-            && self.fault_marker.as_deref().is_some_and(|m| params.messages.iter().any(|msg| msg.content.contains(m)));
-        let request = ChatRequest {
+            && self.settings.fault_marker.as_deref().is_some_and(|marker| {
+                request.messages.iter().any(|message| message.content.contains(marker))
+            });
+        Ok(ChatRequest {
             max_tokens,
             sampling: Sampling {
-                temperature: params.temperature.or(self.defaults.0).unwrap_or(self.limits.temperature),
-                top_p: params.top_p.or(self.defaults.1).unwrap_or(self.limits.top_p),
-                presence_penalty: params.presence_penalty,
-                frequency_penalty: params.frequency_penalty,
+                temperature: request.temperature.unwrap_or(limits.temperature),
+                top_p: request.top_p.unwrap_or(limits.top_p),
+                presence_penalty: request.presence_penalty,
+                frequency_penalty: request.frequency_penalty,
             },
-            seed: params.seed.unwrap_or_else(rand::random),
-            stop: params.stop,
-            json: params.json,
+            seed: request.seed.unwrap_or_else(rand::random),
+            stop: request.stop,
+            json,
             prompt: ids,
-            images: params.images,
+            images,
             fault,
-        };
-        let prompt_tokens = request.prompt.len();
-        let permit = self
-            .admission
-            .try_admit()
-            .map_err(|e| self.count_overload(ApiError::not_admitted(&self.id, e, Duration::from_secs(1))))?;
-        let (message, events) = Generate::new(request, Some(permit));
-        self.actor.do_send(message);
-        Ok(Started { events, prompt_tokens })
+        })
     }
 
     /// Expands each image placeholder the template wrote into as many tokens as its image takes.
@@ -194,14 +286,25 @@ impl ChatModel {
     }
 
     /// The API error for a sequence that ended without finishing.
-    pub fn failure(&self, error: sis_actors::JobError) -> ApiError {
-        self.count_overload(ApiError::job_failed(&self.id, error, Duration::from_secs(1)))
+    pub(crate) fn failure(&self, error: sis_actors::JobError) -> ApiError {
+        self.count_overload(ApiError::job_failed(&self.settings.id, error, Duration::from_secs(1)))
     }
 
     fn count_overload(&self, error: ApiError) -> ApiError {
         if error.is_overload() {
-            self.metrics.chat_queue_rejections.with_label_values(&[&self.id]).inc();
+            self.metrics.chat_queue_rejections.with_label_values(&[&self.settings.id]).inc();
         }
         error
     }
+}
+
+/// The output constraint of a `response_format`.
+fn schema(format: &ResponseFormat) -> Result<Option<Schema>, ApiError> {
+    Ok(match format {
+        ResponseFormat::Text => None,
+        ResponseFormat::JsonObject => Some(Schema::Object(None)),
+        ResponseFormat::JsonSchema(schema) => Some(Schema::compile(schema).map_err(|e| {
+            ApiError::invalid("response_format", format!("response_format.json_schema.schema: {e}"))
+        })?),
+    })
 }

@@ -1,8 +1,11 @@
-//! Configuration: the roster file and the one typed [`Settings`] struct built from
-//! CLI flags > environment > roster `[settings]` > defaults.
+//! Configuration: the roster file, the one typed [`Settings`] struct built from
+//! CLI flags > environment > roster `[settings]` > defaults, and each model's effective
+//! [`ModelSettings`] (its roster overrides applied once).
 
+pub mod model;
 pub mod roster;
 pub mod settings;
 
-pub use roster::{ModelEntry, ModelKind, PackageSource, Roster};
+pub use model::ModelSettings;
+pub use roster::{Capability, ModelEntry, PackageSource, Precision, Roster};
 pub use settings::{ConfigError, Overrides, Settings};

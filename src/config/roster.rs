@@ -21,12 +21,13 @@ use std::path::{Path, PathBuf};
 
 use super::ConfigError;
 
-/// What a model does.
+/// What a model does: the roster's `kind`, and the capability named in `/health` and `/v1/models`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum ModelKind {
-    /// Text embeddings (`/v1/embeddings`).
-    Embedding,
+pub enum Capability {
+    /// Text embeddings (`/v1/embeddings`); `kind = "embedding"` in rosters.
+    #[serde(rename = "embedding")]
+    Embeddings,
     /// Chat completions (`/v1/chat/completions`).
     Chat,
     /// Speech to text (`/v1/audio/transcriptions`, `/v1/audio/translations`).
@@ -35,14 +36,14 @@ pub enum ModelKind {
     Vision,
 }
 
-impl ModelKind {
+impl Capability {
     /// The capability name shown in `/health` and `/v1/models`.
-    pub fn capability(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
-            ModelKind::Embedding => "embeddings",
-            ModelKind::Chat => "chat",
-            ModelKind::Audio => "audio",
-            ModelKind::Vision => "vision",
+            Capability::Embeddings => "embeddings",
+            Capability::Chat => "chat",
+            Capability::Audio => "audio",
+            Capability::Vision => "vision",
         }
     }
 }
@@ -100,7 +101,7 @@ pub struct ModelEntry {
     /// API id.
     pub id: String,
     /// Capability.
-    pub kind: ModelKind,
+    pub kind: Capability,
     /// Hugging Face repo id.
     #[serde(default)]
     pub repo: Option<String>,

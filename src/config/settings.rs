@@ -5,12 +5,15 @@
 //! with a message naming the variable.
 
 use serde::Serialize;
-use std::collections::HashMap;
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
 use super::Roster;
+use crate::engines::device::DeviceName;
+use sis_actors::WarmupPolicy;
 
 /// A configuration mistake; start-up stops with this message.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -192,21 +195,6 @@ fn redacted<S: serde::Serializer>(key: &Option<String>, s: S) -> Result<S::Ok, S
     s.serialize_str(if key.is_some() { "set" } else { "unset" })
 }
 
-/// Warmup of loaded models.
-#[derive(Debug, Clone, Serialize)]
-pub struct WarmupSettings {
-    /// `ENABLE_WARMUP`.
-    pub enabled: bool,
-    /// `WARMUP_STEPS`.
-    pub steps: usize,
-    /// `WARMUP_BATCH_SIZE`.
-    pub batch_size: usize,
-    /// `WARMUP_ALLOWLIST`.
-    pub allowlist: Vec<String>,
-    /// `WARMUP_SKIPLIST`.
-    pub skiplist: Vec<String>,
-}
-
 /// Everything a sis process is configured with; shown in `/health` as `runtime_config`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Settings {
@@ -222,7 +210,7 @@ pub struct Settings {
     /// Selected roster ids (`MODELS`); empty means every enabled entry.
     pub models: Vec<String>,
     /// `cpu`, `cuda[:i]`, `metal` or `auto` (`MODEL_DEVICE`).
-    pub device: String,
+    pub device: DeviceName,
     /// Fetch missing models (`AUTO_DOWNLOAD_MODELS`).
     pub auto_download: bool,
     /// Hugging Face hub cache folder (`HF_HUB_CACHE`, else `$HF_HOME/hub`).
@@ -256,11 +244,12 @@ pub struct Settings {
     pub vision: VisionSettings,
     /// Image inputs.
     pub images: ImageSettings,
-    /// Warmup.
-    pub warmup: WarmupSettings,
+    /// Warmup (`ENABLE_WARMUP`, `WARMUP_STEPS`, `WARMUP_BATCH_SIZE`, `WARMUP_ALLOWLIST`, `WARMUP_SKIPLIST`),
+    /// handed as it is to the warmup actor.
+    pub warmup: WarmupPolicy,
 }
 
-fn as_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn as_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_f64(d.as_secs_f64())
 }
 
@@ -269,10 +258,13 @@ struct Layers<'a> {
     cli: HashMap<&'static str, String>,
     env: &'a dyn Fn(&str) -> Option<String>,
     file: &'a toml::Table,
+    /// Every key looked up: the roster's `[settings]` may hold these and no others.
+    asked: RefCell<HashSet<&'static str>>,
 }
 
 impl Layers<'_> {
     fn raw(&self, key: &'static str, env: &[&str]) -> Option<(String, String)> {
+        self.asked.borrow_mut().insert(key);
         if let Some(v) = self.cli.get(key) {
             return Some((format!("--{}", key.replace('_', "-")), v.clone()));
         }
@@ -390,6 +382,16 @@ impl Settings {
         Ok((settings, roster))
     }
 
+    /// Builds the settings of an in-memory roster (tests).
+    #[cfg(test)]
+    pub(crate) fn from_roster(
+        cli: &Overrides,
+        env: &dyn Fn(&str) -> Option<String>,
+        roster: &Roster,
+    ) -> Result<Settings, ConfigError> {
+        Self::build(cli, env, roster, PathBuf::from("roster.toml"), None)
+    }
+
     fn build(
         cli: &Overrides,
         env: &dyn Fn(&str) -> Option<String>,
@@ -408,13 +410,8 @@ impl Settings {
         put("models", cli.models.clone());
         put("device", cli.device.clone());
         put("log_format", cli.log_format.clone());
-        let l = Layers { cli: flags, env, file: &roster.settings };
+        let l = Layers { cli: flags, env, file: &roster.settings, asked: RefCell::default() };
 
-        for key in roster.settings.keys() {
-            if !KNOWN_FILE_KEYS.contains(&key.as_str()) {
-                return Err(ConfigError::new(format!("roster [settings] has unknown key {key:?}")));
-            }
-        }
 
         let hf_cache = match env("HF_HUB_CACHE") {
             Some(dir) if !dir.is_empty() => PathBuf::from(dir),
@@ -423,8 +420,7 @@ impl Settings {
                 _ => PathBuf::from(env("HOME").unwrap_or_else(|| ".".into())).join(".cache/huggingface/hub"),
             },
         };
-        let device: String = l.get("device", &["MODEL_DEVICE", "DEVICE"], "cpu".to_string())?;
-        validate_device(&device)?;
+        let device = l.get("device", &["MODEL_DEVICE", "DEVICE"], DeviceName::Cpu)?;
 
         let settings = Settings {
             host: l.get("host", &["HOST"], "0.0.0.0".to_string())?,
@@ -537,7 +533,7 @@ impl Settings {
                 },
                 local_dir: l.raw("local_image_dir", &["LOCAL_IMAGE_DIR"]).map(|(_, dir)| PathBuf::from(dir)),
             },
-            warmup: WarmupSettings {
+            warmup: WarmupPolicy {
                 enabled: l.flag("enable_warmup", &["ENABLE_WARMUP"], true)?,
                 steps: l.get("warmup_steps", &["WARMUP_STEPS"], 2)?,
                 batch_size: l.positive("warmup_batch_size", &["WARMUP_BATCH_SIZE"], 8)?,
@@ -545,86 +541,17 @@ impl Settings {
                 skiplist: l.list("warmup_skiplist", &["WARMUP_SKIPLIST"]),
             },
         };
+        // The known keys are the ones the definitions above looked up: a key nothing asked for is a typo.
+        let asked = l.asked.borrow();
+        if let Some(key) = roster.settings.keys().find(|key| !asked.contains(key.as_str())) {
+            return Err(ConfigError::new(format!("roster [settings] has unknown key {key:?}")));
+        }
         Ok(settings)
     }
 
     /// The `host:port` to bind.
     pub fn bind_address(&self) -> String {
         format!("{}:{}", self.host, self.port)
-    }
-}
-
-const KNOWN_FILE_KEYS: &[&str] = &[
-    "host",
-    "port",
-    "models",
-    "device",
-    "auto_download",
-    "log_format",
-    "max_request_bytes",
-    "max_restarts",
-    "http_workers",
-    "max_batch_size",
-    "max_text_chars",
-    "embedding_cache_size",
-    "max_concurrent",
-    "max_queue_size",
-    "queue_timeout_sec",
-    "batch_window_ms",
-    "batch_max_size",
-    "batch_max_tokens",
-    "chat_max_prompt_tokens",
-    "max_new_tokens",
-    "chat_max_new_tokens",
-    "default_temperature",
-    "default_top_p",
-    "enable_chat_batching",
-    "chat_batch_max_size",
-    "chat_max_queue_size",
-    "chat_queue_timeout_sec",
-    "chat_prefill_chunk",
-    "chat_batch_window_ms",
-    "audio_max_concurrent",
-    "audio_max_queue_size",
-    "audio_queue_timeout_sec",
-    "max_audio_bytes",
-    "max_audio_seconds",
-    "shutdown_grace_sec",
-    "header_read_timeout_sec",
-    "body_read_timeout_sec",
-    "api_keys",
-    "api_keys_file",
-    "admin_api_key",
-    "metrics_require_key",
-    "cors_allow_origins",
-    "embedding_request_timeout_sec",
-    "chat_request_timeout_sec",
-    "audio_request_timeout_sec",
-    "vision_max_concurrent",
-    "vision_max_queue_size",
-    "vision_max_pixels",
-    "allow_remote_images",
-    "remote_image_host_allowlist",
-    "remote_image_timeout",
-    "max_remote_image_bytes",
-    "remote_image_mime_allowlist",
-    "local_image_dir",
-    "enable_warmup",
-    "warmup_steps",
-    "warmup_batch_size",
-    "warmup_allowlist",
-    "warmup_skiplist",
-];
-
-fn validate_device(device: &str) -> Result<(), ConfigError> {
-    let ok = match device {
-        "cpu" | "auto" | "metal" | "cuda" => true,
-        d => d.strip_prefix("cuda:").is_some_and(|i| i.parse::<usize>().is_ok()),
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(ConfigError::new(format!("MODEL_DEVICE={device:?} is invalid: expected cpu, cuda[:i], metal or auto")))
     }
 }
 

@@ -1,12 +1,66 @@
-//! Mapping the configured device name to a candle device.
+//! Devices as operators name them, and opening them as candle devices.
+//!
+//! [`DeviceName`] is the one grammar for `MODEL_DEVICE` / `--device`: configuration parses it here and
+//! engines open what it names.
 
 use candle_core::Device;
+use std::fmt;
+use std::str::FromStr;
 
-/// Opens `cpu`, `cuda[:i]`, `metal` or `auto` (the best compiled-in accelerator, else CPU).
-pub fn open(name: &str) -> candle_core::Result<Device> {
+/// `cpu`, `cuda[:i]`, `metal` or `auto` (the best compiled-in accelerator, else the CPU).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceName {
+    /// The CPU.
+    #[default]
+    Cpu,
+    /// A GPU when the build has one and one is present, else the CPU.
+    Auto,
+    /// The CUDA device with this index (`cuda` is `cuda:0`).
+    Cuda(usize),
+    /// The Metal device.
+    Metal,
+}
+
+impl FromStr for DeviceName {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "cpu" => Ok(DeviceName::Cpu),
+            "auto" => Ok(DeviceName::Auto),
+            "metal" => Ok(DeviceName::Metal),
+            "cuda" => Ok(DeviceName::Cuda(0)),
+            other => other
+                .strip_prefix("cuda:")
+                .and_then(|i| i.parse().ok())
+                .map(DeviceName::Cuda)
+                .ok_or_else(|| format!("unknown device {other:?}: expected cpu, cuda[:i], metal or auto")),
+        }
+    }
+}
+
+impl fmt::Display for DeviceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeviceName::Cpu => f.write_str("cpu"),
+            DeviceName::Auto => f.write_str("auto"),
+            DeviceName::Metal => f.write_str("metal"),
+            DeviceName::Cuda(i) => write!(f, "cuda:{i}"),
+        }
+    }
+}
+
+impl serde::Serialize for DeviceName {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// Opens the named device.
+pub fn open(name: DeviceName) -> candle_core::Result<Device> {
     match name {
-        "cpu" => Ok(Device::Cpu),
-        "auto" => {
+        DeviceName::Cpu => Ok(Device::Cpu),
+        DeviceName::Auto => {
             if candle_core::utils::cuda_is_available() {
                 Device::new_cuda(0)
             } else if candle_core::utils::metal_is_available() {
@@ -15,14 +69,22 @@ pub fn open(name: &str) -> candle_core::Result<Device> {
                 Ok(Device::Cpu)
             }
         }
-        "metal" => Device::new_metal(0),
-        "cuda" => Device::new_cuda(0),
-        other => {
-            let index = other
-                .strip_prefix("cuda:")
-                .and_then(|i| i.parse().ok())
-                .ok_or_else(|| candle_core::Error::Msg(format!("unknown device {other:?}")))?;
-            Device::new_cuda(index)
+        DeviceName::Metal => Device::new_metal(0),
+        DeviceName::Cuda(index) => Device::new_cuda(index),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for name in ["cpu", "auto", "metal", "cuda:0", "cuda:3"] {
+            assert_eq!(name.parse::<DeviceName>().unwrap().to_string(), name);
         }
+        assert_eq!("cuda".parse::<DeviceName>().unwrap(), DeviceName::Cuda(0));
+        assert!("tpu".parse::<DeviceName>().is_err());
+        assert!("cuda:x".parse::<DeviceName>().is_err());
     }
 }

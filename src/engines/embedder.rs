@@ -26,8 +26,8 @@ pub struct EmbedderSpec {
     pub max_tokens: usize,
     /// Output dimension.
     pub dimensions: usize,
-    /// The device name to load on.
-    pub device: String,
+    /// The device to load on.
+    pub device: super::device::DeviceName,
     /// Dense-layer arithmetic.
     pub precision: Precision,
 }
@@ -55,7 +55,7 @@ struct StConfig {
 
 impl EmbedderSpec {
     /// Reads config.json and the sentence-transformers files; roster values override them.
-    pub fn from_dir(dir: &Path, entry: &ModelEntry, device: &str) -> anyhow::Result<Self> {
+    pub fn from_dir(dir: &Path, entry: &ModelEntry, device: super::device::DeviceName) -> anyhow::Result<Self> {
         let config = BertConfig::from_file(&dir.join("config.json"))?;
         let pooling_file = dir.join("1_Pooling/config.json");
         let file_pooling = if pooling_file.is_file() {
@@ -94,7 +94,7 @@ impl EmbedderSpec {
             pooling: entry.pooling.or(file_pooling).unwrap_or(Pooling::Mean),
             normalize: entry.normalize.or(file_normalize).unwrap_or(true),
             max_tokens,
-            device: device.to_string(),
+            device,
             precision: entry.precision.unwrap_or_default(),
         })
     }
@@ -238,7 +238,7 @@ impl EngineLoader for EmbedderLoader {
     type Engine = Embedder;
 
     fn load(&self) -> Result<Embedder, EngineError> {
-        let device = super::device::open(&self.spec.device).map_err(EngineError::new)?;
+        let device = super::device::open(self.spec.device).map_err(EngineError::new)?;
         let bf16 = super::dense::uses_bf16(self.spec.precision, &device).map_err(EngineError::new)?;
         tracing::info!(dir = %self.spec.dir.display(), dense = super::dense::arithmetic(bf16), "encoder layers");
         let model = BertModel::load(&self.spec.dir.join("model.safetensors"), self.spec.config.clone(), &device, bf16)

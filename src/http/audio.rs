@@ -4,13 +4,11 @@ use actix_multipart::Multipart;
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use futures_util::{FutureExt, TryStreamExt};
-use std::time::Instant;
 
-use crate::audio::decode::decode;
 use crate::audio::formats::{self, Format};
-use crate::engines::whisper::{AudioJob, Task};
+use crate::audio::{self, Task, TranscriptionRequest};
 use crate::error::ApiError;
-use crate::runtime::{Capability, Runtime};
+use crate::runtime::Runtime;
 
 /// Text fields are small; anything longer is a client mistake.
 const MAX_FIELD_BYTES: usize = 64 * 1024;
@@ -26,15 +24,7 @@ pub async fn translations(req: HttpRequest, payload: web::Payload, runtime: web:
 }
 
 async fn respond(req: HttpRequest, payload: web::Payload, runtime: web::Data<Runtime>, task: Task) -> HttpResponse {
-    let started = Instant::now();
-    let (model, result) = handle(&req, payload, &runtime, task).await;
-    let response = result.unwrap_or_else(|e| e.error_response());
-    if let Some(model) = model {
-        let m = &runtime.metrics;
-        m.audio_requests.with_label_values(&[&model, response.status().as_str()]).inc();
-        m.audio_latency.with_label_values(&[&model]).observe(started.elapsed().as_secs_f64());
-    }
-    response
+    handle(&req, payload, &runtime, task).await.unwrap_or_else(|e| e.error_response())
 }
 
 #[derive(Default)]
@@ -118,108 +108,67 @@ async fn parse_form(
     Ok(form)
 }
 
+/// Translates the form into a [`TranscriptionRequest`], and the transcript into the asked format.
 async fn handle(
     req: &HttpRequest,
     payload: web::Payload,
     runtime: &Runtime,
     task: Task,
-) -> (Option<String>, Result<HttpResponse, ApiError>) {
-    let settings = &runtime.settings.audio;
-    let read = read_form(req, payload, settings.max_bytes);
-    let form = match super::body::within(runtime.settings.body_read_timeout, read).await {
-        Ok(f) => f,
-        Err(e) => return (None, Err(e)),
+) -> Result<HttpResponse, ApiError> {
+    let read = read_form(req, payload, runtime.settings.audio.max_bytes);
+    let form = super::body::within(runtime.settings.body_read_timeout, read).await?;
+    let model = form.model.filter(|m| !m.is_empty()).ok_or_else(|| {
+        ApiError::invalid("model", "the form needs a `model` field")
+    })?;
+    crate::telemetry::request_fields::note_model(&model);
+    let format = match form.response_format.as_deref() {
+        None | Some("") => Format::Json,
+        Some(f) => Format::parse(f).ok_or_else(|| {
+            ApiError::invalid(
+                "response_format",
+                format!("response_format must be json, text, srt, vtt or verbose_json, got {f:?}"),
+            )
+        })?,
     };
-    let Some(model_id) = form.model.clone().filter(|m| !m.is_empty()) else {
-        return (None, Err(ApiError::invalid("model", "the form needs a `model` field")));
-    };
-    let Some(served) = runtime.registry.get(&model_id) else {
-        return (None, Err(ApiError::ModelNotFound(model_id)));
-    };
-    let id = served.entry.id.clone();
-    crate::telemetry::request_fields::note_model(&id);
-    let Capability::Audio(model) = &served.capability else {
-        return (Some(id.clone()), Err(ApiError::invalid("model", format!("Model `{id}` does not support audio"))));
-    };
-    let limit = settings.request_timeout;
-    let work = async {
-        let format = match form.response_format.as_deref() {
-            None | Some("") => Format::Json,
-            Some(f) => Format::parse(f).ok_or_else(|| {
-                ApiError::invalid(
-                    "response_format",
-                    format!("response_format must be json, text, srt, vtt or verbose_json, got {f:?}"),
-                )
-            })?,
-        };
-        let mut words = false;
-        for g in &form.granularities {
-            match g.as_str() {
-                "segment" => {}
-                "word" => words = true,
-                other => {
-                    return Err(ApiError::invalid("timestamp_granularities", format!("unknown granularity {other:?}")))
-                }
-            }
+    let mut words = false;
+    for g in &form.granularities {
+        match g.as_str() {
+            "segment" => {}
+            "word" => words = true,
+            other => return Err(ApiError::invalid("timestamp_granularities", format!("unknown granularity {other:?}"))),
         }
-        if task == Task::Translate && !model.multilingual() {
-            return Err(ApiError::invalid(
-                "model",
-                format!("Model `{id}` is English-only and cannot translate; use a multilingual model"),
-            ));
-        }
-        let language = match form.language.as_deref().map(str::trim).filter(|l| !l.is_empty()) {
-            None => None,
-            Some(l) if model.multilingual() && model.knows_language(l) => Some(l.to_string()),
-            Some("en") if !model.multilingual() => None,
-            Some(l) => return Err(ApiError::invalid("language", format!("Model `{id}` does not know language {l:?}"))),
-        };
-        let temperature = match form.temperature.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
-            None => 0.0,
-            Some(t) => match t.parse::<f64>() {
-                Ok(v) if (0.0..=1.0).contains(&v) => v,
-                _ => {
-                    return Err(ApiError::invalid(
-                        "temperature",
-                        format!("temperature must be a number from 0 to 1, got {t:?}"),
-                    ))
-                }
-            },
-        };
-        let (bytes, filename) =
-            form.file.ok_or_else(|| ApiError::invalid("file", "the form needs a `file` field with the audio"))?;
-        let permit = model.admit()?;
-        let extension = filename.as_deref().and_then(|f| f.rsplit_once('.')).map(|(_, e)| e.to_ascii_lowercase());
-        let max_seconds = settings.max_seconds;
-        let samples = web::block(move || decode(bytes, extension.as_deref(), max_seconds))
-            .await
-            .map_err(|e| ApiError::Internal(format!("decoder thread failed: {e}")))?
-            .map_err(|e| ApiError::invalid("file", e.to_string()))?;
-        let job = AudioJob {
-            samples,
-            task,
-            language,
-            prompt: form.prompt,
-            temperature,
-            words: words && format == Format::VerboseJson,
-        };
-        let transcript = model.run(job, permit).await?;
-        Ok(match format {
-            Format::Json => HttpResponse::Ok().json(serde_json::json!({ "text": transcript.text })),
-            Format::Text => {
-                HttpResponse::Ok().content_type("text/plain; charset=utf-8").body(format!("{}\n", transcript.text))
+    }
+    let temperature = match form.temperature.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
+        None => 0.0,
+        Some(t) => match t.parse::<f64>() {
+            Ok(v) if (0.0..=1.0).contains(&v) => v,
+            _ => {
+                return Err(ApiError::invalid("temperature", format!("temperature must be a number from 0 to 1, got {t:?}")))
             }
-            Format::Srt => HttpResponse::Ok()
-                .content_type("text/plain; charset=utf-8")
-                .body(formats::subtitles(&transcript, false)),
-            Format::Vtt => {
-                HttpResponse::Ok().content_type("text/vtt; charset=utf-8").body(formats::subtitles(&transcript, true))
-            }
-            Format::VerboseJson => HttpResponse::Ok().json(formats::verbose(&transcript, words)),
-        })
+        },
     };
-    let result = super::deadline::within(limit, work).await;
-    (Some(id), result)
+    let (audio, filename) =
+        form.file.ok_or_else(|| ApiError::invalid("file", "the form needs a `file` field with the audio"))?;
+    let request = TranscriptionRequest {
+        model,
+        task,
+        audio,
+        filename,
+        language: form.language,
+        prompt: form.prompt,
+        temperature,
+        words: words && format == Format::VerboseJson,
+    };
+    let transcript = audio::transcribe(runtime, request).await?;
+    Ok(match format {
+        Format::Json => HttpResponse::Ok().json(serde_json::json!({ "text": transcript.text })),
+        Format::Text => HttpResponse::Ok().content_type("text/plain; charset=utf-8").body(format!("{}\n", transcript.text)),
+        Format::Srt => {
+            HttpResponse::Ok().content_type("text/plain; charset=utf-8").body(formats::subtitles(&transcript, false))
+        }
+        Format::Vtt => HttpResponse::Ok().content_type("text/vtt; charset=utf-8").body(formats::subtitles(&transcript, true)),
+        Format::VerboseJson => HttpResponse::Ok().json(formats::verbose(&transcript, words)),
+    })
 }
 
 #[cfg(test)]

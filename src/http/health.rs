@@ -2,11 +2,12 @@
 
 use actix_web::{web, HttpResponse};
 use serde_json::{json, Map, Value};
-use sis_actors::ModelState;
 
+use crate::config::Capability;
 use crate::runtime::Runtime;
 
-/// Full status: every model actor's state, restarts, queue, warmup, and the runtime config.
+/// Full status: every model actor's state, restarts, queue, warmup, effective settings and CPU
+/// kernels, and the runtime config.
 /// 503 while any model has failed for good.
 pub async fn health(runtime: web::Data<Runtime>) -> HttpResponse {
     let mut models = Map::new();
@@ -20,9 +21,9 @@ pub async fn health(runtime: web::Data<Runtime>) -> HttpResponse {
         ["embeddings", "chat", "audio", "vision"].iter().map(|c| (c.to_string(), json!(false))).collect();
     let mut healthy = true;
     for (id, served) in runtime.registry.all() {
-        let state = served.status.state();
+        let state = served.state();
         let admission = served.admission();
-        let capability = served.entry.kind.capability();
+        let capability = served.settings.capability.name();
         let warmup = served.status.warmup();
         match &warmup {
             Some(w) if w.ok => ok_models.push(id.clone()),
@@ -31,21 +32,21 @@ pub async fn health(runtime: web::Data<Runtime>) -> HttpResponse {
             }
             None => {}
         }
-        if state == ModelState::Ready {
+        if state == "ready" {
             capability_ready.insert(capability.to_string(), json!(true));
         }
-        healthy &= state != ModelState::Failed;
+        healthy &= !served.has_failed();
         let queue = json!({ "depth": admission.depth(), "capacity": admission.capacity() });
-        match served.entry.kind {
-            crate::config::ModelKind::Embedding => embedding_queues.insert(id.clone(), queue),
-            crate::config::ModelKind::Chat => chat_queues.insert(id.clone(), queue),
-            crate::config::ModelKind::Audio => audio_queues.insert(id.clone(), queue),
-            crate::config::ModelKind::Vision => vision_queues.insert(id.clone(), queue),
+        match served.settings.capability {
+            Capability::Embeddings => embedding_queues.insert(id.clone(), queue),
+            Capability::Chat => chat_queues.insert(id.clone(), queue),
+            Capability::Audio => audio_queues.insert(id.clone(), queue),
+            Capability::Vision => vision_queues.insert(id.clone(), queue),
         };
         models.insert(
             id.clone(),
             json!({
-                "state": state.as_str(),
+                "state": state,
                 "restarts": served.status.restarts(),
                 "last_error": served.status.last_error(),
                 "queue_depth": admission.depth(),
@@ -53,6 +54,8 @@ pub async fn health(runtime: web::Data<Runtime>) -> HttpResponse {
                 "capabilities": [capability],
                 "source": served.origin,
                 "warmup": warmup,
+                "settings": served.settings,
+                "kernels": served.kernels,
             }),
         );
     }
@@ -86,7 +89,7 @@ pub async fn live() -> HttpResponse {
 /// Every model is ready (503 with the states otherwise).
 pub async fn ready(runtime: web::Data<Runtime>) -> HttpResponse {
     let states: Map<String, Value> =
-        runtime.registry.all().into_iter().map(|(id, s)| (id, json!(s.status.state().as_str()))).collect();
+        runtime.registry.all().into_iter().map(|(id, s)| (id, json!(s.state()))).collect();
     let draining = runtime.is_draining();
     let ready = !draining && states.values().all(|s| s == "ready");
     let status = match (draining, ready) {

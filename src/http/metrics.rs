@@ -8,7 +8,7 @@ use crate::runtime::Runtime;
 pub async fn render(runtime: web::Data<Runtime>) -> HttpResponse {
     let m = &runtime.metrics;
     for (id, served) in runtime.registry.all() {
-        let capability = served.entry.kind.capability();
+        let capability = served.entry.kind.name();
         let admission = served.admission();
         m.queue_depth.with_label_values(&[&id, capability]).set(admission.depth() as i64);
         m.queue_capacity.with_label_values(&[&id, capability]).set(admission.capacity() as i64);

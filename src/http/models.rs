@@ -3,7 +3,7 @@
 use actix_web::{web, HttpResponse};
 use serde_json::json;
 
-use crate::runtime::{Capability, Runtime};
+use crate::runtime::{RequestPath, Runtime};
 
 /// Lists served models in OpenAI's shape, with capabilities, state and (for embeddings) dimension.
 pub async fn list(runtime: web::Data<Runtime>) -> HttpResponse {
@@ -17,13 +17,13 @@ pub async fn list(runtime: web::Data<Runtime>) -> HttpResponse {
                 "object": "model",
                 "created": served.created,
                 "owned_by": "sis",
-                "capabilities": [served.entry.kind.capability()],
-                "state": served.status.state().as_str(),
+                "capabilities": [served.settings.capability.name()],
+                "state": served.state(),
             });
-            match &served.capability {
-                Capability::Embeddings(embeddings) => model["dimensions"] = json!(embeddings.dimensions()),
-                Capability::Chat(chat) => model["context_length"] = json!(chat.context()),
-                Capability::Audio(audio) => model["multilingual"] = json!(audio.multilingual()),
+            match &served.path {
+                RequestPath::Embeddings(embeddings) => model["dimensions"] = json!(embeddings.dimensions()),
+                RequestPath::Chat(chat) => model["context_length"] = json!(chat.context()),
+                RequestPath::Audio(audio) => model["multilingual"] = json!(audio.multilingual()),
             }
             model
         })

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use super::package_index;
-use crate::config::{ModelEntry, ModelKind};
+use crate::config::{ModelEntry, Capability};
 
 /// Where a model's files are.
 #[derive(Debug, Clone)]
@@ -32,32 +32,32 @@ pub struct ResolveError {
 pub fn required_files(entry: &ModelEntry) -> Vec<String> {
     match (entry.kind, &entry.file) {
         (_, Some(file)) => vec![file.clone()],
-        (ModelKind::Embedding, None) => {
+        (Capability::Embeddings, None) => {
             ["config.json", "tokenizer.json", "model.safetensors"].map(String::from).to_vec()
         }
-        (ModelKind::Chat, None) => {
+        (Capability::Chat, None) => {
             ["config.json", "tokenizer.json", "tokenizer_config.json"].map(String::from).to_vec()
         }
-        (ModelKind::Audio, None) => ["config.json", "tokenizer.json"].map(String::from).to_vec(),
-        (ModelKind::Vision, None) => {
+        (Capability::Audio, None) => ["config.json", "tokenizer.json"].map(String::from).to_vec(),
+        (Capability::Vision, None) => {
             ["config.json", "tokenizer.json", "preprocessor_config.json"].map(String::from).to_vec()
         }
     }
 }
 
 /// Files fetched when present, ignored when missing.
-pub fn optional_files(kind: ModelKind) -> &'static [&'static str] {
+pub fn optional_files(kind: Capability) -> &'static [&'static str] {
     match kind {
-        ModelKind::Embedding => &[
+        Capability::Embeddings => &[
             "modules.json",
             "sentence_bert_config.json",
             "1_Pooling/config.json",
             "tokenizer_config.json",
             "special_tokens_map.json",
         ],
-        ModelKind::Chat => &["tokenizer.json", "tokenizer_config.json", "generation_config.json"],
-        ModelKind::Audio => &["model.bin", "model.safetensors", "vocabulary.txt", "preprocessor_config.json"],
-        ModelKind::Vision => {
+        Capability::Chat => &["tokenizer.json", "tokenizer_config.json", "generation_config.json"],
+        Capability::Audio => &["model.bin", "model.safetensors", "vocabulary.txt", "preprocessor_config.json"],
+        Capability::Vision => {
             &["tokenizer_config.json", "chat_template.json", "chat_template.jinja", "generation_config.json"]
         }
     }
@@ -66,9 +66,9 @@ pub fn optional_files(kind: ModelKind) -> &'static [&'static str] {
 fn complete(dir: &Path, entry: &ModelEntry) -> bool {
     let weights = entry.file.is_some()
         || match entry.kind {
-            ModelKind::Embedding => true,
-            ModelKind::Audio => dir.join("model.bin").is_file() || dir.join("model.safetensors").is_file(),
-            ModelKind::Chat | ModelKind::Vision => std::fs::read_dir(dir)
+            Capability::Embeddings => true,
+            Capability::Audio => dir.join("model.bin").is_file() || dir.join("model.safetensors").is_file(),
+            Capability::Chat | Capability::Vision => std::fs::read_dir(dir)
                 .map(|d| d.flatten().any(|e| e.path().extension().is_some_and(|x| x == "safetensors")))
                 .unwrap_or(false),
         };
@@ -151,7 +151,7 @@ fn download_from_hub(repo: &str, entry: &ModelEntry, cache: &Path) -> anyhow::Re
     for file in optional_files(entry.kind) {
         let _ = repo.get(file);
     }
-    if matches!(entry.kind, ModelKind::Chat | ModelKind::Vision) && entry.file.is_none() {
+    if matches!(entry.kind, Capability::Chat | Capability::Vision) && entry.file.is_none() {
         // Safetensors weights: one file, or the shards named by the index.
         if repo.get("model.safetensors").is_err() {
             let index = repo.get("model.safetensors.index.json")?;

@@ -1,0 +1,57 @@
+//! A chat completion request as the chat capability takes it: the API's fields, their JSON shape
+//! already checked, before the model's template, limits and defaults are applied.
+
+pub use crate::engines::chat_template::{Content, Part, TemplateMessage as Message};
+pub use crate::vision::Detail;
+
+/// A validated chat completion request.
+#[derive(Debug, Clone, Default)]
+pub struct CompletionRequest {
+    /// The model id.
+    pub model: String,
+    /// The conversation; each image part is a [`Part::Image`] whose source is the next of `images`.
+    pub messages: Vec<Message>,
+    /// The image parts of the conversation, in order.
+    pub images: Vec<ImageRef>,
+    /// Requested `max_tokens` (at least 1).
+    pub max_tokens: Option<usize>,
+    /// Temperature (0 is greedy).
+    pub temperature: Option<f32>,
+    /// top_p.
+    pub top_p: Option<f32>,
+    /// Seed.
+    pub seed: Option<u64>,
+    /// Stop strings.
+    pub stop: Vec<String>,
+    /// `response_format`.
+    pub response_format: ResponseFormat,
+    /// Presence penalty.
+    pub presence_penalty: f32,
+    /// Frequency penalty.
+    pub frequency_penalty: f32,
+    /// Whether the answer streams (the request timeout then ends at the first token).
+    pub stream: bool,
+}
+
+/// Where an image part sits in the request (for errors) and what it points at.
+#[derive(Debug, Clone)]
+pub struct ImageRef {
+    /// The part's place, e.g. `messages[0].content[1]`.
+    pub param: String,
+    /// `image_url.url`.
+    pub url: String,
+    /// `image_url.detail`.
+    pub detail: Detail,
+}
+
+/// `response_format`.
+#[derive(Debug, Clone, Default)]
+pub enum ResponseFormat {
+    /// Free text.
+    #[default]
+    Text,
+    /// Any JSON object.
+    JsonObject,
+    /// A JSON document matching this schema (`json_schema.schema`).
+    JsonSchema(serde_json::Value),
+}
