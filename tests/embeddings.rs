@@ -69,6 +69,30 @@ fn dimensions_truncate_and_renormalize() {
     }
 }
 
+/// A model set to `normalize = false` keeps its raw vectors, cut to `dimensions` and not scaled to unit
+/// length; the model that normalizes gives the same direction at length 1. `/health` shows each model's
+/// effective settings, its roster overrides applied.
+#[test]
+fn dimensions_keep_a_non_normalizing_model_raw() {
+    let roster = roster_with_copy(MINILM, "minilm-raw", "normalize = false\nbatch_window_ms = 1");
+    let server = TestServer::builder().roster(&roster).env("MODELS", format!("{MINILM},minilm-raw")).start();
+    let raw = &server.embed(json!({ "model": "minilm-raw", "input": FOOD })).vectors()[0];
+    assert!((norm(raw) - 1.0).abs() > 1e-2, "mean-pooled MiniLM vectors are not unit length: {}", norm(raw));
+    let cut = &server.embed(json!({ "model": "minilm-raw", "input": FOOD, "dimensions": 64 })).vectors()[0];
+    assert_eq!(cut.as_slice(), &raw[..64], "a raw model's cut vector is its prefix, unscaled");
+    let unit = &server.embed(json!({ "model": MINILM, "input": FOOD, "dimensions": 64 })).vectors()[0];
+    assert!((norm(unit) - 1.0).abs() < 1e-4);
+    let cosine = dot(unit, cut) / norm(cut);
+    assert!(cosine > 0.9999, "same direction: {cosine}");
+
+    let health = server.get("/health").json();
+    let settings = |id: &str| health["models"][id]["settings"].clone();
+    assert_eq!(settings("minilm-raw")["embeddings"]["batch_window_ms"], 1);
+    assert_eq!(settings(MINILM)["embeddings"]["batch_window_ms"], 5);
+    assert_eq!(settings(MINILM)["capability"], "embedding");
+    assert!(settings(MINILM)["queue"]["max_queue_size"].as_u64().unwrap() > 0);
+}
+
 #[test]
 fn a_batch_equals_the_same_texts_sent_one_by_one() {
     // The cache is off so every vector below is computed, in different batch company each time.
