@@ -15,9 +15,7 @@ use crate::error::ApiError;
 use crate::models::resolve::{resolve, Resolved};
 use crate::telemetry::lifecycle_metrics::{Label, LifecycleMetrics};
 use crate::telemetry::Metrics;
-use sis_actors::{
-    Admission, EventBus, ModelActorConfig, ModelState, ModelStatus, Registry, Subscribe, WarmupActor,
-};
+use sis_actors::{Admission, EventBus, ModelActorConfig, ModelState, ModelStatus, Registry, Subscribe, WarmupActor};
 
 /// A served model's request path: the capability object that requests go through.
 pub enum RequestPath {

@@ -16,11 +16,11 @@ use std::time::{Duration, Instant};
 
 use crate::config::ModelSettings;
 use crate::engines::whisper::{AudioJob, WhisperLoader, WhisperSpec};
+pub use crate::engines::whisper::{Task, Transcript};
 use crate::error::ApiError;
 use crate::faults::{Faults, FaultyLoader};
 use crate::runtime::{Launch, RequestPath, Runtime};
 use crate::telemetry::Metrics;
-pub use crate::engines::whisper::{Task, Transcript};
 use sis_actors::{Admission, Batcher, BatcherConfig, ModelActor, Submit};
 
 /// The batcher's message type for audio jobs.
@@ -76,8 +76,14 @@ pub fn start(settings: &ModelSettings, dir: &Path, launch: &mut Launch<'_>) -> a
     let workers: Vec<_> = (0..settings.queue.max_concurrent)
         .map(|_| {
             let thread = launch.thread();
-            ModelActor::start_on(&thread, loader.clone(), launch.status.clone(), launch.bus.clone(), launch.actor_config())
-                .recipient()
+            ModelActor::start_on(
+                &thread,
+                loader.clone(),
+                launch.status.clone(),
+                launch.bus.clone(),
+                launch.actor_config(),
+            )
+            .recipient()
         })
         .collect();
     let batcher = Batcher::<AudioJob, Transcript>::with_workers(
@@ -136,8 +142,7 @@ impl AudioModel {
             Some(l) => return Err(ApiError::invalid("language", format!("Model `{id}` does not know language {l:?}"))),
         };
         // A queue slot before the upload is decoded: a full queue answers 429 without the work.
-        let permit =
-            self.admission.try_admit().map_err(|e| ApiError::not_admitted(id, e, Duration::from_secs(5)))?;
+        let permit = self.admission.try_admit().map_err(|e| ApiError::not_admitted(id, e, Duration::from_secs(5)))?;
         let extension =
             request.filename.as_deref().and_then(|f| f.rsplit_once('.')).map(|(_, e)| e.to_ascii_lowercase());
         let max_seconds = self.settings.audio.as_ref().map_or(u64::MAX, |a| a.max_seconds);

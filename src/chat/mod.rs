@@ -157,9 +157,10 @@ impl ChatModel {
         let images = self.load_images(&request.images).await?;
         let sequence = self.sequence(request, images, json)?;
         let prompt_tokens = sequence.prompt.len();
-        let permit = self.admission.try_admit().map_err(|e| {
-            self.count_overload(ApiError::not_admitted(&self.settings.id, e, Duration::from_secs(1)))
-        })?;
+        let permit = self
+            .admission
+            .try_admit()
+            .map_err(|e| self.count_overload(ApiError::not_admitted(&self.settings.id, e, Duration::from_secs(1))))?;
         let (message, mut events) = Generate::new(sequence, Some(permit));
         self.actor.do_send(message);
         match events.recv().await {
@@ -237,9 +238,11 @@ impl ChatModel {
         let requested = request.max_tokens.unwrap_or(limits.default_max_tokens);
         let max_tokens = requested.min(limits.max_new_tokens).min(self.context - ids.len()).max(1);
         let fault = cfg!(feature = "fault-injection")
-            && self.settings.fault_marker.as_deref().is_some_and(|marker| {
-                request.messages.iter().any(|message| message.content.contains(marker))
-            });
+            && self
+                .settings
+                .fault_marker
+                .as_deref()
+                .is_some_and(|marker| request.messages.iter().any(|message| message.content.contains(marker)));
         Ok(ChatRequest {
             max_tokens,
             sampling: Sampling {
@@ -303,8 +306,10 @@ fn schema(format: &ResponseFormat) -> Result<Option<Schema>, ApiError> {
     Ok(match format {
         ResponseFormat::Text => None,
         ResponseFormat::JsonObject => Some(Schema::Object(None)),
-        ResponseFormat::JsonSchema(schema) => Some(Schema::compile(schema).map_err(|e| {
-            ApiError::invalid("response_format", format!("response_format.json_schema.schema: {e}"))
-        })?),
+        ResponseFormat::JsonSchema(schema) => {
+            Some(Schema::compile(schema).map_err(|e| {
+                ApiError::invalid("response_format", format!("response_format.json_schema.schema: {e}"))
+            })?)
+        }
     })
 }

@@ -68,10 +68,8 @@ impl ChatStream {
         started: Instant,
         limit: Option<Duration>,
     ) -> Self {
-        let created = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let created =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         let deadline = limit.map(|l| (tokio::time::Instant::from_std(started) + l, l));
         Self {
             id: format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),

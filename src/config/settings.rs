@@ -412,7 +412,6 @@ impl Settings {
         put("log_format", cli.log_format.clone());
         let l = Layers { cli: flags, env, file: &roster.settings, asked: RefCell::default() };
 
-
         let hf_cache = match env("HF_HUB_CACHE") {
             Some(dir) if !dir.is_empty() => PathBuf::from(dir),
             _ => match env("HF_HOME") {

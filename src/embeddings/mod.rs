@@ -165,7 +165,10 @@ impl EmbeddingModel {
             None => full,
             Some(d) if d >= 1 && d as usize <= full => d as usize,
             Some(d) => {
-                return Err(ApiError::invalid("dimensions", format!("dimensions must be between 1 and {full}, got {d}")))
+                return Err(ApiError::invalid(
+                    "dimensions",
+                    format!("dimensions must be between 1 and {full}, got {d}"),
+                ))
             }
         };
         let (mut vectors, prompt_tokens) = self.vectors(&texts).await?;

@@ -117,9 +117,10 @@ async fn handle(
 ) -> Result<HttpResponse, ApiError> {
     let read = read_form(req, payload, runtime.settings.audio.max_bytes);
     let form = super::body::within(runtime.settings.body_read_timeout, read).await?;
-    let model = form.model.filter(|m| !m.is_empty()).ok_or_else(|| {
-        ApiError::invalid("model", "the form needs a `model` field")
-    })?;
+    let model = form
+        .model
+        .filter(|m| !m.is_empty())
+        .ok_or_else(|| ApiError::invalid("model", "the form needs a `model` field"))?;
     crate::telemetry::request_fields::note_model(&model);
     let format = match form.response_format.as_deref() {
         None | Some("") => Format::Json,
@@ -135,7 +136,9 @@ async fn handle(
         match g.as_str() {
             "segment" => {}
             "word" => words = true,
-            other => return Err(ApiError::invalid("timestamp_granularities", format!("unknown granularity {other:?}"))),
+            other => {
+                return Err(ApiError::invalid("timestamp_granularities", format!("unknown granularity {other:?}")))
+            }
         }
     }
     let temperature = match form.temperature.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
@@ -143,7 +146,10 @@ async fn handle(
         Some(t) => match t.parse::<f64>() {
             Ok(v) if (0.0..=1.0).contains(&v) => v,
             _ => {
-                return Err(ApiError::invalid("temperature", format!("temperature must be a number from 0 to 1, got {t:?}")))
+                return Err(ApiError::invalid(
+                    "temperature",
+                    format!("temperature must be a number from 0 to 1, got {t:?}"),
+                ))
             }
         },
     };
@@ -162,11 +168,15 @@ async fn handle(
     let transcript = audio::transcribe(runtime, request).await?;
     Ok(match format {
         Format::Json => HttpResponse::Ok().json(serde_json::json!({ "text": transcript.text })),
-        Format::Text => HttpResponse::Ok().content_type("text/plain; charset=utf-8").body(format!("{}\n", transcript.text)),
+        Format::Text => {
+            HttpResponse::Ok().content_type("text/plain; charset=utf-8").body(format!("{}\n", transcript.text))
+        }
         Format::Srt => {
             HttpResponse::Ok().content_type("text/plain; charset=utf-8").body(formats::subtitles(&transcript, false))
         }
-        Format::Vtt => HttpResponse::Ok().content_type("text/vtt; charset=utf-8").body(formats::subtitles(&transcript, true)),
+        Format::Vtt => {
+            HttpResponse::Ok().content_type("text/vtt; charset=utf-8").body(formats::subtitles(&transcript, true))
+        }
         Format::VerboseJson => HttpResponse::Ok().json(formats::verbose(&transcript, words)),
     })
 }

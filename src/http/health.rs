@@ -88,8 +88,7 @@ pub async fn live() -> HttpResponse {
 
 /// Every model is ready (503 with the states otherwise).
 pub async fn ready(runtime: web::Data<Runtime>) -> HttpResponse {
-    let states: Map<String, Value> =
-        runtime.registry.all().into_iter().map(|(id, s)| (id, json!(s.state()))).collect();
+    let states: Map<String, Value> = runtime.registry.all().into_iter().map(|(id, s)| (id, json!(s.state()))).collect();
     let draining = runtime.is_draining();
     let ready = !draining && states.values().all(|s| s == "ready");
     let status = match (draining, ready) {

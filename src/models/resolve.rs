@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use super::package_index;
-use crate::config::{ModelEntry, Capability};
+use crate::config::{Capability, ModelEntry};
 
 /// Where a model's files are.
 #[derive(Debug, Clone)]
