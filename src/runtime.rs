@@ -253,12 +253,7 @@ impl Runtime {
                 };
                 let spec = ChatSpec::open(&weights)?;
                 let template = ChatTemplate::new(&spec.template, &spec.bos, &spec.eos)?;
-                let loader = ChatLoader {
-                    path: spec.path.clone(),
-                    tokenizer: spec.tokenizer.clone(),
-                    eos: spec.eos_ids.clone(),
-                    prefill_chunk: c.prefill_chunk,
-                };
+                let loader = ChatLoader::new(&spec, c.prefill_chunk, entry.precision.unwrap_or_default());
                 let actor = SequenceActor::start_on(
                     &threads.spawn(),
                     Arc::new(loader),

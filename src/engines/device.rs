@@ -2,6 +2,15 @@
 
 use candle_core::Device;
 
+/// Whether [`open`] gives the CPU for this name (cheap: opens nothing).
+pub fn is_cpu(name: &str) -> bool {
+    match name {
+        "cpu" => true,
+        "auto" => !candle_core::utils::cuda_is_available() && !candle_core::utils::metal_is_available(),
+        _ => false,
+    }
+}
+
 /// Opens `cpu`, `cuda[:i]`, `metal` or `auto` (the best compiled-in accelerator, else CPU).
 pub fn open(name: &str) -> candle_core::Result<Device> {
     match name {
