@@ -2,12 +2,16 @@
 //! - `smollm_prefill/B`: B sequences each prefilling a 128-token prompt in one step;
 //! - `smollm_decode/B`: one decode token for each of B sequences that hold 64 tokens of context.
 //!
-//! Throughput is in tokens. Run `cargo bench --bench chat` after `sis models pull`.
+//! Throughput is in tokens. Run `cargo bench --bench chat` after `sis models pull`. The kernels follow
+//! `SIS_CPU_KERNELS` at `precision = "auto"` (printed first); under a forced family the groups are named
+//! `smollm_prefill@avx2` and so on.
 
 mod support;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use sis::engines::llama::{KvCache, Llama, StepInput};
+use sis::config::roster::Precision;
+use sis::engines::kernels::selection;
+use sis::engines::llama::{ChatWeights, KvCache, Llama, StepInput};
 use std::time::{Duration, Instant};
 
 fn prompt(seed: usize, len: usize, vocab: usize) -> Vec<u32> {
@@ -27,10 +31,12 @@ fn prefill(model: &Llama, prompts: &[Vec<u32>]) -> Vec<KvCache> {
 fn chat_steps(c: &mut Criterion) {
     let (entry, dir) = support::model("SmolLM2-135M-Instruct");
     let path = dir.join(entry.file.as_deref().expect("a GGUF file"));
-    let (model, _) = Llama::from_gguf(&path).expect("model");
+    let kernels = selection().expect("SIS_CPU_KERNELS").for_model(Precision::Auto, true).expect("kernels");
+    let (model, content) = Llama::from_gguf(&path, kernels).expect("model");
+    support::announce("SmolLM2-135M-Instruct", &ChatWeights::of_gguf(&content).report(kernels));
     let vocab = model.config.vocab;
 
-    let mut group = c.benchmark_group("smollm_prefill");
+    let mut group = c.benchmark_group(support::group("smollm_prefill"));
     group.sample_size(10);
     for batch in [1usize, 4, 8] {
         let prompts: Vec<Vec<u32>> = (0..batch).map(|s| prompt(s, 128, vocab)).collect();
@@ -39,7 +45,7 @@ fn chat_steps(c: &mut Criterion) {
     }
     group.finish();
 
-    let mut group = c.benchmark_group("smollm_decode");
+    let mut group = c.benchmark_group(support::group("smollm_decode"));
     group.sample_size(10);
     for batch in [1usize, 4, 8] {
         let prompts: Vec<Vec<u32>> = (0..batch).map(|s| prompt(s, 64, vocab)).collect();

@@ -2,7 +2,8 @@
 //! - `minilm_engine/B`: corpus sentences (27 word pieces on average) at batch 1, 8, 32 and 128;
 //! - `minilm_tokens/T`: batches of 8 sequences of exactly T tokens (16, 64, 256), to see cost per token.
 //!
-//! Run `cargo bench --bench embeddings` after `sis models pull`.
+//! Run `cargo bench --bench embeddings` after `sis models pull`. The kernels follow `SIS_CPU_KERNELS`
+//! (printed first); under a forced family the groups are named `minilm_engine@avx2` and so on.
 
 mod support;
 
@@ -15,11 +16,12 @@ fn engine_batches(c: &mut Criterion) {
     let (entry, dir) = support::model("all-MiniLM-L6-v2");
     let spec = EmbedderSpec::from_dir(&dir, &entry, Default::default()).expect("spec");
     let tokenizer = spec.tokenizer().expect("tokenizer");
+    support::announce("all-MiniLM-L6-v2", &spec.kernels());
     let mut engine = EmbedderLoader { spec }.load().expect("engine");
     let sentences = corpus::sentences(512, 7);
     let ids: Vec<Vec<u32>> = sentences.iter().map(|s| tokenizer.encode(s).expect("tokenize")).collect();
 
-    let mut group = c.benchmark_group("minilm_engine");
+    let mut group = c.benchmark_group(support::group("minilm_engine"));
     group.sample_size(10);
     for batch in [1usize, 8, 32, 128] {
         group.throughput(Throughput::Elements(batch as u64));
@@ -34,7 +36,7 @@ fn engine_batches(c: &mut Criterion) {
     }
     group.finish();
 
-    let mut group = c.benchmark_group("minilm_tokens");
+    let mut group = c.benchmark_group(support::group("minilm_tokens"));
     group.sample_size(10);
     for tokens in [16usize, 64, 256] {
         let seqs: Vec<Vec<u32>> =

@@ -4,7 +4,8 @@
 //! - `whisper/transcribe_speech`: a spoken clip made with espeak-ng (skipped when it is not installed):
 //!   encoder plus greedy decoding of the words.
 //!
-//! Run `cargo bench --bench whisper` after `sis models pull`.
+//! Run `cargo bench --bench whisper` after `sis models pull`. The kernels follow `SIS_CPU_KERNELS`
+//! (printed first); under a forced family the group is named `whisper@avx2` and so on.
 
 mod support;
 
@@ -31,8 +32,9 @@ fn speech() -> Option<Vec<f32>> {
 fn whisper(c: &mut Criterion) {
     let (_, dir) = support::model("whisper-tiny.en");
     let spec = WhisperSpec::from_dir(&dir).expect("spec");
+    support::announce("whisper-tiny.en", &spec.kernels());
     let mut engine = WhisperLoader { spec }.load().expect("engine");
-    let mut group = c.benchmark_group("whisper");
+    let mut group = c.benchmark_group(support::group("whisper"));
     group.sample_size(10);
     let silence = job(vec![0.0; 16_000 * 30]);
     group.bench_function("encode_silence", |b| b.iter(|| engine.transcribe(&silence).expect("transcribe")));

@@ -4,6 +4,22 @@ use sis::config::{ModelEntry, Overrides, Settings};
 use sis::models::resolve;
 use std::path::PathBuf;
 
+/// The name of a criterion group measured under the current `SIS_CPU_KERNELS`: `name` under `auto`,
+/// `name@reference`, `name@avx2`… under a forced family, so that paths keep separate baselines.
+pub fn group(name: &str) -> String {
+    let selection = sis::engines::kernels::selection().expect("SIS_CPU_KERNELS");
+    match selection.request() {
+        sis::engines::kernels::Request::Auto => name.to_string(),
+        request => format!("{name}@{}", request.name()),
+    }
+}
+
+/// Prints the kernels a model runs, so each figure says which path it measured.
+pub fn announce(model: &str, kernels: &[String]) {
+    let selection = sis::engines::kernels::selection().expect("SIS_CPU_KERNELS");
+    eprintln!("{model}: SIS_CPU_KERNELS = {}; {}", selection.describe(), kernels.join("; "));
+}
+
 /// The roster entry `id` of `config/models.toml` (selected even when disabled) and its folder.
 pub fn model(id: &str) -> (ModelEntry, PathBuf) {
     let overrides = Overrides {

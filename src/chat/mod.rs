@@ -72,12 +72,8 @@ pub fn start(settings: &ModelSettings, dir: &Path, launch: &mut Launch<'_>) -> a
     };
     let spec = ChatSpec::open(&weights)?;
     let template = ChatTemplate::new(&spec.template, &spec.bos, &spec.eos)?;
-    let loader = ChatLoader {
-        path: spec.path.clone(),
-        tokenizer: spec.tokenizer.clone(),
-        eos: spec.eos_ids.clone(),
-        prefill_chunk: limits.prefill_chunk,
-    };
+    let loader = ChatLoader::new(&spec, limits.prefill_chunk, settings.precision);
+    launch.kernels = loader.kernels();
     let thread = launch.thread();
     let actor = SequenceActor::start_on(
         &thread,

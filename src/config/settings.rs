@@ -211,6 +211,9 @@ pub struct Settings {
     pub models: Vec<String>,
     /// `cpu`, `cuda[:i]`, `metal` or `auto` (`MODEL_DEVICE`).
     pub device: DeviceName,
+    /// The CPU kernels `SIS_CPU_KERNELS` selects (environment only: the kernels read it once per
+    /// process), as resolved on this CPU.
+    pub cpu_kernels: String,
     /// Fetch missing models (`AUTO_DOWNLOAD_MODELS`).
     pub auto_download: bool,
     /// Hugging Face hub cache folder (`HF_HUB_CACHE`, else `$HF_HOME/hub`).
@@ -420,6 +423,7 @@ impl Settings {
             },
         };
         let device = l.get("device", &["MODEL_DEVICE", "DEVICE"], DeviceName::Cpu)?;
+        let cpu_kernels = crate::engines::kernels::selection().map_err(|e| ConfigError::new(e.to_string()))?.describe();
 
         let settings = Settings {
             host: l.get("host", &["HOST"], "0.0.0.0".to_string())?,
@@ -427,6 +431,7 @@ impl Settings {
             config_path,
             models: l.list("models", &["MODELS"]),
             device,
+            cpu_kernels,
             auto_download: l.flag("auto_download", &["AUTO_DOWNLOAD_MODELS"], true)?,
             hf_cache,
             log_format: l.get("log_format", &["LOG_FORMAT"], LogFormat::Text)?,

@@ -85,6 +85,7 @@ pub fn start(settings: &ModelSettings, dir: &Path, launch: &mut Launch<'_>) -> a
     let spec = EmbedderSpec::from_dir(dir, launch.entry, settings.device)?;
     let tokenizer = spec.tokenizer()?;
     let (dimensions, normalizes) = (spec.dimensions, spec.normalize);
+    launch.kernels = spec.kernels();
     let engine = ModelActor::start_on(
         &launch.thread(),
         Arc::new(FaultyLoader::new(EmbedderLoader { spec }, Faults::of(launch.entry))),

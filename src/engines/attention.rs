@@ -3,13 +3,15 @@
 //! The packed layout keeps the tokens of every sequence of a batch back to back in one `[tokens, 3 ×
 //! hidden]` QKV matrix, so the linear layers never see padding. Attention then runs per sequence and
 //! head. On CPU a direct kernel reads Q, K and V in place (Q is pre-scaled by 1/√d at load), which is
-//! much cheaper than hundreds of tiny tensor ops; other devices use the same math with candle ops.
+//! much cheaper than hundreds of tiny tensor ops. The reference path, [`tensor_attention`], is the same
+//! math in candle ops: it runs on other devices and where the model's [`Kernels`] select no loops.
 
 use candle_core::{Device, Result, Storage, Tensor};
 use rayon::prelude::*;
 
 use super::kernels::bf16::PackedBf16;
 use super::kernels::elementwise::{dispatch, exp, softmax};
+use super::kernels::{Avx512Bf16, Kernels, Simd};
 
 /// Token ranges of the sequences in a packed batch.
 #[derive(Debug, Clone)]
@@ -38,12 +40,31 @@ impl Packing {
 const LONG: usize = 64;
 
 /// Attention of every sequence over itself: `qkv` is `[tokens, 3·heads·head_dim]` with Q already
-/// scaled; returns `[tokens, heads·head_dim]`. Long sequences compute their scores and weighted sums as
-/// matrix products: bf16 ([`head_bf16`]) with `bf16`, else candle's f32.
-pub fn packed_attention(qkv: &Tensor, packing: &Packing, heads: usize, head_dim: usize, bf16: bool) -> Result<Tensor> {
-    match qkv.device() {
-        Device::Cpu => cpu_attention(qkv, packing, heads, head_dim, bf16),
+/// scaled; returns `[tokens, heads·head_dim]`. On the CPU with loops selected, short sequences run on
+/// the loops and long ones as two matrix products per head: bf16 ([`head_bf16`]) where `kernels` has the
+/// bf16 kernel, else candle's f32. Otherwise, the reference path ([`tensor_attention`]).
+pub fn packed_attention(
+    qkv: &Tensor,
+    packing: &Packing,
+    heads: usize,
+    head_dim: usize,
+    kernels: Kernels,
+) -> Result<Tensor> {
+    match (qkv.device(), kernels.simd) {
+        (Device::Cpu, Some(simd)) => cpu_attention(qkv, packing, heads, head_dim, simd, kernels.bf16),
         _ => tensor_attention(qkv, packing, heads, head_dim),
+    }
+}
+
+/// What [`packed_attention`] runs for these kernels, for reports.
+pub fn describe(kernels: Kernels) -> String {
+    match (kernels.simd, kernels.bf16) {
+        (None, _) => "reference".into(),
+        (Some(simd), bf16) => format!(
+            "{} loops below {LONG} tokens, {} from {LONG}",
+            simd.name(),
+            if bf16.is_some() { "bf16-avx512" } else { "reference" }
+        ),
     }
 }
 
@@ -72,7 +93,7 @@ struct Shape {
 
 dispatch! {
     /// One sequence's attention by loops (the dot products, the softmax's `exp` and the weighted sums
-    /// run sixteen lanes wide on AVX-512).
+    /// run eight lanes wide on AVX2, sixteen on AVX-512).
     fn attend = attend_generic(data: &[f32], start: usize, len: usize, chunk: &mut [f32], shape: Shape)
 }
 
@@ -114,9 +135,16 @@ fn attend_generic(data: &[f32], start: usize, len: usize, chunk: &mut [f32], sha
 
 /// One head of full attention over rows `start..start + len` of fused projections (`data`, rows of
 /// `[Q | K | V]`, `3·hidden` wide, Q already scaled), as two bf16 matrix products with a row softmax
-/// between them; writes the head's columns of `out` (`[len, hidden]`).
-pub fn head_bf16(data: &[f32], hidden: usize, start: usize, len: usize, head: usize, head_dim: usize, out: &mut [f32]) {
-    let stride = 3 * hidden;
+/// (on the loops' build `simd`) between them; writes the head's columns of `out` (`[len, hidden]`).
+fn head_bf16(
+    (cpu, simd): (Avx512Bf16, Simd),
+    data: &[f32],
+    (start, len): (usize, usize),
+    head: usize,
+    shape: Shape,
+    out: &mut [f32],
+) {
+    let Shape { hidden, head_dim, stride, .. } = shape;
     let column = |part: usize, t: usize| &data[(start + t) * stride + part * hidden + head * head_dim..][..head_dim];
     let q: Vec<f32> = (0..len).flat_map(|t| column(0, t).iter().copied()).collect();
     let k: Vec<f32> = (0..len).flat_map(|t| column(1, t).iter().copied()).collect();
@@ -126,9 +154,9 @@ pub fn head_bf16(data: &[f32], hidden: usize, start: usize, len: usize, head: us
             v_t[i * len + t] = v;
         }
     }
-    let mut scores = PackedBf16::new(&k, len, head_dim, &[]).forward(&q, len);
-    scores.par_chunks_mut(len).for_each(softmax);
-    let context = PackedBf16::new(&v_t, head_dim, len, &[]).forward(&scores, len);
+    let mut scores = PackedBf16::new(cpu, &k, len, head_dim, &[]).forward(&q, len);
+    scores.par_chunks_mut(len).for_each(|row| softmax(simd, row));
+    let context = PackedBf16::new(cpu, &v_t, head_dim, len, &[]).forward(&scores, len);
     for (t, row) in context.chunks_exact(head_dim).enumerate() {
         out[t * hidden + head * head_dim..][..head_dim].copy_from_slice(row);
     }
@@ -146,7 +174,14 @@ fn sequence_f32(data: &[f32], start: usize, len: usize, chunk: &mut [f32], shape
     Ok(())
 }
 
-fn cpu_attention(qkv: &Tensor, packing: &Packing, heads: usize, head_dim: usize, bf16: bool) -> Result<Tensor> {
+fn cpu_attention(
+    qkv: &Tensor,
+    packing: &Packing,
+    heads: usize,
+    head_dim: usize,
+    simd: Simd,
+    bf16: Option<Avx512Bf16>,
+) -> Result<Tensor> {
     let hidden = heads * head_dim;
     let qkv = qkv.contiguous()?;
     let (storage, layout) = qkv.storage_and_layout();
@@ -166,9 +201,9 @@ fn cpu_attention(qkv: &Tensor, packing: &Packing, heads: usize, head_dim: usize,
     let shape = Shape { heads, head_dim, hidden, stride };
     chunks.into_par_iter().try_for_each(|(start, len, chunk)| {
         match (len >= LONG, bf16) {
-            (true, true) => (0..heads).for_each(|h| head_bf16(data, hidden, start, len, h, head_dim, chunk)),
-            (true, false) => sequence_f32(data, start, len, chunk, shape)?,
-            (false, _) => attend(data, start, len, chunk, shape),
+            (true, Some(cpu)) => (0..heads).for_each(|h| head_bf16((cpu, simd), data, (start, len), h, shape, chunk)),
+            (true, None) => sequence_f32(data, start, len, chunk, shape)?,
+            (false, _) => attend(simd, data, start, len, chunk, shape),
         }
         Ok::<_, candle_core::Error>(())
     })?;
@@ -176,7 +211,8 @@ fn cpu_attention(qkv: &Tensor, packing: &Packing, heads: usize, head_dim: usize,
     Tensor::from_vec(out, (packing.tokens, hidden), &Device::Cpu)
 }
 
-fn tensor_attention(qkv: &Tensor, packing: &Packing, heads: usize, head_dim: usize) -> Result<Tensor> {
+/// The reference path: per sequence, candle's matmul, softmax and matmul.
+pub fn tensor_attention(qkv: &Tensor, packing: &Packing, heads: usize, head_dim: usize) -> Result<Tensor> {
     let hidden = heads * head_dim;
     let mut outs = Vec::with_capacity(packing.spans.len());
     for &(start, len) in &packing.spans {
@@ -195,31 +231,65 @@ fn tensor_attention(qkv: &Tensor, packing: &Packing, heads: usize, head_dim: usi
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engines::kernels::{Avx2, Avx512, STALE_BUILD};
 
-    #[test]
-    fn cpu_kernel_matches_tensor_math() {
-        let (heads, head_dim) = (2, 4);
+    fn max_difference(a: Tensor, b: Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    /// The loops of one build (long sequences on candle's f32 products) against the reference path.
+    fn loops_match(simd: Simd) {
+        let (heads, head_dim) = (2, 12);
         // Short sequences take the loops; the last one is long enough for the matrix products.
-        let packing = Packing::new([3, 1, 5, 70]);
+        let packing = Packing::new([3, 1, 5, 17, 70]);
         let qkv = Tensor::randn(0f32, 1.0, (packing.tokens, 3 * heads * head_dim), &Device::Cpu).unwrap();
-        let fast = cpu_attention(&qkv, &packing, heads, head_dim, false).unwrap();
+        let kernels = Kernels { simd: Some(simd), ..Kernels::REFERENCE };
+        let fast = packed_attention(&qkv, &packing, heads, head_dim, kernels).unwrap();
         let slow = tensor_attention(&qkv, &packing, heads, head_dim).unwrap();
-        let diff = (fast - slow).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-        assert!(diff < 1e-5, "max difference {diff}");
+        let diff = max_difference(fast.clone(), slow);
+        assert!(diff < 1e-5, "{}: max difference {diff}", simd.name());
+        let portable =
+            packed_attention(&qkv, &packing, heads, head_dim, Kernels { simd: Some(Simd::Portable), ..kernels });
+        assert_eq!(max_difference(fast, portable.unwrap()), 0.0, "{} differs from the portable build", simd.name());
     }
 
     #[test]
+    fn portable_loops_match_the_reference() {
+        loops_match(Simd::Portable);
+    }
+
+    #[test]
+    #[cfg_attr(not(sis_host_avx2), ignore = "needs AVX2 and FMA")]
+    fn avx2_loops_match_the_reference() {
+        loops_match(Simd::Avx2(Avx2::detect().expect(STALE_BUILD)));
+    }
+
+    #[test]
+    #[cfg_attr(not(sis_host_avx512), ignore = "needs AVX-512 F/BW/DQ/VL")]
+    fn avx512_loops_match_the_reference() {
+        loops_match(Simd::Avx512(Avx512::detect().expect(STALE_BUILD)));
+    }
+
+    #[test]
+    fn without_loops_it_is_the_reference() {
+        let packing = Packing::new([3, 70]);
+        let qkv = Tensor::randn(0f32, 1.0, (packing.tokens, 3 * 2 * 8), &Device::Cpu).unwrap();
+        let got = packed_attention(&qkv, &packing, 2, 8, Kernels::REFERENCE).unwrap();
+        assert_eq!(max_difference(got, tensor_attention(&qkv, &packing, 2, 8).unwrap()), 0.0);
+    }
+
+    #[test]
+    #[cfg_attr(not(sis_host_avx512bf16), ignore = "needs AVX-512 BF16")]
     fn long_sequences_on_bf16_products_stay_close() {
-        if !crate::engines::kernels::bf16::supported() {
-            return;
-        }
+        let cpu = crate::engines::kernels::Avx512Bf16::detect().expect(STALE_BUILD);
         let (heads, head_dim) = (3, 32);
         let packing = Packing::new([70, 5, 130]);
         let qkv =
             (Tensor::randn(0f32, 1.0, (packing.tokens, 3 * heads * head_dim), &Device::Cpu).unwrap() * 0.3).unwrap();
-        let fast = cpu_attention(&qkv, &packing, heads, head_dim, true).unwrap();
+        let kernels = Kernels { simd: Some(Simd::best()), bf16: Some(cpu), vnni: None };
+        let fast = packed_attention(&qkv, &packing, heads, head_dim, kernels).unwrap();
         let slow = tensor_attention(&qkv, &packing, heads, head_dim).unwrap();
-        let diff = (fast - slow).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let diff = max_difference(fast, slow);
         assert!(diff < 2e-2, "max difference {diff}");
     }
 }

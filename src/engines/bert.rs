@@ -12,6 +12,7 @@ use std::path::Path;
 
 use super::attention::{packed_attention, Packing};
 use super::dense::Dense;
+use super::kernels::Kernels;
 
 /// The fields of a Hub `config.json` this encoder uses.
 #[derive(Debug, Clone, Deserialize)]
@@ -128,17 +129,16 @@ pub struct BertModel {
     head_dim: usize,
     position_offset: usize,
     activation: Activation,
-    /// Whether the dense layers and long sequences' attention use bf16 products.
-    bf16: bool,
+    /// The kernels its dense layers, attention and GeLU run on.
+    kernels: Kernels,
     device: Device,
     /// The config it was built from.
     pub config: BertConfig,
 }
 
 impl BertModel {
-    /// Loads `model.safetensors` (with or without a `bert.` / `roberta.` prefix); `bf16` runs the dense
-    /// layers on the bf16 kernel.
-    pub fn load(weights: &Path, config: BertConfig, device: &Device, bf16: bool) -> anyhow::Result<Self> {
+    /// Loads `model.safetensors` (with or without a `bert.` / `roberta.` prefix), laid out for `kernels`.
+    pub fn load(weights: &Path, config: BertConfig, device: &Device, kernels: Kernels) -> anyhow::Result<Self> {
         // SAFETY: the file is mapped read-only and not modified while the model lives.
         let root = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, device)? };
         let vb = ["", "bert.", "roberta.", "model."]
@@ -169,11 +169,11 @@ impl BertModel {
             let qkv = Dense::new(
                 &Tensor::cat(&[(qw * scale)?, kw, vw], 0)?,
                 Some(&Tensor::cat(&[(qb * scale)?, kb, vb_], 0)?),
-                bf16,
+                kernels.bf16,
             )?;
             let dense = |name: &str, i: usize, o: usize| -> Result<Dense> {
                 let (w, b) = linear(&l.pp(name), i, o)?;
-                Dense::new(&w, Some(&b), bf16)
+                Dense::new(&w, Some(&b), kernels.bf16)
             };
             layers.push(Layer {
                 qkv,
@@ -200,7 +200,7 @@ impl BertModel {
             head_dim,
             position_offset: config.position_offset(),
             activation,
-            bf16,
+            kernels,
             device: device.clone(),
             config,
         })
@@ -224,10 +224,10 @@ impl BertModel {
         let mut x = self.embed_norm.forward(&x)?;
         for layer in &self.layers {
             let qkv = layer.qkv.forward(&x)?;
-            let ctx = packed_attention(&qkv, packing, self.heads, self.head_dim, self.bf16)?;
+            let ctx = packed_attention(&qkv, packing, self.heads, self.head_dim, self.kernels)?;
             let attn = layer.attn_norm.forward(&(layer.attn_out.forward(&ctx)? + &x)?)?;
             let hidden = match self.activation {
-                Activation::GeluErf => layer.intermediate.forward_then(&attn, super::kernels::elementwise::gelu_erf)?,
+                Activation::GeluErf => layer.intermediate.forward_gelu(&attn, self.kernels.simd)?,
                 Activation::GeluTanh => layer.intermediate.forward(&attn)?.gelu()?,
                 Activation::Relu => layer.intermediate.forward(&attn)?.relu()?,
             };

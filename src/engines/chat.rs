@@ -7,10 +7,13 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use tokenizers::Tokenizer;
 
+use super::chat_spec::ChatSpec;
 use super::json_constraint::JsonMatcher;
-use super::llama::{KvCache, Llama, StepInput, StepVisual};
+use super::kernels::{selection, Kernels};
+use super::llama::{ChatWeights, KvCache, Llama, StepInput, StepVisual};
 use super::qwen3_vl::{rope_positions, ImageInput, VisionTokens, VisionTower};
 use super::sampling::{sample, sample_allowed, Sampling};
+use crate::config::roster::Precision;
 use sis_actors::{EngineError, StepEngine, StepLoader};
 
 /// Why a sequence ended.
@@ -435,6 +438,48 @@ pub struct ChatLoader {
     pub eos: Vec<u32>,
     /// Prompt tokens prefilled per step.
     pub prefill_chunk: usize,
+    /// The roster's `precision`: `auto` runs a GGUF model's prompt rows on bf16 products where the
+    /// kernel runs, `f32` keeps them in f32, `bf16` insists (the model fails to load without the kernel;
+    /// safetensors checkpoints run in f32 and refuse it).
+    pub precision: Precision,
+    /// What the weights are (from the spec), for choosing and reporting kernels.
+    pub weights: ChatWeights,
+}
+
+impl ChatLoader {
+    /// The loader of a model read by [`ChatSpec`], prefilling `prefill_chunk` prompt tokens per step.
+    pub fn new(spec: &ChatSpec, prefill_chunk: usize, precision: Precision) -> Self {
+        Self {
+            path: spec.path.clone(),
+            tokenizer: spec.tokenizer.clone(),
+            eos: spec.eos_ids.clone(),
+            prefill_chunk,
+            precision,
+            weights: spec.weights.clone(),
+        }
+    }
+
+    /// The kernels this model runs: the operator's selection and the model's precision.
+    fn resolve(&self) -> anyhow::Result<Kernels> {
+        let kernels = selection()?.for_model(self.precision, true)?;
+        if !self.weights.gguf && self.precision == Precision::Bf16 {
+            anyhow::bail!(
+                "precision = \"bf16\" applies to GGUF chat models (the dense copy their prompt rows run on); \
+                 safetensors checkpoints run in f32: use auto or f32"
+            );
+        }
+        Ok(kernels)
+    }
+
+    /// Which implementation each hot operation runs for this model on this machine (`"quantized
+    /// matmul: vnni-avx512 (Q4_1)"`, `"prompt rows: dense copy on bf16-avx512"`, …); one `error: …`
+    /// line where the model cannot load with the selected kernels.
+    pub fn kernels(&self) -> Vec<String> {
+        match self.resolve() {
+            Ok(kernels) => self.weights.report(kernels),
+            Err(e) => vec![format!("error: {e:#}")],
+        }
+    }
 }
 
 impl StepLoader for ChatLoader {
@@ -442,10 +487,12 @@ impl StepLoader for ChatLoader {
 
     fn load(&self) -> Result<ChatEngine, EngineError> {
         let error = |e: anyhow::Error| EngineError::new(format!("{e:#}"));
+        let kernels = self.resolve().map_err(error)?;
         if !self.path.is_dir() {
-            let (model, _) = Llama::from_gguf(&self.path).map_err(error)?;
+            let (model, _) = Llama::from_gguf(&self.path, kernels).map_err(error)?;
             return Ok(ChatEngine::new(model, &self.tokenizer, self.eos.clone(), self.prefill_chunk));
         }
+        tracing::info!(path = %self.path.display(), kernels = %self.weights.report(kernels).join("; "), "chat kernels");
         let model = Llama::from_safetensors(&self.path).map_err(error)?;
         let engine = ChatEngine::new(model, &self.tokenizer, self.eos.clone(), self.prefill_chunk);
         match super::qwen3_vl::read_config(&self.path.join("config.json")).map_err(error)? {

@@ -4,6 +4,8 @@
 use std::path::PathBuf;
 use tokenizers::Tokenizer;
 
+use super::llama::ChatWeights;
+
 /// What the request path needs from a chat model's files, read once at start-up.
 pub struct ChatSpec {
     /// The weights: a .gguf file, or a folder of safetensors.
@@ -20,6 +22,8 @@ pub struct ChatSpec {
     pub eos_ids: Vec<u32>,
     /// Context window.
     pub context: usize,
+    /// What the weights are, for choosing (and reporting) kernels.
+    pub weights: ChatWeights,
 }
 
 impl ChatSpec {
@@ -69,6 +73,7 @@ impl ChatSpec {
             eos,
             eos_ids,
             context,
+            weights: ChatWeights::of_gguf(&content),
         })
     }
 
@@ -104,7 +109,9 @@ impl ChatSpec {
                 }
             }
         }
-        let context = read_json("config.json")
+        let config_json = read_json("config.json");
+        let vision = config_json.as_ref().is_some_and(|c| c.get("vision_config").is_some());
+        let context = config_json
             .and_then(|c| {
                 let text = c.get("text_config").unwrap_or(&c);
                 text.get("max_position_embeddings").and_then(|v| v.as_u64())
@@ -119,6 +126,7 @@ impl ChatSpec {
             eos,
             eos_ids,
             context,
+            weights: ChatWeights { vision, ..ChatWeights::default() },
         })
     }
 }

@@ -1,5 +1,5 @@
-//! A dense (fully connected) layer that runs on the bf16 kernel where the CPU has one, else on
-//! candle's f32 matmul.
+//! A dense (fully connected) layer that runs on the bf16 kernel where the model's kernels have it, else
+//! on candle's f32 matmul (the reference path).
 //!
 //! Encoders are compute-bound on CPU, and bf16 dot products double the arithmetic per instruction;
 //! embeddings stay within 1e-3 cosine of the f32 result (`tests/embeddings.rs` checks it on real
@@ -7,32 +7,13 @@
 
 use candle_core::{Device, Result, Storage, Tensor};
 
-use super::kernels::bf16::{self, PackedBf16};
-use crate::config::roster::Precision;
-
-/// Whether layers on `device` use the bf16 kernel; an explicit `bf16` the CPU cannot run is an error.
-pub fn uses_bf16(precision: Precision, device: &Device) -> anyhow::Result<bool> {
-    let available = matches!(device, Device::Cpu) && bf16::supported();
-    match precision {
-        Precision::Auto => Ok(available),
-        Precision::F32 => Ok(false),
-        Precision::Bf16 if available => Ok(true),
-        Precision::Bf16 => anyhow::bail!("precision = \"bf16\" needs a CPU with AVX-512 BF16"),
-    }
-}
-
-/// How dense layers multiply, for logs.
-pub fn arithmetic(bf16: bool) -> &'static str {
-    if bf16 {
-        "bf16 products, f32 sums (AVX-512 BF16)"
-    } else {
-        "f32"
-    }
-}
+use super::kernels::bf16::PackedBf16;
+use super::kernels::elementwise::gelu_erf;
+use super::kernels::{Avx512Bf16, Simd};
 
 /// `x · Wᵀ + b` over the last dimension of `x`.
 pub enum Dense {
-    /// candle's matmul on the transposed weight `[in, out]`.
+    /// candle's matmul on the transposed weight `[in, out]`: the reference path.
     F32 {
         /// `[in, out]`, contiguous.
         weight_t: Tensor,
@@ -44,15 +25,17 @@ pub enum Dense {
 }
 
 impl Dense {
-    /// Builds from a torch-layout weight `[out, in]` and its bias `[out]`, if any.
-    pub fn new(weight: &Tensor, bias: Option<&Tensor>, bf16: bool) -> Result<Self> {
+    /// Builds from a torch-layout weight `[out, in]` and its bias `[out]`, if any: on the bf16 kernel
+    /// when given its token, else on candle's f32 matmul.
+    pub fn new(weight: &Tensor, bias: Option<&Tensor>, bf16: Option<Avx512Bf16>) -> Result<Self> {
         let (n, k) = weight.dims2()?;
-        if bf16 {
-            let w = weight.flatten_all()?.to_vec1::<f32>()?;
-            let b = bias.map(|b| b.to_vec1::<f32>()).transpose()?.unwrap_or_default();
-            Ok(Dense::Bf16(PackedBf16::new(&w, n, k, &b)))
-        } else {
-            Ok(Dense::F32 { weight_t: weight.t()?.contiguous()?, bias: bias.cloned() })
+        match bf16 {
+            Some(cpu) => {
+                let w = weight.flatten_all()?.to_vec1::<f32>()?;
+                let b = bias.map(|b| b.to_vec1::<f32>()).transpose()?.unwrap_or_default();
+                Ok(Dense::Bf16(PackedBf16::new(cpu, &w, n, k, &b)))
+            }
+            None => Ok(Dense::F32 { weight_t: weight.t()?.contiguous()?, bias: bias.cloned() }),
         }
     }
 
@@ -86,6 +69,15 @@ impl Dense {
             }),
         }
     }
+
+    /// Exact (erf) GeLU of `x · Wᵀ + b`: fused on the loops' build `simd`, or candle's `gelu_erf` (the
+    /// reference path) without one.
+    pub fn forward_gelu(&self, x: &Tensor, simd: Option<Simd>) -> Result<Tensor> {
+        match simd {
+            Some(simd) => self.forward_then(x, |v| gelu_erf(simd, v)),
+            None => self.forward(x)?.gelu_erf(),
+        }
+    }
 }
 
 /// Runs a CPU kernel on the rows of `x` (`[…, k]`): `kernel` gets them as one contiguous slice of `m`
@@ -107,4 +99,44 @@ pub fn map_rows(x: &Tensor, n: usize, kernel: impl FnOnce(&[f32], usize) -> Vec<
         None => candle_core::bail!("a dense layer's input needs a last dimension"),
     }
     Tensor::from_vec(y, out_dims, &Device::Cpu)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engines::kernels::STALE_BUILD;
+
+    fn layer(n: usize, k: usize) -> (Tensor, Tensor, Tensor) {
+        let w = (Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap() * 0.1).unwrap();
+        let b = Tensor::randn(0f32, 1.0, n, &Device::Cpu).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (2, 5, k), &Device::Cpu).unwrap();
+        (w, b, x)
+    }
+
+    #[test]
+    fn the_reference_path_is_x_times_w_transposed_plus_b() {
+        let (w, b, x) = layer(7, 9);
+        let dense = Dense::new(&w, Some(&b), None).unwrap();
+        let want = x.broadcast_matmul(&w.t().unwrap()).unwrap().broadcast_add(&b).unwrap();
+        let got = dense.forward(&x).unwrap();
+        assert_eq!(got.dims(), &[2, 5, 7]);
+        let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff < 1e-6, "{diff}");
+        let gelu = dense.forward_gelu(&x, None).unwrap();
+        let fused = dense.forward_gelu(&x, Some(Simd::Portable)).unwrap();
+        let diff = (gelu - fused).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff < 1e-5, "candle's GeLU against the loops': {diff}");
+    }
+
+    #[test]
+    #[cfg_attr(not(sis_host_avx512bf16), ignore = "needs AVX-512 BF16")]
+    fn the_bf16_layer_matches_the_reference_to_bf16_rounding() {
+        let cpu = Avx512Bf16::detect().expect(STALE_BUILD);
+        let (w, b, x) = layer(70, 96);
+        let exact = Dense::new(&w, Some(&b), None).unwrap().forward(&x).unwrap();
+        let fast = Dense::new(&w, Some(&b), Some(cpu)).unwrap().forward(&x).unwrap();
+        assert_eq!(fast.dims(), exact.dims());
+        let diff = (fast - exact).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff < 2e-2, "{diff}");
+    }
 }

@@ -56,6 +56,17 @@ impl serde::Serialize for DeviceName {
     }
 }
 
+impl DeviceName {
+    /// Whether [`open`] gives the CPU for this name (cheap: opens nothing).
+    pub fn is_cpu(self) -> bool {
+        match self {
+            DeviceName::Cpu => true,
+            DeviceName::Auto => !candle_core::utils::cuda_is_available() && !candle_core::utils::metal_is_available(),
+            DeviceName::Cuda(_) | DeviceName::Metal => false,
+        }
+    }
+}
+
 /// Opens the named device.
 pub fn open(name: DeviceName) -> candle_core::Result<Device> {
     match name {

@@ -8,6 +8,7 @@ use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStr
 
 use super::attention::Packing;
 use super::bert::{BertConfig, BertModel};
+use super::kernels::{selection, KernelError, Kernels};
 use crate::config::roster::{ModelEntry, Pooling, Precision};
 use sis_actors::{BatchItem, Engine, EngineError, EngineLoader};
 
@@ -97,6 +98,34 @@ impl EmbedderSpec {
             device,
             precision: entry.precision.unwrap_or_default(),
         })
+    }
+
+    /// The kernels this model runs on a device (`cpu`: the CPU): the operator's selection and the
+    /// model's precision.
+    fn resolve(&self, cpu: bool) -> Result<Kernels, KernelError> {
+        selection()?.for_model(self.precision, cpu)
+    }
+
+    /// Which implementation each hot operation runs for this model on this machine (`"dense:
+    /// bf16-avx512"`, `"attention: avx2 loops below 64 tokens, reference from 64"`, …); one `error: …`
+    /// line where the model cannot load with the selected kernels.
+    pub fn kernels(&self) -> Vec<String> {
+        match self.resolve(self.device.is_cpu()) {
+            Ok(kernels) => self.report(kernels),
+            Err(e) => vec![format!("error: {e}")],
+        }
+    }
+
+    fn report(&self, kernels: Kernels) -> Vec<String> {
+        let activation = match self.config.hidden_act.as_str() {
+            "gelu" => format!("gelu: {}", kernels.loops()),
+            other => format!("{other}: reference"),
+        };
+        vec![
+            format!("dense: {}", kernels.dense()),
+            format!("attention: {}", super::attention::describe(kernels)),
+            activation,
+        ]
     }
 
     /// Loads the tokenizer with truncation at the model's limit and no padding (the engine packs).
@@ -234,15 +263,23 @@ pub struct EmbedderLoader {
     pub spec: EmbedderSpec,
 }
 
+impl EmbedderLoader {
+    /// Which implementation each hot operation runs for this model (see [`EmbedderSpec::kernels`]).
+    pub fn kernels(&self) -> Vec<String> {
+        self.spec.kernels()
+    }
+}
+
 impl EngineLoader for EmbedderLoader {
     type Engine = Embedder;
 
     fn load(&self) -> Result<Embedder, EngineError> {
         let device = super::device::open(self.spec.device).map_err(EngineError::new)?;
-        let bf16 = super::dense::uses_bf16(self.spec.precision, &device).map_err(EngineError::new)?;
-        tracing::info!(dir = %self.spec.dir.display(), dense = super::dense::arithmetic(bf16), "encoder layers");
-        let model = BertModel::load(&self.spec.dir.join("model.safetensors"), self.spec.config.clone(), &device, bf16)
-            .map_err(EngineError::new)?;
+        let kernels = self.spec.resolve(matches!(device, Device::Cpu)).map_err(EngineError::new)?;
+        tracing::info!(dir = %self.spec.dir.display(), kernels = %self.spec.report(kernels).join("; "), "encoder kernels");
+        let model =
+            BertModel::load(&self.spec.dir.join("model.safetensors"), self.spec.config.clone(), &device, kernels)
+                .map_err(EngineError::new)?;
         let pool = super::kernels::Pool::new("embed").map_err(EngineError::new)?;
         Ok(Embedder { model, pool, pooling: self.spec.pooling, normalize: self.spec.normalize, ids: Vec::new() })
     }

@@ -18,8 +18,8 @@ use rayon::prelude::*;
 use std::path::Path;
 
 use super::dense::Dense;
-use super::kernels::quantized::{self, PackedQuant};
-use super::kernels::{bf16, Pool};
+use super::kernels::quantized::PackedQuant;
+use super::kernels::{Avx512Vnni, Kernels, Pool};
 
 /// Shapes read from the GGUF metadata.
 #[derive(Debug, Clone)]
@@ -175,6 +175,96 @@ fn check_head_dim(head_dim: usize) -> anyhow::Result<()> {
 /// Dense copies are kept only for models whose linear weights fit in this many bytes as f32.
 const DENSE_BUDGET_BYTES: usize = 1 << 30;
 
+/// What a chat checkpoint's weights are, as far as choosing kernels goes; read with its spec, so that
+/// reports need not open the file again, and by the loader, so the two agree.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChatWeights {
+    /// A GGUF file (quantized), rather than a safetensors folder (f32).
+    pub gguf: bool,
+    /// GGUF: prompt rows run on a dense copy of the linear weights (models whose linear weights take
+    /// up to 1 GiB as f32).
+    pub prompt_copy: bool,
+    /// GGUF: the types of the matrices the quantized products run on (linear layers and the output
+    /// projection), each once, in the order met.
+    pub types: Vec<GgmlDType>,
+    /// Safetensors: the checkpoint has a vision tower (Qwen3-VL).
+    pub vision: bool,
+}
+
+impl ChatWeights {
+    /// Reads a GGUF file's tensor table.
+    pub fn of_gguf(content: &Content) -> Self {
+        let mut names: Vec<&String> = content.tensor_infos.keys().collect();
+        names.sort();
+        let linear = |name: &str| name.starts_with("blk.") && content.tensor_infos[name].shape.dims().len() == 2;
+        let linear_bytes: usize =
+            names.iter().filter(|n| linear(n)).map(|n| content.tensor_infos[*n].shape.elem_count() * 4).sum();
+        let mut types = Vec::new();
+        let output =
+            if content.tensor_infos.contains_key("output.weight") { "output.weight" } else { "token_embd.weight" };
+        for name in names.iter().filter(|n| linear(n) || n.as_str() == output) {
+            let dtype = content.tensor_infos[*name].ggml_dtype;
+            if !types.contains(&dtype) {
+                types.push(dtype);
+            }
+        }
+        Self { gguf: true, prompt_copy: linear_bytes <= DENSE_BUDGET_BYTES, types, vision: false }
+    }
+
+    /// Which implementation each hot operation runs with these weights and `kernels`.
+    pub fn report(&self, kernels: Kernels) -> Vec<String> {
+        let mut lines = Vec::new();
+        if self.gguf {
+            let (mut vnni, mut reference) = (Vec::new(), Vec::new());
+            for &dtype in &self.types {
+                let kept = layout(dtype, kernels.vnni);
+                let name = if kept == dtype { format!("{dtype:?}") } else { format!("{dtype:?} as {kept:?}") };
+                match kernels.vnni.filter(|_| packs(kept)) {
+                    Some(_) => vnni.push(name),
+                    None => reference.push(name),
+                }
+            }
+            let mut products = Vec::new();
+            for (kernel, names) in [("vnni-avx512", vnni), ("reference", reference)] {
+                if !names.is_empty() {
+                    products.push(format!("{kernel} ({})", names.join(", ")));
+                }
+            }
+            lines.push(format!("quantized matmul: {}", products.join(", ")));
+            lines.push(match self.prompt_copy {
+                true => format!("prompt rows: dense copy on {}", kernels.dense()),
+                false => "prompt rows: quantized matmul".to_string(),
+            });
+        } else {
+            lines.push("matmul: reference (f32 weights)".to_string());
+        }
+        // The decoder's attention and rotary embedding are the model's own scalar code (f64 scores),
+        // the same on every kernel selection.
+        lines.push("attention: portable".to_string());
+        if self.vision {
+            lines.push("vision tower: reference".to_string());
+        }
+        lines
+    }
+}
+
+/// The type a GGUF matrix is kept in at load: candle's CPU kernels for Q4_1 / Q5_0 / Q5_1 are scalar,
+/// so those are re-quantized to Q8_0, which has SIMD kernels, except Q4_1 where the int8 kernel runs (it
+/// takes Q4_1 as it is). Q8_0 holds every 4- and 5-bit level of a block to within 1/254 of the block's
+/// range, so the model is the same to within that rounding.
+fn layout(dtype: GgmlDType, vnni: Option<Avx512Vnni>) -> GgmlDType {
+    match dtype {
+        GgmlDType::Q4_1 if vnni.is_some() => dtype,
+        GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1 => GgmlDType::Q8_0,
+        _ => dtype,
+    }
+}
+
+/// Whether the int8 kernel takes matrices of this type as they are.
+fn packs(dtype: GgmlDType) -> bool {
+    matches!(dtype, GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q8_0)
+}
+
 /// A linear layer's weight: quantized for decode rows, which are memory-bound, plus, for small models,
 /// a dense copy (bf16 where the CPU has it) for prompt rows, where a dense GEMM runs several times faster
 /// than quantized dot products. The path depends on what a row is (prompt or decode), never on the
@@ -191,9 +281,9 @@ enum Quantized {
 }
 
 impl Quantized {
-    fn new(tensor: QTensor) -> Result<Self> {
-        if quantized::supported() && matches!(tensor.dtype(), GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q8_0) {
-            if let Some(packed) = PackedQuant::from_qtensor(&tensor)? {
+    fn new(tensor: QTensor, vnni: Option<Avx512Vnni>) -> Result<Self> {
+        if let Some(cpu) = vnni.filter(|_| packs(tensor.dtype())) {
+            if let Some(packed) = PackedQuant::from_qtensor(cpu, &tensor)? {
                 return Ok(Quantized::Packed(packed));
             }
         }
@@ -256,14 +346,14 @@ impl Weight {
 
     /// A GGUF weight, with a dense copy for prompt rows when `keep_dense` and the weight is quantized
     /// (float weights take candle's f32 matmul for every row, like safetensors checkpoints).
-    fn from_gguf(tensor: QTensor, keep_dense: bool) -> Result<Self> {
+    fn from_gguf(tensor: QTensor, keep_dense: bool, kernels: Kernels) -> Result<Self> {
         let float = matches!(tensor.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
         let dense = if keep_dense && !float {
-            Some(Dense::new(&tensor.dequantize(&Device::Cpu)?, None, bf16::supported())?)
+            Some(Dense::new(&tensor.dequantize(&Device::Cpu)?, None, kernels.bf16)?)
         } else {
             None
         };
-        Ok(Self { quantized: Quantized::new(tensor)?, dense })
+        Ok(Self { quantized: Quantized::new(tensor, kernels.vnni)?, dense })
     }
 
     fn forward(&self, x: &Tensor, rows: &RowSplit) -> Result<Tensor> {
@@ -378,47 +468,39 @@ pub struct Llama {
 }
 
 impl Llama {
-    /// Loads the weights of a GGUF file (CPU).
-    pub fn from_gguf(path: &Path) -> anyhow::Result<(Self, Content)> {
+    /// Loads the weights of a GGUF file (CPU) for `kernels`: prompt rows' dense copies on the bf16
+    /// kernel where it has it (else f32), quantized products on the int8 kernel where it has it.
+    pub fn from_gguf(path: &Path, kernels: Kernels) -> anyhow::Result<(Self, Content)> {
         let mut file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
         let content = Content::read(&mut file).with_context(|| format!("reading GGUF {}", path.display()))?;
         let config = LlamaConfig::from_gguf(&content)?;
         let device = Device::Cpu;
+        let weights = ChatWeights::of_gguf(&content);
+        tracing::info!(path = %path.display(), kernels = %weights.report(kernels).join("; "), "chat kernels");
         let file = &mut file;
-        let embeddings = read(&content, file, "token_embd.weight")?.dequantize(&device)?;
+        let vnni = kernels.vnni;
+        let embeddings = read(&content, file, "token_embd.weight", vnni)?.dequantize(&device)?;
         let output_name =
             if content.tensor_infos.contains_key("output.weight") { "output.weight" } else { "token_embd.weight" };
-        let output = Quantized::new(read(&content, file, output_name)?)?;
-        let norm = read(&content, file, "output_norm.weight")?.dequantize(&device)?;
-        let linear_bytes: usize = content
-            .tensor_infos
-            .iter()
-            .filter(|(name, info)| name.starts_with("blk.") && info.shape.dims().len() == 2)
-            .map(|(_, info)| info.shape.elem_count() * 4)
-            .sum();
-        let keep_dense = linear_bytes <= DENSE_BUDGET_BYTES;
-        tracing::info!(
-            path = %path.display(),
-            decode = if quantized::supported() { "int8 dot products (AVX-512 VNNI)" } else { "candle quantized matmul" },
-            prompt = if keep_dense { super::dense::arithmetic(bf16::supported()) } else { "quantized" },
-            "chat layers"
-        );
+        let output = Quantized::new(read(&content, file, output_name, vnni)?, vnni)?;
+        let norm = read(&content, file, "output_norm.weight", vnni)?.dequantize(&device)?;
+        let keep_dense = weights.prompt_copy;
         let mut blocks = Vec::with_capacity(config.layers);
         for i in 0..config.layers {
             let mut q = |s: &str| -> anyhow::Result<Weight> {
-                Ok(Weight::from_gguf(read(&content, file, &format!("blk.{i}.{s}"))?, keep_dense)?)
+                Ok(Weight::from_gguf(read(&content, file, &format!("blk.{i}.{s}"), vnni)?, keep_dense, kernels)?)
             };
             let (q_proj, k_proj, v_proj, o) =
                 (q("attn_q.weight")?, q("attn_k.weight")?, q("attn_v.weight")?, q("attn_output.weight")?);
             let (gate, up, down) = (q("ffn_gate.weight")?, q("ffn_up.weight")?, q("ffn_down.weight")?);
             let mut dense = |s: &str| -> anyhow::Result<Tensor> {
-                Ok(read(&content, file, &format!("blk.{i}.{s}"))?.dequantize(&device)?)
+                Ok(read(&content, file, &format!("blk.{i}.{s}"), vnni)?.dequantize(&device)?)
             };
             let (attn_norm, ffn_norm) = (dense("attn_norm.weight")?, dense("ffn_norm.weight")?);
             let mut optional = |s: &str| -> anyhow::Result<Option<Tensor>> {
                 let name = format!("blk.{i}.{s}");
                 if content.tensor_infos.contains_key(&name) {
-                    Ok(Some(read(&content, file, &name)?.dequantize(&device)?))
+                    Ok(Some(read(&content, file, &name, vnni)?.dequantize(&device)?))
                 } else {
                     Ok(None)
                 }
@@ -765,21 +847,12 @@ pub fn safetensors_files(dir: &Path) -> anyhow::Result<Vec<std::path::PathBuf>> 
     Ok(files)
 }
 
-fn read(content: &Content, file: &mut std::fs::File, name: &str) -> anyhow::Result<QTensor> {
+/// Reads a tensor and lays out a matrix in the type [`layout`] keeps for the int8 kernel `vnni`.
+fn read(content: &Content, file: &mut std::fs::File, name: &str, vnni: Option<Avx512Vnni>) -> anyhow::Result<QTensor> {
     let tensor = content.tensor(file, name, &Device::Cpu).with_context(|| format!("GGUF tensor {name}"))?;
-    Ok(fast_layout(tensor)?)
-}
-
-/// candle's CPU kernels for Q4_1 / Q5_0 / Q5_1 are scalar; such weights are re-quantized once at load
-/// to Q8_0, which has SIMD kernels (our own kernel runs Q4_1 as it is, where the CPU has it). Q8_0 holds
-/// every 4- and 5-bit level of a block to within 1/254 of the block's range, so the model is the same to
-/// within that rounding.
-fn fast_layout(tensor: QTensor) -> Result<QTensor> {
-    match tensor.dtype() {
-        GgmlDType::Q4_1 if quantized::supported() => Ok(tensor),
-        GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1 if tensor.shape().dims().len() == 2 => {
-            QTensor::quantize(&tensor.dequantize(&Device::Cpu)?, GgmlDType::Q8_0)
-        }
-        _ => Ok(tensor),
+    let kept = layout(tensor.dtype(), vnni);
+    if kept == tensor.dtype() || tensor.shape().dims().len() != 2 {
+        return Ok(tensor);
     }
+    Ok(QTensor::quantize(&tensor.dequantize(&Device::Cpu)?, kept)?)
 }

@@ -1,8 +1,8 @@
 //! Whisper's log-mel front end: the Slaney mel filterbank computed in code (80 or 128 bins over a
 //! 400-point FFT at 16 kHz), the short-time Fourier transform, and the log10 / (max − 8) / (x + 4) / 4
-//! scaling. The framing and padding are those of candle's (and whisper.cpp's) `pcm_to_mel`, which the
-//! decoder was tuned with; the FFT is planned once (rustfft) and the filterbank applied as one matmul,
-//! where candle's recursive FFT recomputed its twiddles for every frame.
+//! scaling. The framing and padding are those of whisper.cpp's (and candle's) `pcm_to_mel`, which the
+//! decoder was tuned with; the FFT is planned once (rustfft) and the filterbank applied as one matmul.
+//! The tests hold it to the definition computed independently (a naive DFT in f64).
 
 /// Sample rate Whisper expects.
 pub const SAMPLE_RATE: usize = 16_000;
@@ -101,9 +101,80 @@ pub fn log_mel_spectrogram(samples: &[f32], filters: &[f32], mels: usize) -> can
 mod tests {
     use super::*;
 
-    /// The same spectrogram as candle's `pcm_to_mel`, which the transcripts were validated with.
+    /// librosa's `mel(sr=16000, n_fft=400, n_mels, htk=False, norm="slaney")`, written the way librosa
+    /// writes it (ramps between mel-spaced points), in f64: `[mels, 201]`.
+    fn librosa_filterbank(mels: usize) -> Vec<f64> {
+        // The Slaney mel scale: linear to 1 kHz (3 mels per 200 Hz), logarithmic above (27 mels per
+        // factor 6.4).
+        let to_mel =
+            |hz: f64| if hz < 1000.0 { hz * 3.0 / 200.0 } else { 15.0 + (hz / 1000.0).ln() * 27.0 / 6.4f64.ln() };
+        let to_hz =
+            |mel: f64| if mel < 15.0 { mel * 200.0 / 3.0 } else { 1000.0 * ((mel - 15.0) * 6.4f64.ln() / 27.0).exp() };
+        let top = to_mel(8000.0);
+        let points: Vec<f64> = (0..mels + 2).map(|i| to_hz(top * i as f64 / (mels + 1) as f64)).collect();
+        let mut weights = vec![0f64; mels * 201];
+        for i in 0..mels {
+            let enorm = 2.0 / (points[i + 2] - points[i]);
+            for k in 0..201 {
+                let f = k as f64 * 40.0;
+                let lower = (f - points[i]) / (points[i + 1] - points[i]);
+                let upper = (points[i + 2] - f) / (points[i + 2] - points[i + 1]);
+                weights[i * 201 + k] = lower.min(upper).max(0.0) * enorm;
+            }
+        }
+        weights
+    }
+
+    /// Whisper's log-mel spectrogram from its definition, in f64: frames of 400 samples every 160 (the
+    /// audio's frames rounded up to whole 15 seconds, plus 15 seconds of silence), a periodic Hann
+    /// window, the power at bins 0–200 by a naive DFT (bins 1–199 twice: their mirror images), the
+    /// filterbank, log10 floored at 1e-10, then at the maximum − 8, then x / 4 + 1.
+    fn naive_log_mel(samples: &[f32], mels: usize) -> Vec<f32> {
+        let frames = (samples.len() / 160).div_ceil(1500) * 1500 + 1500;
+        let filters = librosa_filterbank(mels);
+        let tau = 2.0 * std::f64::consts::PI;
+        let hann: Vec<f64> = (0..400).map(|j| 0.5 - 0.5 * (tau * j as f64 / 400.0).cos()).collect();
+        // e^(−2πi·m/400) for every m = k·j mod 400.
+        let (cos, sin): (Vec<f64>, Vec<f64>) =
+            (0..400).map(|m| tau * m as f64 / 400.0).map(|a| (a.cos(), a.sin())).unzip();
+        let mut mel = vec![0f64; mels * frames];
+        for t in 0..frames {
+            let window: Vec<f64> =
+                (0..400).map(|j| hann[j] * samples.get(t * 160 + j).copied().unwrap_or(0.0) as f64).collect();
+            let power: Vec<f64> = (0..201)
+                .map(|k| {
+                    let (mut re, mut im) = (0.0, 0.0);
+                    for (j, x) in window.iter().enumerate() {
+                        re += x * cos[k * j % 400];
+                        im -= x * sin[k * j % 400];
+                    }
+                    let twice = if k == 0 || k == 200 { 1.0 } else { 2.0 };
+                    twice * (re * re + im * im)
+                })
+                .collect();
+            for m in 0..mels {
+                let energy: f64 = (0..201).map(|k| filters[m * 201 + k] * power[k]).sum();
+                mel[m * frames + t] = energy.max(1e-10).log10();
+            }
+        }
+        let floor = mel.iter().copied().fold(f64::NEG_INFINITY, f64::max) - 8.0;
+        mel.iter().map(|&v| (v.max(floor) / 4.0 + 1.0) as f32).collect()
+    }
+
     #[test]
-    fn matches_candles_pcm_to_mel() {
+    fn the_filterbank_is_librosas() {
+        for mels in [80, 128] {
+            let (ours, theirs) = (filterbank(mels), librosa_filterbank(mels));
+            for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
+                assert!((*a as f64 - b).abs() < 1e-7, "{mels} mels, weight {i}: {a} vs {b}");
+            }
+        }
+    }
+
+    /// The FFT front end against the definition, computed independently (naive DFT, librosa's
+    /// filterbank, f64).
+    #[test]
+    fn the_spectrogram_matches_a_naive_dft() {
         let samples: Vec<f32> = (0..16_000 * 3)
             .map(|i| {
                 let t = i as f32 / SAMPLE_RATE as f32;
@@ -111,17 +182,10 @@ mod tests {
                     + 0.1 * (2.0 * std::f32::consts::PI * 1234.5 * t).sin()
             })
             .collect();
-        let filters = filterbank(80);
-        let config: candle_transformers::models::whisper::Config = serde_json::from_value(serde_json::json!({
-            "num_mel_bins": 80, "max_source_positions": 1500, "d_model": 384, "encoder_attention_heads": 6,
-            "encoder_layers": 4, "vocab_size": 51864, "max_target_positions": 448, "decoder_attention_heads": 6,
-            "decoder_layers": 4, "suppress_tokens": []
-        }))
-        .unwrap();
-        let reference = candle_transformers::models::whisper::audio::pcm_to_mel(&config, &samples, &filters);
-        let ours = log_mel_spectrogram(&samples, &filters, 80).unwrap();
+        let ours = log_mel_spectrogram(&samples, &filterbank(80), 80).unwrap();
+        let reference = naive_log_mel(&samples, 80);
         assert_eq!(ours.len(), reference.len());
-        // The two FFTs round differently; it shows only in the faintest bins, where log10 magnifies it.
+        // f32 FFT rounding shows only in the faintest bins, where log10 magnifies it.
         let diffs: Vec<f32> = ours.iter().zip(&reference).map(|(a, b)| (a - b).abs()).collect();
         let worst = diffs.iter().copied().fold(0f32, f32::max);
         let mean = diffs.iter().sum::<f32>() / diffs.len() as f32;

@@ -5,8 +5,8 @@
 
 use candle_core::{Device, IndexOp, Tensor};
 use candle_nn::VarBuilder;
-use candle_transformers::models::whisper as cw;
 
+use super::kernels::{selection, KernelError, Kernels};
 use super::whisper_decoder::TextDecoder;
 use super::whisper_encoder::AudioEncoder;
 use crate::config::roster::Precision;
@@ -22,6 +22,8 @@ use sis_actors::{BatchItem, Engine, EngineError, EngineLoader};
 
 /// Frames of one 30-second window.
 const WINDOW_FRAMES: usize = 3000;
+/// Samples of one 30-second window.
+const WINDOW_SAMPLES: usize = WINDOW_FRAMES * mel::HOP_LENGTH;
 /// Seconds per timestamp step.
 const TIME_PRECISION: f64 = 0.02;
 /// Mel frames per encoder position.
@@ -112,6 +114,29 @@ pub struct Transcript {
     pub text: String,
     /// Timed words, when asked for.
     pub words: Vec<Word>,
+}
+
+/// A model's shapes, by their Hub `config.json` names (openai-whisper's names in the comments).
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+struct WhisperConfig {
+    /// `n_mels`.
+    num_mel_bins: usize,
+    /// `n_audio_ctx`.
+    max_source_positions: usize,
+    /// `n_audio_state` (= `n_text_state`).
+    d_model: usize,
+    /// `n_audio_head`.
+    encoder_attention_heads: usize,
+    /// `n_audio_layer`.
+    encoder_layers: usize,
+    /// `n_vocab`.
+    vocab_size: usize,
+    /// `n_text_ctx`.
+    max_target_positions: usize,
+    /// `n_text_head`.
+    decoder_attention_heads: usize,
+    /// `n_text_layer`.
+    decoder_layers: usize,
 }
 
 /// Special tokens, looked up by their text in the tokenizer.
@@ -215,10 +240,41 @@ impl WhisperSpec {
         })
     }
 
+    /// The kernels this model runs: the operator's selection and the model's precision.
+    fn resolve(&self) -> Result<Kernels, KernelError> {
+        selection()?.for_model(self.precision, true)
+    }
+
+    /// Which implementation each hot operation runs for this model on this machine (`"dense:
+    /// bf16-avx512"`, `"output projection: vnni-avx512"`, …); one `error: …` line where the model cannot
+    /// load with the selected kernels.
+    pub fn kernels(&self) -> Vec<String> {
+        match self.resolve() {
+            Ok(kernels) => report(kernels),
+            Err(e) => vec![format!("error: {e}")],
+        }
+    }
+
     /// Whether `code` names a language this model knows.
     pub fn knows_language(&self, code: &str) -> bool {
         self.specials.languages.iter().any(|(c, _)| c == code)
     }
+}
+
+/// What [`WhisperSpec::kernels`] says: the encoder's window is always 1500 positions long, so its
+/// attention takes the matrix products (see [`super::attention::packed_attention`]), and every Whisper
+/// width is a multiple of 32, so the output projection takes the int8 kernel whenever the decoder's
+/// dense layers run on bf16 and the kernel is selected.
+fn report(kernels: Kernels) -> Vec<String> {
+    let products = if kernels.simd.is_some() { kernels.dense() } else { "reference" };
+    let projection = if kernels.bf16.is_some() { kernels.quantized() } else { "reference" };
+    vec![
+        format!("dense: {}", kernels.dense()),
+        format!("attention (encoder): {products}"),
+        format!("gelu (encoder): {}", kernels.loops()),
+        "attention (decoder): reference".to_string(),
+        format!("output projection: {projection}"),
+    ]
 }
 
 /// A loaded Whisper model.
@@ -229,14 +285,14 @@ pub struct WhisperEngine {
     decoder: TextDecoder,
     spec: WhisperSpec,
     filters: Vec<f32>,
-    config: cw::Config,
+    config: WhisperConfig,
     /// (layer, head) pairs whose cross-attention follows the audio (for word timestamps).
     alignment_heads: Vec<(usize, usize)>,
 }
 
 /// The model's alignment heads (CTranslate2 config.json `alignment_heads`, Hub generation_config.json),
 /// else openai-whisper's default: every head of the second half of the decoder layers.
-fn alignment_heads(dir: &Path, config: &cw::Config) -> Vec<(usize, usize)> {
+fn alignment_heads(dir: &Path, config: &WhisperConfig) -> Vec<(usize, usize)> {
     let read = |name: &str| -> Option<serde_json::Value> {
         serde_json::from_str(&std::fs::read_to_string(dir.join(name)).ok()?).ok()
     };
@@ -262,6 +318,13 @@ pub struct WhisperLoader {
     pub spec: WhisperSpec,
 }
 
+impl WhisperLoader {
+    /// Which implementation each hot operation runs for this model (see [`WhisperSpec::kernels`]).
+    pub fn kernels(&self) -> Vec<String> {
+        self.spec.kernels()
+    }
+}
+
 impl EngineLoader for WhisperLoader {
     type Engine = WhisperEngine;
 
@@ -276,7 +339,7 @@ fn load(spec: &WhisperSpec) -> anyhow::Result<WhisperEngine> {
     let (vb, config) = if ct2.is_file() {
         let vars = super::ct2::read(&ct2)?;
         let (tensors, shape) = super::ct2::whisper_tensors(&vars)?;
-        let config = cw::Config {
+        let config = WhisperConfig {
             num_mel_bins: shape.mels,
             max_source_positions: shape.audio_positions,
             d_model: shape.width,
@@ -286,11 +349,10 @@ fn load(spec: &WhisperSpec) -> anyhow::Result<WhisperEngine> {
             max_target_positions: shape.text_positions,
             decoder_attention_heads: shape.decoder_heads,
             decoder_layers: shape.decoder_layers,
-            suppress_tokens: spec.suppress.clone(),
         };
         (VarBuilder::from_tensors(tensors, candle_core::DType::F32, &device), config)
     } else {
-        let config: cw::Config = serde_json::from_str(&std::fs::read_to_string(spec.dir.join("config.json"))?)?;
+        let config: WhisperConfig = serde_json::from_str(&std::fs::read_to_string(spec.dir.join("config.json"))?)?;
         // SAFETY: the file is mapped read-only and not modified while the model loads.
         let vb = unsafe {
             VarBuilder::from_mmaped_safetensors(
@@ -301,8 +363,8 @@ fn load(spec: &WhisperSpec) -> anyhow::Result<WhisperEngine> {
         };
         (vb, config)
     };
-    let bf16 = super::dense::uses_bf16(spec.precision, &device)?;
-    tracing::info!(dir = %spec.dir.display(), dense = super::dense::arithmetic(bf16), "whisper layers");
+    let kernels = spec.resolve()?;
+    tracing::info!(dir = %spec.dir.display(), kernels = %report(kernels).join("; "), "whisper kernels");
     let encoder = AudioEncoder::load(
         &vb.pp("model.encoder"),
         config.num_mel_bins,
@@ -310,7 +372,7 @@ fn load(spec: &WhisperSpec) -> anyhow::Result<WhisperEngine> {
         config.encoder_attention_heads,
         config.encoder_layers,
         config.max_source_positions,
-        bf16,
+        kernels,
     )?;
     let decoder = TextDecoder::load(
         vb.pp("model.decoder"),
@@ -319,7 +381,7 @@ fn load(spec: &WhisperSpec) -> anyhow::Result<WhisperEngine> {
         config.decoder_layers,
         config.vocab_size,
         config.max_target_positions,
-        bf16,
+        kernels,
     )?;
     let alignment_heads = alignment_heads(&spec.dir, &config);
     Ok(WhisperEngine {
@@ -497,9 +559,9 @@ impl WhisperEngine {
     fn transcribe_in_pool(&mut self, job: &AudioJob) -> anyhow::Result<Transcript> {
         let s = self.spec.specials.clone();
         let duration = job.samples.len() as f64 / mel::SAMPLE_RATE as f64;
-        let content_frames = job.samples.len() / cw::HOP_LENGTH;
+        let content_frames = job.samples.len() / mel::HOP_LENGTH;
         let mut padded = job.samples.clone();
-        padded.extend(std::iter::repeat_n(0.0, cw::N_SAMPLES));
+        padded.extend(std::iter::repeat_n(0.0, WINDOW_SAMPLES));
         let mels = self.config.num_mel_bins;
         let mel = mel::log_mel_spectrogram(&padded, &self.filters, mels)?;
         let frames = mel.len() / mels;
@@ -559,7 +621,7 @@ impl WhisperEngine {
             }
             let (decoded, silent) = result.expect("the last temperature always yields");
             let window_frames = WINDOW_FRAMES.min(content_frames - seek);
-            let offset = seek as f64 * cw::HOP_LENGTH as f64 / mel::SAMPLE_RATE as f64;
+            let offset = seek as f64 * mel::HOP_LENGTH as f64 / mel::SAMPLE_RATE as f64;
             if silent {
                 seek += window_frames;
                 continue;
@@ -606,7 +668,7 @@ impl WhisperEngine {
                     seek += (last_ts * FRAMES_PER_POSITION).max(1);
                 }
             } else {
-                let mut end = window_frames as f64 * cw::HOP_LENGTH as f64 / mel::SAMPLE_RATE as f64;
+                let mut end = window_frames as f64 * mel::HOP_LENGTH as f64 / mel::SAMPLE_RATE as f64;
                 if let Some(&t) = toks.iter().rev().find(|&&t| is_ts(t)) {
                     if t != s.timestamp_begin {
                         end = (t - s.timestamp_begin) as f64 * TIME_PRECISION;

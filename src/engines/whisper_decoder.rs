@@ -8,10 +8,11 @@ use candle_core::{Module, Result, Tensor, D};
 use candle_nn::{LayerNorm, VarBuilder};
 
 use super::dense::Dense;
-use super::kernels::quantized::{self, PackedQuant};
+use super::kernels::quantized::PackedQuant;
+use super::kernels::{Avx512Bf16, Kernels};
 
 /// A torch `Linear` as a [`Dense`] layer; `bias = false` for layers without one.
-fn linear(vb: VarBuilder, in_dim: usize, out_dim: usize, bias: bool, bf16: bool) -> Result<Dense> {
+fn linear(vb: VarBuilder, in_dim: usize, out_dim: usize, bias: bool, bf16: Option<Avx512Bf16>) -> Result<Dense> {
     let b = if bias { Some(vb.get(out_dim, "bias")?) } else { None };
     Dense::new(&vb.get((out_dim, in_dim), "weight")?, b.as_ref(), bf16)
 }
@@ -24,7 +25,7 @@ struct Attention {
 }
 
 impl Attention {
-    fn load(vb: VarBuilder, width: usize, bf16: bool) -> Result<Self> {
+    fn load(vb: VarBuilder, width: usize, bf16: Option<Avx512Bf16>) -> Result<Self> {
         Ok(Self {
             q: linear(vb.pp("q_proj"), width, width, true, bf16)?,
             k: linear(vb.pp("k_proj"), width, width, false, bf16)?,
@@ -56,8 +57,9 @@ pub struct DecoderState {
 /// The decoder.
 pub struct TextDecoder {
     embed: Tensor,
-    /// The output projection (the token embedding) as 8-bit quants, on the fast path: each step reads
-    /// it whole, and at 4 bytes a weight it is most of a step's memory traffic.
+    /// The output projection (the token embedding) as 8-bit quants, where the dense layers run on bf16
+    /// and the int8 kernel runs: each step reads it whole, and at 4 bytes a weight it is most of a
+    /// step's memory traffic.
     output: Option<PackedQuant>,
     pos: Tensor,
     blocks: Vec<Block>,
@@ -71,8 +73,9 @@ fn layer_norm(vb: VarBuilder, width: usize) -> Result<LayerNorm> {
 }
 
 impl TextDecoder {
-    /// Loads `model.decoder.*` from Hub-named weights; `fast` puts the dense layers on the bf16 kernel
-    /// and the output projection on 8-bit quants.
+    /// Loads `model.decoder.*` from Hub-named weights: the dense layers on the bf16 kernel where
+    /// `kernels` has it, and then the output projection on 8-bit quants where it has the int8 kernel
+    /// (`precision = "f32"`, which turns bf16 off, keeps the projection exact too).
     pub fn load(
         vb: VarBuilder,
         width: usize,
@@ -80,8 +83,9 @@ impl TextDecoder {
         layers: usize,
         vocab: usize,
         positions: usize,
-        fast: bool,
+        kernels: Kernels,
     ) -> Result<Self> {
+        let fast = kernels.bf16;
         let blocks = (0..layers)
             .map(|i| {
                 let b = vb.pp(format!("layers.{i}"));
@@ -97,10 +101,11 @@ impl TextDecoder {
             })
             .collect::<Result<Vec<_>>>()?;
         let embed = vb.get((vocab, width), "embed_tokens.weight")?;
-        let output = if fast && quantized::supported() && width.is_multiple_of(32) {
-            Some(PackedQuant::from_f32(&embed.flatten_all()?.to_vec1::<f32>()?, vocab, width))
-        } else {
-            None
+        let output = match (fast, kernels.vnni) {
+            (Some(_), Some(cpu)) if width > 0 && width.is_multiple_of(32) => {
+                Some(PackedQuant::from_f32(cpu, &embed.flatten_all()?.to_vec1::<f32>()?, vocab, width))
+            }
+            _ => None,
         };
         Ok(Self {
             embed,

@@ -3,7 +3,8 @@
 //!
 //! The encoder is most of the cost of a transcription (a 30-second window whatever the clip's length),
 //! and it is compute-bound, so on CPUs with AVX-512 BF16 every product (attention included) runs on the
-//! bf16 kernel with f32 sums; `precision = "f32"` keeps candle's f32 matmul throughout.
+//! bf16 kernel with f32 sums; `precision = "f32"` keeps candle's f32 matmul throughout. GeLU runs on the
+//! loops of [`super::kernels::elementwise`], or candle's where the kernels select none.
 
 use candle_core::{Device, Result, Tensor};
 use candle_nn::{Module, VarBuilder};
@@ -11,7 +12,7 @@ use rayon::prelude::*;
 
 use super::attention::{packed_attention, Packing};
 use super::dense::Dense;
-use super::kernels::elementwise::gelu_erf;
+use super::kernels::{Avx512Bf16, Kernels, Simd};
 
 /// A kernel-3, padding-1 convolution over time as one dense layer on im2col rows.
 struct Conv {
@@ -21,15 +22,28 @@ struct Conv {
 }
 
 impl Conv {
-    fn load(vb: &VarBuilder, in_channels: usize, out_channels: usize, stride: usize, bf16: bool) -> Result<Self> {
+    fn load(
+        vb: &VarBuilder,
+        in_channels: usize,
+        out_channels: usize,
+        stride: usize,
+        bf16: Option<Avx512Bf16>,
+    ) -> Result<Self> {
         // [out, in, 3] flattens to [out, in·3]: column c·3 + j multiplies input channel c at offset j − 1.
         let weight = vb.get((out_channels, in_channels, 3), "weight")?.reshape((out_channels, in_channels * 3))?;
         let dense = Dense::new(&weight, Some(&vb.get(out_channels, "bias")?), bf16)?;
         Ok(Self { dense, stride, in_channels })
     }
 
-    /// `input(c, t)` reads the input; returns GeLU(conv) as `[steps, out]` (time-major).
-    fn forward(&self, steps: usize, frames: usize, input: impl Fn(usize, usize) -> f32 + Sync) -> Result<Tensor> {
+    /// `input(c, t)` reads the input; returns GeLU(conv) as `[steps, out]` (time-major), the GeLU on the
+    /// loops' build `simd` (candle's without one).
+    fn forward(
+        &self,
+        steps: usize,
+        frames: usize,
+        simd: Option<Simd>,
+        input: impl Fn(usize, usize) -> f32 + Sync,
+    ) -> Result<Tensor> {
         let width = self.in_channels * 3;
         let mut cols = vec![0f32; steps * width];
         cols.par_chunks_mut(width).enumerate().for_each(|(t, row)| {
@@ -41,7 +55,7 @@ impl Conv {
             }
         });
         let cols = Tensor::from_vec(cols, (steps, width), &Device::Cpu)?;
-        self.dense.forward_then(&cols, gelu_erf)
+        self.dense.forward_gelu(&cols, simd)
     }
 }
 
@@ -63,7 +77,7 @@ pub struct AudioEncoder {
     final_norm: candle_nn::LayerNorm,
     heads: usize,
     width: usize,
-    bf16: bool,
+    kernels: Kernels,
 }
 
 fn layer_norm(vb: &VarBuilder, width: usize) -> Result<candle_nn::LayerNorm> {
@@ -86,7 +100,7 @@ fn sinusoids(length: usize, channels: usize) -> Result<Tensor> {
 }
 
 impl AudioEncoder {
-    /// Loads `model.encoder.*` (Hub names) from `vb`.
+    /// Loads `model.encoder.*` (Hub names) from `vb`, laid out for `kernels`.
     pub fn load(
         vb: &VarBuilder,
         mels: usize,
@@ -94,8 +108,9 @@ impl AudioEncoder {
         heads: usize,
         layers: usize,
         positions: usize,
-        bf16: bool,
+        kernels: Kernels,
     ) -> Result<Self> {
+        let bf16 = kernels.bf16;
         let head_dim = width / heads;
         let scale = (head_dim as f64).powf(-0.5);
         let blocks = (0..layers)
@@ -134,25 +149,26 @@ impl AudioEncoder {
             final_norm: layer_norm(&vb.pp("layer_norm"), width)?,
             heads,
             width,
-            bf16,
+            kernels,
         })
     }
 
     /// Encodes one window of log-mel frames `[mels, frames]` (row-major) into `[1, frames/2, width]`.
     pub fn forward(&self, mel: &[f32], mels: usize) -> Result<Tensor> {
         let frames = mel.len() / mels;
-        let x = self.conv1.forward(frames, frames, |c, f| mel[c * frames + f])?;
+        let simd = self.kernels.simd;
+        let x = self.conv1.forward(frames, frames, simd, |c, f| mel[c * frames + f])?;
         let x1 = x.flatten_all()?.to_vec1::<f32>()?;
         let steps = frames.div_ceil(2);
         let width = self.width;
-        let x = self.conv2.forward(steps, frames, |c, f| x1[f * width + c])?;
+        let x = self.conv2.forward(steps, frames, simd, |c, f| x1[f * width + c])?;
         let mut x = x.broadcast_add(&self.positions.narrow(0, 0, steps)?)?;
         for block in &self.blocks {
             let qkv = block.qkv.forward(&block.attn_norm.forward(&x)?)?;
             let context =
-                packed_attention(&qkv, &Packing::new([steps]), self.heads, self.width / self.heads, self.bf16)?;
+                packed_attention(&qkv, &Packing::new([steps]), self.heads, self.width / self.heads, self.kernels)?;
             x = (x + block.out.forward(&context)?)?;
-            let hidden = block.fc1.forward_then(&block.mlp_norm.forward(&x)?, gelu_erf)?;
+            let hidden = block.fc1.forward_gelu(&block.mlp_norm.forward(&x)?, simd)?;
             x = (&x + block.fc2.forward(&hidden)?)?;
         }
         self.final_norm.forward(&x)?.unsqueeze(0)

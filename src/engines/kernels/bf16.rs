@@ -6,13 +6,17 @@
 //! output element is the same ordered sum over `k` whatever the number of rows in the call, so results
 //! do not depend on batching.
 //!
+//! The kernel needs AVX-512 BF16: a [`PackedBf16`] is made from an [`Avx512Bf16`] token, so holding one
+//! proves the CPU runs it. Its reference is candle's f32 matmul (what dense layers run without it), and
+//! [`reference`] is what the kernel computes, in scalar code: the tests hold the kernel to it.
+//!
 //! Layout: output columns are grouped by 64 (four 16-lane vectors); within a group, for each pair of
 //! input positions `(2p, 2p+1)`, the 64 columns' two bf16 values sit side by side, so the microkernel
 //! reads one contiguous stream per group and broadcasts one activation pair per row.
 
 use rayon::prelude::*;
 
-use super::OutPtr;
+use super::{selection, Avx512Bf16, OutPtr};
 
 /// Columns per group (four vectors of 16 f32 lanes).
 const GROUP: usize = 64;
@@ -25,20 +29,15 @@ const PAIRS_PER_PASS: usize = 96;
 /// Rows per parallel task.
 const ROWS_PER_TASK: usize = 96;
 
-/// Whether this CPU runs the bf16 kernel.
+/// Whether models at `precision = "auto"` run the bf16 kernel in this process: this CPU has it and
+/// `SIS_CPU_KERNELS` selects it.
 pub fn supported() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bf16")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    selection().is_ok_and(|s| s.kernels().bf16.is_some())
 }
 
 /// A `[n, k]` weight matrix (torch `Linear` layout) rounded to bf16 and packed for the kernel.
 pub struct PackedBf16 {
+    cpu: Avx512Bf16,
     n: usize,
     k: usize,
     pairs: usize,
@@ -63,8 +62,9 @@ fn pair(lo: f32, hi: f32) -> u32 {
 }
 
 impl PackedBf16 {
-    /// Packs `weight` (`[n, k]`, row-major) and `bias` (`[n]`, or empty for none).
-    pub fn new(weight: &[f32], n: usize, k: usize, bias: &[f32]) -> Self {
+    /// Packs `weight` (`[n, k]`, row-major) and `bias` (`[n]`, or empty for none) for the kernel that
+    /// `cpu` proves runs here.
+    pub fn new(cpu: Avx512Bf16, weight: &[f32], n: usize, k: usize, bias: &[f32]) -> Self {
         assert_eq!(weight.len(), n * k, "weight is not [n, k]");
         assert!(bias.is_empty() || bias.len() == n, "bias is not [n]");
         let pairs = k.div_ceil(2);
@@ -95,7 +95,7 @@ impl PackedBf16 {
             data.chunks_mut(chunk.max(1)).enumerate().for_each(pack_group);
         }
         let bias = if bias.is_empty() { vec![0.0; n] } else { bias.to_vec() };
-        Self { n, k, pairs, data, bias }
+        Self { cpu, n, k, pairs, data, bias }
     }
 
     /// Output width.
@@ -107,41 +107,47 @@ impl PackedBf16 {
     pub fn forward(&self, x: &[f32], m: usize) -> Vec<f32> {
         assert_eq!(x.len(), m * self.k, "input is not [m, k]");
         let pairs = self.pairs;
-        SCRATCH.with(|scratch| {
-            let mut a = scratch.borrow_mut();
-            a.clear();
-            a.resize(m * pairs, 0);
-            // Round the activations once: row r, pair p → (x[r][2p], x[r][2p+1]).
-            let (rows_in, rows_out) = (x.chunks(self.k.max(1)), a.chunks_mut(pairs.max(1)));
-            if m * self.k < 1 << 16 {
-                rows_in.zip(rows_out).for_each(|(row, out)| round_row(row, out));
-            } else {
-                a.par_chunks_mut(pairs.max(1))
-                    .zip(x.par_chunks(self.k.max(1)))
-                    .for_each(|(out, row)| round_row(row, out));
-            }
-            let a: &[u32] = &a;
-            let len = m * self.n;
-            let mut out: Vec<f32> = Vec::with_capacity(len);
-            let groups = self.n.div_ceil(GROUP);
-            let row_blocks = m.div_ceil(ROWS_PER_TASK);
-            let out_ptr = OutPtr(out.spare_capacity_mut().as_mut_ptr() as *mut f32);
-            // Tasks are (column group, block of rows): enough of them to keep both cores busy whatever
-            // the shape, each reading its group's panel once per pass.
-            (0..groups * row_blocks).into_par_iter().for_each(|task| {
-                let out_ptr = &out_ptr;
-                let (group, block) = (task / row_blocks, task % row_blocks);
-                let rows = block * ROWS_PER_TASK..((block + 1) * ROWS_PER_TASK).min(m);
-                // SAFETY: each task writes only its own rows × columns of `out`, all within capacity.
-                unsafe { self.group(a, rows, group, out_ptr.0) }
-            });
-            // SAFETY: the tasks above wrote every one of the `len` elements (every row, every column).
-            unsafe { out.set_len(len) };
-            out
-        })
+        // The rounded activations go in this thread's scratch buffer, taken out for the call (not
+        // borrowed): while this call waits on its tasks, rayon may run another call on this thread.
+        let mut a = SCRATCH.with(|scratch| std::mem::take(&mut *scratch.borrow_mut()));
+        a.clear();
+        a.resize(m * pairs, 0);
+        // Round the activations once: row r, pair p → (x[r][2p], x[r][2p+1]).
+        let cpu = self.cpu;
+        if m * self.k < 1 << 16 {
+            x.chunks(self.k.max(1)).zip(a.chunks_mut(pairs.max(1))).for_each(|(row, out)| round_row(cpu, row, out));
+        } else {
+            a.par_chunks_mut(pairs.max(1))
+                .zip(x.par_chunks(self.k.max(1)))
+                .for_each(|(out, row)| round_row(cpu, row, out));
+        }
+        let len = m * self.n;
+        let mut out: Vec<f32> = Vec::with_capacity(len);
+        let groups = self.n.div_ceil(GROUP);
+        let row_blocks = m.div_ceil(ROWS_PER_TASK);
+        let out_ptr = OutPtr(out.spare_capacity_mut().as_mut_ptr() as *mut f32);
+        let rounded: &[u32] = &a;
+        // Tasks are (column group, block of rows): enough of them to keep both cores busy whatever the
+        // shape, each reading its group's panel once per pass.
+        (0..groups * row_blocks).into_par_iter().for_each(|task| {
+            let out_ptr = &out_ptr;
+            let (group, block) = (task / row_blocks, task % row_blocks);
+            let rows = block * ROWS_PER_TASK..((block + 1) * ROWS_PER_TASK).min(m);
+            // SAFETY: `out` has room for `[m, n]`; each task writes only its own rows × columns of it.
+            unsafe { self.group(rounded, rows, group, out_ptr.0) }
+        });
+        // SAFETY: the tasks above wrote every one of the `len` elements: every (column group, row block)
+        // pair is a task, and each task makes at least one pass (`group`) that stores every valid column
+        // of each of its rows.
+        unsafe { out.set_len(len) };
+        SCRATCH.with(|scratch| *scratch.borrow_mut() = a);
+        out
     }
 
-    /// One column group for every row.
+    /// One column group for every row of `rows`: passes over blocks of `k`, at least one (for `k = 0`
+    /// it stores the bias), so every output element of the group is written.
+    ///
+    /// SAFETY: `out` must hold `[m, n]` f32 for every row of `a`, and `rows` be within `m`.
     unsafe fn group(&self, a: &[u32], rows: std::ops::Range<usize>, group: usize, out: *mut f32) {
         let first_vector = group * GROUP / 16;
         let vectors = (self.n.div_ceil(16) - first_vector).min(GROUP / 16);
@@ -149,7 +155,7 @@ impl PackedBf16 {
         let col0 = group * GROUP;
         let cols = (self.n - col0).min(GROUP);
         let mut first_pair = 0;
-        while first_pair < self.pairs {
+        loop {
             let pairs = (self.pairs - first_pair).min(PAIRS_PER_PASS);
             let mut row = rows.start;
             while row < rows.end {
@@ -166,34 +172,51 @@ impl PackedBf16 {
                     first: first_pair == 0,
                     last: first_pair + pairs == self.pairs,
                 };
-                #[cfg(target_arch = "x86_64")]
-                avx512::dispatch(rows, vectors, &tile);
+                run_tile(self.cpu, rows, vectors, &tile);
                 row += rows;
             }
             first_pair += pairs;
+            if first_pair >= self.pairs {
+                break;
+            }
         }
     }
 }
 
 thread_local! {
-    /// The rounded activations of the current call, reused from call to call.
+    /// A buffer for the rounded activations, reused from call to call on each thread.
     static SCRATCH: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Rounds one row of `k` activations into `k/2` (rounded up) bf16 pairs.
-fn round_row(row: &[f32], out: &mut [u32]) {
-    let mut done = 0;
+fn round_row(cpu: Avx512Bf16, row: &[f32], out: &mut [u32]) {
+    assert!(out.len() >= row.len().div_ceil(2), "no room for the rounded row");
     #[cfg(target_arch = "x86_64")]
-    if supported() {
-        // SAFETY: the CPU has AVX-512 BF16 (checked); `out` holds at least `row.len() / 2` words.
-        done = unsafe { avx512::round(row, out) };
-    }
+    // SAFETY: the token proves the CPU has AVX-512 F and BF16; `out` holds at least `row.len() / 2`
+    // words (asserted).
+    let done = unsafe { avx512::round(cpu, row, out) };
+    #[cfg(not(target_arch = "x86_64"))]
+    let done = match cpu.0 {};
     for (p, o) in out.iter_mut().enumerate().skip(done / 2) {
         *o = pair(row.get(2 * p).copied().unwrap_or(0.0), row.get(2 * p + 1).copied().unwrap_or(0.0));
     }
 }
 
+/// Runs the microkernel on one tile.
+///
+/// SAFETY: the tile's pointers must be valid for `rows` rows of `vectors` × 16 columns and its pairs.
+unsafe fn run_tile(cpu: Avx512Bf16, rows: usize, vectors: usize, tile: &Tile) {
+    #[cfg(target_arch = "x86_64")]
+    avx512::dispatch(cpu, rows, vectors, tile);
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (rows, vectors, tile);
+        match cpu.0 {}
+    }
+}
+
 /// One microkernel call's operands.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 struct Tile {
     a: *const u32,
     lda: usize,
@@ -212,10 +235,11 @@ struct Tile {
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::Tile;
+    use super::{Avx512Bf16, Tile};
     use std::arch::x86_64::*;
 
-    pub(super) unsafe fn dispatch(rows: usize, vectors: usize, t: &Tile) {
+    /// SAFETY: as `run_tile`; the token is what makes the `#[target_feature]` calls sound.
+    pub(super) unsafe fn dispatch(_: Avx512Bf16, rows: usize, vectors: usize, t: &Tile) {
         macro_rules! go {
             ($($r:literal),*) => {
                 match (rows, vectors) {
@@ -233,8 +257,10 @@ mod avx512 {
     }
 
     /// Rounds whole 16-value chunks of `row` to bf16 into `out`; returns how many values it did.
+    ///
+    /// SAFETY: `out` must hold `row.len() / 2` words.
     #[target_feature(enable = "avx512f,avx512bf16")]
-    pub(super) unsafe fn round(row: &[f32], out: &mut [u32]) -> usize {
+    pub(super) unsafe fn round(_: Avx512Bf16, row: &[f32], out: &mut [u32]) -> usize {
         let chunks = row.len() / 16;
         for c in 0..chunks {
             let v = _mm512_loadu_ps(row.as_ptr().add(c * 16));
@@ -293,21 +319,25 @@ mod avx512 {
     }
 }
 
+/// What the kernel computes, in scalar code: `x · Wᵀ + b` over bf16-rounded `x` (`[m, k]`) and `weight`
+/// (`[n, k]`), summed in f64; `bias` is `[n]` or empty. The portable reference the tests hold it to.
+pub fn reference(weight: &[f32], n: usize, k: usize, bias: &[f32], x: &[f32], m: usize) -> Vec<f32> {
+    assert!(weight.len() == n * k && x.len() == m * k, "shapes");
+    let r = |v: f32| half::bf16::from_f32(v).to_f32() as f64;
+    let mut out = vec![0f32; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            let s: f64 = (0..k).map(|p| r(x[i * k + p]) * r(weight[j * k + p])).sum();
+            out[i * n + j] = (s + bias.get(j).copied().unwrap_or(0.0) as f64) as f32;
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn reference(x: &[f32], w: &[f32], b: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
-        let r = |v: f32| half::bf16::from_f32(v).to_f32() as f64;
-        let mut out = vec![0f32; m * n];
-        for i in 0..m {
-            for j in 0..n {
-                let s: f64 = (0..k).map(|p| r(x[i * k + p]) * r(w[j * k + p])).sum();
-                out[i * n + j] = (s + b.get(j).copied().unwrap_or(0.0) as f64) as f32;
-            }
-        }
-        out
-    }
+    use crate::engines::kernels::STALE_BUILD;
 
     fn values(len: usize, seed: u32) -> Vec<f32> {
         let mut s = seed.wrapping_mul(2_654_435_761).max(1);
@@ -322,17 +352,37 @@ mod tests {
     }
 
     #[test]
-    fn matches_a_bf16_reference_for_odd_shapes() {
-        if !supported() {
-            eprintln!("skipped: no AVX-512 BF16 on this CPU");
-            return;
+    fn the_reference_is_the_f32_product_to_within_bf16_rounding() {
+        // The reference path of dense layers (an f32 product) against this module's bf16 reference.
+        let (m, n, k) = (5, 70, 200);
+        let (x, w, b) = (values(m * k, 1), values(n * k, 2), values(n, 3));
+        let got = reference(&w, n, k, &b, &x, m);
+        for i in 0..m {
+            for j in 0..n {
+                let exact: f64 = (0..k).map(|p| x[i * k + p] as f64 * w[j * k + p] as f64).sum::<f64>() + b[j] as f64;
+                // Each product is off by at most 2⁻⁸ relative: k/2⁸ in all for |x|, |w| ≤ 1.
+                let g = got[i * n + j] as f64;
+                assert!((g - exact).abs() <= k as f64 / 256.0, "[{i},{j}]: {g} vs {exact}");
+            }
         }
-        for &(m, n, k) in &[(1, 1, 1), (7, 70, 33), (13, 130, 64), (6, 64, 384), (27, 384, 384), (5, 200, 1537)] {
+        assert_eq!(bf16_bits(1.0), 0x3f80);
+        assert_eq!(bf16_bits(f32::from_bits(0x3f80_8000)), 0x3f80, "ties to even");
+        assert_eq!(bf16_bits(f32::from_bits(0x3f81_8000)), 0x3f82, "ties to even");
+    }
+
+    #[test]
+    #[cfg_attr(not(sis_host_avx512bf16), ignore = "needs AVX-512 BF16")]
+    fn matches_a_bf16_reference_for_odd_shapes() {
+        let cpu = Avx512Bf16::detect().expect(STALE_BUILD);
+        for &(m, n, k) in
+            &[(1, 1, 1), (3, 5, 0), (7, 70, 33), (13, 130, 64), (6, 64, 384), (27, 384, 384), (5, 200, 1537)]
+        {
             let x = values(m * k, 1);
             let w = values(n * k, 2);
             let b = values(n, 3);
-            let got = PackedBf16::new(&w, n, k, &b).forward(&x, m);
-            let want = reference(&x, &w, &b, m, n, k);
+            let got = PackedBf16::new(cpu, &w, n, k, &b).forward(&x, m);
+            let want = reference(&w, n, k, &b, &x, m);
+            assert_eq!(got.len(), m * n);
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                 assert!((g - w).abs() <= 1e-3 * (1.0 + w.abs()), "{m}×{n}×{k} at {i}: {g} vs {w}");
             }
@@ -340,12 +390,11 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(not(sis_host_avx512bf16), ignore = "needs AVX-512 BF16")]
     fn a_row_does_not_depend_on_its_neighbours() {
-        if !supported() {
-            return;
-        }
+        let cpu = Avx512Bf16::detect().expect(STALE_BUILD);
         let (n, k) = (100, 96);
-        let w = PackedBf16::new(&values(n * k, 5), n, k, &[]);
+        let w = PackedBf16::new(cpu, &values(n * k, 5), n, k, &[]);
         let x = values(11 * k, 6);
         let all = w.forward(&x, 11);
         for r in 0..11 {

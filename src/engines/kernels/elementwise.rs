@@ -1,8 +1,10 @@
 //! Element-wise math for the encoders' hot loops: `exp`, row softmax and exact GeLU.
 //!
 //! libm's `expf` is a scalar call; a 30-second Whisper window takes 54 million of them in its softmaxes
-//! alone. Here `exp` is a polynomial that the compiler vectorizes, and each entry point is compiled
-//! twice, for AVX-512 and for the baseline, picked once per call.
+//! alone. Here `exp` is a polynomial that the compiler vectorizes, and each entry point is compiled for
+//! the baseline, AVX2 and AVX-512, the build picked per call by a [`Simd`](super::Simd) token. The reference path is
+//! candle's ops (`softmax_last_dim`, `gelu_erf`); [`softmax_reference`] and [`gelu_erf_reference`] are the
+//! same functions in plain libm arithmetic, which the tests hold every build to.
 
 /// `e^x` to within 2 ulp for x in [-87, 88] (Cephes' `expf` polynomial); 0 below, +inf above.
 #[inline(always)]
@@ -34,43 +36,35 @@ pub fn erf(x: f32) -> f32 {
     s * y
 }
 
-/// Whether the CPU has the AVX-512 subset the wide variants are compiled for (detected once).
-pub fn has_avx512() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *HAS.get_or_init(|| {
-            std::arch::is_x86_feature_detected!("avx512f")
-                && std::arch::is_x86_feature_detected!("avx512bw")
-                && std::arch::is_x86_feature_detected!("avx512dq")
-                && std::arch::is_x86_feature_detected!("avx512vl")
-                && std::arch::is_x86_feature_detected!("fma")
-        })
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
-/// Defines `fn $name(args)` that runs `$generic(args)` compiled for AVX-512 where the CPU has it (the
-/// generic body is `#[inline(always)]`, so the compiler vectorizes it sixteen lanes wide there).
+/// Defines `fn $name(simd, args)`, which runs `$generic(args)` compiled for the instruction set `simd`
+/// proves (the generic body is `#[inline(always)]`, so the compiler vectorizes it eight or sixteen lanes
+/// wide there). The loops fix their order of additions in explicit lanes and nothing fuses a multiply
+/// with an add, so every build gives the same bits.
 macro_rules! dispatch {
     ($(#[$doc:meta])* $vis:vis fn $name:ident = $generic:ident($($arg:ident: $ty:ty),*)) => {
         $(#[$doc])*
-        $vis fn $name($($arg: $ty),*) {
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,fma")]
-                unsafe fn wide($($arg: $ty),*) {
-                    $generic($($arg),*)
+        $vis fn $name(simd: $crate::engines::kernels::Simd, $($arg: $ty),*) {
+            match simd {
+                #[cfg(target_arch = "x86_64")]
+                $crate::engines::kernels::Simd::Avx512(_) => {
+                    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,fma")]
+                    unsafe fn wide($($arg: $ty),*) {
+                        $generic($($arg),*)
+                    }
+                    // SAFETY: the `Avx512` token proves the CPU has the features it is compiled for.
+                    unsafe { wide($($arg),*) }
                 }
-                if $crate::engines::kernels::elementwise::has_avx512() {
-                    // SAFETY: the features it was compiled for were just detected.
-                    return unsafe { wide($($arg),*) };
+                #[cfg(target_arch = "x86_64")]
+                $crate::engines::kernels::Simd::Avx2(_) => {
+                    #[target_feature(enable = "avx2,fma")]
+                    unsafe fn wide($($arg: $ty),*) {
+                        $generic($($arg),*)
+                    }
+                    // SAFETY: the `Avx2` token proves the CPU has the features it is compiled for.
+                    unsafe { wide($($arg),*) }
                 }
+                _ => $generic($($arg),*),
             }
-            $generic($($arg),*)
         }
     };
 }
@@ -118,17 +112,56 @@ fn gelu_erf_generic(values: &mut [f32]) {
 pub(crate) use dispatch;
 
 dispatch! {
-    /// `row ← softmax(row)`.
+    /// `row ← softmax(row)`, on the loops' build `simd`.
     pub fn softmax = softmax_generic(row: &mut [f32])
 }
 dispatch! {
-    /// Exact (erf) GeLU in place.
+    /// Exact (erf) GeLU in place, on the loops' build `simd`.
     pub fn gelu_erf = gelu_erf_generic(values: &mut [f32])
+}
+
+/// `row ← softmax(row)` with libm's `exp` and f64 sums: the portable reference.
+pub fn softmax_reference(row: &mut [f32]) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exps: Vec<f64> = row.iter().map(|&v| ((v - max) as f64).exp()).collect();
+    let sum: f64 = exps.iter().sum();
+    row.iter_mut().zip(&exps).for_each(|(v, e)| *v = (e / sum) as f32);
+}
+
+/// Exact GeLU, `x·(1 + erf(x/√2))/2`, with erf from its Taylor series in f64: the portable reference.
+pub fn gelu_erf_reference(values: &mut [f32]) {
+    for v in values {
+        let x = *v as f64;
+        *v = (0.5 * x * (1.0 + erf_f64(x / std::f64::consts::SQRT_2))) as f32;
+    }
+}
+
+/// erf in f64 to 1e-15: the Maclaurin series below |x| = 2, Laplace's continued fraction for erfc above.
+fn erf_f64(x: f64) -> f64 {
+    let a = x.abs();
+    let value = if a < 2.0 {
+        let (mut sum, mut term, mut n) = (0f64, a, 0f64);
+        while term.abs() > 1e-17 * sum.max(1e-300) || n < 1.0 {
+            sum += term / (2.0 * n + 1.0);
+            n += 1.0;
+            term *= -a * a / n;
+        }
+        sum * 2.0 / std::f64::consts::PI.sqrt()
+    } else {
+        // erfc(a) = exp(−a²)/√π · 1/(a + 1/2/(a + 1/(a + 3/2/(a + …)))), 60 levels deep.
+        let mut fraction = a;
+        for k in (1..60).rev() {
+            fraction = a + (k as f64 / 2.0) / fraction;
+        }
+        1.0 - (-a * a).exp() / std::f64::consts::PI.sqrt() / fraction
+    };
+    value.copysign(x)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engines::kernels::{Avx2, Avx512, Simd};
 
     #[test]
     fn exp_matches_libm() {
@@ -142,43 +175,66 @@ mod tests {
     }
 
     #[test]
-    fn softmax_sums_to_one_and_keeps_order() {
-        for len in [1usize, 5, 16, 37, 1500] {
-            let mut row: Vec<f32> = (0..len).map(|i| ((i * 7919) % 101) as f32 / 7.0 - 5.0).collect();
-            let reference: Vec<f32> = {
-                let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let e: Vec<f32> = row.iter().map(|v| (v - m).exp()).collect();
-                let s: f32 = e.iter().sum();
-                e.iter().map(|v| v / s).collect()
-            };
-            softmax(&mut row);
-            for (g, w) in row.iter().zip(&reference) {
-                assert!((g - w).abs() < 1e-6, "len {len}: {g} vs {w}");
-            }
+    fn the_erf_reference_is_erf() {
+        // Tabulated values (Abramowitz & Stegun table 7.1, and erf(4), erf(6) to 16 digits).
+        for (x, want) in [
+            (0.0, 0.0),
+            (0.5, 0.520_499_877_813_046_5),
+            (1.0, 0.842_700_792_949_714_9),
+            (2.0, 0.995_322_265_018_952_7),
+            (3.5, 0.999_999_256_901_627_7),
+            (4.0, 0.999_999_984_582_742_1),
+            (6.0, 1.0),
+        ] {
+            assert!((erf_f64(x) - want).abs() < 1e-15, "erf({x}) = {}", erf_f64(x));
+            assert!((erf_f64(-x) + want).abs() < 1e-15);
         }
+    }
+
+    fn rows() -> Vec<Vec<f32>> {
+        [1usize, 5, 16, 37, 1500]
+            .iter()
+            .map(|&len| (0..len).map(|i| ((i * 7919) % 101) as f32 / 7.0 - 5.0).collect())
+            .collect()
+    }
+
+    /// One build of the loops against the references, and bit for bit against the portable build.
+    fn check(simd: Simd) {
+        for row in rows() {
+            let (mut got, mut want, mut portable) = (row.clone(), row.clone(), row.clone());
+            softmax(simd, &mut got);
+            softmax_reference(&mut want);
+            softmax(Simd::Portable, &mut portable);
+            for (g, w) in got.iter().zip(&want) {
+                assert!((g - w).abs() < 1e-6, "{} softmax, len {}: {g} vs {w}", simd.name(), row.len());
+            }
+            assert_eq!(got, portable, "{} softmax differs from the portable build", simd.name());
+        }
+        let values: Vec<f32> = (0..200).map(|i| i as f32 / 20.0 - 5.0).collect();
+        let (mut got, mut want, mut portable) = (values.clone(), values.clone(), values);
+        gelu_erf(simd, &mut got);
+        gelu_erf_reference(&mut want);
+        gelu_erf(Simd::Portable, &mut portable);
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() < 1e-5, "{} GeLU: {g} vs {w}", simd.name());
+        }
+        assert_eq!(got, portable, "{} GeLU differs from the portable build", simd.name());
     }
 
     #[test]
-    fn gelu_matches_the_reference() {
-        let mut values: Vec<f32> = (0..200).map(|i| i as f32 / 20.0 - 5.0).collect();
-        let reference: Vec<f32> = values.iter().map(|&z| 0.5 * z * (1.0 + libm_erf(z / 2f32.sqrt()))).collect();
-        gelu_erf(&mut values);
-        for (g, w) in values.iter().zip(&reference) {
-            assert!((g - w).abs() < 1e-5, "{g} vs {w}");
-        }
+    fn portable_loops_match_the_reference() {
+        check(Simd::Portable);
     }
 
-    fn libm_erf(x: f32) -> f32 {
-        // Series for small |x| and 1 − erfc for large, in f64, as an independent reference.
-        let x = x as f64;
-        let mut sum = 0.0;
-        let mut term = x;
-        let mut n = 0.0;
-        while term.abs() > 1e-17 && n < 400.0 {
-            sum += term / (2.0 * n + 1.0);
-            n += 1.0;
-            term *= -x * x / n;
-        }
-        (sum * 2.0 / std::f64::consts::PI.sqrt()) as f32
+    #[test]
+    #[cfg_attr(not(sis_host_avx2), ignore = "needs AVX2 and FMA")]
+    fn avx2_loops_match_the_reference() {
+        check(Simd::Avx2(Avx2::detect().expect(crate::engines::kernels::STALE_BUILD)));
+    }
+
+    #[test]
+    #[cfg_attr(not(sis_host_avx512), ignore = "needs AVX-512 F/BW/DQ/VL")]
+    fn avx512_loops_match_the_reference() {
+        check(Simd::Avx512(Avx512::detect().expect(crate::engines::kernels::STALE_BUILD)));
     }
 }

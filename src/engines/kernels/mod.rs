@@ -1,11 +1,329 @@
-//! CPU kernels that candle lacks: dense layers on the dot-product instructions of current x86 CPUs.
+//! CPU kernels that candle lacks, and which of them run.
 //!
-//! Each kernel is optional at run time (`supported()`), so engines keep candle's f32 path on other
-//! CPUs and when an operator asks for full precision.
+//! Every hot operation has a **reference path** written with candle ops (a matmul, a quantized matmul,
+//! a softmax): it runs on any CPU and on GPUs, and it is what runs wherever a kernel is missing. On the
+//! CPU, sis's own kernels replace some of those operations:
+//!
+//! | kernel | replaces | needs |
+//! |---|---|---|
+//! | [`bf16`]: dense layers on bf16 dot products | candle's f32 matmul | AVX-512 F + BF16 ([`Avx512Bf16`]) |
+//! | [`quantized`]: int8 dot products on GGUF weights | candle's quantized matmul | AVX-512 F/BW + VNNI, F16C ([`Avx512Vnni`]) |
+//! | [`elementwise`] and the attention loops | candle's softmax, GeLU and attention ops | nothing ([`Simd::Portable`]); faster builds for AVX2 and AVX-512 ([`Simd`]) |
+//!
+//! A kernel that needs instructions takes a token (a zero-sized proof) that only `detect()` makes, on a
+//! CPU that has them; on other architectures the tokens cannot exist at all. So a packed kernel value is
+//! itself the proof that its instructions run here, and every function that reaches `#[target_feature]`
+//! code is safe to call.
+//!
+//! Which kernels run is the operator's choice, `SIS_CPU_KERNELS` ([`selection`]): `auto` (the best this
+//! CPU has), `reference` (candle ops only), or a family, `portable`, `avx2` or `avx512`, which must be
+//! available whole or start-up fails.
+
+use std::sync::OnceLock;
+
+use crate::config::roster::Precision;
 
 pub mod bf16;
 pub mod elementwise;
 pub mod quantized;
+
+/// What a token holds: nothing on x86-64; elsewhere a type with no values, so no token (and no kernel
+/// that needs one) can be made and the compiler knows the kernels' code cannot be reached.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Proof(());
+
+#[cfg(not(target_arch = "x86_64"))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Proof {}
+
+/// Defines a token type that proves a set of x86 features; the list must be the one the code it guards
+/// is compiled for (`#[target_feature(enable = ...)]`), and `build.rs` tests the same sets.
+macro_rules! cpu_token {
+    ($(#[$doc:meta])* $name:ident, $label:literal, [$($feature:tt),+]) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub struct $name(Proof);
+
+        impl $name {
+            /// The instructions it stands for, as people name them.
+            pub const NEEDS: &'static str = $label;
+
+            /// The token, where this CPU has every one of the features (checked at run time).
+            pub fn detect() -> Option<Self> {
+                #[cfg(target_arch = "x86_64")]
+                if $(std::arch::is_x86_feature_detected!($feature))&&+ {
+                    return Some(Self(Proof(())));
+                }
+                None
+            }
+        }
+    };
+}
+
+cpu_token!(
+    /// Proof that the CPU runs AVX2 and FMA (the AVX2 build of the loops).
+    Avx2, "AVX2 and FMA", ["avx2", "fma"]
+);
+cpu_token!(
+    /// Proof that the CPU runs AVX-512 F, BW, DQ and VL, and FMA (the AVX-512 build of the loops).
+    Avx512, "AVX-512 F/BW/DQ/VL", ["avx512f", "avx512bw", "avx512dq", "avx512vl", "fma"]
+);
+cpu_token!(
+    /// Proof that the CPU runs AVX-512 F and BF16 (the bf16 dense kernel).
+    Avx512Bf16, "AVX-512 BF16", ["avx512f", "avx512bf16"]
+);
+cpu_token!(
+    /// Proof that the CPU runs AVX-512 F, BW and VNNI, and F16C (the int8 quantized kernel).
+    Avx512Vnni, "AVX-512 VNNI", ["avx512f", "avx512bw", "avx512vnni", "f16c"]
+);
+
+/// The instruction set sis's own loops (softmax, GeLU, the attention of short sequences) are compiled
+/// for. The loops are written so that no build reorders a floating-point sum: every build gives the same
+/// bits, only faster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Simd {
+    /// The build's baseline (SSE2 on x86-64, NEON on aarch64): runs on every CPU.
+    Portable,
+    /// Compiled for AVX2 and FMA.
+    Avx2(Avx2),
+    /// Compiled for AVX-512 (sixteen lanes).
+    Avx512(Avx512),
+}
+
+impl Simd {
+    /// The widest build this CPU runs.
+    pub fn best() -> Self {
+        Avx512::detect().map(Simd::Avx512).or_else(|| Avx2::detect().map(Simd::Avx2)).unwrap_or(Simd::Portable)
+    }
+
+    /// Every build this CPU runs, narrowest first.
+    pub fn available() -> Vec<Self> {
+        let mut all = vec![Simd::Portable];
+        all.extend(Avx2::detect().map(Simd::Avx2));
+        all.extend(Avx512::detect().map(Simd::Avx512));
+        all
+    }
+
+    /// `portable`, `avx2` or `avx512`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Simd::Portable => "portable",
+            Simd::Avx2(_) => "avx2",
+            Simd::Avx512(_) => "avx512",
+        }
+    }
+}
+
+/// The kernels one model runs; `None` everywhere is the reference path (candle ops only).
+///
+/// The fields hold tokens, which cannot be forged, so any value of this type is safe to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Kernels {
+    /// sis's loops (softmax, GeLU, short attention) and their build; `None`: candle's ops.
+    pub simd: Option<Simd>,
+    /// The bf16 dense kernel; `None`: candle's f32 matmul.
+    pub bf16: Option<Avx512Bf16>,
+    /// The int8 quantized kernel; `None`: candle's quantized matmul.
+    pub vnni: Option<Avx512Vnni>,
+}
+
+impl Kernels {
+    /// Candle ops only.
+    pub const REFERENCE: Kernels = Kernels { simd: None, bf16: None, vnni: None };
+
+    /// What dense layers run on: `bf16-avx512` or `reference`.
+    pub fn dense(&self) -> &'static str {
+        if self.bf16.is_some() {
+            "bf16-avx512"
+        } else {
+            "reference"
+        }
+    }
+
+    /// What quantized products run on: `vnni-avx512` or `reference`.
+    pub fn quantized(&self) -> &'static str {
+        if self.vnni.is_some() {
+            "vnni-avx512"
+        } else {
+            "reference"
+        }
+    }
+
+    /// What softmax and GeLU run on: the loops' build, or `reference`.
+    pub fn loops(&self) -> &'static str {
+        self.simd.map_or("reference", Simd::name)
+    }
+}
+
+/// The values `SIS_CPU_KERNELS` takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Request {
+    /// The best kernels this CPU runs, each chosen on its own (the default).
+    Auto,
+    /// candle ops only: none of sis's kernels.
+    Reference,
+    /// sis's loops in their baseline build; dense and quantized products on candle.
+    Portable,
+    /// sis's loops built for AVX2; dense and quantized products on candle (sis has no AVX2 GEMM).
+    Avx2,
+    /// Every AVX-512 kernel: the loops' AVX-512 build, bf16 dense layers and int8 quantized products.
+    Avx512,
+}
+
+impl Request {
+    /// Every value, in the order the help text lists them.
+    pub const ALL: [Request; 5] =
+        [Request::Auto, Request::Reference, Request::Portable, Request::Avx2, Request::Avx512];
+
+    /// The value as written in `SIS_CPU_KERNELS`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Request::Auto => "auto",
+            Request::Reference => "reference",
+            Request::Portable => "portable",
+            Request::Avx2 => "avx2",
+            Request::Avx512 => "avx512",
+        }
+    }
+
+    /// Parses a value (case and surrounding blanks ignored; empty means `auto`).
+    pub fn parse(value: &str) -> Result<Self, KernelError> {
+        let value = value.trim().to_ascii_lowercase();
+        if value.is_empty() {
+            return Ok(Request::Auto);
+        }
+        Request::ALL.into_iter().find(|r| r.name() == value).ok_or(KernelError::Unknown(value))
+    }
+}
+
+/// Why a kernel selection cannot be honoured.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KernelError {
+    /// `SIS_CPU_KERNELS` names no family.
+    #[error("SIS_CPU_KERNELS={0:?} is not one of auto, reference, portable, avx2, avx512")]
+    Unknown(String),
+    /// The CPU lacks instructions a forced family needs.
+    #[error(
+        "SIS_CPU_KERNELS={family} needs {missing}, which this CPU lacks (auto picks the best kernels it has, \
+         reference runs candle's ops only)"
+    )]
+    Unavailable {
+        /// The family asked for.
+        family: &'static str,
+        /// What the CPU lacks.
+        missing: String,
+    },
+    /// `precision = "bf16"` where the bf16 kernel does not run.
+    #[error("precision = \"bf16\" needs the bf16-avx512 kernel: {0}")]
+    NoBf16(String),
+}
+
+/// The kernels the operator selected for this process, resolved against the CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Selection {
+    request: Request,
+    kernels: Kernels,
+}
+
+impl Selection {
+    /// Resolves a request on this CPU; a forced family must be available whole.
+    pub fn resolve(request: Request) -> Result<Self, KernelError> {
+        let unavailable =
+            |missing: Vec<&str>| KernelError::Unavailable { family: request.name(), missing: missing.join(", ") };
+        let kernels = match request {
+            Request::Auto => {
+                Kernels { simd: Some(Simd::best()), bf16: Avx512Bf16::detect(), vnni: Avx512Vnni::detect() }
+            }
+            Request::Reference => Kernels::REFERENCE,
+            Request::Portable => Kernels { simd: Some(Simd::Portable), ..Kernels::REFERENCE },
+            Request::Avx2 => {
+                let avx2 = Avx2::detect().ok_or_else(|| unavailable(vec![Avx2::NEEDS]))?;
+                Kernels { simd: Some(Simd::Avx2(avx2)), ..Kernels::REFERENCE }
+            }
+            Request::Avx512 => match (Avx512::detect(), Avx512Bf16::detect(), Avx512Vnni::detect()) {
+                (Some(avx512), Some(bf16), Some(vnni)) => {
+                    Kernels { simd: Some(Simd::Avx512(avx512)), bf16: Some(bf16), vnni: Some(vnni) }
+                }
+                (avx512, bf16, vnni) => {
+                    let mut missing = Vec::new();
+                    if avx512.is_none() {
+                        missing.push(Avx512::NEEDS);
+                    }
+                    if bf16.is_none() {
+                        missing.push(Avx512Bf16::NEEDS);
+                    }
+                    if vnni.is_none() {
+                        missing.push(Avx512Vnni::NEEDS);
+                    }
+                    return Err(unavailable(missing));
+                }
+            },
+        };
+        Ok(Self { request, kernels })
+    }
+
+    /// Parses and resolves a `SIS_CPU_KERNELS` value.
+    pub fn parse(value: &str) -> Result<Self, KernelError> {
+        Self::resolve(Request::parse(value)?)
+    }
+
+    /// candle ops only.
+    pub fn reference() -> Self {
+        Self { request: Request::Reference, kernels: Kernels::REFERENCE }
+    }
+
+    /// What was asked for.
+    pub fn request(&self) -> Request {
+        self.request
+    }
+
+    /// The kernels selected, before any model's precision.
+    pub fn kernels(&self) -> Kernels {
+        self.kernels
+    }
+
+    /// One line for logs: `auto: loops avx2, dense reference, quantized reference`.
+    pub fn describe(&self) -> String {
+        let k = &self.kernels;
+        format!("{}: loops {}, dense {}, quantized {}", self.request.name(), k.loops(), k.dense(), k.quantized())
+    }
+
+    /// The kernels of a model with this `precision` on a device (`cpu` true for the CPU; other devices
+    /// run the reference path). `f32` turns bf16 rounding off; `bf16` fails where the bf16 kernel does
+    /// not run.
+    pub fn for_model(&self, precision: Precision, cpu: bool) -> Result<Kernels, KernelError> {
+        let mut kernels = if cpu { self.kernels } else { Kernels::REFERENCE };
+        match precision {
+            Precision::Auto => {}
+            Precision::F32 => kernels.bf16 = None,
+            Precision::Bf16 if kernels.bf16.is_some() => {}
+            Precision::Bf16 => {
+                let why = if !cpu {
+                    "it runs on the CPU only".to_string()
+                } else if Avx512Bf16::detect().is_none() {
+                    format!("this CPU lacks {}", Avx512Bf16::NEEDS)
+                } else {
+                    format!("SIS_CPU_KERNELS={} turns it off", self.request.name())
+                };
+                return Err(KernelError::NoBf16(why));
+            }
+        }
+        Ok(kernels)
+    }
+}
+
+/// The operator's selection: `SIS_CPU_KERNELS`, read and resolved once per process. Fails for a value
+/// that names no family, or a family this CPU cannot run.
+pub fn selection() -> Result<Selection, KernelError> {
+    static SELECTION: OnceLock<Result<Selection, KernelError>> = OnceLock::new();
+    SELECTION
+        .get_or_init(|| {
+            let value = std::env::var_os("SIS_CPU_KERNELS").unwrap_or_default();
+            Selection::parse(&value.to_string_lossy())
+        })
+        .clone()
+}
 
 /// An engine's own thread pool, which its forward passes run on.
 ///
@@ -39,3 +357,69 @@ struct OutPtr(*mut f32);
 // SAFETY: the kernels give each task a disjoint set of output elements, within the buffer.
 unsafe impl Sync for OutPtr {}
 unsafe impl Send for OutPtr {}
+
+/// What a kernel test says where `build.rs` saw the instructions on the build host but this CPU lacks
+/// them (a test binary built on one machine and run on another): a failure, never a silent pass.
+#[cfg(test)]
+pub(crate) const STALE_BUILD: &str =
+    "the build host had these instructions but this CPU lacks them: rebuild the tests here (touch build.rs)";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_family_parses_and_unknown_values_fail_with_the_list() {
+        for request in Request::ALL {
+            assert_eq!(Request::parse(request.name()), Ok(request));
+        }
+        assert_eq!(Request::parse(" AVX2 "), Ok(Request::Avx2));
+        assert_eq!(Request::parse(""), Ok(Request::Auto));
+        let err = Selection::parse("sse9").unwrap_err();
+        assert!(err.to_string().contains("auto, reference, portable, avx2, avx512"), "{err}");
+    }
+
+    #[test]
+    fn auto_takes_what_the_cpu_has_and_reference_takes_nothing() {
+        let auto = Selection::parse("auto").unwrap().kernels();
+        assert_eq!(auto.simd, Some(Simd::best()));
+        assert_eq!(auto.bf16, Avx512Bf16::detect());
+        assert_eq!(auto.vnni, Avx512Vnni::detect());
+        assert_eq!(Selection::parse("reference").unwrap().kernels(), Kernels::REFERENCE);
+        assert_eq!(Selection::parse("portable").unwrap().kernels().simd, Some(Simd::Portable));
+    }
+
+    #[test]
+    fn a_forced_family_runs_whole_or_fails_naming_what_is_missing() {
+        match (Avx2::detect(), Selection::parse("avx2")) {
+            (Some(avx2), Ok(s)) => {
+                assert_eq!(s.kernels(), Kernels { simd: Some(Simd::Avx2(avx2)), ..Kernels::REFERENCE })
+            }
+            (None, Err(e)) => assert!(e.to_string().contains("AVX2"), "{e}"),
+            (cpu, got) => panic!("CPU {cpu:?}, selection {got:?}"),
+        }
+        let whole = Avx512::detect().is_some() && Avx512Bf16::detect().is_some() && Avx512Vnni::detect().is_some();
+        match Selection::parse("avx512") {
+            Ok(s) => {
+                assert!(whole);
+                let k = s.kernels();
+                assert!(matches!(k.simd, Some(Simd::Avx512(_))) && k.bf16.is_some() && k.vnni.is_some());
+            }
+            Err(e) => {
+                assert!(!whole);
+                assert!(e.to_string().contains("SIS_CPU_KERNELS=avx512 needs AVX-512"), "{e}");
+            }
+        }
+    }
+
+    #[test]
+    fn precision_f32_turns_bf16_off_and_bf16_insists() {
+        let auto = Selection::parse("auto").unwrap();
+        assert_eq!(auto.for_model(Precision::F32, true).unwrap().bf16, None);
+        assert_eq!(auto.for_model(Precision::Auto, false).unwrap(), Kernels::REFERENCE);
+        assert!(auto.for_model(Precision::Bf16, false).is_err());
+        assert_eq!(auto.for_model(Precision::Bf16, true).is_ok(), Avx512Bf16::detect().is_some());
+        let err = Selection::reference().for_model(Precision::Bf16, true).unwrap_err().to_string();
+        assert!(err.contains("precision = \"bf16\""), "{err}");
+    }
+}

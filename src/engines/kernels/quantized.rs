@@ -11,12 +11,16 @@
 //! (asymmetric, per block of 32). Then `Σ w·x = d·dx·Σ u·q + m·sx` with `sx = dx·Σ q`, where `Σ u·q` is
 //! exactly what `vpdpbusd` (u8 × i8) computes. A row's result does not depend on the other rows of the
 //! call.
+//!
+//! The kernel needs AVX-512 VNNI: a [`PackedQuant`] is made from an [`Avx512Vnni`] token, so holding one
+//! proves the CPU runs it. Its reference is candle's quantized matmul (what runs without it), and
+//! [`reference`] is what the kernel computes, in scalar code: the tests hold the kernel to it.
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use half::f16;
 use rayon::prelude::*;
 
-use super::OutPtr;
+use super::{selection, Avx512Vnni, OutPtr};
 
 /// Inputs per block.
 const BLOCK: usize = 32;
@@ -25,19 +29,9 @@ const COLS: usize = 16;
 /// Rows per kernel call.
 const ROWS: usize = 8;
 
-/// Whether this CPU runs the kernel.
+/// Whether models run the kernel in this process: this CPU has it and `SIS_CPU_KERNELS` selects it.
 pub fn supported() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512bw")
-            && std::arch::is_x86_feature_detected!("avx512vnni")
-            && std::arch::is_x86_feature_detected!("f16c")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    selection().is_ok_and(|s| s.kernels().vnni.is_some())
 }
 
 /// Quant width of a packed matrix.
@@ -61,6 +55,7 @@ impl Bits {
 
 /// A `[n, k]` quantized weight laid out for the kernel.
 pub struct PackedQuant {
+    cpu: Avx512Vnni,
     n: usize,
     k: usize,
     blocks: usize,
@@ -72,12 +67,13 @@ pub struct PackedQuant {
 }
 
 impl PackedQuant {
-    /// Packs a GGUF tensor of shape `[n, k]` (`k` a multiple of 32); `None` for other shapes.
-    pub fn from_qtensor(tensor: &QTensor) -> candle_core::Result<Option<Self>> {
+    /// Packs a GGUF tensor of shape `[n, k]` (`k` a positive multiple of 32) for the kernel that `cpu`
+    /// proves runs here; `None` for other shapes.
+    pub fn from_qtensor(cpu: Avx512Vnni, tensor: &QTensor) -> candle_core::Result<Option<Self>> {
         let dims = tensor.shape().dims();
         let [n, k] = dims else { return Ok(None) };
         let (n, k) = (*n, *k);
-        if k % BLOCK != 0 || n == 0 {
+        if k % BLOCK != 0 || n == 0 || k == 0 {
             return Ok(None);
         }
         let blocks = k / BLOCK;
@@ -132,18 +128,22 @@ impl PackedQuant {
         if columns.len() != n * blocks {
             candle_core::bail!("quantized tensor holds fewer blocks than its shape");
         }
-        Ok(Some(Self::pack(&columns, n, k, bits)))
+        Ok(Some(Self::pack(cpu, &columns, n, k, bits)))
     }
 
-    /// Quantizes an f32 `[n, k]` matrix (`k` a multiple of 32) to 8 bits per weight.
-    pub fn from_f32(weight: &[f32], n: usize, k: usize) -> Self {
-        assert!(k.is_multiple_of(BLOCK) && weight.len() == n * k, "weight is not [n, k] with k a multiple of 32");
+    /// Quantizes an f32 `[n, k]` matrix (`k` a positive multiple of 32) to 8 bits per weight, for the
+    /// kernel that `cpu` proves runs here.
+    pub fn from_f32(cpu: Avx512Vnni, weight: &[f32], n: usize, k: usize) -> Self {
+        assert!(
+            k > 0 && k.is_multiple_of(BLOCK) && weight.len() == n * k,
+            "weight is not [n, k] with k a positive multiple of 32"
+        );
         let columns: Vec<_> = weight.chunks_exact(BLOCK).map(requantize).collect();
-        Self::pack(&columns, n, k, Bits::Eight)
+        Self::pack(cpu, &columns, n, k, Bits::Eight)
     }
 
     /// Lays out each column's blocks `(d, m, quants)` for the kernel.
-    fn pack(columns: &[(f16, f16, [u8; BLOCK])], n: usize, k: usize, bits: Bits) -> Self {
+    fn pack(cpu: Avx512Vnni, columns: &[(f16, f16, [u8; BLOCK])], n: usize, k: usize, bits: Bits) -> Self {
         let blocks = k / BLOCK;
         let groups = n.div_ceil(COLS);
         let mut quants = vec![0u8; groups * blocks * bits.bytes()];
@@ -171,7 +171,7 @@ impl PackedQuant {
                 }
             }
         }
-        Self { n, k, blocks, bits, quants, scales }
+        Self { cpu, n, k, blocks, bits, quants, scales }
     }
 
     /// Output width.
@@ -179,7 +179,7 @@ impl PackedQuant {
         self.n
     }
 
-    /// `x · Wᵀ` for `x` of `[m, k]` (row-major); returns `[m, n]`. Call only where [`supported`].
+    /// `x · Wᵀ` for `x` of `[m, k]` (row-major); returns `[m, n]`.
     pub fn forward(&self, x: &[f32], m: usize) -> Vec<f32> {
         assert_eq!(x.len(), m * self.k, "input is not [m, k]");
         let blocks = self.blocks;
@@ -219,10 +219,7 @@ impl PackedQuant {
                     };
                     // SAFETY: the tile's pointers stay within the buffers above; each task writes its own
                     // columns of `out`.
-                    #[cfg(target_arch = "x86_64")]
-                    unsafe {
-                        avx512::dispatch(rows, self.bits, &tile)
-                    };
+                    unsafe { run_tile(self.cpu, rows, self.bits, &tile) };
                     row += rows;
                 }
             }
@@ -271,7 +268,47 @@ fn quantize_row(row: &[f32], q: &mut [i8], dx: &mut [f32], sx: &mut [f32]) {
     }
 }
 
+/// Runs the kernel on one tile.
+///
+/// SAFETY: the tile's pointers must be valid for `rows` rows, 16 columns and every block.
+unsafe fn run_tile(cpu: Avx512Vnni, rows: usize, bits: Bits, tile: &Tile) {
+    #[cfg(target_arch = "x86_64")]
+    avx512::dispatch(cpu, rows, bits, tile);
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (rows, bits, tile);
+        match cpu.0 {}
+    }
+}
+
+/// What the kernel computes, in scalar code: `x · Wᵀ` (`x` of `[m, k]`) with the weights of `tensor`
+/// (`[n, k]`) dequantized and each row's activations rounded to int8 per block of 32, as the kernel
+/// quantizes them, summed in f64. The portable reference the tests hold it to (for Q4_0, Q4_1 and Q8_0,
+/// which the kernel runs as they are; other types it re-quantizes to 8 bits first).
+pub fn reference(tensor: &QTensor, x: &[f32], m: usize) -> candle_core::Result<Vec<f32>> {
+    let (n, k) = tensor.shape().dims2()?;
+    if k % BLOCK != 0 || x.len() != m * k {
+        candle_core::bail!("reference: x is not [m, k] with k a multiple of 32");
+    }
+    let w = tensor.dequantize(&candle_core::Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
+    let mut out = vec![0f32; m * n];
+    for (row, out) in x.chunks_exact(k).zip(out.chunks_exact_mut(n)) {
+        let mut xr = vec![0f32; k];
+        for (block, rounded) in row.chunks_exact(BLOCK).zip(xr.chunks_exact_mut(BLOCK)) {
+            let d = block.iter().fold(0f32, |a, v| a.max(v.abs())) / 127.0;
+            for (r, v) in rounded.iter_mut().zip(block) {
+                *r = if d > 0.0 { (v / d).round() * d } else { 0.0 };
+            }
+        }
+        for (c, o) in out.iter_mut().enumerate() {
+            *o = (0..k).map(|i| w[c * k + i] as f64 * xr[i] as f64).sum::<f64>() as f32;
+        }
+    }
+    Ok(out)
+}
+
 /// One kernel call: a group of 16 columns, up to eight rows, every block.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 struct Tile {
     quants: *const u8,
     scales: *const u16,
@@ -287,10 +324,11 @@ struct Tile {
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{Bits, Tile, BLOCK, COLS};
+    use super::{Avx512Vnni, Bits, Tile, BLOCK, COLS};
     use std::arch::x86_64::*;
 
-    pub(super) unsafe fn dispatch(rows: usize, bits: Bits, t: &Tile) {
+    /// SAFETY: as `run_tile`; the token is what makes the `#[target_feature]` calls sound.
+    pub(super) unsafe fn dispatch(_: Avx512Vnni, rows: usize, bits: Bits, t: &Tile) {
         macro_rules! go {
             ($($r:literal),*) => {
                 match (rows, bits) {
@@ -350,7 +388,9 @@ mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Tensor};
+    use crate::engines::kernels::STALE_BUILD;
+    use candle_core::quantized::QMatMul;
+    use candle_core::{Device, Module, Tensor};
 
     fn values(len: usize, seed: u32) -> Vec<f32> {
         let mut s = seed.wrapping_mul(2_654_435_761).max(1);
@@ -364,57 +404,61 @@ mod tests {
             .collect()
     }
 
-    /// The kernel against the dequantized weights times the int8-rounded activations, in f64.
-    fn check(dtype: GgmlDType, m: usize, n: usize, k: usize) {
-        let w = Tensor::from_vec(values(n * k, 7), (n, k), &Device::Cpu).unwrap();
-        let q = QTensor::quantize(&w, dtype).unwrap();
-        let packed = PackedQuant::from_qtensor(&q).unwrap().expect("packable");
-        let wd = q.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let x = values(m * k, 9);
-        let got = packed.forward(&x, m);
-        for r in 0..m {
-            let row = &x[r * k..(r + 1) * k];
-            let mut xr = vec![0f32; k];
-            for (block, out) in row.chunks_exact(32).zip(xr.chunks_exact_mut(32)) {
-                let d = block.iter().fold(0f32, |a, v| a.max(v.abs())) / 127.0;
-                for (o, v) in out.iter_mut().zip(block) {
-                    *o = if d > 0.0 { (v / d).round() * d } else { 0.0 };
-                }
-            }
-            for c in 0..n {
-                let want: f64 = (0..k).map(|i| wd[c * k + i] as f64 * xr[i] as f64).sum();
-                let g = got[r * n + c] as f64;
-                // Weights of other types are re-quantized to 8 bits: allow that rounding too.
-                let tol = if matches!(dtype, GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q8_0) { 2e-3 } else { 0.1 };
-                assert!((g - want).abs() <= tol * (1.0 + want.abs()), "{dtype:?} {m}×{n}×{k} [{r},{c}]: {g} vs {want}");
+    fn quantize(dtype: GgmlDType, n: usize, k: usize, seed: u32) -> QTensor {
+        let w = Tensor::from_vec(values(n * k, seed), (n, k), &Device::Cpu).unwrap();
+        QTensor::quantize(&w, dtype).unwrap()
+    }
+
+    #[test]
+    fn the_reference_agrees_with_candles_quantized_matmul() {
+        // candle quantizes activations too (to Q8 blocks, like the kernel), so the two differ by rounding.
+        for dtype in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0] {
+            let (m, n, k) = (3, 40, 128);
+            let q = quantize(dtype, n, k, 7);
+            let x = values(m * k, 9);
+            let want = reference(&q, &x, m).unwrap();
+            let xt = Tensor::from_vec(x, (m, k), &Device::Cpu).unwrap();
+            let got = QMatMul::from_qtensor(q).unwrap().forward(&xt).unwrap().flatten_all().unwrap();
+            for (g, w) in got.to_vec1::<f32>().unwrap().iter().zip(&want) {
+                assert!((g - w).abs() <= 2e-2 * (1.0 + w.abs()), "{dtype:?}: candle {g} vs reference {w}");
             }
         }
     }
 
-    #[test]
-    fn matches_the_dequantized_product() {
-        if !supported() {
-            eprintln!("skipped: no AVX-512 VNNI on this CPU");
-            return;
+    /// The kernel against the reference.
+    fn check(cpu: Avx512Vnni, dtype: GgmlDType, m: usize, n: usize, k: usize) {
+        let q = quantize(dtype, n, k, 7);
+        let packed = PackedQuant::from_qtensor(cpu, &q).unwrap().expect("packable");
+        let x = values(m * k, 9);
+        let got = packed.forward(&x, m);
+        let want = reference(&q, &x, m).unwrap();
+        // Weights of other types are re-quantized to 8 bits: allow that rounding too.
+        let tol = if matches!(dtype, GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q8_0) { 2e-3 } else { 0.1 };
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!((g - w).abs() <= tol * (1.0 + w.abs()), "{dtype:?} {m}×{n}×{k} at {i}: {g} vs {w}");
         }
+    }
+
+    #[test]
+    #[cfg_attr(not(sis_host_avx512vnni), ignore = "needs AVX-512 VNNI")]
+    fn matches_the_reference() {
+        let cpu = Avx512Vnni::detect().expect(STALE_BUILD);
         for dtype in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0, GgmlDType::Q4K, GgmlDType::F32] {
             for &(m, n, k) in &[(1, 16, 32), (3, 40, 64), (9, 100, 256), (8, 576, 576)] {
                 if dtype == GgmlDType::Q4K && k % 256 != 0 {
                     continue;
                 }
-                check(dtype, m, n, k);
+                check(cpu, dtype, m, n, k);
             }
         }
     }
 
     #[test]
+    #[cfg_attr(not(sis_host_avx512vnni), ignore = "needs AVX-512 VNNI")]
     fn a_row_does_not_depend_on_its_neighbours() {
-        if !supported() {
-            return;
-        }
+        let cpu = Avx512Vnni::detect().expect(STALE_BUILD);
         let (n, k) = (48, 128);
-        let w = Tensor::from_vec(values(n * k, 3), (n, k), &Device::Cpu).unwrap();
-        let packed = PackedQuant::from_qtensor(&QTensor::quantize(&w, GgmlDType::Q4_1).unwrap()).unwrap().unwrap();
+        let packed = PackedQuant::from_qtensor(cpu, &quantize(GgmlDType::Q4_1, n, k, 3)).unwrap().unwrap();
         let x = values(11 * k, 4);
         let all = packed.forward(&x, 11);
         for r in 0..11 {
