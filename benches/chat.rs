@@ -10,8 +10,8 @@ mod support;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use sis::config::roster::Precision;
+use sis::engines::chat::llama::{ChatWeights, KvCache, Llama, StepInput};
 use sis::engines::kernels::selection;
-use sis::engines::llama::{ChatWeights, KvCache, Llama, StepInput};
 use std::time::{Duration, Instant};
 
 fn prompt(seed: usize, len: usize, vocab: usize) -> Vec<u32> {

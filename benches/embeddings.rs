@@ -9,7 +9,7 @@ mod support;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use sis::bench::corpus;
-use sis::engines::embedder::{EmbedderLoader, EmbedderSpec};
+use sis::engines::embed::{EmbedderLoader, EmbedderSpec};
 use sis_actors::EngineLoader;
 
 fn engine_batches(c: &mut Criterion) {

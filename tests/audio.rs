@@ -394,8 +394,8 @@ fn a_hub_safetensors_whisper_matches_its_ctranslate2_original() {
     let dir = tempfile::tempdir().unwrap();
     let hub = dir.path().join("whisper-hub");
     std::fs::create_dir_all(&hub).unwrap();
-    let vars = sis::engines::ct2::read(&ct2.join("model.bin")).unwrap();
-    let (tensors, shape) = sis::engines::ct2::whisper_tensors(&vars).unwrap();
+    let vars = sis::engines::whisper::ct2::read(&ct2.join("model.bin")).unwrap();
+    let (tensors, shape) = sis::engines::whisper::ct2::whisper_tensors(&vars).unwrap();
     candle_core::safetensors::save(&tensors, hub.join("model.safetensors")).unwrap();
     let ct2_config: Value = serde_json::from_str(&std::fs::read_to_string(ct2.join("config.json")).unwrap()).unwrap();
     std::fs::write(

@@ -232,7 +232,7 @@ fn the_gguf_tokenizer_encodes_like_the_reference() {
     let (settings, roster) = Settings::load(&overrides).unwrap();
     let entry = roster.select(&[SMOLLM.into()]).unwrap().remove(0);
     let found = sis::models::resolve(&entry, &settings.hf_cache, true).unwrap();
-    let spec = sis::engines::chat_spec::ChatSpec::from_gguf(&found.dir.join(entry.file.unwrap())).unwrap();
+    let spec = sis::engines::chat::spec::ChatSpec::from_gguf(&found.dir.join(entry.file.unwrap())).unwrap();
     // Expected ids from an independent byte-level BPE (the GPT-2 algorithm in Python over the same
     // GGUF vocab and merges, SmolLM2's digit split, special tokens matched first).
     let cases: [(&str, &[u32]); 6] = [
@@ -434,7 +434,7 @@ fn tiny_checkpoints(dir: &std::path::Path, arch: &str) -> (std::path::PathBuf, s
     let smol = sis::models::resolve(&entry, &settings.hf_cache, true).unwrap().dir.join(entry.file.unwrap());
     let mut file = std::fs::File::open(&smol).unwrap();
     let content = gguf_file::Content::read(&mut file).unwrap();
-    let spec = sis::engines::chat_spec::ChatSpec::from_gguf(&smol).unwrap();
+    let spec = sis::engines::chat::spec::ChatSpec::from_gguf(&smol).unwrap();
 
     let hub_dir = dir.join(format!("{arch}-safetensors"));
     std::fs::create_dir_all(&hub_dir).unwrap();

@@ -92,7 +92,7 @@ pub fn decode(bytes: Vec<u8>, extension: Option<&str>, max_seconds: u64) -> Resu
     if mono.is_empty() {
         return Err(DecodeError::Corrupt("no audio samples decoded".into()));
     }
-    resample(mono, rate as usize, crate::engines::mel::SAMPLE_RATE)
+    resample(mono, rate as usize, crate::engines::whisper::mel::SAMPLE_RATE)
 }
 
 /// Windowed-sinc resampling of a mono signal.

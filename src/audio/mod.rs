@@ -152,7 +152,7 @@ impl AudioModel {
             .await
             .map_err(|e| ApiError::Internal(format!("decoder thread failed: {e}")))?
             .map_err(|e| ApiError::invalid("file", e.to_string()))?;
-        let seconds = samples.len() as f64 / crate::engines::mel::SAMPLE_RATE as f64;
+        let seconds = samples.len() as f64 / crate::engines::whisper::mel::SAMPLE_RATE as f64;
         let job = AudioJob {
             samples,
             task: request.task,

@@ -38,7 +38,7 @@ pub async fn run(args: AudioBench) -> anyhow::Result<()> {
     let bytes = std::fs::read(&args.file)?;
     let extension = args.file.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
     let samples = crate::audio::decode::decode(bytes.clone(), extension.as_deref(), 24 * 3600)?;
-    let seconds = samples.len() as f64 / crate::engines::mel::SAMPLE_RATE as f64;
+    let seconds = samples.len() as f64 / crate::engines::whisper::mel::SAMPLE_RATE as f64;
     let name = args.file.file_name().and_then(|n| n.to_str()).unwrap_or("audio").to_string();
     let client = reqwest::Client::new();
     let endpoint = format!("{}/v1/audio/transcriptions", args.url.trim_end_matches('/'));

@@ -17,12 +17,12 @@ use tokenizers::Tokenizer;
 
 use crate::config::model::ChatModelSettings;
 use crate::config::{Capability, ModelSettings};
+use crate::engines::chat::json_constraint::Schema;
+use crate::engines::chat::sampling::Sampling;
+use crate::engines::chat::spec::ChatSpec;
+use crate::engines::chat::template::ChatTemplate;
 use crate::engines::chat::{ChatEvent, ChatLoader, ChatRequest};
-use crate::engines::chat_spec::ChatSpec;
-use crate::engines::chat_template::ChatTemplate;
-use crate::engines::json_constraint::Schema;
-use crate::engines::qwen3_vl::ImageInput;
-use crate::engines::sampling::Sampling;
+use crate::engines::vision::qwen3_vl::ImageInput;
 use crate::error::ApiError;
 use crate::runtime::{Launch, RequestPath, Runtime};
 use crate::telemetry::Metrics;

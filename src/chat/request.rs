@@ -1,7 +1,7 @@
 //! A chat completion request as the chat capability takes it: the API's fields, their JSON shape
 //! already checked, before the model's template, limits and defaults are applied.
 
-pub use crate::engines::chat_template::{Content, Part, TemplateMessage as Message};
+pub use crate::engines::chat::template::{Content, Part, TemplateMessage as Message};
 pub use crate::vision::Detail;
 
 /// A validated chat completion request.

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::model::EmbeddingModelSettings;
 use crate::config::ModelSettings;
-use crate::engines::embedder::{normalize, EmbedInput, EmbedderLoader, EmbedderSpec, EmbeddingTokenizer};
+use crate::engines::embed::{normalize, EmbedInput, EmbedderLoader, EmbedderSpec, EmbeddingTokenizer};
 use crate::error::ApiError;
 use crate::faults::{Faults, FaultyLoader};
 use crate::runtime::{Launch, RequestPath, Runtime};

@@ -1,22 +1,18 @@
-//! Inference engines, one file per model family. Engines know candle and tokenizers, not actix or HTTP.
+//! Inference engines, grouped by model family. Engines know candle and tokenizers, not actix or HTTP.
+//!
+//! - [`embed`]: text encoders (BERT family) with pooling and normalization.
+//! - [`chat`]: decoder LLMs (llama / qwen families, GGUF or safetensors), their tokenizers, templates,
+//!   sampling and constrained decoding.
+//! - [`vision`]: the Qwen3-VL vision tower that feeds [`chat`].
+//! - [`whisper`]: speech to text.
+//! - [`nn`]: layers every family shares (attention, dense layers), each with its candle reference path.
+//! - [`kernels`]: the CPU kernels that replace reference operations where the CPU has what they need.
+//! - [`device`]: devices as operators name them.
 
-pub mod attention;
-pub mod bert;
 pub mod chat;
-pub mod chat_spec;
-pub mod chat_template;
-pub mod ct2;
-pub mod dense;
 pub mod device;
-pub mod embedder;
-pub mod gguf_tokenizer;
-pub mod json_constraint;
+pub mod embed;
 pub mod kernels;
-pub mod llama;
-pub mod mel;
-pub mod qwen3_vl;
-pub mod sampling;
+pub mod nn;
+pub mod vision;
 pub mod whisper;
-pub mod whisper_decoder;
-pub mod whisper_encoder;
-pub mod word_alignment;

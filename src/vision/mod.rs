@@ -5,7 +5,7 @@ pub mod preprocess;
 
 use std::sync::Arc;
 
-use crate::engines::qwen3_vl::{ImageInput, VisionTokens};
+use crate::engines::vision::qwen3_vl::{ImageInput, VisionTokens};
 use image_source::{ImagePolicy, Rejection, Resolver};
 use preprocess::ProcessorConfig;
 
@@ -41,9 +41,10 @@ impl VisionInputs {
     /// Reads a Qwen3-VL checkpoint's vision token ids and processor, with the server's image policy
     /// and pixel budget.
     pub fn open(dir: &std::path::Path, settings: &crate::config::Settings) -> anyhow::Result<Self> {
-        let (_, tokens) = crate::engines::qwen3_vl::read_config(&dir.join("config.json"))?.ok_or_else(|| {
-            anyhow::anyhow!("{} has no vision_config: not a vision-language checkpoint", dir.display())
-        })?;
+        let (_, tokens) =
+            crate::engines::vision::qwen3_vl::read_config(&dir.join("config.json"))?.ok_or_else(|| {
+                anyhow::anyhow!("{} has no vision_config: not a vision-language checkpoint", dir.display())
+            })?;
         let path = dir.join("preprocessor_config.json");
         let text = std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         let json: serde_json::Value =

@@ -9,9 +9,9 @@
 use candle_core::{Device, Result, Storage, Tensor};
 use rayon::prelude::*;
 
-use super::kernels::bf16::PackedBf16;
-use super::kernels::elementwise::{dispatch, exp, softmax};
-use super::kernels::{Avx512Bf16, Kernels, Simd};
+use crate::engines::kernels::bf16::PackedBf16;
+use crate::engines::kernels::elementwise::{dispatch, exp, softmax};
+use crate::engines::kernels::{Avx512Bf16, Kernels, Simd};
 
 /// Token ranges of the sequences in a packed batch.
 #[derive(Debug, Clone)]

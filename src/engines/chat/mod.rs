@@ -1,5 +1,12 @@
 //! The chat engine: sequences with their own KV cache, sampling, detokenization and stop handling,
-//! advanced together one packed step at a time (see [`super::llama`]).
+//! advanced together one packed step at a time (see [`llama`]).
+
+pub mod gguf_tokenizer;
+pub mod json_constraint;
+pub mod llama;
+pub mod sampling;
+pub mod spec;
+pub mod template;
 
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -7,14 +14,14 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use tokenizers::Tokenizer;
 
-use super::chat_spec::ChatSpec;
-use super::json_constraint::JsonMatcher;
-use super::kernels::{selection, Kernels};
-use super::llama::{ChatWeights, KvCache, Llama, StepInput, StepVisual};
-use super::qwen3_vl::{rope_positions, ImageInput, VisionTokens, VisionTower};
-use super::sampling::{sample, sample_allowed, Sampling};
 use crate::config::roster::Precision;
+use crate::engines::kernels::{selection, Kernels};
+use crate::engines::vision::qwen3_vl::{rope_positions, ImageInput, VisionTokens, VisionTower};
+use json_constraint::JsonMatcher;
+use llama::{ChatWeights, KvCache, Llama, StepInput, StepVisual};
+use sampling::{sample, sample_allowed, Sampling};
 use sis_actors::{EngineError, StepEngine, StepLoader};
+use spec::ChatSpec;
 
 /// Why a sequence ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,7 +56,7 @@ pub struct ChatRequest {
     /// Stop strings (never included in the output).
     pub stop: Vec<String>,
     /// Constrained decoding: the output must be a JSON document of this schema.
-    pub json: Option<super::json_constraint::Schema>,
+    pub json: Option<json_constraint::Schema>,
     /// Images, in prompt order; each `<|image_pad|>` of the prompt is already expanded to its tokens.
     pub images: Vec<ImageInput>,
     /// Test hook: the engine panics when this sequence joins a step (fault-injection builds only).
@@ -495,9 +502,9 @@ impl StepLoader for ChatLoader {
         tracing::info!(path = %self.path.display(), kernels = %self.weights.report(kernels).join("; "), "chat kernels");
         let model = Llama::from_safetensors(&self.path).map_err(error)?;
         let engine = ChatEngine::new(model, &self.tokenizer, self.eos.clone(), self.prefill_chunk);
-        match super::qwen3_vl::read_config(&self.path.join("config.json")).map_err(error)? {
+        match crate::engines::vision::qwen3_vl::read_config(&self.path.join("config.json")).map_err(error)? {
             Some((config, tokens)) => {
-                let files = super::llama::safetensors_files(&self.path).map_err(error)?;
+                let files = llama::safetensors_files(&self.path).map_err(error)?;
                 Ok(engine.with_vision(VisionTower::load(&files, config).map_err(error)?, tokens))
             }
             None => Ok(engine),

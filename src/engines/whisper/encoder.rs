@@ -4,15 +4,15 @@
 //! The encoder is most of the cost of a transcription (a 30-second window whatever the clip's length),
 //! and it is compute-bound, so on CPUs with AVX-512 BF16 every product (attention included) runs on the
 //! bf16 kernel with f32 sums; `precision = "f32"` keeps candle's f32 matmul throughout. GeLU runs on the
-//! loops of [`super::kernels::elementwise`], or candle's where the kernels select none.
+//! loops of [`crate::engines::kernels::elementwise`], or candle's where the kernels select none.
 
 use candle_core::{Device, Result, Tensor};
 use candle_nn::{Module, VarBuilder};
 use rayon::prelude::*;
 
-use super::attention::{packed_attention, Packing};
-use super::dense::Dense;
-use super::kernels::{Avx512Bf16, Kernels, Simd};
+use crate::engines::kernels::{Avx512Bf16, Kernels, Simd};
+use crate::engines::nn::attention::{packed_attention, Packing};
+use crate::engines::nn::dense::Dense;
 
 /// A kernel-3, padding-1 convolution over time as one dense layer on im2col rows.
 struct Conv {

@@ -7,9 +7,9 @@
 use candle_core::{Module, Result, Tensor, D};
 use candle_nn::{LayerNorm, VarBuilder};
 
-use super::dense::Dense;
-use super::kernels::quantized::PackedQuant;
-use super::kernels::{Avx512Bf16, Kernels};
+use crate::engines::kernels::quantized::PackedQuant;
+use crate::engines::kernels::{Avx512Bf16, Kernels};
+use crate::engines::nn::dense::Dense;
 
 /// A torch `Linear` as a [`Dense`] layer; `bias = false` for layers without one.
 fn linear(vb: VarBuilder, in_dim: usize, out_dim: usize, bias: bool, bf16: Option<Avx512Bf16>) -> Result<Dense> {

@@ -17,9 +17,9 @@ use candle_core::{Device, Module, Result, Tensor};
 use rayon::prelude::*;
 use std::path::Path;
 
-use super::dense::Dense;
-use super::kernels::quantized::PackedQuant;
-use super::kernels::{Avx512Vnni, Kernels, Pool};
+use crate::engines::kernels::quantized::PackedQuant;
+use crate::engines::kernels::{Avx512Vnni, Kernels, Pool};
+use crate::engines::nn::dense::Dense;
 
 /// Shapes read from the GGUF metadata.
 #[derive(Debug, Clone)]
@@ -293,7 +293,7 @@ impl Quantized {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
             Quantized::Candle(q) => q.forward(x),
-            Quantized::Packed(p) => super::dense::map_rows(x, p.n(), |rows, m| p.forward(rows, m)),
+            Quantized::Packed(p) => crate::engines::nn::dense::map_rows(x, p.n(), |rows, m| p.forward(rows, m)),
         }
     }
 }

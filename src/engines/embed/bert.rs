@@ -3,16 +3,16 @@
 //! The weights are laid out once at load for the hot path: Q, K and V fused into one `[3·hidden, hidden]`
 //! matrix with Q pre-scaled by 1/√head_dim, every dense layer packed for its kernel ([`Dense`]). The forward
 //! pass runs the linear layers on the packed tokens of all sequences (no padding) and attention per
-//! sequence (see [`super::attention`]).
+//! sequence (see [`crate::engines::nn::attention`]).
 
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 use std::path::Path;
 
-use super::attention::{packed_attention, Packing};
-use super::dense::Dense;
-use super::kernels::Kernels;
+use crate::engines::kernels::Kernels;
+use crate::engines::nn::attention::{packed_attention, Packing};
+use crate::engines::nn::dense::Dense;
 
 /// The fields of a Hub `config.json` this encoder uses.
 #[derive(Debug, Clone, Deserialize)]

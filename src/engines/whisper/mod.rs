@@ -3,13 +3,19 @@
 //! openai-whisper: timestamp rules, window-by-window seeking on long audio with the previous text as
 //! prompt, temperature fallback on repetitive or low-confidence output, language detection.
 
+pub mod ct2;
+pub mod decoder;
+pub mod encoder;
+pub mod mel;
+pub mod word_alignment;
+
 use candle_core::{Device, IndexOp, Tensor};
 use candle_nn::VarBuilder;
 
-use super::kernels::{selection, KernelError, Kernels};
-use super::whisper_decoder::TextDecoder;
-use super::whisper_encoder::AudioEncoder;
 use crate::config::roster::Precision;
+use crate::engines::kernels::{selection, KernelError, Kernels};
+use decoder::TextDecoder;
+use encoder::AudioEncoder;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
@@ -17,7 +23,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use tokenizers::Tokenizer;
 
-use super::mel;
 use sis_actors::{BatchItem, Engine, EngineError, EngineLoader};
 
 /// Frames of one 30-second window.
@@ -262,7 +267,7 @@ impl WhisperSpec {
 }
 
 /// What [`WhisperSpec::kernels`] says: the encoder's window is always 1500 positions long, so its
-/// attention takes the matrix products (see [`super::attention::packed_attention`]), and every Whisper
+/// attention takes the matrix products (see [`crate::engines::nn::attention::packed_attention`]), and every Whisper
 /// width is a multiple of 32, so the output projection takes the int8 kernel whenever the decoder's
 /// dense layers run on bf16 and the kernel is selected.
 fn report(kernels: Kernels) -> Vec<String> {
@@ -280,7 +285,7 @@ fn report(kernels: Kernels) -> Vec<String> {
 /// A loaded Whisper model.
 pub struct WhisperEngine {
     /// The threads its transcriptions run on.
-    pool: std::sync::Arc<super::kernels::Pool>,
+    pool: std::sync::Arc<crate::engines::kernels::Pool>,
     encoder: AudioEncoder,
     decoder: TextDecoder,
     spec: WhisperSpec,
@@ -337,8 +342,8 @@ fn load(spec: &WhisperSpec) -> anyhow::Result<WhisperEngine> {
     let device = Device::Cpu;
     let ct2 = spec.dir.join("model.bin");
     let (vb, config) = if ct2.is_file() {
-        let vars = super::ct2::read(&ct2)?;
-        let (tensors, shape) = super::ct2::whisper_tensors(&vars)?;
+        let vars = ct2::read(&ct2)?;
+        let (tensors, shape) = ct2::whisper_tensors(&vars)?;
         let config = WhisperConfig {
             num_mel_bins: shape.mels,
             max_source_positions: shape.audio_positions,
@@ -385,7 +390,7 @@ fn load(spec: &WhisperSpec) -> anyhow::Result<WhisperEngine> {
     )?;
     let alignment_heads = alignment_heads(&spec.dir, &config);
     Ok(WhisperEngine {
-        pool: std::sync::Arc::new(super::kernels::Pool::new("whisper")?),
+        pool: std::sync::Arc::new(crate::engines::kernels::Pool::new("whisper")?),
         encoder,
         decoder,
         spec: spec.clone(),
@@ -468,7 +473,7 @@ impl WhisperEngine {
                 logits[..ts].iter_mut().for_each(|l| *l = f32::NEG_INFINITY);
             }
             let token = if temperature <= 0.0 {
-                super::sampling::argmax(&logits)
+                crate::engines::chat::sampling::argmax(&logits)
             } else {
                 let probs: Vec<f64> = logits.iter().map(|&l| ((l as f64 - max as f64) / temperature).exp()).collect();
                 let total: f64 = probs.iter().sum();
@@ -733,7 +738,7 @@ impl WhisperEngine {
                 heads.push(w.i(head)?.narrow(0, first_row, rows)?.narrow(1, 0, cols)?.flatten_all()?.to_vec1::<f32>()?);
             }
         }
-        let times = super::word_alignment::token_times(&heads, rows, cols);
+        let times = word_alignment::token_times(&heads, rows, cols);
         let mut out = Vec::new();
         let mut boundary = 0;
         for (word, count) in self.split_words(&text) {

@@ -1,6 +1,6 @@
 //! Qwen3-VL's vision half: the ViT that turns an image's patches into language-model embeddings
 //! (plus DeepStack features for the first decoder layers), and the 3-D rotary positions of a prompt
-//! holding images. The language half is [`super::llama`] with MRoPE.
+//! holding images. The language half is [`crate::engines::chat::llama`] with MRoPE.
 //!
 //! Tensor names and config keys are the Hub's (`model.visual.*`, `vision_config`).
 

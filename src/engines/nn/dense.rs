@@ -7,9 +7,9 @@
 
 use candle_core::{Device, Result, Storage, Tensor};
 
-use super::kernels::bf16::PackedBf16;
-use super::kernels::elementwise::gelu_erf;
-use super::kernels::{Avx512Bf16, Simd};
+use crate::engines::kernels::bf16::PackedBf16;
+use crate::engines::kernels::elementwise::gelu_erf;
+use crate::engines::kernels::{Avx512Bf16, Simd};
 
 /// `x · Wᵀ + b` over the last dimension of `x`.
 pub enum Dense {

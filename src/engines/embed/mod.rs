@@ -1,15 +1,17 @@
 //! The text-embedding engine: tokenizer, encoder, pooling and normalization as the model's
 //! sentence-transformers files define them.
 
+pub mod bert;
+
 use candle_core::Device;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
-use super::attention::Packing;
-use super::bert::{BertConfig, BertModel};
-use super::kernels::{selection, KernelError, Kernels};
 use crate::config::roster::{ModelEntry, Pooling, Precision};
+use crate::engines::kernels::{selection, KernelError, Kernels};
+use crate::engines::nn::attention::Packing;
+use bert::{BertConfig, BertModel};
 use sis_actors::{BatchItem, Engine, EngineError, EngineLoader};
 
 /// Everything needed to build the engine, read once from the model folder.
@@ -28,7 +30,7 @@ pub struct EmbedderSpec {
     /// Output dimension.
     pub dimensions: usize,
     /// The device to load on.
-    pub device: super::device::DeviceName,
+    pub device: crate::engines::device::DeviceName,
     /// Dense-layer arithmetic.
     pub precision: Precision,
 }
@@ -56,7 +58,11 @@ struct StConfig {
 
 impl EmbedderSpec {
     /// Reads config.json and the sentence-transformers files; roster values override them.
-    pub fn from_dir(dir: &Path, entry: &ModelEntry, device: super::device::DeviceName) -> anyhow::Result<Self> {
+    pub fn from_dir(
+        dir: &Path,
+        entry: &ModelEntry,
+        device: crate::engines::device::DeviceName,
+    ) -> anyhow::Result<Self> {
         let config = BertConfig::from_file(&dir.join("config.json"))?;
         let pooling_file = dir.join("1_Pooling/config.json");
         let file_pooling = if pooling_file.is_file() {
@@ -123,7 +129,7 @@ impl EmbedderSpec {
         };
         vec![
             format!("dense: {}", kernels.dense()),
-            format!("attention: {}", super::attention::describe(kernels)),
+            format!("attention: {}", crate::engines::nn::attention::describe(kernels)),
             activation,
         ]
     }
@@ -176,7 +182,7 @@ impl BatchItem for EmbedInput {
 pub struct Embedder {
     model: BertModel,
     /// The threads its forward passes run on.
-    pool: super::kernels::Pool,
+    pool: crate::engines::kernels::Pool,
     pooling: Pooling,
     normalize: bool,
     ids: Vec<u32>,
@@ -274,13 +280,13 @@ impl EngineLoader for EmbedderLoader {
     type Engine = Embedder;
 
     fn load(&self) -> Result<Embedder, EngineError> {
-        let device = super::device::open(self.spec.device).map_err(EngineError::new)?;
+        let device = crate::engines::device::open(self.spec.device).map_err(EngineError::new)?;
         let kernels = self.spec.resolve(matches!(device, Device::Cpu)).map_err(EngineError::new)?;
         tracing::info!(dir = %self.spec.dir.display(), kernels = %self.spec.report(kernels).join("; "), "encoder kernels");
         let model =
             BertModel::load(&self.spec.dir.join("model.safetensors"), self.spec.config.clone(), &device, kernels)
                 .map_err(EngineError::new)?;
-        let pool = super::kernels::Pool::new("embed").map_err(EngineError::new)?;
+        let pool = crate::engines::kernels::Pool::new("embed").map_err(EngineError::new)?;
         Ok(Embedder { model, pool, pooling: self.spec.pooling, normalize: self.spec.normalize, ids: Vec::new() })
     }
 }
