@@ -1,4 +1,9 @@
-//! Self-attention over packed sequences (no padding).
+//! Attention, written once for every model family.
+//!
+//! - [`sdpa`] / [`attention_weights`]: scaled dot-product attention in candle ops, the reference path
+//!   (any device): Whisper's decoder, the Qwen3-VL vision tower, and packed attention off the CPU.
+//! - [`packed_attention`]: self-attention over packed sequences (no padding), for encoders.
+//! - [`cached_causal`]: a decoder's new tokens over their sequence's KV cache.
 //!
 //! The packed layout keeps the tokens of every sequence of a batch back to back in one `[tokens, 3 ×
 //! hidden]` QKV matrix, so the linear layers never see padding. Attention then runs per sequence and
@@ -211,7 +216,91 @@ fn cpu_attention(
     Tensor::from_vec(out, (packing.tokens, hidden), &Device::Cpu)
 }
 
-/// The reference path: per sequence, candle's matmul, softmax and matmul.
+/// `softmax(q·kᵀ · scale + mask)`, over the last two dimensions (`scale` `None` when `q` is already
+/// scaled); the mask is added by broadcasting (`-inf` hides a position).
+pub fn attention_weights(q: &Tensor, k: &Tensor, scale: Option<f64>, mask: Option<&Tensor>) -> Result<Tensor> {
+    let mut scores = q.matmul(&k.t()?)?;
+    if let Some(scale) = scale {
+        scores = (scores * scale)?;
+    }
+    if let Some(mask) = mask {
+        scores = scores.broadcast_add(mask)?;
+    }
+    candle_nn::ops::softmax_last_dim(&scores)
+}
+
+/// Scaled dot-product attention in candle ops: [`attention_weights`] times `v`.
+pub fn sdpa(q: &Tensor, k: &Tensor, v: &Tensor, scale: Option<f64>, mask: Option<&Tensor>) -> Result<Tensor> {
+    attention_weights(q, k, scale, mask)?.matmul(v)
+}
+
+/// Head counts of a decoder's attention: `heads` query heads share `kv_heads` key/value heads in groups.
+#[derive(Debug, Clone, Copy)]
+pub struct HeadShape {
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads (`heads` is a multiple).
+    pub kv_heads: usize,
+    /// Width of one head.
+    pub head_dim: usize,
+}
+
+/// Causal attention of one sequence's new query rows (`q`, `[n, heads·head_dim]`, unscaled) over its
+/// cached keys and values (`[start + n, kv_heads·head_dim]`, the new positions included): row `t`
+/// sees positions `..start + t + 1`. Adds into `out` (`[n, heads·head_dim]`, zeroed by the caller).
+pub fn cached_causal(q: &[f32], keys: &[f32], values: &[f32], start: usize, shape: HeadShape, out: &mut [f32]) {
+    let HeadShape { heads, kv_heads, head_dim: d } = shape;
+    let (q_width, kv_width, group) = (heads * d, kv_heads * d, heads / kv_heads);
+    let n = q.len() / q_width;
+    let scale = 1.0 / (d as f32).sqrt();
+    let mut scores = vec![0f32; start + n];
+    for t in 0..n {
+        let visible = start + t + 1;
+        for h in 0..heads {
+            let kvh = h / group;
+            let qh = &q[t * q_width + h * d..][..d];
+            let mut max = f32::NEG_INFINITY;
+            for (j, s) in scores[..visible].iter_mut().enumerate() {
+                let kh = &keys[j * kv_width + kvh * d..][..d];
+                // f64 accumulation: the top logits of small 4-bit models can sit within
+                // activation-quantization noise of each other, so keep this part exact.
+                *s = (dot_f64(qh, kh) * scale as f64) as f32;
+                max = max.max(*s);
+            }
+            let mut sum = 0f32;
+            for s in scores[..visible].iter_mut() {
+                *s = (*s - max).exp();
+                sum += *s;
+            }
+            let o = &mut out[t * q_width + h * d..][..d];
+            for (j, &p) in scores[..visible].iter().enumerate() {
+                let vh = &values[j * kv_width + kvh * d..][..d];
+                let w = p / sum;
+                for (o, v) in o.iter_mut().zip(vh) {
+                    *o += w * v;
+                }
+            }
+        }
+    }
+}
+
+/// A dot product accumulated in f64, in eight independent lanes so that it vectorizes (a single
+/// running sum cannot be reordered by the compiler).
+#[inline]
+fn dot_f64(a: &[f32], b: &[f32]) -> f64 {
+    let mut lanes = [0f64; 8];
+    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ta, tb) = (a8.remainder(), b8.remainder());
+    for (x, y) in a8.zip(b8) {
+        for l in 0..8 {
+            lanes[l] += x[l] as f64 * y[l] as f64;
+        }
+    }
+    let tail: f64 = ta.iter().zip(tb).map(|(x, y)| *x as f64 * *y as f64).sum();
+    lanes.iter().sum::<f64>() + tail
+}
+
+/// The reference path of [`packed_attention`]: per sequence, [`sdpa`].
 pub fn tensor_attention(qkv: &Tensor, packing: &Packing, heads: usize, head_dim: usize) -> Result<Tensor> {
     let hidden = heads * head_dim;
     let mut outs = Vec::with_capacity(packing.spans.len());
@@ -220,9 +309,7 @@ pub fn tensor_attention(qkv: &Tensor, packing: &Packing, heads: usize, head_dim:
         let q = seq.narrow(1, 0, 1)?.squeeze(1)?.transpose(0, 1)?.contiguous()?;
         let k = seq.narrow(1, 1, 1)?.squeeze(1)?.transpose(0, 1)?.contiguous()?;
         let v = seq.narrow(1, 2, 1)?.squeeze(1)?.transpose(0, 1)?.contiguous()?;
-        let scores = q.matmul(&k.t()?)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let ctx = probs.matmul(&v)?.transpose(0, 1)?.reshape((len, hidden))?;
+        let ctx = sdpa(&q, &k, &v, None, None)?.transpose(0, 1)?.reshape((len, hidden))?;
         outs.push(ctx);
     }
     Tensor::cat(&outs, 0)

@@ -9,6 +9,8 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{LayerNorm, Linear, VarBuilder};
 use std::path::Path;
 
+use crate::engines::nn::attention::sdpa;
+
 /// The `vision_config` of a Qwen3-VL `config.json`.
 #[derive(Debug, Clone, serde::Deserialize)]
 pub struct VisionConfig {
@@ -218,8 +220,7 @@ impl VisionTower {
             let k = rotate(qkv.get(1)?)?;
             let v = qkv.get(2)?.unsqueeze(0)?.contiguous()?;
             // One image attends to itself in full (no mask): t·h·w patches.
-            let scores = (q.matmul(&k.transpose(2, 3)?.contiguous()?)? / (head_dim as f64).sqrt())?;
-            let attn = candle_nn::ops::softmax_last_dim(&scores)?.matmul(&v)?;
+            let attn = sdpa(&q, &k.contiguous()?, &v, Some(1.0 / (head_dim as f64).sqrt()), None)?;
             let attn = attn.squeeze(0)?.transpose(0, 1)?.reshape((n, c.hidden_size))?;
             x = (x + block.proj.forward(&attn)?)?;
             let mlp = block.fc2.forward(&block.fc1.forward(&block.norm2.forward(&x)?)?.gelu()?)?;

@@ -9,6 +9,7 @@ use candle_nn::{LayerNorm, VarBuilder};
 
 use crate::engines::kernels::quantized::PackedQuant;
 use crate::engines::kernels::{Avx512Bf16, Kernels};
+use crate::engines::nn::attention::{attention_weights, sdpa};
 use crate::engines::nn::dense::Dense;
 
 /// A torch `Linear` as a [`Dense`] layer; `bias = false` for layers without one.
@@ -167,11 +168,7 @@ impl TextDecoder {
                 k = Tensor::cat(&[pk, &k], 1)?;
                 v = Tensor::cat(&[pv, &v], 1)?;
             }
-            let mut scores = q.matmul(&k.t()?)?;
-            if let Some(mask) = &mask {
-                scores = scores.broadcast_add(mask)?;
-            }
-            let attn = candle_nn::ops::softmax_last_dim(&scores)?.matmul(&v)?;
+            let attn = sdpa(&q, &k, &v, None, mask.as_ref())?;
             state.self_kv[layer] = Some((k, v));
             let attn = attn.transpose(0, 1)?.reshape((n, self.width))?;
             x = (x + block.attn.out.forward(&attn)?)?;
@@ -179,7 +176,7 @@ impl TextDecoder {
             let h = block.cross_ln.forward(&x)?;
             let q = (self.split(&block.cross.q.forward(&h)?)? * scale)?;
             let (ck, cv) = &state.cross_kv[layer];
-            let weights = candle_nn::ops::softmax_last_dim(&q.matmul(&ck.t()?)?)?;
+            let weights = attention_weights(&q, ck, None, None)?;
             if let Some(capture) = capture.as_deref_mut() {
                 capture.push(weights.clone());
             }

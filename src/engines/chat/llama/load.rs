@@ -1,0 +1,188 @@
+//! Loading a decoder: GGUF files (quantized weights, the tokenizer's metadata beside them) or Hub-layout
+//! safetensors checkpoints (f32), into one [`Llama`].
+
+use anyhow::Context;
+use candle_core::quantized::gguf_file::Content;
+use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::{Device, Tensor};
+use std::path::Path;
+
+use super::config::LlamaConfig;
+use super::weights::{layout, ChatWeights, Quantized, Weight};
+use super::{Block, Llama};
+use crate::engines::kernels::{Avx512Vnni, Kernels, Pool};
+
+impl Llama {
+    /// Loads the weights of a GGUF file (CPU) for `kernels`: prompt rows' dense copies on the bf16
+    /// kernel where it has it (else f32), quantized products on the int8 kernel where it has it.
+    pub fn from_gguf(path: &Path, kernels: Kernels) -> anyhow::Result<(Self, Content)> {
+        let mut file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let content = Content::read(&mut file).with_context(|| format!("reading GGUF {}", path.display()))?;
+        let config = LlamaConfig::from_gguf(&content)?;
+        let device = Device::Cpu;
+        let weights = ChatWeights::of_gguf(&content);
+        tracing::info!(path = %path.display(), kernels = %weights.report(kernels).join("; "), "chat kernels");
+        let file = &mut file;
+        let vnni = kernels.vnni;
+        let embeddings = read(&content, file, "token_embd.weight", vnni)?.dequantize(&device)?;
+        let output_name =
+            if content.tensor_infos.contains_key("output.weight") { "output.weight" } else { "token_embd.weight" };
+        let output = Quantized::new(read(&content, file, output_name, vnni)?, vnni)?;
+        let norm = read(&content, file, "output_norm.weight", vnni)?.dequantize(&device)?;
+        let keep_dense = weights.prompt_copy;
+        let mut blocks = Vec::with_capacity(config.layers);
+        for i in 0..config.layers {
+            let mut q = |s: &str| -> anyhow::Result<Weight> {
+                Ok(Weight::from_gguf(read(&content, file, &format!("blk.{i}.{s}"), vnni)?, keep_dense, kernels)?)
+            };
+            let (q_proj, k_proj, v_proj, o) =
+                (q("attn_q.weight")?, q("attn_k.weight")?, q("attn_v.weight")?, q("attn_output.weight")?);
+            let (gate, up, down) = (q("ffn_gate.weight")?, q("ffn_up.weight")?, q("ffn_down.weight")?);
+            let mut dense = |s: &str| -> anyhow::Result<Tensor> {
+                Ok(read(&content, file, &format!("blk.{i}.{s}"), vnni)?.dequantize(&device)?)
+            };
+            let (attn_norm, ffn_norm) = (dense("attn_norm.weight")?, dense("ffn_norm.weight")?);
+            let mut optional = |s: &str| -> anyhow::Result<Option<Tensor>> {
+                let name = format!("blk.{i}.{s}");
+                if content.tensor_infos.contains_key(&name) {
+                    Ok(Some(read(&content, file, &name, vnni)?.dequantize(&device)?))
+                } else {
+                    Ok(None)
+                }
+            };
+            blocks.push(Block {
+                attn_norm,
+                ffn_norm,
+                q_bias: optional("attn_q.bias")?,
+                k_bias: optional("attn_k.bias")?,
+                v_bias: optional("attn_v.bias")?,
+                q_norm: optional("attn_q_norm.weight")?,
+                k_norm: optional("attn_k_norm.weight")?,
+                q: q_proj,
+                k: k_proj,
+                v: v_proj,
+                o,
+                gate,
+                up,
+                down,
+            });
+        }
+        Ok((Self::assemble(config, embeddings, blocks, norm, output)?, content))
+    }
+
+    /// Loads a Hub-layout safetensors checkpoint (llama, qwen2, qwen3; f32, f16 or bf16, kept as f32).
+    pub fn from_safetensors(dir: &Path) -> anyhow::Result<Self> {
+        let config = LlamaConfig::from_hub_config(&dir.join("config.json"))?;
+        let files = safetensors_files(dir)?;
+        let device = Device::Cpu;
+        // SAFETY: the files are mapped read-only and not modified while the model loads.
+        let vb = unsafe { candle_nn::VarBuilder::from_mmaped_safetensors(&files, candle_core::DType::F32, &device)? };
+        let vb = if vb.contains_tensor("model.language_model.embed_tokens.weight") {
+            vb.pp("model.language_model")
+        } else if vb.contains_tensor("model.embed_tokens.weight") {
+            vb.pp("model")
+        } else {
+            vb
+        };
+        let (h, c) = (config.hidden, &config);
+        let (q_width, kv_width) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
+        let dense = |t: Tensor| Weight::new(QMatMul::Tensor(t));
+        let embeddings = vb.get((c.vocab, h), "embed_tokens.weight")?;
+        let root = vb.clone();
+        let mut blocks = Vec::with_capacity(c.layers);
+        for i in 0..c.layers {
+            let l = vb.pp(format!("layers.{i}"));
+            let a = l.pp("self_attn");
+            let optional = |vb: &candle_nn::VarBuilder, name: &str, size: usize| -> anyhow::Result<Option<Tensor>> {
+                Ok(if vb.contains_tensor(name) { Some(vb.get(size, name)?) } else { None })
+            };
+            blocks.push(Block {
+                attn_norm: l.get(h, "input_layernorm.weight")?,
+                ffn_norm: l.get(h, "post_attention_layernorm.weight")?,
+                q: dense(a.get((q_width, h), "q_proj.weight")?),
+                k: dense(a.get((kv_width, h), "k_proj.weight")?),
+                v: dense(a.get((kv_width, h), "v_proj.weight")?),
+                o: dense(a.get((h, q_width), "o_proj.weight")?),
+                q_bias: optional(&a, "q_proj.bias", q_width)?,
+                k_bias: optional(&a, "k_proj.bias", kv_width)?,
+                v_bias: optional(&a, "v_proj.bias", kv_width)?,
+                q_norm: optional(&a, "q_norm.weight", c.head_dim)?,
+                k_norm: optional(&a, "k_norm.weight", c.head_dim)?,
+                gate: dense(l.get((c.ffn, h), "mlp.gate_proj.weight")?),
+                up: dense(l.get((c.ffn, h), "mlp.up_proj.weight")?),
+                down: dense(l.get((h, c.ffn), "mlp.down_proj.weight")?),
+            });
+        }
+        let norm = root.get(h, "norm.weight")?;
+        let output = match unsafe {
+            candle_nn::VarBuilder::from_mmaped_safetensors(&files, candle_core::DType::F32, &device)?
+        } {
+            top if top.contains_tensor("lm_head.weight") => {
+                Quantized::Candle(QMatMul::Tensor(top.get((c.vocab, h), "lm_head.weight")?))
+            }
+            _ => Quantized::Candle(QMatMul::Tensor(embeddings.clone())),
+        };
+        Self::assemble(config, embeddings, blocks, norm, output)
+    }
+
+    fn assemble(
+        config: LlamaConfig,
+        embeddings: Tensor,
+        blocks: Vec<Block>,
+        norm: Tensor,
+        output: Quantized,
+    ) -> anyhow::Result<Self> {
+        let half = config.head_dim / 2;
+        let mut cos = Vec::with_capacity(config.context * half);
+        let mut sin = Vec::with_capacity(config.context * half);
+        for pos in 0..config.context {
+            for i in 0..half {
+                let freq = 1.0 / config.rope_base.powf(2.0 * i as f32 / config.head_dim as f32);
+                let angle = pos as f32 * freq;
+                cos.push(angle.cos());
+                sin.push(angle.sin());
+            }
+        }
+        // Interleaved MRoPE (Qwen3-VL): frequency j turns with the row axis when j % 3 == 1 and with
+        // the column axis when j % 3 == 2, within 3 × that axis's section; every other one with time.
+        let rope_axis = (0..half)
+            .map(|j| match config.mrope_section {
+                Some(s) if j % 3 == 1 && j < 3 * s[1] => 1,
+                Some(s) if j % 3 == 2 && j < 3 * s[2] => 2,
+                _ => 0,
+            })
+            .collect();
+        let pool = Pool::new("chat").context("starting the chat model's threads")?;
+        Ok(Self { config, embeddings, blocks, norm, output, cos, sin, rope_axis, pool })
+    }
+}
+
+/// The safetensors files of a checkpoint folder, sorted.
+pub fn safetensors_files(dir: &Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        anyhow::bail!("{} has no .safetensors weights", dir.display());
+    }
+    Ok(files)
+}
+
+/// Reads a tensor and lays out a matrix in the type [`layout`] keeps for the int8 kernel `vnni`.
+pub(super) fn read(
+    content: &Content,
+    file: &mut std::fs::File,
+    name: &str,
+    vnni: Option<Avx512Vnni>,
+) -> anyhow::Result<QTensor> {
+    let tensor = content.tensor(file, name, &Device::Cpu).with_context(|| format!("GGUF tensor {name}"))?;
+    let kept = layout(tensor.dtype(), vnni);
+    if kept == tensor.dtype() || tensor.shape().dims().len() != 2 {
+        return Ok(tensor);
+    }
+    Ok(QTensor::quantize(&tensor.dequantize(&Device::Cpu)?, kept)?)
+}

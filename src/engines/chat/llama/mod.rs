@@ -1,0 +1,274 @@
+//! Decoder LLMs of the llama family (SmolLM2, Llama 3.x; qwen2/qwen3 share the layout) from GGUF, with
+//! a packed step for continuous batching.
+//!
+//! One [`Llama::step`] runs any mix of sequences, each bringing some new tokens (a prefill chunk or one
+//! decode token) and its own KV cache. The linear layers run once on the packed tokens of all sequences,
+//! so every quantized weight block is read once per step for the whole batch; attention runs per
+//! sequence against its own cache. Rows never mix, so a sequence's logits do not depend on its company.
+//!
+//! The same decoder is the language half of Qwen3-VL: tokens may carry 3-D (time, row, column) rotary
+//! positions (interleaved MRoPE), image placeholder rows take the vision tower's embeddings, and the
+//! tower's DeepStack features are added to those rows after the first layers.
+
+use candle_core::{Device, Result, Tensor};
+use rayon::prelude::*;
+
+use crate::engines::kernels::Pool;
+use crate::engines::nn::attention::{cached_causal, HeadShape};
+
+mod cache;
+mod config;
+mod load;
+mod weights;
+
+pub use cache::KvCache;
+pub use config::LlamaConfig;
+pub use load::safetensors_files;
+pub use weights::ChatWeights;
+use weights::{Quantized, RowSplit, Weight};
+
+struct Block {
+    attn_norm: Tensor,
+    q: Weight,
+    k: Weight,
+    v: Weight,
+    q_bias: Option<Tensor>,
+    k_bias: Option<Tensor>,
+    v_bias: Option<Tensor>,
+    q_norm: Option<Tensor>,
+    k_norm: Option<Tensor>,
+    o: Weight,
+    ffn_norm: Tensor,
+    gate: Weight,
+    up: Weight,
+    down: Weight,
+}
+
+/// One sequence's share of a step.
+pub struct StepInput<'a> {
+    /// Its cache, extended by the step.
+    pub cache: &'a mut KvCache,
+    /// New tokens to run.
+    pub tokens: &'a [u32],
+    /// Whether to compute logits for the last new token.
+    pub logits: bool,
+    /// Explicit (time, row, column) rotary positions of the new tokens; `None` continues the text
+    /// positions of the cache.
+    pub positions: Option<&'a [[u32; 3]]>,
+    /// Image features for some of the new tokens.
+    pub visual: Option<StepVisual>,
+    /// Whether the tokens are prompt tokens (run through the dense weights when the model keeps
+    /// them) rather than generated ones.
+    pub prompt: bool,
+}
+
+impl<'a> StepInput<'a> {
+    /// Text tokens at the cache's next positions.
+    pub fn text(cache: &'a mut KvCache, tokens: &'a [u32], logits: bool) -> Self {
+        Self { cache, tokens, logits, positions: None, visual: None, prompt: false }
+    }
+
+    /// Marks the tokens as prompt tokens.
+    pub fn prompt(mut self) -> Self {
+        self.prompt = true;
+        self
+    }
+}
+
+/// Vision features that replace the embeddings of some tokens of a step input.
+pub struct StepVisual {
+    /// Offsets of the image tokens within the input's new tokens, ascending.
+    pub rows: Vec<u32>,
+    /// Their embeddings, `[rows, hidden]`.
+    pub embeds: Tensor,
+    /// DeepStack features added after layer `i`, each `[rows, hidden]`.
+    pub deepstack: Vec<Tensor>,
+}
+
+/// A loaded model.
+pub struct Llama {
+    /// Shapes.
+    pub config: LlamaConfig,
+    embeddings: Tensor,
+    blocks: Vec<Block>,
+    norm: Tensor,
+    output: Quantized,
+    /// cos/sin tables `[context, head_dim / 2]`.
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    /// For each rotary frequency, the position axis it turns with (0 = time; MRoPE only).
+    rope_axis: Vec<usize>,
+    /// The threads its steps run on.
+    pool: Pool,
+}
+
+impl Llama {
+    /// A new, empty cache for a sequence.
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.config.layers)
+    }
+
+    /// Runs one packed step; returns the logits (`[vocab]`) of each input that asked for them, in order.
+    pub fn step(&self, inputs: &mut [StepInput<'_>]) -> Result<Vec<Vec<f32>>> {
+        self.pool.run(|| self.step_in_pool(inputs))
+    }
+
+    fn step_in_pool(&self, inputs: &mut [StepInput<'_>]) -> Result<Vec<Vec<f32>>> {
+        let c = &self.config;
+        let ids: Vec<u32> = inputs.iter().flat_map(|i| i.tokens.iter().copied()).collect();
+        let total = ids.len();
+        if total == 0 {
+            return Ok(Vec::new());
+        }
+        let starts: Vec<usize> = inputs.iter().map(|i| i.cache.len()).collect();
+        let ids_t = Tensor::from_vec(ids, total, &Device::Cpu)?;
+        let mut x = self.embeddings.index_select(&ids_t, 0)?;
+        let visual = self.gather_visual(inputs)?;
+        let rows = RowSplit::new(inputs)?;
+        if let Some((rows, embeds, _)) = &visual {
+            x = x.index_add(rows, &(embeds - x.index_select(rows, 0)?)?, 0)?;
+        }
+        let (q_width, kv_width) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
+        for (layer, block) in self.blocks.iter().enumerate() {
+            let h = candle_nn::ops::rms_norm(&x, &block.attn_norm, c.eps as f32)?;
+            let with_bias = |t: Tensor, b: &Option<Tensor>| match b {
+                Some(b) => t.broadcast_add(b),
+                None => Ok(t),
+            };
+            let mut q = with_bias(block.q.forward(&h, &rows)?, &block.q_bias)?;
+            let mut k = with_bias(block.k.forward(&h, &rows)?, &block.k_bias)?;
+            let v = with_bias(block.v.forward(&h, &rows)?, &block.v_bias)?;
+            if let (Some(qn), Some(kn)) = (&block.q_norm, &block.k_norm) {
+                q = candle_nn::ops::rms_norm(&q.reshape((total * c.heads, c.head_dim))?, qn, c.eps as f32)?
+                    .reshape((total, q_width))?;
+                k = candle_nn::ops::rms_norm(&k.reshape((total * c.kv_heads, c.head_dim))?, kn, c.eps as f32)?
+                    .reshape((total, kv_width))?;
+            }
+            let mut q = q.flatten_all()?.to_vec1::<f32>()?;
+            let mut k = k.flatten_all()?.to_vec1::<f32>()?;
+            let v = v.flatten_all()?.to_vec1::<f32>()?;
+            // RoPE at each token's own position, then append K/V to each sequence's cache.
+            let mut row = 0;
+            for (input, &start) in inputs.iter_mut().zip(&starts) {
+                for t in 0..input.tokens.len() {
+                    let pos = match input.positions {
+                        Some(p) => p[t].map(|a| a as usize),
+                        None => [(start + t) as i64 + input.cache.rope_delta; 3].map(|p| p.max(0) as usize),
+                    };
+                    self.rope(&mut q[(row + t) * q_width..][..q_width], pos);
+                    self.rope(&mut k[(row + t) * kv_width..][..kv_width], pos);
+                }
+                let n = input.tokens.len();
+                let span = row * kv_width..(row + n) * kv_width;
+                input.cache.append(layer, &k[span.clone()], &v[span]);
+                row += n;
+            }
+            let attn = self.attention(inputs, &starts, layer, &q)?;
+            let attn = Tensor::from_vec(attn, (total, q_width), &Device::Cpu)?;
+            x = (x + block.o.forward(&attn, &rows)?)?;
+            let h = candle_nn::ops::rms_norm(&x, &block.ffn_norm, c.eps as f32)?;
+            let gated = (candle_nn::ops::silu(&block.gate.forward(&h, &rows)?)? * block.up.forward(&h, &rows)?)?;
+            x = (x + block.down.forward(&gated, &rows)?)?;
+            if let Some((rows, _, deepstack)) = &visual {
+                if let Some(features) = deepstack.get(layer) {
+                    x = x.index_add(rows, features, 0)?;
+                }
+            }
+        }
+        for input in inputs.iter_mut() {
+            input.cache.advance(input.tokens.len());
+        }
+        // Logits only for the last new token of the sequences that sample.
+        let mut rows = Vec::new();
+        let mut end = 0;
+        for input in inputs.iter() {
+            end += input.tokens.len();
+            if input.logits && !input.tokens.is_empty() {
+                rows.push((end - 1) as u32);
+            }
+        }
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let n = rows.len();
+        let last = x.index_select(&Tensor::from_vec(rows, n, &Device::Cpu)?, 0)?;
+        let last = candle_nn::ops::rms_norm(&last, &self.norm, c.eps as f32)?;
+        let logits = self.output.forward(&last)?;
+        logits.to_vec2::<f32>()
+    }
+
+    /// The image rows of a step (packed offsets), their embeddings and DeepStack features.
+    #[allow(clippy::type_complexity)]
+    fn gather_visual(&self, inputs: &[StepInput<'_>]) -> Result<Option<(Tensor, Tensor, Vec<Tensor>)>> {
+        let (mut rows, mut embeds, mut deepstack) = (Vec::new(), Vec::new(), Vec::<Vec<Tensor>>::new());
+        let mut offset = 0u32;
+        for input in inputs {
+            if let Some(v) = &input.visual {
+                rows.extend(v.rows.iter().map(|r| r + offset));
+                embeds.push(v.embeds.clone());
+                for (layer, f) in v.deepstack.iter().enumerate() {
+                    match deepstack.get_mut(layer) {
+                        Some(list) => list.push(f.clone()),
+                        None => deepstack.push(vec![f.clone()]),
+                    }
+                }
+            }
+            offset += input.tokens.len() as u32;
+        }
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let n = rows.len();
+        let deepstack = deepstack.iter().map(|l| Tensor::cat(l, 0)).collect::<Result<Vec<_>>>()?;
+        Ok(Some((Tensor::from_vec(rows, n, &Device::Cpu)?, Tensor::cat(&embeds, 0)?, deepstack)))
+    }
+
+    fn rope(&self, row: &mut [f32], pos: [usize; 3]) {
+        let d = self.config.head_dim;
+        let half = d / 2;
+        let mut cos = [0f32; 256];
+        let mut sin = [0f32; 256];
+        for (j, &axis) in self.rope_axis.iter().enumerate() {
+            let p = pos[axis].min(self.config.context - 1);
+            cos[j] = self.cos[p * half + j];
+            sin[j] = self.sin[p * half + j];
+        }
+        for head in row.chunks_exact_mut(d) {
+            if self.config.rope_halves {
+                for i in 0..half {
+                    let (a, b) = (head[i], head[i + half]);
+                    head[i] = a * cos[i] - b * sin[i];
+                    head[i + half] = a * sin[i] + b * cos[i];
+                }
+            } else {
+                for i in 0..half {
+                    let (a, b) = (head[2 * i], head[2 * i + 1]);
+                    head[2 * i] = a * cos[i] - b * sin[i];
+                    head[2 * i + 1] = a * sin[i] + b * cos[i];
+                }
+            }
+        }
+    }
+
+    /// Causal attention of each sequence's new tokens over its cache; returns `[tokens, heads·head_dim]`.
+    fn attention(&self, inputs: &[StepInput<'_>], starts: &[usize], layer: usize, q: &[f32]) -> Result<Vec<f32>> {
+        let c = &self.config;
+        let (d, q_width) = (c.head_dim, c.heads * c.head_dim);
+        let mut out = vec![0f32; q.len()];
+        let mut jobs = Vec::with_capacity(inputs.len());
+        let (mut rest, mut row) = (out.as_mut_slice(), 0);
+        for (input, &start) in inputs.iter().zip(starts) {
+            let n = input.tokens.len();
+            let (chunk, tail) = rest.split_at_mut(n * q_width);
+            jobs.push((chunk, &q[row * q_width..(row + n) * q_width], start, n, input));
+            rest = tail;
+            row += n;
+        }
+        let shape = HeadShape { heads: c.heads, kv_heads: c.kv_heads, head_dim: d };
+        jobs.into_par_iter().for_each(|(out, q, start, _, input)| {
+            let (keys, values) = input.cache.layer(layer);
+            cached_causal(q, keys, values, start, shape, out);
+        });
+        Ok(out)
+    }
+}

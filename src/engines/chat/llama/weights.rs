@@ -1,0 +1,209 @@
+//! Where a decoder's linear weights live and which product runs them: quantized rows on candle's
+//! quantized matmul or the int8 kernel, prompt rows on a dense copy (bf16 kernel or candle's f32 matmul)
+//! for models small enough to keep one.
+
+use candle_core::quantized::gguf_file::Content;
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{Device, Module, Result, Tensor};
+
+use super::StepInput;
+use crate::engines::kernels::quantized::PackedQuant;
+use crate::engines::kernels::{Avx512Vnni, Kernels};
+use crate::engines::nn::dense::Dense;
+
+/// Dense copies are kept only for models whose linear weights fit in this many bytes as f32.
+pub(super) const DENSE_BUDGET_BYTES: usize = 1 << 30;
+
+/// What a chat checkpoint's weights are, as far as choosing kernels goes; read with its spec, so that
+/// reports need not open the file again, and by the loader, so the two agree.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChatWeights {
+    /// A GGUF file (quantized), rather than a safetensors folder (f32).
+    pub gguf: bool,
+    /// GGUF: prompt rows run on a dense copy of the linear weights (models whose linear weights take
+    /// up to 1 GiB as f32).
+    pub prompt_copy: bool,
+    /// GGUF: the types of the matrices the quantized products run on (linear layers and the output
+    /// projection), each once, in the order met.
+    pub types: Vec<GgmlDType>,
+    /// Safetensors: the checkpoint has a vision tower (Qwen3-VL).
+    pub vision: bool,
+}
+
+impl ChatWeights {
+    /// Reads a GGUF file's tensor table.
+    pub fn of_gguf(content: &Content) -> Self {
+        let mut names: Vec<&String> = content.tensor_infos.keys().collect();
+        names.sort();
+        let linear = |name: &str| name.starts_with("blk.") && content.tensor_infos[name].shape.dims().len() == 2;
+        let linear_bytes: usize =
+            names.iter().filter(|n| linear(n)).map(|n| content.tensor_infos[*n].shape.elem_count() * 4).sum();
+        let mut types = Vec::new();
+        let output =
+            if content.tensor_infos.contains_key("output.weight") { "output.weight" } else { "token_embd.weight" };
+        for name in names.iter().filter(|n| linear(n) || n.as_str() == output) {
+            let dtype = content.tensor_infos[*name].ggml_dtype;
+            if !types.contains(&dtype) {
+                types.push(dtype);
+            }
+        }
+        Self { gguf: true, prompt_copy: linear_bytes <= DENSE_BUDGET_BYTES, types, vision: false }
+    }
+
+    /// Which implementation each hot operation runs with these weights and `kernels`.
+    pub fn report(&self, kernels: Kernels) -> Vec<String> {
+        let mut lines = Vec::new();
+        if self.gguf {
+            let (mut vnni, mut reference) = (Vec::new(), Vec::new());
+            for &dtype in &self.types {
+                let kept = layout(dtype, kernels.vnni);
+                let name = if kept == dtype { format!("{dtype:?}") } else { format!("{dtype:?} as {kept:?}") };
+                match kernels.vnni.filter(|_| packs(kept)) {
+                    Some(_) => vnni.push(name),
+                    None => reference.push(name),
+                }
+            }
+            let mut products = Vec::new();
+            for (kernel, names) in [("vnni-avx512", vnni), ("reference", reference)] {
+                if !names.is_empty() {
+                    products.push(format!("{kernel} ({})", names.join(", ")));
+                }
+            }
+            lines.push(format!("quantized matmul: {}", products.join(", ")));
+            lines.push(match self.prompt_copy {
+                true => format!("prompt rows: dense copy on {}", kernels.dense()),
+                false => "prompt rows: quantized matmul".to_string(),
+            });
+        } else {
+            lines.push("matmul: reference (f32 weights)".to_string());
+        }
+        // The decoder's attention and rotary embedding are the model's own scalar code (f64 scores),
+        // the same on every kernel selection.
+        lines.push("attention: portable".to_string());
+        if self.vision {
+            lines.push("vision tower: reference".to_string());
+        }
+        lines
+    }
+}
+
+/// The type a GGUF matrix is kept in at load: candle's CPU kernels for Q4_1 / Q5_0 / Q5_1 are scalar,
+/// so those are re-quantized to Q8_0, which has SIMD kernels, except Q4_1 where the int8 kernel runs (it
+/// takes Q4_1 as it is). Q8_0 holds every 4- and 5-bit level of a block to within 1/254 of the block's
+/// range, so the model is the same to within that rounding.
+pub(super) fn layout(dtype: GgmlDType, vnni: Option<Avx512Vnni>) -> GgmlDType {
+    match dtype {
+        GgmlDType::Q4_1 if vnni.is_some() => dtype,
+        GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1 => GgmlDType::Q8_0,
+        _ => dtype,
+    }
+}
+
+/// Whether the int8 kernel takes matrices of this type as they are.
+pub(super) fn packs(dtype: GgmlDType) -> bool {
+    matches!(dtype, GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q8_0)
+}
+
+/// A linear layer's weight: quantized for decode rows, which are memory-bound, plus, for small models,
+/// a dense copy (bf16 where the CPU has it) for prompt rows, where a dense GEMM runs several times faster
+/// than quantized dot products. The path depends on what a row is (prompt or decode), never on the
+/// other rows of the step, so a sequence's output does not depend on its company.
+pub(super) struct Weight {
+    quantized: Quantized,
+    dense: Option<Dense>,
+}
+
+/// The quantized product: our VNNI kernel where the CPU has it and the type allows, else candle's.
+pub(super) enum Quantized {
+    Packed(PackedQuant),
+    Candle(QMatMul),
+}
+
+impl Quantized {
+    pub(super) fn new(tensor: QTensor, vnni: Option<Avx512Vnni>) -> Result<Self> {
+        if let Some(cpu) = vnni.filter(|_| packs(tensor.dtype())) {
+            if let Some(packed) = PackedQuant::from_qtensor(cpu, &tensor)? {
+                return Ok(Quantized::Packed(packed));
+            }
+        }
+        Ok(Quantized::Candle(QMatMul::from_qtensor(tensor)?))
+    }
+
+    pub(super) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Quantized::Candle(q) => q.forward(x),
+            Quantized::Packed(p) => crate::engines::nn::dense::map_rows(x, p.n(), |rows, m| p.forward(rows, m)),
+        }
+    }
+}
+
+/// Which rows of a packed step are prompt rows, and how to put the two groups back in order.
+pub(super) struct RowSplit {
+    decode: Tensor,
+    prompt: Tensor,
+    /// Position of each packed row in `[decode rows…, prompt rows…]`.
+    inverse: Tensor,
+    all_prompt: bool,
+    any_prompt: bool,
+}
+
+impl RowSplit {
+    pub(super) fn new(inputs: &[StepInput<'_>]) -> Result<Self> {
+        let (mut decode, mut prompt) = (Vec::new(), Vec::new());
+        let mut row = 0u32;
+        for input in inputs {
+            for _ in input.tokens {
+                if input.prompt {
+                    prompt.push(row)
+                } else {
+                    decode.push(row)
+                }
+                row += 1;
+            }
+        }
+        let mut inverse = vec![0u32; row as usize];
+        for (at, &r) in decode.iter().chain(&prompt).enumerate() {
+            inverse[r as usize] = at as u32;
+        }
+        let (all_prompt, any_prompt) = (decode.is_empty(), !prompt.is_empty());
+        let (d, p, n) = (decode.len(), prompt.len(), inverse.len());
+        Ok(Self {
+            decode: Tensor::from_vec(decode, d, &Device::Cpu)?,
+            prompt: Tensor::from_vec(prompt, p, &Device::Cpu)?,
+            inverse: Tensor::from_vec(inverse, n, &Device::Cpu)?,
+            all_prompt,
+            any_prompt,
+        })
+    }
+}
+
+impl Weight {
+    /// An f32 weight (safetensors checkpoints): one path for every row.
+    pub(super) fn new(weight: QMatMul) -> Self {
+        Self { quantized: Quantized::Candle(weight), dense: None }
+    }
+
+    /// A GGUF weight, with a dense copy for prompt rows when `keep_dense` and the weight is quantized
+    /// (float weights take candle's f32 matmul for every row, like safetensors checkpoints).
+    pub(super) fn from_gguf(tensor: QTensor, keep_dense: bool, kernels: Kernels) -> Result<Self> {
+        let float = matches!(tensor.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
+        let dense = if keep_dense && !float {
+            Some(Dense::new(&tensor.dequantize(&Device::Cpu)?, None, kernels.bf16)?)
+        } else {
+            None
+        };
+        Ok(Self { quantized: Quantized::new(tensor, kernels.vnni)?, dense })
+    }
+
+    pub(super) fn forward(&self, x: &Tensor, rows: &RowSplit) -> Result<Tensor> {
+        let Some(w) = self.dense.as_ref().filter(|_| rows.any_prompt) else {
+            return self.quantized.forward(x);
+        };
+        if rows.all_prompt {
+            return w.forward(x);
+        }
+        let decode = self.quantized.forward(&x.index_select(&rows.decode, 0)?)?;
+        let prompt = w.forward(&x.index_select(&rows.prompt, 0)?)?;
+        Tensor::cat(&[decode, prompt], 0)?.index_select(&rows.inverse, 0)
+    }
+}
