@@ -257,8 +257,6 @@ fn a_chat_step_that_panics_fails_its_batch_cleanly_and_the_model_serves_again() 
     let server = TestServer::builder()
         .roster(&common::roster_with_copy(SMOLLM, FAULTY_CHAT, &format!("fault_panic_marker = \"{MARKER}\"")))
         .env("MODELS", FAULTY_CHAT)
-        // Warmup is not under test here; without it each of the two reloads is seconds shorter.
-        .env("ENABLE_WARMUP", 0)
         .start();
     let before = answer(&server.chat(france()));
     assert!(before.contains("Paris"), "{before}");
