@@ -325,30 +325,85 @@ fn bad_uploads_get_clear_errors() {
     assert!(ok.json()["text"].as_str().unwrap().to_lowercase().contains("hello"));
 }
 
+/// Embeddings keep their latency while the speech model is busy: the two models have their own
+/// queues, actors, threads and thread pools, so an embedding never waits for a transcription.
+///
+/// The test times embeddings on an idle server, then again while two clients keep the speech model
+/// transcribing back to back (one clip running, one queued, for the whole measurement). The two
+/// models still share the machine's cores, so the busy server is slower: on 2 cores the embedding
+/// engine gets about half the CPU, and measurements are noisy. Hence medians (one slow request does
+/// not count) and a loose bound: eight times the idle median plus 100 ms. What the bound rules out
+/// is an embedding waiting behind audio work: that costs a transcription (seconds) or at least a
+/// Whisper forward pass, far beyond the bound on a slow machine and a fast one alike.
 #[test]
 fn audio_load_does_not_hold_up_embeddings() {
     let dir = tempfile::tempdir().unwrap();
     let wav = speak(dir.path(), "load", SHORT);
-    let server =
-        TestServer::builder().env("MODELS", format!("{WHISPER},{MINILM}")).env("AUDIO_MAX_QUEUE_SIZE", 2).start();
-    let server = &server;
-    let wav = &wav;
-    let (audio, embeddings): (Vec<u16>, Vec<u16>) = std::thread::scope(|s| {
-        let audio: Vec<_> = (0..6).map(|_| s.spawn(move || transcribe(server, wav, &[]).status)).collect();
-        let embed: Vec<_> = (0..10)
-            .map(|i| {
+    let server = TestServer::builder()
+        .env("MODELS", format!("{WHISPER},{MINILM}"))
+        .env("AUDIO_MAX_QUEUE_SIZE", 2)
+        // Every text is new anyway; no cache keeps the timing honest.
+        .env("EMBEDDING_CACHE_SIZE", 0)
+        .start();
+    let embed_ms = |i: usize| {
+        let started = std::time::Instant::now();
+        let r = server.embed(json!({ "model": MINILM, "input": format!("Sentence number {i} of the latency probe.") }));
+        assert_eq!(r.status, 200, "{}", r.text);
+        started.elapsed().as_secs_f64() * 1e3
+    };
+    let audio_in_flight = || server.get("/health").json()["audio_queues"][WHISPER]["depth"].as_u64().unwrap();
+    const SAMPLES: usize = 15;
+
+    // Idle: a few requests to settle, then the measurement.
+    (0..3).for_each(|i| {
+        embed_ms(i);
+    });
+    let idle = median((0..SAMPLES).map(|i| embed_ms(100 + i)).collect());
+
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (busy, transcribed) = std::thread::scope(|s| {
+        let (server, wav, stop) = (&server, &wav, &stop);
+        let clients: Vec<_> = (0..2)
+            .map(|_| {
                 s.spawn(move || {
-                    server.embed(json!({ "model": MINILM, "input": format!("sentence {i} while audio runs") })).status
+                    let mut done = 0;
+                    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        let r = transcribe(server, wav, &[]);
+                        assert_eq!(r.status, 200, "{}", r.text);
+                        done += 1;
+                    }
+                    done
                 })
             })
             .collect();
-        (audio.into_iter().map(|h| h.join().unwrap()).collect(), embed.into_iter().map(|h| h.join().unwrap()).collect())
+        let started = std::time::Instant::now();
+        while audio_in_flight() < 2 {
+            assert!(started.elapsed().as_secs() < 60, "the audio clients never got going");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let busy: Vec<f64> = (0..SAMPLES)
+            .map(|i| {
+                assert!(audio_in_flight() >= 1, "audio stopped during the measurement");
+                let ms = embed_ms(200 + i);
+                assert!(audio_in_flight() >= 1, "audio stopped during the measurement");
+                ms
+            })
+            .collect();
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let transcribed: usize = clients.into_iter().map(|c| c.join().unwrap()).sum();
+        (median(busy), transcribed)
     });
-    assert!(audio.iter().all(|s| *s == 200 || *s == 429), "{audio:?}");
-    assert!(audio.contains(&429), "a queue of 2 refuses some of 6: {audio:?}");
-    assert!(embeddings.iter().all(|s| *s == 200), "embeddings keep succeeding: {embeddings:?}");
-    let health: Value = server.get("/health").json();
-    assert_eq!(health["audio_queues"][WHISPER]["capacity"], 2);
+    assert!(transcribed >= 2, "the speech model was busy: {transcribed} transcriptions");
+    let bound = 8.0 * idle + 100.0;
+    assert!(
+        busy <= bound,
+        "embeddings under audio load: median {busy:.1} ms against {idle:.1} ms idle (bound {bound:.0} ms)"
+    );
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
 }
 
 #[test]
@@ -438,8 +493,15 @@ fn a_hub_safetensors_whisper_matches_its_ctranslate2_original() {
     assert!(wer(SHORT, a["text"].as_str().unwrap()) < 0.3);
 }
 
+/// `AUDIO_MAX_CONCURRENT=2` runs two transcriptions at the same time, not one after the other.
+///
+/// Three clients upload a clip at once. The server's own record says what ran when: the queue wait
+/// of each request (`audio_request_queue_wait_seconds`, from arrival to the start of its
+/// transcription). Two requests start at once, on the two workers; the third waits for one of
+/// them to finish. A wall-clock comparison would say little on a 2-core machine, where two
+/// transcriptions side by side each run about half as fast; the queue waits do not depend on speed.
 #[test]
-fn audio_max_concurrent_runs_that_many_real_workers() {
+fn audio_max_concurrent_runs_two_transcriptions_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let wav = speak(dir.path(), "pair", SHORT);
     let server = TestServer::builder().env("MODELS", WHISPER).env("AUDIO_MAX_CONCURRENT", 2).start();
@@ -454,13 +516,48 @@ fn audio_max_concurrent_runs_that_many_real_workers() {
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+    let waits = "audio_request_queue_wait_seconds";
+    let count = |metrics: &str, bucket: &str| {
+        let series = match bucket {
+            "" => format!("{waits}_count{{model=\"{WHISPER}\"}}"),
+            le => format!("{waits}_bucket{{model=\"{WHISPER}\",le=\"{le}\"}}"),
+        };
+        common::metric(metrics, &series).unwrap_or(0.0)
+    };
+    let before = server.metrics();
+
     let (server, wav) = (&server, &wav);
-    let texts: Vec<String> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..2).map(|_| s.spawn(move || transcribe(server, wav, &[]))).collect();
-        handles.into_iter().map(|h| h.join().unwrap().json()["text"].as_str().unwrap().to_string()).collect()
+    let barrier = std::sync::Barrier::new(3);
+    let (texts, latencies): (Vec<String>, Vec<f64>) = std::thread::scope(|s| {
+        let barrier = &barrier;
+        let handles: Vec<_> = (0..3)
+            .map(|_| {
+                s.spawn(move || {
+                    barrier.wait();
+                    let started = std::time::Instant::now();
+                    let r = transcribe(server, wav, &[]);
+                    assert_eq!(r.status, 200, "{}", r.text);
+                    (r.json()["text"].as_str().unwrap().to_string(), started.elapsed().as_secs_f64())
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).unzip()
     });
-    assert_eq!(texts[0], texts[1], "both workers give the same transcript");
+    assert!(texts.iter().all(|t| t == &texts[0]), "every worker gives the same transcript: {texts:?}");
     assert!(wer(SHORT, &texts[0]) < 0.3, "{}", texts[0]);
+
+    // A wait "at once" is one far shorter than a transcription: a quarter of the quickest request,
+    // rounded down to a bucket of the histogram (its bounds are 1 ms, 2.5 ms, …, 0.1 s, 0.25 s, …).
+    let quickest = latencies.iter().copied().fold(f64::INFINITY, f64::min);
+    let bucket = ["0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5"]
+        .into_iter()
+        .rev()
+        .find(|b| b.parse::<f64>().unwrap() <= quickest / 4.0)
+        .unwrap_or_else(|| panic!("a transcription of {quickest:.3} s is too quick to tell waits apart"));
+    let after = server.metrics();
+    assert_eq!(count(&after, "") - count(&before, ""), 3.0);
+    let at_once = count(&after, bucket) - count(&before, bucket);
+    assert_eq!(at_once, 2.0, "two of three requests started within {bucket} s, the quickest took {quickest:.2} s");
 }
 
 /// A burst at several times the audio queue's capacity: every request is answered, with 200 or 429

@@ -1,15 +1,16 @@
 //! Promise 2: a failing model does not take the process or its neighbours down.
 //!
-//! The real MiniLM model is broken on purpose through the test-only `fault_*` roster hooks (accepted
-//! only by builds with the `fault-injection` feature): loads that fail, warmups that panic, batches
-//! that fail or panic, once or for good. Each test checks what clients get, what `/health` and
-//! `/metrics` say, and that a healthy neighbour keeps serving.
+//! The real MiniLM and SmolLM2 models are broken on purpose through the test-only `fault_*` roster
+//! hooks (accepted only by builds with the `fault-injection` feature): loads that fail, warmups that
+//! panic, batches that fail or panic, once or for good, and chat steps that panic. Each test checks
+//! what clients get, what `/health` and `/metrics` say, and that a healthy neighbour keeps serving.
 #![cfg(feature = "fault-injection")]
 
 mod common;
 
-use common::{metric, TestServer, MINILM};
+use common::{metric, TestServer, MINILM, SMOLLM};
 use serde_json::{json, Value};
+use std::io::BufRead;
 use std::time::Duration;
 
 const BROKEN: &str = "broken-minilm";
@@ -123,4 +124,183 @@ fn repeated_panics_mark_the_model_failed_instead_of_restarting_forever() {
     assert_eq!(restarts(&server, BROKEN), Some(2.0));
     let failed: Value = health["models"][BROKEN].clone();
     assert!(failed["last_error"].as_str().unwrap().contains("panicked"), "{failed}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Chat: a decode step that panics
+// ---------------------------------------------------------------------------------------------
+
+/// SmolLM2 served under another id, with the chat fault hook: a request whose messages contain
+/// the marker makes the engine panic in the first decode step it joins, with whatever other
+/// sequences share that step.
+const FAULTY_CHAT: &str = "faulty-smollm";
+const MARKER: &str = "PANIC";
+
+/// A chat request to the faulty model; `extra` adds or overrides fields.
+fn chat(user: &str, extra: Value) -> Value {
+    let mut body = json!({
+        "model": FAULTY_CHAT,
+        // The pinned prompt of the chat tests: this small 4-bit model needs its system message.
+        "messages": [
+            { "role": "system", "content": "You are a helpful assistant." },
+            { "role": "user", "content": user },
+        ],
+        "temperature": 0,
+        "max_tokens": 32,
+    });
+    body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    body
+}
+
+fn france() -> Value {
+    chat("What is the capital of France?", json!({}))
+}
+
+fn poisoned(extra: Value) -> Value {
+    chat(&format!("{MARKER} What is the capital of France?"), extra)
+}
+
+/// A long generation, streamed: it is still running when the poisoned request joins its batch.
+fn story() -> Value {
+    chat("Write a long story about a dragon who learns to cook.", json!({ "stream": true, "max_tokens": 400 }))
+}
+
+fn answer(r: &common::Response) -> String {
+    assert_eq!(r.status, 200, "{}", r.text);
+    r.json()["choices"][0]["message"]["content"].as_str().unwrap().to_string()
+}
+
+/// A chat stream read frame by frame as it arrives.
+struct Sse {
+    lines: std::io::Lines<std::io::BufReader<reqwest::blocking::Response>>,
+}
+
+/// How a stream ended.
+#[derive(Debug)]
+enum StreamEnd {
+    /// A finish chunk, then `[DONE]`.
+    Finished { reason: String },
+    /// An error frame, then `[DONE]`.
+    Failed { error: Value },
+}
+
+impl Sse {
+    fn open(server: &TestServer, body: Value) -> Sse {
+        let r = common::client().post(server.url("/v1/chat/completions")).json(&body).send().expect("request sent");
+        assert_eq!(r.status(), 200);
+        assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+        Sse { lines: std::io::BufReader::new(r).lines() }
+    }
+
+    /// The next frame's payload; `None` at the end of the body. A hang fails the read after the
+    /// client's timeout.
+    fn frame(&mut self) -> Option<String> {
+        for line in self.lines.by_ref() {
+            let line = line.expect("the stream is read to its end, not cut or left hanging");
+            if line.is_empty() {
+                continue;
+            }
+            return Some(line.strip_prefix("data: ").unwrap_or_else(|| panic!("not a data frame: {line}")).to_string());
+        }
+        None
+    }
+
+    /// Reads up to the first content chunk: the sequence is in the running batch and generating.
+    fn first_content(&mut self) -> String {
+        loop {
+            let frame = self.frame().expect("the stream ended before any content");
+            let chunk: Value = serde_json::from_str(&frame).unwrap_or_else(|_| panic!("not JSON: {frame}"));
+            assert!(chunk.get("error").is_none(), "failed before the poisoned request: {chunk}");
+            if let Some(text) = chunk["choices"][0]["delta"]["content"].as_str().filter(|t| !t.is_empty()) {
+                return text.to_string();
+            }
+        }
+    }
+
+    /// Reads the rest: it must end cleanly, with a finish chunk or one error frame, then `[DONE]`
+    /// and nothing after it.
+    fn end(mut self) -> StreamEnd {
+        let end = loop {
+            let frame = self.frame().expect("the stream ended without [DONE]");
+            assert_ne!(frame, "[DONE]", "[DONE] without a finish chunk or an error frame");
+            let chunk: Value = serde_json::from_str(&frame).unwrap_or_else(|_| panic!("not JSON: {frame}"));
+            if let Some(error) = chunk.get("error") {
+                break StreamEnd::Failed { error: error.clone() };
+            }
+            if let Some(reason) = chunk["choices"][0]["finish_reason"].as_str() {
+                break StreamEnd::Finished { reason: reason.to_string() };
+            }
+        };
+        assert_eq!(self.frame().as_deref(), Some("[DONE]"), "{end:?} is followed by [DONE]");
+        assert_eq!(self.frame(), None, "nothing after [DONE]");
+        end
+    }
+}
+
+/// An error frame in OpenAI's error shape, naming the injected panic.
+fn assert_generation_failed(error: &Value) {
+    assert_eq!(error["type"], "server_error", "{error}");
+    assert_eq!(error["code"], "generation_failed", "{error}");
+    assert!(error.get("param").is_some(), "{error}");
+    let message = error["message"].as_str().unwrap();
+    assert!(message.contains("panicked") && message.contains("fault injection"), "{message}");
+}
+
+/// A request carrying the marker makes a decode step of the real SmolLM2 panic while two long
+/// streams share the running batch. The poisoned request gets a clear 500; the two streams end
+/// cleanly (an error frame, or their finish if they were already done), none is left hanging; the
+/// supervisor reloads the model, which gives the same "Paris" answer as before. The same marker in
+/// a streamed request gives a 200 stream whose only news is one error frame; a request sent right
+/// behind it waits out the reload and is answered.
+#[test]
+fn a_chat_step_that_panics_fails_its_batch_cleanly_and_the_model_serves_again() {
+    let server = TestServer::builder()
+        .roster(&common::roster_with_copy(SMOLLM, FAULTY_CHAT, &format!("fault_panic_marker = \"{MARKER}\"")))
+        .env("MODELS", FAULTY_CHAT)
+        .start();
+    let before = answer(&server.chat(france()));
+    assert!(before.contains("Paris"), "{before}");
+
+    // Two long generations are running: each has streamed its first words.
+    let mut stories = [Sse::open(&server, story()), Sse::open(&server, story())];
+    for s in &mut stories {
+        s.first_content();
+    }
+    // The poisoned request joins their batch and the next step panics.
+    let failed = server.chat(poisoned(json!({})));
+    let message = failed.expect_error(500);
+    assert!(message.contains(FAULTY_CHAT) && message.contains("fault injection"), "{message}");
+    let ends: Vec<StreamEnd> = stories.into_iter().map(Sse::end).collect();
+    for end in &ends {
+        match end {
+            StreamEnd::Failed { error } => assert_generation_failed(error),
+            StreamEnd::Finished { reason } => assert!(reason == "stop" || reason == "length", "{reason}"),
+        }
+    }
+    // 400 tokens take seconds: the stories were mid-generation and shared the panicking step.
+    assert!(ends.iter().any(|e| matches!(e, StreamEnd::Failed { .. })), "{ends:?}");
+
+    let health = server.wait_health("the chat model to be back", |h| {
+        h["models"][FAULTY_CHAT]["state"] == "ready" && h["models"][FAULTY_CHAT]["restarts"] == 1
+    });
+    let model = &health["models"][FAULTY_CHAT];
+    assert!(model["last_error"].as_str().unwrap().contains("fault injection"), "{model}");
+    assert_eq!(answer(&server.chat(france())), before, "the reloaded model answers as before");
+
+    // Streaming: admitted, so the response is a 200 stream; it carries the error, then [DONE].
+    let mut stream = Sse::open(&server, poisoned(json!({ "stream": true })));
+    let role: Value = serde_json::from_str(&stream.frame().unwrap()).unwrap();
+    assert_eq!(role["choices"][0]["delta"]["role"], "assistant", "{role}");
+    match stream.end() {
+        StreamEnd::Failed { error } => assert_generation_failed(&error),
+        other => panic!("the poisoned stream should fail, got {other:?}"),
+    }
+    // Sent while the model reloads: it waits in the queue and is served by the new engine.
+    assert_eq!(answer(&server.chat(france())), before);
+
+    let health = server.wait_health("the second restart", |h| h["models"][FAULTY_CHAT]["state"] == "ready");
+    assert_eq!(health["models"][FAULTY_CHAT]["restarts"], 2);
+    assert_eq!(restarts(&server, FAULTY_CHAT), Some(2.0));
+    let served = format!("chat_requests_total{{model=\"{FAULTY_CHAT}\",status=\"500\"}}");
+    assert_eq!(metric(&server.metrics(), &served), Some(1.0), "only the plain poisoned request is a 500");
 }

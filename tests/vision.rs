@@ -107,12 +107,81 @@ fn images_take_the_prompt_tokens_the_processor_computes() {
     let r = server.chat(conversation);
     assert_eq!(r.status, 200, "{}", r.text);
 
-    // Streaming with an image.
-    let mut streamed = ask(json!([text, image_part(&jpeg)]));
+    // Streaming with an image gives the same greedy answer as the plain request, chunk by chunk:
+    // a stream that broke off mid-generation would still end in `[DONE]`, so check what it says.
+    let request = ask(json!([text, image_part(&jpeg)]));
+    let plain = server.chat(request.clone()).json();
+    let mut streamed = request;
     streamed["stream"] = json!(true);
-    let r = server.chat(streamed);
-    assert_eq!(r.status, 200, "{}", r.text);
-    assert!(r.text.trim_end().ends_with("data: [DONE]"), "{}", r.text);
+    streamed["stream_options"] = json!({ "include_usage": true });
+    let stream = Stream::read(&server.chat(streamed));
+    assert_eq!(stream.content, plain["choices"][0]["message"]["content"].as_str().unwrap());
+    assert_eq!(stream.finish_reason, plain["choices"][0]["finish_reason"]);
+    assert_eq!(stream.usage["prompt_tokens"], plain["usage"]["prompt_tokens"]);
+    assert_eq!(stream.usage["prompt_tokens"], base_tokens + 2 + 6, "the image's tokens are counted");
+    // Every generated token is counted once: as many as the plain answer's, all of `max_tokens`
+    // when the answer was cut at the limit, and at least one per content chunk.
+    let generated = stream.usage["completion_tokens"].as_u64().unwrap();
+    assert_eq!(generated, plain["usage"]["completion_tokens"].as_u64().unwrap());
+    if stream.finish_reason == "length" {
+        assert_eq!(generated, 6, "max_tokens of the request");
+    }
+    assert!(generated >= stream.content_chunks as u64 && generated >= 1, "{generated} tokens");
+    assert_eq!(stream.usage["total_tokens"].as_u64().unwrap(), base_tokens + 2 + 6 + generated);
+}
+
+/// A chat completion stream, read chunk by chunk.
+struct Stream {
+    /// The content deltas, joined.
+    content: String,
+    /// Chunks that carried content.
+    content_chunks: usize,
+    /// The finish chunk's reason.
+    finish_reason: Value,
+    /// The usage chunk's `usage`.
+    usage: Value,
+}
+
+impl Stream {
+    /// Parses an SSE body with `include_usage`: a role chunk, content chunks, one finish chunk, one
+    /// usage chunk with no choices, then `[DONE]`; no error frame anywhere.
+    fn read(r: &common::Response) -> Stream {
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert!(r.headers["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+        let frames: Vec<&str> = r
+            .text
+            .split("\n\n")
+            .filter(|f| !f.is_empty())
+            .map(|f| f.strip_prefix("data: ").unwrap_or_else(|| panic!("not an SSE data frame: {f:?}")))
+            .collect();
+        assert_eq!(frames.last(), Some(&"[DONE]"), "{}", r.text);
+        let chunks: Vec<Value> = frames[..frames.len() - 1].iter().map(|f| serde_json::from_str(f).unwrap()).collect();
+        assert!(chunks.iter().all(|c| c.get("error").is_none()), "an error frame: {}", r.text);
+        assert!(chunks.len() >= 3, "role, finish and usage chunks at least: {}", r.text);
+        let (usage_chunk, chunks) = chunks.split_last().unwrap();
+        let (finish_chunk, chunks) = chunks.split_last().unwrap();
+        for chunk in chunks.iter().chain([finish_chunk, usage_chunk]) {
+            assert_eq!(chunk["object"], "chat.completion.chunk");
+            assert_eq!(chunk["id"], chunks[0]["id"], "one id for the whole stream");
+        }
+        assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+        let mut content = String::new();
+        let mut content_chunks = 0;
+        for chunk in chunks {
+            let choice = &chunk["choices"][0];
+            assert!(choice["finish_reason"].is_null(), "a finish before the finish chunk: {chunk}");
+            assert!(chunk["usage"].is_null(), "usage before the usage chunk: {chunk}");
+            if let Some(delta) = choice["delta"]["content"].as_str().filter(|d| !d.is_empty()) {
+                content.push_str(delta);
+                content_chunks += 1;
+            }
+        }
+        let finish_reason = finish_chunk["choices"][0]["finish_reason"].clone();
+        assert!(finish_reason == "stop" || finish_reason == "length", "{finish_chunk}");
+        assert_eq!(finish_chunk["choices"][0]["delta"], json!({}), "{finish_chunk}");
+        assert_eq!(usage_chunk["choices"], json!([]), "{usage_chunk}");
+        Stream { content, content_chunks, finish_reason, usage: usage_chunk["usage"].clone() }
+    }
 }
 
 #[test]

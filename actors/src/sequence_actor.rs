@@ -4,8 +4,11 @@
 //! Each [`Generate`] request waits in the actor's queue until a slot of the running batch is free,
 //! joins at the next step, receives its events through its own channel, and leaves the batch the step
 //! it finishes or its client goes away. Steps re-arm themselves through the actor's own mailbox, so
-//! requests that arrive meanwhile are admitted between two steps. A panic or error fails only the
-//! sequences in the running batch; the supervisor restarts the engine and the queue is served after.
+//! requests that arrive meanwhile are admitted between two steps. A panic or error in a step fails
+//! only the sequences in the running batch; a panic while starting or removing a sequence does the
+//! same (with the sequence being started). Every engine call runs under `catch_unwind`, since actix's
+//! supervisor restarts an actor that stops but not one that panics; the supervisor reloads the engine
+//! and the queue is served after.
 
 use actix::prelude::*;
 use std::collections::{HashMap, VecDeque};
@@ -189,20 +192,33 @@ impl<L: StepLoader> SequenceActor<L> {
             }
             return;
         };
+        let mut panicked = None;
         while self.running.len() < self.config.max_running.max(1) {
             let Some(w) = self.waiting.pop_front() else { break };
             let id = self.next_id;
             self.next_id += 1;
             let Generate { request, events, permit } = w.msg;
-            match engine.add(id, request) {
-                Ok(()) => {
+            // Starting a sequence runs engine code (a vision encoder, for one): a panic there must
+            // not take the actor down, which actix would not restart.
+            match catch_unwind(AssertUnwindSafe(|| engine.add(id, request))) {
+                Ok(Ok(())) => {
                     let _ = events.send(SequenceMessage::Admitted(w.since.elapsed()));
                     self.running.insert(id, Running { events, _permit: permit });
                 }
-                Err(e) => {
+                Ok(Err(e)) => {
                     let _ = events.send(SequenceMessage::Failed(JobError::EngineFailed(e.0)));
                 }
+                Err(panic) => {
+                    let reason = format!("engine panicked: {}", panic_message(&panic));
+                    let _ = events.send(SequenceMessage::Failed(JobError::EngineFailed(reason.clone())));
+                    panicked = Some(reason);
+                    break;
+                }
             }
+        }
+        if let Some(reason) = panicked {
+            self.engine_failed(reason, ctx);
+            return;
         }
         if !self.running.is_empty() && !self.step_armed {
             self.step_armed = true;
@@ -213,6 +229,19 @@ impl<L: StepLoader> SequenceActor<L> {
     fn fail_running(&mut self, error: JobError) {
         for (_, r) in self.running.drain() {
             let _ = r.events.send(SequenceMessage::Failed(error.clone()));
+        }
+    }
+
+    /// The engine panicked or failed: its state is lost, so the running sequences fail, and the
+    /// actor stops for its supervisor to reload the engine, or, past the restart budget, refuses
+    /// the queue.
+    fn engine_failed(&mut self, reason: String, ctx: &mut Context<Self>) {
+        self.engine = None;
+        self.fail_running(JobError::EngineFailed(reason.clone()));
+        if self.supervision.fault(reason) {
+            ctx.stop();
+        } else {
+            self.schedule(ctx);
         }
     }
 }
@@ -260,10 +289,13 @@ impl<L: StepLoader> Handler<Step> for SequenceActor<L> {
         let gone: Vec<u64> = self.running.iter().filter(|(_, r)| r.events.is_closed()).map(|(id, _)| *id).collect();
         if !gone.is_empty() {
             self.observer.cancelled(gone.len());
-        }
-        for id in gone {
-            engine.remove(id);
-            self.running.remove(&id);
+            for id in &gone {
+                self.running.remove(id);
+            }
+            if let Err(panic) = catch_unwind(AssertUnwindSafe(|| gone.iter().for_each(|id| engine.remove(*id)))) {
+                self.engine_failed(format!("engine panicked: {}", panic_message(&panic)), ctx);
+                return;
+            }
         }
         if self.running.is_empty() {
             self.schedule(ctx);
@@ -281,13 +313,7 @@ impl<L: StepLoader> Handler<Step> for SequenceActor<L> {
         self.observer.step(self.running.len(), self.waiting.len(), started.elapsed());
         if let Some(reason) = reason {
             self.events = events;
-            self.engine = None;
-            self.fail_running(JobError::EngineFailed(reason.clone()));
-            if self.supervision.fault(reason) {
-                ctx.stop();
-            } else {
-                self.schedule(ctx);
-            }
+            self.engine_failed(reason, ctx);
             return;
         }
         self.supervision.succeeded();
