@@ -237,13 +237,15 @@ impl Sse {
     }
 }
 
-/// An error frame in OpenAI's error shape, naming the injected panic.
+/// An error frame in OpenAI's error shape, naming the model and the injected panic: the same error a
+/// non-streaming request gets as its 500.
 fn assert_generation_failed(error: &Value) {
     assert_eq!(error["type"], "server_error", "{error}");
-    assert_eq!(error["code"], "generation_failed", "{error}");
+    assert_eq!(error["code"], "internal_error", "{error}");
     assert!(error.get("param").is_some(), "{error}");
     let message = error["message"].as_str().unwrap();
     assert!(message.contains("panicked") && message.contains("fault injection"), "{message}");
+    assert!(message.contains("failed on this request"), "the model is named: {message}");
 }
 
 /// A request carrying the marker makes a decode step of the real SmolLM2 panic while two long
