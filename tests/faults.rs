@@ -303,6 +303,9 @@ fn a_chat_step_that_panics_fails_its_batch_cleanly_and_the_model_serves_again() 
     let health = server.wait_health("the second restart", |h| h["models"][FAULTY_CHAT]["state"] == "ready");
     assert_eq!(health["models"][FAULTY_CHAT]["restarts"], 2);
     assert_eq!(restarts(&server, FAULTY_CHAT), Some(2.0));
+    // Every request that failed is counted with its error's status, streamed or not: the two poisoned
+    // requests and the stories that shared the panicking step.
+    let failed_stories = ends.iter().filter(|e| matches!(e, StreamEnd::Failed { .. })).count();
     let served = format!("chat_requests_total{{model=\"{FAULTY_CHAT}\",status=\"500\"}}");
-    assert_eq!(metric(&server.metrics(), &served), Some(1.0), "only the plain poisoned request is a 500");
+    assert_eq!(metric(&server.metrics(), &served), Some(2.0 + failed_stories as f64));
 }
