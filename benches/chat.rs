@@ -31,7 +31,7 @@ fn prefill(model: &Llama, prompts: &[Vec<u32>]) -> Vec<KvCache> {
 fn chat_steps(c: &mut Criterion) {
     let (entry, dir) = support::model("SmolLM2-135M-Instruct");
     let path = dir.join(entry.file.as_deref().expect("a GGUF file"));
-    let kernels = selection().expect("SIS_CPU_KERNELS").for_model(Precision::Auto, true).expect("kernels");
+    let kernels = selection().and_then(|s| s.for_model(Precision::Auto, true)).unwrap_or_else(|e| panic!("{e}"));
     let (model, content) = Llama::from_gguf(&path, kernels).expect("model");
     support::announce("SmolLM2-135M-Instruct", &ChatWeights::of_gguf(&content).report(kernels));
     let vocab = model.config.vocab;

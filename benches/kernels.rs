@@ -22,7 +22,7 @@ use sis::engines::kernels::{selection, Kernels};
 
 /// The selected kernels, announced once.
 fn kernels() -> Kernels {
-    let selection = selection().expect("SIS_CPU_KERNELS");
+    let selection = selection().unwrap_or_else(|e| panic!("{e}"));
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| eprintln!("SIS_CPU_KERNELS = {}", selection.describe()));
     selection.kernels()

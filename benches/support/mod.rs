@@ -7,7 +7,7 @@ use std::path::PathBuf;
 /// The name of a criterion group measured under the current `SIS_CPU_KERNELS`: `name` under `auto`,
 /// `name@reference`, `name@avx2`… under a forced family, so that paths keep separate baselines.
 pub fn group(name: &str) -> String {
-    let selection = sis::engines::kernels::selection().expect("SIS_CPU_KERNELS");
+    let selection = sis::engines::kernels::selection().unwrap_or_else(|e| panic!("{e}"));
     match selection.request() {
         sis::engines::kernels::Request::Auto => name.to_string(),
         request => format!("{name}@{}", request.name()),
@@ -16,7 +16,7 @@ pub fn group(name: &str) -> String {
 
 /// Prints the kernels a model runs, so each figure says which path it measured.
 pub fn announce(model: &str, kernels: &[String]) {
-    let selection = sis::engines::kernels::selection().expect("SIS_CPU_KERNELS");
+    let selection = sis::engines::kernels::selection().unwrap_or_else(|e| panic!("{e}"));
     eprintln!("{model}: SIS_CPU_KERNELS = {}; {}", selection.describe(), kernels.join("; "));
 }
 

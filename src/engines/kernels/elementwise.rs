@@ -6,7 +6,8 @@
 //! candle's ops (`softmax_last_dim`, `gelu_erf`); [`softmax_reference`] and [`gelu_erf_reference`] are the
 //! same functions in plain libm arithmetic, which the tests hold every build to.
 
-/// `e^x` to within 2 ulp for x in [-87, 88] (Cephes' `expf` polynomial); 0 below, +inf above.
+/// `e^x` to within 2 ulp for x in [-87, 88] (Cephes' `expf` polynomial); e^-87 below, e^88 above, and
+/// NaN for NaN.
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
@@ -14,14 +15,17 @@ pub fn exp(x: f32) -> f32 {
     const LN2_LO: f32 = -2.121_944_4e-4;
     let x = x.clamp(-87.0, 88.0);
     let n = (x * LOG2E + 0.5).floor();
+    // A NaN `x` (which the clamp keeps) must not reach the unchecked conversion below; it still makes
+    // `r`, and so the result, NaN.
+    let exponent = if n.is_nan() { 0.0 } else { n };
     let r = x - n * LN2_HI - n * LN2_LO;
     let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 1.666_666_5e-1)
         * r
         + 0.5;
     let e = p * r * r + r + 1.0;
-    // SAFETY: after the clamp, n is an integer in [-126, 127], so the conversion is exact (and, unlike
-    // `as`, it vectorizes).
-    let n = unsafe { n.to_int_unchecked::<i32>() };
+    // SAFETY: after the clamp and the NaN check, `exponent` is an integer in [-126, 127], so the
+    // conversion is exact (and, unlike `as`, it vectorizes).
+    let n = unsafe { exponent.to_int_unchecked::<i32>() };
     e * f32::from_bits(((n + 127) << 23) as u32)
 }
 
@@ -172,6 +176,10 @@ mod tests {
             x += 0.0137;
         }
         assert_eq!(exp(-1000.0), (-87f32).exp());
+        assert!(exp(f32::NAN).is_nan() && erf(f32::NAN).is_nan());
+        let mut row = [1.0, f32::NAN, 2.0];
+        softmax(Simd::Portable, &mut row);
+        assert!(row.iter().all(|v| v.is_nan()), "{row:?}");
     }
 
     #[test]

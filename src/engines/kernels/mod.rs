@@ -11,9 +11,9 @@
 //! | [`elementwise`] and the attention loops | candle's softmax, GeLU and attention ops | nothing ([`Simd::Portable`]); faster builds for AVX2 and AVX-512 ([`Simd`]) |
 //!
 //! A kernel that needs instructions takes a token (a zero-sized proof) that only `detect()` makes, on a
-//! CPU that has them; on other architectures the tokens cannot exist at all. So a packed kernel value is
-//! itself the proof that its instructions run here, and every function that reaches `#[target_feature]`
-//! code is safe to call.
+//! CPU that has them (never off x86-64, where the kernels' code is not even compiled). So a packed kernel
+//! value is itself the proof that its instructions run here, and every function that reaches
+//! `#[target_feature]` code is safe to call.
 //!
 //! Which kernels run is the operator's choice, `SIS_CPU_KERNELS` ([`selection`]): `auto` (the best this
 //! CPU has), `reference` (candle ops only), or a family, `portable`, `avx2` or `avx512`, which must be
@@ -27,15 +27,9 @@ pub mod bf16;
 pub mod elementwise;
 pub mod quantized;
 
-/// What a token holds: nothing on x86-64; elsewhere a type with no values, so no token (and no kernel
-/// that needs one) can be made and the compiler knows the kernels' code cannot be reached.
-#[cfg(target_arch = "x86_64")]
+/// What a token holds: nothing, behind a private field, so that only `detect()` makes tokens.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Proof(());
-
-#[cfg(not(target_arch = "x86_64"))]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Proof {}
 
 /// Defines a token type that proves a set of x86 features; the list must be the one the code it guards
 /// is compiled for (`#[target_feature(enable = ...)]`), and `build.rs` tests the same sets.
@@ -49,7 +43,8 @@ macro_rules! cpu_token {
             /// The instructions it stands for, as people name them.
             pub const NEEDS: &'static str = $label;
 
-            /// The token, where this CPU has every one of the features (checked at run time).
+            /// The token, where this CPU has every one of the features (checked at run time); never
+            /// off x86-64.
             pub fn detect() -> Option<Self> {
                 #[cfg(target_arch = "x86_64")]
                 if $(std::arch::is_x86_feature_detected!($feature))&&+ {

@@ -276,8 +276,8 @@ unsafe fn run_tile(cpu: Avx512Vnni, rows: usize, bits: Bits, tile: &Tile) {
     avx512::dispatch(cpu, rows, bits, tile);
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (rows, bits, tile);
-        match cpu.0 {}
+        let _ = (cpu, rows, bits, tile);
+        unreachable!("no CPU token exists off x86-64");
     }
 }
 
