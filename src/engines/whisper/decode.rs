@@ -1,0 +1,416 @@
+//! openai-whisper's decoding policy: timestamp rules, window-by-window seeking on long audio with the
+//! previous text as prompt, temperature fallback on repetitive or low-confidence output, language
+//! detection, and word timings from the alignment heads.
+
+use candle_core::{IndexOp, Tensor};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::io::Write;
+
+use super::*;
+
+struct Decoded {
+    tokens: Vec<u32>,
+    avg_logprob: f64,
+    no_speech_prob: f64,
+    temperature: f64,
+    compression_ratio: f64,
+}
+
+/// gzip-style compression ratio of a text (repetitive text compresses well).
+fn compression_ratio(text: &str) -> f64 {
+    if text.is_empty() {
+        return 0.0;
+    }
+    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+    let _ = z.write_all(text.as_bytes());
+    let compressed = z.finish().map(|v| v.len()).unwrap_or(1).max(1);
+    text.len() as f64 / compressed as f64
+}
+
+impl WhisperEngine {
+    fn decode_text(&self, tokens: &[u32]) -> String {
+        let text: Vec<u32> = tokens.iter().copied().filter(|&t| t < self.spec.specials.eot).collect();
+        self.spec.tokenizer.decode(&text, true).unwrap_or_default()
+    }
+
+    fn detect_language(&mut self, features: &Tensor) -> candle_core::Result<String> {
+        let s = &self.spec.specials;
+        let mut state = self.decoder.start(features)?;
+        let hidden = self.decoder.forward(&mut state, &[s.sot], None)?;
+        let logits = self.decoder.logits(&hidden.i(0)?)?;
+        let best = s.languages.iter().max_by(|a, b| logits[a.1 as usize].total_cmp(&logits[b.1 as usize]));
+        Ok(best.map(|(c, _)| c.clone()).unwrap_or_else(|| "en".into()))
+    }
+
+    /// Greedy or sampled decoding of one window with openai-whisper's timestamp rules.
+    fn decode_window(
+        &mut self,
+        features: &Tensor,
+        prefix: &[u32],
+        sample_begin: usize,
+        temperature: f64,
+        rng: &mut StdRng,
+    ) -> candle_core::Result<Decoded> {
+        let s = self.spec.specials.clone();
+        let mut tokens = prefix.to_vec();
+        let sot_index = prefix.iter().position(|&t| t == s.sot).unwrap_or(0);
+        let max_new = self.config.max_target_positions / 2;
+        let (mut sum_logprob, mut no_speech_prob) = (0f64, 0f64);
+        let mut state = self.decoder.start(features)?;
+        let mut hidden = self.decoder.forward(&mut state, prefix, None)?;
+        if let Some(ns) = s.no_speech {
+            let at_sot = Tensor::new(self.decoder.logits(&hidden.i(sot_index)?)?, &Device::Cpu)?;
+            let probs = candle_nn::ops::softmax_last_dim(&at_sot)?.to_vec1::<f32>()?;
+            no_speech_prob = probs[ns as usize] as f64;
+        }
+        for step in 0..max_new {
+            if step > 0 {
+                hidden = self.decoder.forward(&mut state, &tokens[tokens.len() - 1..], None)?;
+            }
+            let last = hidden.dim(0)? - 1;
+            let mut logits = self.decoder.logits(&hidden.i(last)?)?;
+            let sampled = &tokens[sample_begin..];
+            self.apply_rules(&mut logits, sampled);
+            // Log-probabilities for the timestamp rule and the average log-probability.
+            let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let log_sum = logits.iter().map(|&l| ((l - max) as f64).exp()).sum::<f64>().ln() + max as f64;
+            let ts = s.timestamp_begin as usize;
+            let ts_mass = logits[ts..].iter().map(|&l| (l as f64 - log_sum).exp()).sum::<f64>();
+            let text_max = logits[..ts].iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64 - log_sum;
+            if ts_mass.ln() > text_max {
+                logits[..ts].iter_mut().for_each(|l| *l = f32::NEG_INFINITY);
+            }
+            let token = if temperature <= 0.0 {
+                crate::engines::chat::sampling::argmax(&logits)
+            } else {
+                let probs: Vec<f64> = logits.iter().map(|&l| ((l as f64 - max as f64) / temperature).exp()).collect();
+                let total: f64 = probs.iter().sum();
+                let mut r = rng.random::<f64>() * total;
+                let mut pick = s.eot;
+                for (i, p) in probs.iter().enumerate() {
+                    r -= p;
+                    if r <= 0.0 {
+                        pick = i as u32;
+                        break;
+                    }
+                }
+                pick
+            };
+            let max2 = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let log_sum2 = logits.iter().map(|&l| ((l - max2) as f64).exp()).sum::<f64>().ln() + max2 as f64;
+            sum_logprob += logits[token as usize] as f64 - log_sum2;
+            if token == s.eot {
+                break;
+            }
+            tokens.push(token);
+            if tokens.len() >= self.config.max_target_positions {
+                break;
+            }
+        }
+        let out: Vec<u32> = tokens[sample_begin..].to_vec();
+        let text = self.decode_text(&out);
+        Ok(Decoded {
+            avg_logprob: sum_logprob / (out.len() + 1) as f64,
+            compression_ratio: compression_ratio(&text),
+            tokens: out,
+            no_speech_prob,
+            temperature,
+        })
+    }
+
+    fn apply_rules(&self, logits: &mut [f32], sampled: &[u32]) {
+        let s = &self.spec.specials;
+        let ts = s.timestamp_begin as usize;
+        let neg = f32::NEG_INFINITY;
+        for &t in &self.spec.suppress {
+            if let Some(l) = logits.get_mut(t as usize) {
+                *l = neg;
+            }
+        }
+        for t in [s.sot, s.transcribe, s.translate, s.no_timestamps, s.start_of_prev].into_iter().chain(s.no_speech) {
+            logits[t as usize] = neg;
+        }
+        for (_, t) in &s.languages {
+            logits[*t as usize] = neg;
+        }
+        if sampled.is_empty() {
+            for &t in &self.spec.suppress_begin {
+                if let Some(l) = logits.get_mut(t as usize) {
+                    *l = neg;
+                }
+            }
+            // Begin with a timestamp, no later than 1 s.
+            logits[..ts].iter_mut().for_each(|l| *l = neg);
+            let latest = ts + (1.0 / TIME_PRECISION) as usize + 1;
+            if latest < logits.len() {
+                logits[latest..].iter_mut().for_each(|l| *l = neg);
+            }
+            return;
+        }
+        let last_ts = sampled.last().is_some_and(|&t| t as usize >= ts);
+        let penultimate_ts = sampled.len() < 2 || sampled[sampled.len() - 2] as usize >= ts;
+        if last_ts {
+            if penultimate_ts {
+                logits[ts..].iter_mut().for_each(|l| *l = neg);
+            } else {
+                logits[..s.eot as usize].iter_mut().for_each(|l| *l = neg);
+            }
+        }
+        if let Some(&latest) = sampled.iter().rev().find(|&&t| t as usize >= ts) {
+            let floor = if last_ts && !penultimate_ts { latest as usize } else { latest as usize + 1 };
+            let end = floor.min(logits.len());
+            logits[ts..end].iter_mut().for_each(|l| *l = neg);
+        }
+    }
+
+    /// Transcribes (or translates) a whole recording.
+    pub fn transcribe(&mut self, job: &AudioJob) -> anyhow::Result<Transcript> {
+        let pool = self.pool.clone();
+        pool.run(|| self.transcribe_in_pool(job))
+    }
+
+    fn transcribe_in_pool(&mut self, job: &AudioJob) -> anyhow::Result<Transcript> {
+        let s = self.spec.specials.clone();
+        let duration = job.samples.len() as f64 / mel::SAMPLE_RATE as f64;
+        let content_frames = job.samples.len() / mel::HOP_LENGTH;
+        let mut padded = job.samples.clone();
+        padded.extend(std::iter::repeat_n(0.0, WINDOW_SAMPLES));
+        let mels = self.config.num_mel_bins;
+        let mel = mel::log_mel_spectrogram(&padded, &self.filters, mels)?;
+        let frames = mel.len() / mels;
+        let mut window = vec![0f32; mels * WINDOW_FRAMES];
+        let mut rng = StdRng::seed_from_u64(0);
+
+        let mut language = job.language.clone();
+        let mut previous: Vec<u32> = match &job.prompt {
+            Some(p) if !p.trim().is_empty() => self
+                .spec
+                .tokenizer
+                .encode(format!(" {}", p.trim()), false)
+                .map(|e| e.get_ids().to_vec())
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        let mut segments = Vec::new();
+        let mut words = Vec::new();
+        let mut seek = 0;
+        while seek < content_frames {
+            // This window's frames, zero-padded to 30 seconds.
+            let take = WINDOW_FRAMES.min(frames - seek);
+            for (c, row) in window.chunks_exact_mut(WINDOW_FRAMES).enumerate() {
+                row[..take].copy_from_slice(&mel[c * frames + seek..][..take]);
+                row[take..].fill(0.0);
+            }
+            let features = self.encoder.forward(&window, mels)?;
+            if self.spec.multilingual && language.is_none() {
+                language = Some(self.detect_language(&features)?);
+            }
+            let mut prefix = Vec::new();
+            if !previous.is_empty() {
+                prefix.push(s.start_of_prev);
+                let keep = previous.len().saturating_sub(self.config.max_target_positions / 2 - 1);
+                prefix.extend_from_slice(&previous[keep..]);
+            }
+            prefix.push(s.sot);
+            if self.spec.multilingual {
+                let code = language.as_deref().unwrap_or("en");
+                let lang = s.languages.iter().find(|(c, _)| c == code).map(|l| l.1).unwrap_or(s.languages[0].1);
+                prefix.push(lang);
+                prefix.push(if job.task == Task::Translate { s.translate } else { s.transcribe });
+            }
+            let sample_begin = prefix.len();
+            // Temperature fallback on repetitive or low-confidence windows.
+            let mut result = None;
+            for &t in TEMPERATURES.iter().filter(|&&t| t >= job.temperature) {
+                let decoded = self.decode_window(&features, &prefix, sample_begin, t, &mut rng)?;
+                let repetitive = decoded.compression_ratio > 2.4;
+                let unsure = decoded.avg_logprob < -1.0;
+                let silent = decoded.no_speech_prob > 0.6 && unsure;
+                let last = t >= 1.0;
+                if silent || (!repetitive && !unsure) || last {
+                    result = Some((decoded, silent));
+                    break;
+                }
+            }
+            let (decoded, silent) = result.expect("the last temperature always yields");
+            let window_frames = WINDOW_FRAMES.min(content_frames - seek);
+            let offset = seek as f64 * mel::HOP_LENGTH as f64 / mel::SAMPLE_RATE as f64;
+            if silent {
+                seek += window_frames;
+                continue;
+            }
+            let toks = &decoded.tokens;
+            let window_first_segment = segments.len();
+            let is_ts = |t: u32| t >= s.timestamp_begin;
+            let single_ending = toks.len() >= 2 && !is_ts(toks[toks.len() - 2]) && is_ts(toks[toks.len() - 1]);
+            let mut cuts: Vec<usize> = (1..toks.len()).filter(|&i| is_ts(toks[i - 1]) && is_ts(toks[i])).collect();
+            let push = |segments: &mut Vec<Segment>, start: f64, end: f64, tokens: Vec<u32>, engine: &Self| {
+                let text = engine.decode_text(&tokens);
+                if text.trim().is_empty() {
+                    return;
+                }
+                segments.push(Segment {
+                    id: segments.len(),
+                    seek,
+                    start: (offset + start).min(duration),
+                    end: (offset + end).min(duration),
+                    text,
+                    tokens,
+                    temperature: decoded.temperature,
+                    avg_logprob: decoded.avg_logprob,
+                    compression_ratio: decoded.compression_ratio,
+                    no_speech_prob: decoded.no_speech_prob,
+                });
+            };
+            if !cuts.is_empty() {
+                if single_ending {
+                    cuts.push(toks.len());
+                }
+                let mut last = 0;
+                for &cut in &cuts {
+                    let slice = &toks[last..cut];
+                    let start = (slice[0].saturating_sub(s.timestamp_begin)) as f64 * TIME_PRECISION;
+                    let end = (slice[slice.len() - 1].saturating_sub(s.timestamp_begin)) as f64 * TIME_PRECISION;
+                    push(&mut segments, start, end, slice.to_vec(), self);
+                    last = cut;
+                }
+                if single_ending {
+                    seek += window_frames;
+                } else {
+                    let last_ts = toks[last - 1].saturating_sub(s.timestamp_begin) as usize;
+                    seek += (last_ts * FRAMES_PER_POSITION).max(1);
+                }
+            } else {
+                let mut end = window_frames as f64 * mel::HOP_LENGTH as f64 / mel::SAMPLE_RATE as f64;
+                if let Some(&t) = toks.iter().rev().find(|&&t| is_ts(t)) {
+                    if t != s.timestamp_begin {
+                        end = (t - s.timestamp_begin) as f64 * TIME_PRECISION;
+                    }
+                }
+                push(&mut segments, 0.0, end, toks.clone(), self);
+                seek += window_frames;
+            }
+            if job.words {
+                let sot_index = prefix.iter().position(|&t| t == s.sot).unwrap_or(0);
+                let timed = self.align_words(&features, &prefix[sot_index..], toks, window_frames, offset)?;
+                place_words(timed, &segments[window_first_segment..], &mut words, s.eot);
+            }
+            previous.extend(toks.iter().copied().filter(|&t| t < s.eot || t >= s.timestamp_begin));
+        }
+        // Times never go backwards.
+        let mut floor = 0.0;
+        for seg in &mut segments {
+            seg.start = seg.start.max(floor);
+            seg.end = seg.end.max(seg.start);
+            floor = seg.end;
+        }
+        let text = segments.iter().map(|s| s.text.as_str()).collect::<String>().trim().to_string();
+        Ok(Transcript {
+            language: language.unwrap_or_else(|| "en".into()),
+            duration,
+            task: job.task,
+            segments,
+            text,
+            words,
+        })
+    }
+
+    /// Times the words of a window's text tokens from the alignment heads' cross-attention; returns
+    /// (word, token count, start, end) with absolute times.
+    fn align_words(
+        &self,
+        features: &Tensor,
+        sot_sequence: &[u32],
+        tokens: &[u32],
+        window_frames: usize,
+        offset: f64,
+    ) -> anyhow::Result<Vec<(String, usize, f64, f64)>> {
+        let s = &self.spec.specials;
+        let text: Vec<u32> = tokens.iter().copied().filter(|&t| t < s.eot).collect();
+        if text.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut sequence = sot_sequence.to_vec();
+        sequence.push(s.no_timestamps);
+        sequence.extend_from_slice(&text);
+        sequence.push(s.eot);
+        let mut state = self.decoder.start(features)?;
+        let mut captured = Vec::new();
+        self.decoder.forward(&mut state, &sequence, Some(&mut captured))?;
+        // Rows: <|notimestamps|> then each text token; columns: the audio positions of the content.
+        let (first_row, rows) = (sot_sequence.len(), text.len() + 1);
+        let cols = (window_frames / FRAMES_PER_POSITION).clamp(1, self.config.max_source_positions);
+        let mut heads = Vec::new();
+        for &(layer, head) in &self.alignment_heads {
+            if let Some(w) = captured.get(layer) {
+                heads.push(w.i(head)?.narrow(0, first_row, rows)?.narrow(1, 0, cols)?.flatten_all()?.to_vec1::<f32>()?);
+            }
+        }
+        let times = word_alignment::token_times(&heads, rows, cols);
+        let mut out = Vec::new();
+        let mut boundary = 0;
+        for (word, count) in self.split_words(&text) {
+            let start = times[boundary];
+            let end = times[(boundary + count).min(rows - 1)];
+            out.push((word, count, offset + start, offset + end.max(start)));
+            boundary += count;
+        }
+        Ok(out)
+    }
+
+    /// Splits text tokens into words: a word starts with a space; punctuation joins the word before.
+    fn split_words(&self, text: &[u32]) -> Vec<(String, usize)> {
+        let mut words: Vec<(String, usize)> = Vec::new();
+        let mut pending: Vec<u32> = Vec::new();
+        for &t in text {
+            pending.push(t);
+            let piece = self.spec.tokenizer.decode(&pending, false).unwrap_or_default();
+            if piece.contains('\u{FFFD}') {
+                continue; // a character split across tokens
+            }
+            let n = std::mem::take(&mut pending).len();
+            let trimmed = piece.trim();
+            let punctuation = !trimmed.is_empty() && trimmed.chars().all(|c| !c.is_alphanumeric());
+            match words.last_mut() {
+                Some(last) if !piece.starts_with(' ') || punctuation => {
+                    last.0.push_str(&piece);
+                    last.1 += n;
+                }
+                _ => words.push((piece, n)),
+            }
+        }
+        if !pending.is_empty() {
+            match words.last_mut() {
+                Some(last) => last.1 += pending.len(),
+                None => words.push((String::new(), pending.len())),
+            }
+        }
+        words.into_iter().map(|(w, n)| (w.trim().to_string(), n)).collect()
+    }
+}
+
+/// Puts a window's timed words into its segments: each word belongs to the segment holding its first
+/// token and is clamped to it; times never decrease.
+fn place_words(timed: Vec<(String, usize, f64, f64)>, segments: &[Segment], words: &mut Vec<Word>, eot: u32) {
+    let mut ends = Vec::new();
+    let mut total = 0;
+    for seg in segments {
+        total += seg.tokens.iter().filter(|&&t| t < eot).count();
+        ends.push(total);
+    }
+    let mut first_token = 0;
+    for (word, count, start, end) in timed {
+        let seg = ends.iter().position(|&e| e > first_token).and_then(|i| segments.get(i));
+        first_token += count;
+        let (Some(seg), false) = (seg, word.is_empty()) else { continue };
+        let floor = words.last().map(|w: &Word| w.end).unwrap_or(0.0).max(seg.start);
+        let start = start.clamp(floor.min(seg.end), seg.end);
+        let end = end.clamp(start, seg.end);
+        words.push(Word { word, start: round(start), end: round(end) });
+    }
+}
+
+fn round(t: f64) -> f64 {
+    (t * 1000.0).round() / 1000.0
+}
