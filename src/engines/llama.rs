@@ -856,3 +856,49 @@ fn read(content: &Content, file: &mut std::fs::File, name: &str, vnni: Option<Av
     }
     Ok(QTensor::quantize(&tensor.dequantize(&Device::Cpu)?, kept)?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engines::kernels::STALE_BUILD;
+
+    fn gguf(types: &[GgmlDType], prompt_copy: bool) -> ChatWeights {
+        ChatWeights { gguf: true, prompt_copy, types: types.to_vec(), vision: false }
+    }
+
+    #[test]
+    fn without_the_int8_kernel_slow_types_become_q8_0_on_candle() {
+        for (dtype, kept) in [
+            (GgmlDType::Q4_1, GgmlDType::Q8_0),
+            (GgmlDType::Q5_0, GgmlDType::Q8_0),
+            (GgmlDType::Q4_0, GgmlDType::Q4_0),
+            (GgmlDType::Q6K, GgmlDType::Q6K),
+        ] {
+            assert_eq!(layout(dtype, None), kept, "{dtype:?}");
+        }
+        let report = gguf(&[GgmlDType::Q4_1, GgmlDType::Q6K], true).report(Kernels::REFERENCE);
+        assert_eq!(
+            report,
+            [
+                "quantized matmul: reference (Q4_1 as Q8_0, Q6K)",
+                "prompt rows: dense copy on reference",
+                "attention: portable"
+            ]
+        );
+        let big = gguf(&[GgmlDType::Q8_0], false).report(Kernels::REFERENCE);
+        assert_eq!(big[1], "prompt rows: quantized matmul");
+        let vision = ChatWeights { vision: true, ..ChatWeights::default() }.report(Kernels::REFERENCE);
+        assert_eq!(vision, ["matmul: reference (f32 weights)", "attention: portable", "vision tower: reference"]);
+    }
+
+    #[test]
+    #[cfg_attr(not(sis_host_avx512vnni), ignore = "needs AVX-512 VNNI")]
+    fn the_int8_kernel_takes_q4_0_q4_1_and_q8_0_as_they_are() {
+        let vnni = Some(Avx512Vnni::detect().expect(STALE_BUILD));
+        assert_eq!(layout(GgmlDType::Q4_1, vnni), GgmlDType::Q4_1);
+        assert_eq!(layout(GgmlDType::Q5_1, vnni), GgmlDType::Q8_0);
+        let kernels = Kernels { vnni, ..Kernels::REFERENCE };
+        let report = gguf(&[GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q6K], true).report(kernels);
+        assert_eq!(report[0], "quantized matmul: vnni-avx512 (Q4_1, Q5_0 as Q8_0), reference (Q6K)");
+    }
+}
