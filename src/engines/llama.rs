@@ -231,9 +231,10 @@ impl ChatWeights {
                 }
             }
             lines.push(format!("quantized matmul: {}", products.join(", ")));
-            lines.push(match self.prompt_copy {
+            // Float matrices take candle's matmul for every row; quantized ones get the dense copy.
+            lines.push(match self.prompt_copy && self.types.iter().any(|&t| !float(t)) {
                 true => format!("prompt rows: dense copy on {}", kernels.dense()),
-                false => "prompt rows: quantized matmul".to_string(),
+                false => "prompt rows: as decode rows".to_string(),
             });
         } else {
             lines.push("matmul: reference (f32 weights)".to_string());
@@ -258,6 +259,11 @@ fn layout(dtype: GgmlDType, vnni: Option<Avx512Vnni>) -> GgmlDType {
         GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1 => GgmlDType::Q8_0,
         _ => dtype,
     }
+}
+
+/// Whether a GGUF type holds floats (which need no dense copy).
+fn float(dtype: GgmlDType) -> bool {
+    matches!(dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16)
 }
 
 /// Whether the int8 kernel takes matrices of this type as they are.
@@ -347,8 +353,7 @@ impl Weight {
     /// A GGUF weight, with a dense copy for prompt rows when `keep_dense` and the weight is quantized
     /// (float weights take candle's f32 matmul for every row, like safetensors checkpoints).
     fn from_gguf(tensor: QTensor, keep_dense: bool, kernels: Kernels) -> Result<Self> {
-        let float = matches!(tensor.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
-        let dense = if keep_dense && !float {
+        let dense = if keep_dense && !float(tensor.dtype()) {
             Some(Dense::new(&tensor.dequantize(&Device::Cpu)?, None, kernels.bf16)?)
         } else {
             None
@@ -886,7 +891,9 @@ mod tests {
             ]
         );
         let big = gguf(&[GgmlDType::Q8_0], false).report(Kernels::REFERENCE);
-        assert_eq!(big[1], "prompt rows: quantized matmul");
+        assert_eq!(big[1], "prompt rows: as decode rows");
+        let floats = gguf(&[GgmlDType::F16], true).report(Kernels::REFERENCE);
+        assert_eq!(floats[..2], ["quantized matmul: reference (F16)", "prompt rows: as decode rows"]);
         let vision = ChatWeights { vision: true, ..ChatWeights::default() }.report(Kernels::REFERENCE);
         assert_eq!(vision, ["matmul: reference (f32 weights)", "attention: portable", "vision tower: reference"]);
     }
