@@ -542,7 +542,12 @@ mod tests {
             eos: vec![0],
             prefill_chunk: 16,
             precision,
-            weights: ChatWeights { gguf, prompt_copy: gguf, ..ChatWeights::default() },
+            weights: ChatWeights {
+                gguf,
+                prompt_copy: gguf,
+                types: if gguf { vec![candle_core::quantized::GgmlDType::Q8_0] } else { Vec::new() },
+                vision: false,
+            },
         }
     }
 
