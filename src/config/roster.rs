@@ -81,7 +81,8 @@ pub enum Pooling {
     LastToken,
 }
 
-/// Arithmetic for an encoder's dense layers (embeddings and the Whisper encoder).
+/// Arithmetic of a model's dense layers: encoders (embeddings, Whisper) and the dense copy a GGUF chat
+/// model's prompt rows run on.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {

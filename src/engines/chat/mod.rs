@@ -542,6 +542,36 @@ mod tests {
         }
     }
 
+    fn loader(gguf: bool, precision: Precision) -> ChatLoader {
+        ChatLoader {
+            path: PathBuf::from("model"),
+            tokenizer: std::sync::Arc::new(Tokenizer::new(tokenizers::models::bpe::BPE::default())),
+            eos: vec![0],
+            prefill_chunk: 16,
+            precision,
+            weights: ChatWeights {
+                gguf,
+                prompt_copy: gguf,
+                types: if gguf { vec![candle_core::quantized::GgmlDType::Q8_0] } else { Vec::new() },
+                vision: false,
+            },
+        }
+    }
+
+    #[test]
+    fn precision_reaches_the_prompt_rows_and_safetensors_refuse_bf16() {
+        if let Err(e) = crate::engines::kernels::selection() {
+            // An invalid SIS_CPU_KERNELS: the loader reports it instead (and fails to load).
+            assert_eq!(loader(true, Precision::Auto).kernels(), [format!("error: {e}")]);
+            return;
+        }
+        let f32 = loader(true, Precision::F32).kernels();
+        assert!(f32.contains(&"prompt rows: dense copy on reference".to_string()), "{f32:?}");
+        let refused = loader(false, Precision::Bf16).kernels();
+        assert!(refused.len() == 1 && refused[0].starts_with("error: precision = \"bf16\""), "{refused:?}");
+        assert_eq!(loader(false, Precision::Auto).kernels()[0], "matmul: reference (f32 weights)");
+    }
+
     #[test]
     fn stop_strings_match_across_tokens_and_are_never_emitted() {
         let mut s = seq(&["END"]);

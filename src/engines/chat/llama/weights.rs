@@ -70,9 +70,10 @@ impl ChatWeights {
                 }
             }
             lines.push(format!("quantized matmul: {}", products.join(", ")));
-            lines.push(match self.prompt_copy {
+            // Float matrices take candle's matmul for every row; quantized ones get the dense copy.
+            lines.push(match self.prompt_copy && self.types.iter().any(|&t| !float(t)) {
                 true => format!("prompt rows: dense copy on {}", kernels.dense()),
-                false => "prompt rows: quantized matmul".to_string(),
+                false => "prompt rows: as decode rows".to_string(),
             });
         } else {
             lines.push("matmul: reference (f32 weights)".to_string());
@@ -97,6 +98,11 @@ pub(super) fn layout(dtype: GgmlDType, vnni: Option<Avx512Vnni>) -> GgmlDType {
         GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1 => GgmlDType::Q8_0,
         _ => dtype,
     }
+}
+
+/// Whether a GGUF type holds floats (which need no dense copy).
+fn float(dtype: GgmlDType) -> bool {
+    matches!(dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16)
 }
 
 /// Whether the int8 kernel takes matrices of this type as they are.
@@ -186,8 +192,7 @@ impl Weight {
     /// A GGUF weight, with a dense copy for prompt rows when `keep_dense` and the weight is quantized
     /// (float weights take candle's f32 matmul for every row, like safetensors checkpoints).
     pub(super) fn from_gguf(tensor: QTensor, keep_dense: bool, kernels: Kernels) -> Result<Self> {
-        let float = matches!(tensor.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
-        let dense = if keep_dense && !float {
+        let dense = if keep_dense && !float(tensor.dtype()) {
             Some(Dense::new(&tensor.dequantize(&Device::Cpu)?, None, kernels.bf16)?)
         } else {
             None
@@ -205,5 +210,53 @@ impl Weight {
         let decode = self.quantized.forward(&x.index_select(&rows.decode, 0)?)?;
         let prompt = w.forward(&x.index_select(&rows.prompt, 0)?)?;
         Tensor::cat(&[decode, prompt], 0)?.index_select(&rows.inverse, 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engines::kernels::STALE_BUILD;
+
+    fn gguf(types: &[GgmlDType], prompt_copy: bool) -> ChatWeights {
+        ChatWeights { gguf: true, prompt_copy, types: types.to_vec(), vision: false }
+    }
+
+    #[test]
+    fn without_the_int8_kernel_slow_types_become_q8_0_on_candle() {
+        for (dtype, kept) in [
+            (GgmlDType::Q4_1, GgmlDType::Q8_0),
+            (GgmlDType::Q5_0, GgmlDType::Q8_0),
+            (GgmlDType::Q4_0, GgmlDType::Q4_0),
+            (GgmlDType::Q6K, GgmlDType::Q6K),
+        ] {
+            assert_eq!(layout(dtype, None), kept, "{dtype:?}");
+        }
+        let report = gguf(&[GgmlDType::Q4_1, GgmlDType::Q6K], true).report(Kernels::REFERENCE);
+        assert_eq!(
+            report,
+            [
+                "quantized matmul: reference (Q4_1 as Q8_0, Q6K)",
+                "prompt rows: dense copy on reference",
+                "attention: portable"
+            ]
+        );
+        let big = gguf(&[GgmlDType::Q8_0], false).report(Kernels::REFERENCE);
+        assert_eq!(big[1], "prompt rows: as decode rows");
+        let floats = gguf(&[GgmlDType::F16], true).report(Kernels::REFERENCE);
+        assert_eq!(floats[..2], ["quantized matmul: reference (F16)", "prompt rows: as decode rows"]);
+        let vision = ChatWeights { vision: true, ..ChatWeights::default() }.report(Kernels::REFERENCE);
+        assert_eq!(vision, ["matmul: reference (f32 weights)", "attention: portable", "vision tower: reference"]);
+    }
+
+    #[test]
+    #[cfg_attr(not(sis_host_avx512vnni), ignore = "needs AVX-512 VNNI")]
+    fn the_int8_kernel_takes_q4_0_q4_1_and_q8_0_as_they_are() {
+        let vnni = Some(Avx512Vnni::detect().expect(STALE_BUILD));
+        assert_eq!(layout(GgmlDType::Q4_1, vnni), GgmlDType::Q4_1);
+        assert_eq!(layout(GgmlDType::Q5_1, vnni), GgmlDType::Q8_0);
+        let kernels = Kernels { vnni, ..Kernels::REFERENCE };
+        let report = gguf(&[GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q6K], true).report(kernels);
+        assert_eq!(report[0], "quantized matmul: vnni-avx512 (Q4_1, Q5_0 as Q8_0), reference (Q6K)");
     }
 }
