@@ -11,6 +11,7 @@ pub mod bench;
 pub mod chat;
 pub mod cli;
 pub mod config;
+pub mod deadline;
 pub mod embeddings;
 pub mod engines;
 pub mod error;

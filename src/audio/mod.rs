@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::ModelSettings;
+use crate::deadline::within;
 use crate::engines::whisper::{AudioJob, WhisperLoader, WhisperSpec};
 pub use crate::engines::whisper::{Task, Transcript};
 use crate::error::ApiError;
@@ -55,9 +56,7 @@ pub async fn transcribe(runtime: &Runtime, request: TranscriptionRequest) -> Res
     let id = served.settings.id.as_str();
     let limit = served.settings.queue.request_timeout;
     let result = match &served.path {
-        RequestPath::Audio(model) => {
-            tokio::time::timeout(limit, model.run(request)).await.unwrap_or(Err(ApiError::Timeout(limit)))
-        }
+        RequestPath::Audio(model) => within(limit, model.run(request)).await,
         _ => Err(ApiError::invalid("model", format!("Model `{id}` does not support audio"))),
     };
     let status = result.as_ref().map_or_else(ApiError::status, |_| 200);

@@ -17,6 +17,7 @@ use tokenizers::Tokenizer;
 
 use crate::config::model::ChatModelSettings;
 use crate::config::{Capability, ModelSettings};
+use crate::deadline::within;
 use crate::engines::chat::json_constraint::Schema;
 use crate::engines::chat::sampling::Sampling;
 use crate::engines::chat::spec::ChatSpec;
@@ -46,9 +47,7 @@ pub async fn complete(runtime: &Runtime, request: CompletionRequest) -> Result<C
     let limit = served.settings.queue.request_timeout;
     let stream = request.stream;
     let result = match &served.path {
-        RequestPath::Chat(model) => tokio::time::timeout(limit, model.start(request, &runtime.metrics))
-            .await
-            .unwrap_or(Err(ApiError::Timeout(limit))),
+        RequestPath::Chat(model) => within(limit, model.start(request, &runtime.metrics)).await,
         _ => Err(ApiError::invalid("model", format!("Model `{id}` does not support chat completions"))),
     };
     match result {

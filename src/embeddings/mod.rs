@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::model::EmbeddingModelSettings;
 use crate::config::ModelSettings;
+use crate::deadline::within;
 use crate::engines::embed::{normalize, EmbedInput, EmbedderLoader, EmbedderSpec, EmbeddingTokenizer};
 use crate::error::ApiError;
 use crate::faults::{Faults, FaultyLoader};
@@ -65,11 +66,7 @@ pub async fn embed(runtime: &Runtime, request: EmbeddingsRequest) -> Result<Embe
     let served = runtime.model(&request.model)?;
     let id = served.settings.id.clone();
     let result = match &served.path {
-        RequestPath::Embeddings(model) => {
-            tokio::time::timeout(model.settings.queue.request_timeout, model.embed(request))
-                .await
-                .unwrap_or(Err(ApiError::Timeout(model.settings.queue.request_timeout)))
-        }
+        RequestPath::Embeddings(model) => within(model.settings.queue.request_timeout, model.embed(request)).await,
         _ => Err(ApiError::invalid("model", format!("Model `{id}` does not support embeddings"))),
     };
     let status = result.as_ref().map_or_else(ApiError::status, |_| 200);

@@ -5,7 +5,6 @@ pub mod admin;
 pub mod audio;
 pub mod body;
 pub mod chat;
-pub mod deadline;
 pub mod embeddings;
 pub mod error;
 pub mod health;
