@@ -47,7 +47,7 @@ pub async fn complete(runtime: &Runtime, request: CompletionRequest) -> Result<C
     let limit = served.settings.queue.request_timeout;
     let stream = request.stream;
     let result = match &served.path {
-        RequestPath::Chat(model) => within(limit, model.start(request, &runtime.metrics)).await,
+        RequestPath::Chat(model) => within(limit, model.start(request)).await,
         _ => Err(ApiError::invalid("model", format!("Model `{id}` does not support chat completions"))),
     };
     match result {
@@ -146,7 +146,7 @@ impl ChatModel {
     }
 
     /// Prepares the sequence, queues it, and waits until it joins the running batch.
-    async fn start(&self, request: CompletionRequest, metrics: &Metrics) -> Result<Admitted, ApiError> {
+    async fn start(&self, request: CompletionRequest) -> Result<Admitted, ApiError> {
         // Cheap checks first: a bad schema is refused before any image is fetched.
         let json = schema(&request.response_format)?;
         let images = self.load_images(&request.images).await?;
@@ -160,7 +160,7 @@ impl ChatModel {
         self.actor.do_send(message);
         match events.recv().await {
             Some(SequenceMessage::Admitted(wait)) => {
-                let model = [self.settings.id.as_str()];
+                let (model, metrics) = ([self.settings.id.as_str()], &self.metrics);
                 metrics.chat_queue_wait.with_label_values(&model).observe(wait.as_secs_f64());
                 metrics.chat_batch_wait.with_label_values(&model).observe(wait.as_secs_f64());
                 crate::telemetry::request_fields::note_queue_wait(wait);

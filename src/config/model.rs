@@ -99,40 +99,25 @@ pub struct AudioModelSettings {
 impl ModelSettings {
     /// Applies `entry`'s overrides to the server-wide `settings`.
     pub fn resolve(entry: &ModelEntry, settings: &Settings) -> ModelSettings {
-        let mut model = ModelSettings {
-            id: entry.id.clone(),
-            capability: entry.kind,
-            device: settings.device,
-            precision: entry.precision.unwrap_or_default(),
-            queue: QueueSettings {
-                max_queue_size: 0,
-                max_concurrent: 0,
-                queue_timeout: Duration::ZERO,
-                request_timeout: Duration::ZERO,
-            },
-            embeddings: None,
-            chat: None,
-            audio: None,
-            fault_marker: entry.fault_panic_marker.clone(),
-        };
         let queue = |max_queue_size: usize, max_concurrent: usize, queue_timeout, request_timeout| QueueSettings {
             max_queue_size: entry.max_queue_size.unwrap_or(max_queue_size),
             max_concurrent: entry.max_concurrent.unwrap_or(max_concurrent).max(1),
             queue_timeout,
             request_timeout,
         };
-        match entry.kind {
+        let (queue, embeddings, chat, audio) = match entry.kind {
             Capability::Embeddings => {
                 let s = &settings.embeddings;
-                model.queue = queue(s.max_queue_size, s.max_concurrent, s.queue_timeout, s.request_timeout);
-                model.embeddings = Some(EmbeddingModelSettings {
+                let embeddings = EmbeddingModelSettings {
                     batch_window_ms: entry.batch_window_ms.unwrap_or(s.batch_window_ms),
                     batch_max_size: entry.batch_max_size.unwrap_or(s.batch_max_size),
                     batch_max_tokens: entry.batch_max_tokens.unwrap_or(s.batch_max_tokens),
                     cache_size: entry.cache_size.unwrap_or(s.cache_size),
                     max_inputs: s.max_batch_size,
                     max_text_chars: s.max_text_chars,
-                });
+                };
+                let queue = queue(s.max_queue_size, s.max_concurrent, s.queue_timeout, s.request_timeout);
+                (queue, Some(embeddings), None, None)
             }
             Capability::Chat | Capability::Vision => {
                 let c = &settings.chat;
@@ -142,23 +127,33 @@ impl ModelSettings {
                     Capability::Vision => (settings.vision.max_concurrent, settings.vision.max_queue_size),
                     _ => (if c.batching { c.batch_max_size } else { 1 }, c.max_queue_size),
                 };
-                model.queue = queue(waiting, running, c.queue_timeout, c.request_timeout);
-                model.chat = Some(ChatModelSettings {
+                let chat = ChatModelSettings {
                     max_prompt_tokens: c.max_prompt_tokens,
                     default_max_tokens: entry.max_tokens.unwrap_or(c.default_max_tokens),
                     max_new_tokens: c.max_new_tokens,
                     temperature: entry.temperature.unwrap_or(c.temperature),
                     top_p: entry.top_p.unwrap_or(c.top_p),
                     prefill_chunk: c.prefill_chunk,
-                });
+                };
+                (queue(waiting, running, c.queue_timeout, c.request_timeout), None, Some(chat), None)
             }
             Capability::Audio => {
                 let a = &settings.audio;
-                model.queue = queue(a.max_queue_size, a.max_concurrent, a.queue_timeout, a.request_timeout);
-                model.audio = Some(AudioModelSettings { max_seconds: a.max_seconds });
+                let queue = queue(a.max_queue_size, a.max_concurrent, a.queue_timeout, a.request_timeout);
+                (queue, None, None, Some(AudioModelSettings { max_seconds: a.max_seconds }))
             }
+        };
+        ModelSettings {
+            id: entry.id.clone(),
+            capability: entry.kind,
+            device: settings.device,
+            precision: entry.precision.unwrap_or_default(),
+            queue,
+            embeddings,
+            chat,
+            audio,
+            fault_marker: entry.fault_panic_marker.clone(),
         }
-        model
     }
 }
 
