@@ -7,7 +7,7 @@
 
 /// The cfg each feature set sets; the sets are those of the tokens in `src/engines/kernels/mod.rs`.
 const SETS: [(&str, &[&str]); 4] = [
-    ("sis_host_avx2", &["avx2", "fma"]),
+    ("sis_host_avx2", &["avx2", "fma", "f16c"]),
     ("sis_host_avx512", &["avx512f", "avx512bw", "avx512dq", "avx512vl", "fma"]),
     ("sis_host_avx512bf16", &["avx512f", "avx512bf16"]),
     ("sis_host_avx512vnni", &["avx512f", "avx512bw", "avx512vnni", "f16c"]),

@@ -31,9 +31,15 @@ fn prefill(model: &Llama, prompts: &[Vec<u32>]) -> Vec<KvCache> {
 fn chat_steps(c: &mut Criterion) {
     let (entry, dir) = support::model("SmolLM2-135M-Instruct");
     let path = dir.join(entry.file.as_deref().expect("a GGUF file"));
-    let kernels = selection().and_then(|s| s.for_model(Precision::Auto, true)).unwrap_or_else(|e| panic!("{e}"));
-    let (model, content) = Llama::from_gguf(&path, kernels).expect("model");
-    support::announce("SmolLM2-135M-Instruct", &ChatWeights::of_gguf(&content).report(kernels));
+    // The kernels the server would run: prompt rows' dense kernel timed on 128-row chunks.
+    let header = candle_core::quantized::gguf_file::Content::read(&mut std::fs::File::open(&path).expect("model"))
+        .expect("GGUF header");
+    let weights = ChatWeights::of_gguf(&header);
+    let kernels = selection()
+        .and_then(|s| s.for_model(Precision::Auto, true, &weights.shapes(128)))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (model, _) = Llama::from_gguf(&path, kernels).expect("model");
+    support::announce("SmolLM2-135M-Instruct", &weights.report(kernels));
     let vocab = model.config.vocab;
 
     let mut group = c.benchmark_group(support::group("smollm_prefill"));

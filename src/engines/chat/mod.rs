@@ -468,7 +468,7 @@ impl ChatLoader {
 
     /// The kernels this model runs: the operator's selection and the model's precision.
     fn resolve(&self) -> anyhow::Result<Kernels> {
-        let kernels = selection()?.for_model(self.precision, true)?;
+        let kernels = selection()?.for_model(self.precision, true, &self.weights.shapes(self.prefill_chunk))?;
         if !self.weights.gguf && self.precision == Precision::Bf16 {
             anyhow::bail!(
                 "precision = \"bf16\" applies to GGUF chat models (the dense copy their prompt rows run on); \
@@ -479,7 +479,7 @@ impl ChatLoader {
     }
 
     /// Which implementation each hot operation runs for this model on this machine (`"quantized
-    /// matmul: vnni-avx512 (Q4_1)"`, `"prompt rows: dense copy on bf16-avx512"`, …); one `error: …`
+    /// matmul: int8-avx2 (Q4_1)"`, `"prompt rows: dense copy on fma-avx2 (measured: …)"`, …); one `error: …`
     /// line where the model cannot load with the selected kernels.
     pub fn kernels(&self) -> Vec<String> {
         match self.resolve() {
@@ -554,6 +554,7 @@ mod tests {
                 prompt_copy: gguf,
                 types: if gguf { vec![candle_core::quantized::GgmlDType::Q8_0] } else { Vec::new() },
                 vision: false,
+                widths: Some((64, 128)),
             },
         }
     }
@@ -566,7 +567,8 @@ mod tests {
             return;
         }
         let f32 = loader(true, Precision::F32).kernels();
-        assert!(f32.contains(&"prompt rows: dense copy on reference".to_string()), "{f32:?}");
+        let prompt = f32.iter().find(|l| l.starts_with("prompt rows: dense copy on ")).expect("a dense copy");
+        assert!(!prompt.contains("bf16"), "{f32:?}");
         let refused = loader(false, Precision::Bf16).kernels();
         assert!(refused.len() == 1 && refused[0].starts_with("error: precision = \"bf16\""), "{refused:?}");
         assert_eq!(loader(false, Precision::Auto).kernels()[0], "matmul: reference (f32 weights)");

@@ -169,11 +169,11 @@ impl BertModel {
             let qkv = Dense::new(
                 &Tensor::cat(&[(qw * scale)?, kw, vw], 0)?,
                 Some(&Tensor::cat(&[(qb * scale)?, kb, vb_], 0)?),
-                kernels.bf16,
+                kernels.dense,
             )?;
             let dense = |name: &str, i: usize, o: usize| -> Result<Dense> {
                 let (w, b) = linear(&l.pp(name), i, o)?;
-                Dense::new(&w, Some(&b), kernels.bf16)
+                Dense::new(&w, Some(&b), kernels.dense)
             };
             layers.push(Layer {
                 qkv,

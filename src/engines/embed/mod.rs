@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
 use crate::config::roster::{ModelEntry, Pooling, Precision};
+use crate::engines::kernels::measure::Shape;
 use crate::engines::kernels::{selection, KernelError, Kernels};
 use crate::engines::nn::attention::Packing;
 use bert::{BertConfig, BertModel};
@@ -109,7 +110,13 @@ impl EmbedderSpec {
     /// The kernels this model runs on a device (`cpu`: the CPU): the operator's selection and the
     /// model's precision.
     fn resolve(&self, cpu: bool) -> Result<Kernels, KernelError> {
-        selection()?.for_model(self.precision, cpu)
+        selection()?.for_model(self.precision, cpu, &self.shapes())
+    }
+
+    /// The products of a typical batch (256 tokens), `(rows, out, in)`: QKV, feed-forward in and out.
+    fn shapes(&self) -> Vec<Shape> {
+        let (h, i) = (self.config.hidden_size, self.config.intermediate_size);
+        vec![(256, 3 * h, h), (256, i, h), (256, h, i)]
     }
 
     /// Which implementation each hot operation runs for this model on this machine (`"dense:
@@ -128,7 +135,7 @@ impl EmbedderSpec {
             other => format!("{other}: reference"),
         };
         vec![
-            format!("dense: {}", kernels.dense()),
+            format!("dense: {}", kernels.dense_report()),
             format!("attention: {}", crate::engines::nn::attention::describe(kernels)),
             activation,
         ]

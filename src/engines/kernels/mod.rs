@@ -6,9 +6,14 @@
 //!
 //! | kernel | replaces | needs |
 //! |---|---|---|
+//! | [`fma`]: dense layers on f32 FMA | candle's f32 matmul | AVX2 + FMA ([`Avx2`]) or AVX-512 ([`Avx512`]) |
 //! | [`bf16`]: dense layers on bf16 dot products | candle's f32 matmul | AVX-512 F + BF16 ([`Avx512Bf16`]) |
-//! | [`quantized`]: int8 dot products on GGUF weights | candle's quantized matmul | AVX-512 F/BW + VNNI, F16C ([`Avx512Vnni`]) |
+//! | [`quantized`]: int8 dot products on GGUF weights | candle's quantized matmul | AVX2 + F16C ([`Avx2`], `vpmaddubsw`) or AVX-512 VNNI ([`Avx512Vnni`], `vpdpbusd`) |
 //! | [`elementwise`] and the attention loops | candle's softmax, GeLU and attention ops | nothing ([`Simd::Portable`]); faster builds for AVX2 and AVX-512 ([`Simd`]) |
+//!
+//! Where several dense kernels run here, which is fastest depends on the CPU more than on the
+//! instructions (on some Xeons a bf16 dot product is no faster than an f32 FMA), so each model times
+//! them on its own shapes when it is resolved and keeps the fastest ([`measure`]).
 //!
 //! A kernel that needs instructions takes a token (a zero-sized proof) that only `detect()` makes, on a
 //! CPU that has them (never off x86-64, where the kernels' code is not even compiled). So a packed kernel
@@ -25,6 +30,8 @@ use crate::config::roster::Precision;
 
 pub mod bf16;
 pub mod elementwise;
+pub mod fma;
+pub mod measure;
 pub mod quantized;
 
 /// What a token holds: nothing, behind a private field, so that only `detect()` makes tokens.
@@ -57,8 +64,9 @@ macro_rules! cpu_token {
 }
 
 cpu_token!(
-    /// Proof that the CPU runs AVX2 and FMA (the AVX2 build of the loops).
-    Avx2, "AVX2 and FMA", ["avx2", "fma"]
+    /// Proof that the CPU runs AVX2, FMA and F16C (the AVX2 builds of the loops and kernels; every CPU
+    /// with AVX2 has the other two).
+    Avx2, "AVX2, FMA and F16C", ["avx2", "fma", "f16c"]
 );
 cpu_token!(
     /// Proof that the CPU runs AVX-512 F, BW, DQ and VL, and FMA (the AVX-512 build of the loops).
@@ -110,39 +118,99 @@ impl Simd {
     }
 }
 
-/// The kernels one model runs; `None` everywhere is the reference path (candle ops only).
+/// The f32 GEMM's build ([`fma`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fma {
+    /// Eight lanes.
+    Avx2(Avx2),
+    /// Sixteen lanes.
+    Avx512(Avx512),
+}
+
+/// The int8 kernel's build ([`quantized`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Int8 {
+    /// `vpmaddubsw`, eight columns per vector.
+    Avx2(Avx2),
+    /// `vpdpbusd`, sixteen columns per vector.
+    Vnni(Avx512Vnni),
+}
+
+impl Int8 {
+    /// `int8-avx2` or `vnni-avx512`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Int8::Avx2(_) => "int8-avx2",
+            Int8::Vnni(_) => "vnni-avx512",
+        }
+    }
+}
+
+/// What a dense layer (`x · Wᵀ + b`, f32 weights) runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DenseKernel {
+    /// candle's f32 matmul.
+    Reference,
+    /// sis's f32 GEMM.
+    Fma(Fma),
+    /// sis's bf16 GEMM (bf16 products, f32 sums).
+    Bf16(Avx512Bf16),
+}
+
+impl DenseKernel {
+    /// `reference`, `fma-avx2`, `fma-avx512` or `bf16-avx512`.
+    pub fn name(self) -> &'static str {
+        match self {
+            DenseKernel::Reference => "reference",
+            DenseKernel::Fma(Fma::Avx2(_)) => "fma-avx2",
+            DenseKernel::Fma(Fma::Avx512(_)) => "fma-avx512",
+            DenseKernel::Bf16(_) => "bf16-avx512",
+        }
+    }
+}
+
+/// The kernels one model runs; [`Kernels::REFERENCE`] is the reference path (candle ops only).
 ///
 /// The fields hold tokens, which cannot be forged, so any value of this type is safe to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Kernels {
     /// sis's loops (softmax, GeLU, short attention) and their build; `None`: candle's ops.
     pub simd: Option<Simd>,
-    /// The bf16 dense kernel; `None`: candle's f32 matmul.
+    /// Dense layers.
+    pub dense: DenseKernel,
+    /// bf16 products for the attention of long sequences; `None`: candle's f32 matmul.
     pub bf16: Option<Avx512Bf16>,
     /// The int8 quantized kernel; `None`: candle's quantized matmul.
-    pub vnni: Option<Avx512Vnni>,
+    pub int8: Option<Int8>,
+    /// How `dense` was chosen, where it was measured against other candidates.
+    pub measured: Option<&'static measure::Measurement>,
+    /// `precision = "f32"`: no reduced-precision copies of f32 weights (bf16 products, 8-bit output
+    /// projections), only what the reference computes.
+    pub exact: bool,
 }
 
 impl Kernels {
     /// Candle ops only.
-    pub const REFERENCE: Kernels = Kernels { simd: None, bf16: None, vnni: None };
+    pub const REFERENCE: Kernels =
+        Kernels { simd: None, dense: DenseKernel::Reference, bf16: None, int8: None, measured: None, exact: false };
 
-    /// What dense layers run on: `bf16-avx512` or `reference`.
+    /// What dense layers run on (see [`DenseKernel::name`]).
     pub fn dense(&self) -> &'static str {
-        if self.bf16.is_some() {
-            "bf16-avx512"
-        } else {
-            "reference"
+        self.dense.name()
+    }
+
+    /// What dense layers run on, and the timings that chose it where it was measured:
+    /// `fma-avx2 (measured: fma-avx2 1.21 ms, reference 3.02 ms)`.
+    pub fn dense_report(&self) -> String {
+        match self.measured {
+            Some(m) => format!("{} ({})", self.dense(), m.describe()),
+            None => self.dense().to_string(),
         }
     }
 
-    /// What quantized products run on: `vnni-avx512` or `reference`.
+    /// What quantized products run on: `int8-avx2`, `vnni-avx512` or `reference`.
     pub fn quantized(&self) -> &'static str {
-        if self.vnni.is_some() {
-            "vnni-avx512"
-        } else {
-            "reference"
-        }
+        self.int8.map_or("reference", Int8::name)
     }
 
     /// What softmax and GeLU run on: the loops' build, or `reference`.
@@ -160,9 +228,10 @@ pub enum Request {
     Reference,
     /// sis's loops in their baseline build; dense and quantized products on candle.
     Portable,
-    /// sis's loops built for AVX2; dense and quantized products on candle (sis has no AVX2 GEMM).
+    /// Every AVX2 kernel: the loops' AVX2 build, the f32 GEMM's and the int8 kernel's.
     Avx2,
-    /// Every AVX-512 kernel: the loops' AVX-512 build, bf16 dense layers and int8 quantized products.
+    /// Every AVX-512 kernel: the loops' AVX-512 build, bf16 or f32 dense layers (whichever measures
+    /// faster) and int8 quantized products on VNNI.
     Avx512,
 }
 
@@ -226,20 +295,26 @@ impl Selection {
     pub fn resolve(request: Request) -> Result<Self, KernelError> {
         let unavailable =
             |missing: Vec<&str>| KernelError::Unavailable { family: request.name(), missing: missing.join(", ") };
-        let kernels = match request {
-            Request::Auto => {
-                Kernels { simd: Some(Simd::best()), bf16: Avx512Bf16::detect(), vnni: Avx512Vnni::detect() }
-            }
+        let mut kernels = match request {
+            Request::Auto => Kernels {
+                simd: Some(Simd::best()),
+                bf16: Avx512Bf16::detect(),
+                int8: Avx512Vnni::detect().map(Int8::Vnni).or_else(|| Avx2::detect().map(Int8::Avx2)),
+                ..Kernels::REFERENCE
+            },
             Request::Reference => Kernels::REFERENCE,
             Request::Portable => Kernels { simd: Some(Simd::Portable), ..Kernels::REFERENCE },
             Request::Avx2 => {
                 let avx2 = Avx2::detect().ok_or_else(|| unavailable(vec![Avx2::NEEDS]))?;
-                Kernels { simd: Some(Simd::Avx2(avx2)), ..Kernels::REFERENCE }
+                Kernels { simd: Some(Simd::Avx2(avx2)), int8: Some(Int8::Avx2(avx2)), ..Kernels::REFERENCE }
             }
             Request::Avx512 => match (Avx512::detect(), Avx512Bf16::detect(), Avx512Vnni::detect()) {
-                (Some(avx512), Some(bf16), Some(vnni)) => {
-                    Kernels { simd: Some(Simd::Avx512(avx512)), bf16: Some(bf16), vnni: Some(vnni) }
-                }
+                (Some(avx512), Some(bf16), Some(vnni)) => Kernels {
+                    simd: Some(Simd::Avx512(avx512)),
+                    bf16: Some(bf16),
+                    int8: Some(Int8::Vnni(vnni)),
+                    ..Kernels::REFERENCE
+                },
                 (avx512, bf16, vnni) => {
                     let mut missing = Vec::new();
                     if avx512.is_none() {
@@ -255,6 +330,8 @@ impl Selection {
                 }
             },
         };
+        let selection = Self { request, kernels };
+        kernels.dense = selection.dense_candidates()[0];
         Ok(Self { request, kernels })
     }
 
@@ -273,26 +350,72 @@ impl Selection {
         self.request
     }
 
-    /// The kernels selected, before any model's precision.
+    /// The kernels selected, before any model's precision or measurement (dense layers: the first
+    /// candidate).
     pub fn kernels(&self) -> Kernels {
         self.kernels
     }
 
-    /// One line for logs: `auto: loops avx2, dense reference, quantized reference`.
+    /// The dense kernels this selection may run, the one to prefer unmeasured first: under `auto` every
+    /// one this CPU has, under a family its own.
+    pub fn dense_candidates(&self) -> Vec<DenseKernel> {
+        let mut all = Vec::new();
+        match self.request {
+            Request::Auto => {
+                all.extend(Avx512Bf16::detect().map(DenseKernel::Bf16));
+                all.extend(Avx512::detect().map(|t| DenseKernel::Fma(Fma::Avx512(t))));
+                all.extend(Avx2::detect().map(|t| DenseKernel::Fma(Fma::Avx2(t))));
+                all.push(DenseKernel::Reference);
+            }
+            Request::Reference | Request::Portable => all.push(DenseKernel::Reference),
+            Request::Avx2 => all.extend(Avx2::detect().map(|t| DenseKernel::Fma(Fma::Avx2(t)))),
+            Request::Avx512 => {
+                all.extend(Avx512Bf16::detect().map(DenseKernel::Bf16));
+                all.extend(Avx512::detect().map(|t| DenseKernel::Fma(Fma::Avx512(t))));
+            }
+        }
+        if all.is_empty() {
+            all.push(DenseKernel::Reference);
+        }
+        all
+    }
+
+    /// One line for logs: `auto: loops avx2, dense fma-avx2 or reference (measured per model), quantized
+    /// int8-avx2`.
     pub fn describe(&self) -> String {
         let k = &self.kernels;
-        format!("{}: loops {}, dense {}, quantized {}", self.request.name(), k.loops(), k.dense(), k.quantized())
+        let dense: Vec<&str> = self.dense_candidates().iter().map(|d| d.name()).collect();
+        let dense = match dense.len() {
+            1 => dense[0].to_string(),
+            _ => format!("{} (measured per model)", dense.join(" or ")),
+        };
+        format!("{}: loops {}, dense {dense}, quantized {}", self.request.name(), k.loops(), k.quantized())
     }
 
     /// The kernels of a model with this `precision` on a device (`cpu` true for the CPU; other devices
-    /// run the reference path). `f32` turns bf16 rounding off; `bf16` fails where the bf16 kernel does
-    /// not run.
-    pub fn for_model(&self, precision: Precision, cpu: bool) -> Result<Kernels, KernelError> {
+    /// run the reference path), its dense layers chosen among the candidates by timing them on `shapes`
+    /// (`(rows, out, in)`: the model's own products; empty: the preferred candidate, unmeasured). `f32`
+    /// takes bf16 out of the candidates; `bf16` fails where the bf16 kernel does not run.
+    ///
+    /// Every candidate meets the model's accuracy bound: the f32 kernels compute what the reference
+    /// does, and bf16 products keep embeddings within 1e-3 cosine of f32 (`tests/embeddings.rs`);
+    /// `precision = "f32"` is the operator's way to refuse that rounding.
+    pub fn for_model(
+        &self,
+        precision: Precision,
+        cpu: bool,
+        shapes: &[measure::Shape],
+    ) -> Result<Kernels, KernelError> {
         let mut kernels = if cpu { self.kernels } else { Kernels::REFERENCE };
+        let mut candidates = if cpu { self.dense_candidates() } else { vec![DenseKernel::Reference] };
         match precision {
             Precision::Auto => {}
-            Precision::F32 => kernels.bf16 = None,
-            Precision::Bf16 if kernels.bf16.is_some() => {}
+            Precision::F32 => {
+                kernels.bf16 = None;
+                kernels.exact = true;
+                candidates.retain(|c| !matches!(c, DenseKernel::Bf16(_)));
+            }
+            Precision::Bf16 if kernels.bf16.is_some() => candidates.retain(|c| matches!(c, DenseKernel::Bf16(_))),
             Precision::Bf16 => {
                 let why = if !cpu {
                     "it runs on the CPU only".to_string()
@@ -303,6 +426,12 @@ impl Selection {
                 };
                 return Err(KernelError::NoBf16(why));
             }
+        }
+        kernels.dense = candidates.first().copied().unwrap_or(DenseKernel::Reference);
+        if candidates.len() > 1 && !shapes.is_empty() {
+            let measurement = measure::dense(&candidates, shapes);
+            kernels.dense = measurement.fastest();
+            kernels.measured = Some(measurement);
         }
         Ok(kernels)
     }
@@ -339,6 +468,11 @@ impl Pool {
             .build()
             .map(Pool)
             .map_err(std::io::Error::other)
+    }
+
+    /// How many threads the pool has.
+    pub fn threads(&self) -> usize {
+        self.0.current_num_threads()
     }
 
     /// Runs `f` on a worker of the pool and waits for it.
@@ -379,7 +513,11 @@ mod tests {
         let auto = Selection::parse("auto").unwrap().kernels();
         assert_eq!(auto.simd, Some(Simd::best()));
         assert_eq!(auto.bf16, Avx512Bf16::detect());
-        assert_eq!(auto.vnni, Avx512Vnni::detect());
+        let int8 = Avx512Vnni::detect().map(Int8::Vnni).or_else(|| Avx2::detect().map(Int8::Avx2));
+        assert_eq!(auto.int8, int8);
+        let candidates = Selection::parse("auto").unwrap().dense_candidates();
+        assert_eq!(candidates.last(), Some(&DenseKernel::Reference));
+        assert_eq!(candidates.len() > 1, Avx2::detect().is_some() || Avx512::detect().is_some());
         assert_eq!(Selection::parse("reference").unwrap().kernels(), Kernels::REFERENCE);
         assert_eq!(Selection::parse("portable").unwrap().kernels().simd, Some(Simd::Portable));
     }
@@ -388,7 +526,14 @@ mod tests {
     fn a_forced_family_runs_whole_or_fails_naming_what_is_missing() {
         match (Avx2::detect(), Selection::parse("avx2")) {
             (Some(avx2), Ok(s)) => {
-                assert_eq!(s.kernels(), Kernels { simd: Some(Simd::Avx2(avx2)), ..Kernels::REFERENCE })
+                let want = Kernels {
+                    simd: Some(Simd::Avx2(avx2)),
+                    dense: DenseKernel::Fma(Fma::Avx2(avx2)),
+                    int8: Some(Int8::Avx2(avx2)),
+                    ..Kernels::REFERENCE
+                };
+                assert_eq!(s.kernels(), want);
+                assert_eq!(s.dense_candidates(), [want.dense], "a forced family is not measured");
             }
             (None, Err(e)) => assert!(e.to_string().contains("AVX2"), "{e}"),
             (cpu, got) => panic!("CPU {cpu:?}, selection {got:?}"),
@@ -398,7 +543,8 @@ mod tests {
             Ok(s) => {
                 assert!(whole);
                 let k = s.kernels();
-                assert!(matches!(k.simd, Some(Simd::Avx512(_))) && k.bf16.is_some() && k.vnni.is_some());
+                assert!(matches!(k.simd, Some(Simd::Avx512(_))) && k.bf16.is_some());
+                assert!(matches!(k.int8, Some(Int8::Vnni(_))));
             }
             Err(e) => {
                 assert!(!whole);
@@ -410,11 +556,15 @@ mod tests {
     #[test]
     fn precision_f32_turns_bf16_off_and_bf16_insists() {
         let auto = Selection::parse("auto").unwrap();
-        assert_eq!(auto.for_model(Precision::F32, true).unwrap().bf16, None);
-        assert_eq!(auto.for_model(Precision::Auto, false).unwrap(), Kernels::REFERENCE);
-        assert!(auto.for_model(Precision::Bf16, false).is_err());
-        assert_eq!(auto.for_model(Precision::Bf16, true).is_ok(), Avx512Bf16::detect().is_some());
-        let err = Selection::reference().for_model(Precision::Bf16, true).unwrap_err().to_string();
+        let f32 = auto.for_model(Precision::F32, true, &[]).unwrap();
+        assert_eq!(f32.bf16, None);
+        assert!(!matches!(f32.dense, DenseKernel::Bf16(_)));
+        assert_eq!(auto.for_model(Precision::Auto, false, &[]).unwrap(), Kernels::REFERENCE);
+        assert!(auto.for_model(Precision::Bf16, false, &[]).is_err());
+        let bf16 = auto.for_model(Precision::Bf16, true, &[(64, 64, 64)]);
+        assert_eq!(bf16.is_ok(), Avx512Bf16::detect().is_some());
+        assert!(bf16.map_or(true, |k| matches!(k.dense, DenseKernel::Bf16(_)) && k.measured.is_none()));
+        let err = Selection::reference().for_model(Precision::Bf16, true, &[]).unwrap_err().to_string();
         assert!(err.contains("precision = \"bf16\""), "{err}");
     }
 }

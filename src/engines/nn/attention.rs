@@ -16,7 +16,8 @@ use rayon::prelude::*;
 
 use crate::engines::kernels::bf16::PackedBf16;
 use crate::engines::kernels::elementwise::{dispatch, exp, softmax};
-use crate::engines::kernels::{Avx512Bf16, Kernels, Simd};
+use crate::engines::kernels::fma::PackedF32;
+use crate::engines::kernels::{DenseKernel, Kernels, Simd};
 
 /// Token ranges of the sequences in a packed batch.
 #[derive(Debug, Clone)]
@@ -40,14 +41,14 @@ impl Packing {
     }
 }
 
-/// Sequences at least this long take matrix products (bf16 or candle's f32) instead of the loops:
-/// below it, laying out K and V costs more than it saves.
+/// Sequences at least this long take matrix products (sis's GEMMs or candle's f32) instead of the
+/// loops: below it, laying out K and V costs more than it saves.
 const LONG: usize = 64;
 
 /// Attention of every sequence over itself: `qkv` is `[tokens, 3·heads·head_dim]` with Q already
 /// scaled; returns `[tokens, heads·head_dim]`. On the CPU with loops selected, short sequences run on
-/// the loops and long ones as two matrix products per head: bf16 ([`head_bf16`]) where `kernels` has the
-/// bf16 kernel, else candle's f32. Otherwise, the reference path ([`tensor_attention`]).
+/// the loops and long ones as two matrix products per head ([`head_products`]) on sis's GEMM
+/// ([`products`]), else candle's f32. Otherwise, the reference path ([`tensor_attention`]).
 pub fn packed_attention(
     qkv: &Tensor,
     packing: &Packing,
@@ -56,20 +57,25 @@ pub fn packed_attention(
     kernels: Kernels,
 ) -> Result<Tensor> {
     match (qkv.device(), kernels.simd) {
-        (Device::Cpu, Some(simd)) => cpu_attention(qkv, packing, heads, head_dim, simd, kernels.bf16),
+        (Device::Cpu, Some(simd)) => cpu_attention(qkv, packing, heads, head_dim, simd, products(kernels)),
         _ => tensor_attention(qkv, packing, heads, head_dim),
+    }
+}
+
+/// The GEMM that long sequences' attention products run on: the model's dense kernel where it is one
+/// of sis's, else bf16 where the model allows it, else candle's (`Reference`).
+pub fn products(kernels: Kernels) -> DenseKernel {
+    match (kernels.dense, kernels.bf16) {
+        (DenseKernel::Reference, Some(cpu)) => DenseKernel::Bf16(cpu),
+        (dense, _) => dense,
     }
 }
 
 /// What [`packed_attention`] runs for these kernels, for reports.
 pub fn describe(kernels: Kernels) -> String {
-    match (kernels.simd, kernels.bf16) {
-        (None, _) => "reference".into(),
-        (Some(simd), bf16) => format!(
-            "{} loops below {LONG} tokens, {} from {LONG}",
-            simd.name(),
-            if bf16.is_some() { "bf16-avx512" } else { "reference" }
-        ),
+    match kernels.simd {
+        None => "reference".into(),
+        Some(simd) => format!("{} loops below {LONG} tokens, {} from {LONG}", simd.name(), products(kernels).name()),
     }
 }
 
@@ -139,10 +145,11 @@ fn attend_generic(data: &[f32], start: usize, len: usize, chunk: &mut [f32], sha
 }
 
 /// One head of full attention over rows `start..start + len` of fused projections (`data`, rows of
-/// `[Q | K | V]`, `3·hidden` wide, Q already scaled), as two bf16 matrix products with a row softmax
-/// (on the loops' build `simd`) between them; writes the head's columns of `out` (`[len, hidden]`).
-fn head_bf16(
-    (cpu, simd): (Avx512Bf16, Simd),
+/// `[Q | K | V]`, `3·hidden` wide, Q already scaled), as two matrix products on `kernel` (sis's bf16 or
+/// f32 GEMM) with a row softmax (on the loops' build `simd`) between them; writes the head's columns of
+/// `out` (`[len, hidden]`).
+fn head_products(
+    (kernel, simd): (DenseKernel, Simd),
     data: &[f32],
     (start, len): (usize, usize),
     head: usize,
@@ -159,9 +166,15 @@ fn head_bf16(
             v_t[i * len + t] = v;
         }
     }
-    let mut scores = PackedBf16::new(cpu, &k, len, head_dim, &[]).forward(&q, len);
+    // `x · wᵀ` for `w` of `[n, k]`, on the head's kernel.
+    let product = |w: &[f32], n: usize, k: usize, x: &[f32]| match kernel {
+        DenseKernel::Bf16(cpu) => PackedBf16::new(cpu, w, n, k, &[]).forward(x, len),
+        DenseKernel::Fma(cpu) => PackedF32::new(cpu, w, n, k, &[]).forward(x, len),
+        DenseKernel::Reference => unreachable!("reference products go through candle (sequence_f32)"),
+    };
+    let mut scores = product(&k, len, head_dim, &q);
     scores.par_chunks_mut(len).for_each(|row| softmax(simd, row));
-    let context = PackedBf16::new(cpu, &v_t, head_dim, len, &[]).forward(&scores, len);
+    let context = product(&v_t, head_dim, len, &scores);
     for (t, row) in context.chunks_exact(head_dim).enumerate() {
         out[t * hidden + head * head_dim..][..head_dim].copy_from_slice(row);
     }
@@ -185,7 +198,7 @@ fn cpu_attention(
     heads: usize,
     head_dim: usize,
     simd: Simd,
-    bf16: Option<Avx512Bf16>,
+    kernel: DenseKernel,
 ) -> Result<Tensor> {
     let hidden = heads * head_dim;
     let qkv = qkv.contiguous()?;
@@ -205,9 +218,11 @@ fn cpu_attention(
     }
     let shape = Shape { heads, head_dim, hidden, stride };
     chunks.into_par_iter().try_for_each(|(start, len, chunk)| {
-        match (len >= LONG, bf16) {
-            (true, Some(cpu)) => (0..heads).for_each(|h| head_bf16((cpu, simd), data, (start, len), h, shape, chunk)),
-            (true, None) => sequence_f32(data, start, len, chunk, shape)?,
+        match (len >= LONG, kernel) {
+            (true, DenseKernel::Reference) => sequence_f32(data, start, len, chunk, shape)?,
+            (true, kernel) => {
+                (0..heads).for_each(|h| head_products((kernel, simd), data, (start, len), h, shape, chunk))
+            }
             (false, _) => attend(simd, data, start, len, chunk, shape),
         }
         Ok::<_, candle_core::Error>(())
@@ -365,18 +380,34 @@ mod tests {
         assert_eq!(max_difference(got, tensor_attention(&qkv, &packing, 2, 8).unwrap()), 0.0);
     }
 
-    #[test]
-    #[cfg_attr(not(sis_host_avx512bf16), ignore = "needs AVX-512 BF16")]
-    fn long_sequences_on_bf16_products_stay_close() {
-        let cpu = crate::engines::kernels::Avx512Bf16::detect().expect(STALE_BUILD);
+    /// Long sequences' attention on sis's GEMM against the reference: the largest difference.
+    fn long_sequences_off_the_reference(kernels: Kernels) -> f32 {
         let (heads, head_dim) = (3, 32);
         let packing = Packing::new([70, 5, 130]);
         let qkv =
             (Tensor::randn(0f32, 1.0, (packing.tokens, 3 * heads * head_dim), &Device::Cpu).unwrap() * 0.3).unwrap();
-        let kernels = Kernels { simd: Some(Simd::best()), bf16: Some(cpu), vnni: None };
         let fast = packed_attention(&qkv, &packing, heads, head_dim, kernels).unwrap();
         let slow = tensor_attention(&qkv, &packing, heads, head_dim).unwrap();
-        let diff = max_difference(fast, slow);
+        max_difference(fast, slow)
+    }
+
+    #[test]
+    #[cfg_attr(not(sis_host_avx512bf16), ignore = "needs AVX-512 BF16")]
+    fn long_sequences_on_bf16_products_stay_close() {
+        let cpu = crate::engines::kernels::Avx512Bf16::detect().expect(STALE_BUILD);
+        let kernels = Kernels { simd: Some(Simd::best()), bf16: Some(cpu), ..Kernels::REFERENCE };
+        let diff = long_sequences_off_the_reference(kernels);
         assert!(diff < 2e-2, "max difference {diff}");
+    }
+
+    #[test]
+    #[cfg_attr(not(sis_host_avx2), ignore = "needs AVX2 and FMA")]
+    fn long_sequences_on_f32_products_match() {
+        let avx2 = Avx2::detect().expect(STALE_BUILD);
+        let dense = DenseKernel::Fma(crate::engines::kernels::Fma::Avx2(avx2));
+        let kernels = Kernels { simd: Some(Simd::Avx2(avx2)), dense, ..Kernels::REFERENCE };
+        assert_eq!(describe(kernels), "avx2 loops below 64 tokens, fma-avx2 from 64");
+        let diff = long_sequences_off_the_reference(kernels);
+        assert!(diff < 1e-5, "max difference {diff}");
     }
 }

@@ -1,15 +1,17 @@
-//! A dense (fully connected) layer that runs on the bf16 kernel where the model's kernels have it, else
-//! on candle's f32 matmul (the reference path).
+//! A dense (fully connected) layer on the model's dense kernel: sis's f32 GEMM or bf16 GEMM where the
+//! model's kernels chose one, else candle's f32 matmul (the reference path).
 //!
-//! Encoders are compute-bound on CPU, and bf16 dot products double the arithmetic per instruction;
-//! embeddings stay within 1e-3 cosine of the f32 result (`tests/embeddings.rs` checks it on real
-//! weights). `precision = "f32"` in the roster keeps the exact path for operators who want it.
+//! Encoders are compute-bound on CPU. The f32 GEMM computes what the reference does, faster; bf16 dot
+//! products double the arithmetic per instruction where the CPU has them, and embeddings stay within
+//! 1e-3 cosine of the f32 result (`tests/embeddings.rs` checks it on real weights). `precision = "f32"`
+//! in the roster keeps bf16 out for operators who want f32 sums of f32 products.
 
 use candle_core::{Device, Result, Storage, Tensor};
 
 use crate::engines::kernels::bf16::PackedBf16;
 use crate::engines::kernels::elementwise::gelu_erf;
-use crate::engines::kernels::{Avx512Bf16, Simd};
+use crate::engines::kernels::fma::PackedF32;
+use crate::engines::kernels::{DenseKernel, Simd};
 
 /// `x · Wᵀ + b` over the last dimension of `x`.
 pub enum Dense {
@@ -20,22 +22,30 @@ pub enum Dense {
         /// `[out]`, if the layer has one.
         bias: Option<Tensor>,
     },
+    /// sis's f32 GEMM (AVX2 or AVX-512).
+    Fma(PackedF32),
     /// The AVX-512 BF16 kernel.
     Bf16(PackedBf16),
 }
 
 impl Dense {
-    /// Builds from a torch-layout weight `[out, in]` and its bias `[out]`, if any: on the bf16 kernel
-    /// when given its token, else on candle's f32 matmul.
-    pub fn new(weight: &Tensor, bias: Option<&Tensor>, bf16: Option<Avx512Bf16>) -> Result<Self> {
+    /// Builds from a torch-layout weight `[out, in]` and its bias `[out]`, if any, on `kernel`.
+    pub fn new(weight: &Tensor, bias: Option<&Tensor>, kernel: DenseKernel) -> Result<Self> {
         let (n, k) = weight.dims2()?;
-        match bf16 {
-            Some(cpu) => {
-                let w = weight.flatten_all()?.to_vec1::<f32>()?;
-                let b = bias.map(|b| b.to_vec1::<f32>()).transpose()?.unwrap_or_default();
+        let host = || -> Result<(Vec<f32>, Vec<f32>)> {
+            let w = weight.flatten_all()?.to_vec1::<f32>()?;
+            Ok((w, bias.map(|b| b.to_vec1::<f32>()).transpose()?.unwrap_or_default()))
+        };
+        match kernel {
+            DenseKernel::Bf16(cpu) => {
+                let (w, b) = host()?;
                 Ok(Dense::Bf16(PackedBf16::new(cpu, &w, n, k, &b)))
             }
-            None => Ok(Dense::F32 { weight_t: weight.t()?.contiguous()?, bias: bias.cloned() }),
+            DenseKernel::Fma(cpu) => {
+                let (w, b) = host()?;
+                Ok(Dense::Fma(PackedF32::new(cpu, &w, n, k, &b)))
+            }
+            DenseKernel::Reference => Ok(Dense::F32 { weight_t: weight.t()?.contiguous()?, bias: bias.cloned() }),
         }
     }
 
@@ -49,6 +59,7 @@ impl Dense {
                     None => Ok(y),
                 }
             }
+            Dense::Fma(packed) => map_rows(x, packed.n(), |rows, m| packed.forward(rows, m)),
             Dense::Bf16(packed) => map_rows(x, packed.n(), |rows, m| packed.forward(rows, m)),
         }
     }
@@ -62,6 +73,11 @@ impl Dense {
                 f(&mut values);
                 Tensor::from_vec(values, shape, y.device())
             }
+            Dense::Fma(packed) => map_rows(x, packed.n(), |rows, m| {
+                let mut y = packed.forward(rows, m);
+                f(&mut y);
+                y
+            }),
             Dense::Bf16(packed) => map_rows(x, packed.n(), |rows, m| {
                 let mut y = packed.forward(rows, m);
                 f(&mut y);
@@ -104,7 +120,7 @@ pub fn map_rows(x: &Tensor, n: usize, kernel: impl FnOnce(&[f32], usize) -> Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engines::kernels::STALE_BUILD;
+    use crate::engines::kernels::{Avx2, Avx512Bf16, Fma, STALE_BUILD};
 
     fn layer(n: usize, k: usize) -> (Tensor, Tensor, Tensor) {
         let w = (Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap() * 0.1).unwrap();
@@ -116,7 +132,7 @@ mod tests {
     #[test]
     fn the_reference_path_is_x_times_w_transposed_plus_b() {
         let (w, b, x) = layer(7, 9);
-        let dense = Dense::new(&w, Some(&b), None).unwrap();
+        let dense = Dense::new(&w, Some(&b), DenseKernel::Reference).unwrap();
         let want = x.broadcast_matmul(&w.t().unwrap()).unwrap().broadcast_add(&b).unwrap();
         let got = dense.forward(&x).unwrap();
         assert_eq!(got.dims(), &[2, 5, 7]);
@@ -128,15 +144,28 @@ mod tests {
         assert!(diff < 1e-5, "candle's GeLU against the loops': {diff}");
     }
 
+    /// The largest difference between a layer on `kernel` and the reference path.
+    fn off_the_reference(kernel: DenseKernel) -> f32 {
+        let (w, b, x) = layer(70, 96);
+        let exact = Dense::new(&w, Some(&b), DenseKernel::Reference).unwrap().forward(&x).unwrap();
+        let fast = Dense::new(&w, Some(&b), kernel).unwrap().forward(&x).unwrap();
+        assert_eq!(fast.dims(), exact.dims());
+        (fast - exact).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+    }
+
     #[test]
     #[cfg_attr(not(sis_host_avx512bf16), ignore = "needs AVX-512 BF16")]
     fn the_bf16_layer_matches_the_reference_to_bf16_rounding() {
         let cpu = Avx512Bf16::detect().expect(STALE_BUILD);
-        let (w, b, x) = layer(70, 96);
-        let exact = Dense::new(&w, Some(&b), None).unwrap().forward(&x).unwrap();
-        let fast = Dense::new(&w, Some(&b), Some(cpu)).unwrap().forward(&x).unwrap();
-        assert_eq!(fast.dims(), exact.dims());
-        let diff = (fast - exact).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let diff = off_the_reference(DenseKernel::Bf16(cpu));
         assert!(diff < 2e-2, "{diff}");
+    }
+
+    #[test]
+    #[cfg_attr(not(sis_host_avx2), ignore = "needs AVX2")]
+    fn the_f32_layer_matches_the_reference_to_f32_rounding() {
+        let cpu = Avx2::detect().expect(STALE_BUILD);
+        let diff = off_the_reference(DenseKernel::Fma(Fma::Avx2(cpu)));
+        assert!(diff < 1e-5, "{diff}");
     }
 }

@@ -25,6 +25,46 @@ pub fn read(path: &Path) -> anyhow::Result<HashMap<String, Variable>> {
     parse(&bytes).with_context(|| format!("parsing CTranslate2 model {}", path.display()))
 }
 
+/// The dimensions of one variable of a model.bin, read from its header without reading the values
+/// (they are skipped): what choosing kernels needs before the model loads.
+pub fn dims_of(path: &Path, wanted: &str) -> anyhow::Result<Vec<usize>> {
+    use std::io::{BufReader, Read};
+    let mut file = BufReader::new(std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?);
+    let u32_ = |f: &mut BufReader<std::fs::File>| -> anyhow::Result<u32> {
+        let mut b = [0u8; 4];
+        f.read_exact(&mut b)?;
+        Ok(u32::from_le_bytes(b))
+    };
+    let string = |f: &mut BufReader<std::fs::File>| -> anyhow::Result<String> {
+        let mut n = [0u8; 2];
+        f.read_exact(&mut n)?;
+        let mut raw = vec![0u8; u16::from_le_bytes(n) as usize];
+        f.read_exact(&mut raw)?;
+        Ok(String::from_utf8_lossy(raw.strip_suffix(&[0]).unwrap_or(&raw)).into_owned())
+    };
+    let version = u32_(&mut file)?;
+    if version >= 2 {
+        string(&mut file)?;
+    }
+    if version >= 3 {
+        u32_(&mut file)?;
+    }
+    for _ in 0..u32_(&mut file)? {
+        let name = string(&mut file)?;
+        let mut rank = [0u8; 1];
+        file.read_exact(&mut rank)?;
+        let dims = (0..rank[0]).map(|_| u32_(&mut file).map(|d| d as usize)).collect::<anyhow::Result<Vec<_>>>()?;
+        let mut dtype = [0u8; 1];
+        file.read_exact(&mut dtype)?;
+        let size = u32_(&mut file)?;
+        if name == wanted {
+            return Ok(dims);
+        }
+        file.seek_relative(size as i64)?;
+    }
+    bail!("{} has no variable {wanted}", path.display())
+}
+
 struct Cursor<'a> {
     bytes: &'a [u8],
     at: usize,

@@ -8,14 +8,14 @@ use candle_core::{Module, Result, Tensor, D};
 use candle_nn::{LayerNorm, VarBuilder};
 
 use crate::engines::kernels::quantized::PackedQuant;
-use crate::engines::kernels::{Avx512Bf16, Kernels};
+use crate::engines::kernels::{DenseKernel, Kernels};
 use crate::engines::nn::attention::{attention_weights, sdpa};
 use crate::engines::nn::dense::Dense;
 
 /// A torch `Linear` as a [`Dense`] layer; `bias = false` for layers without one.
-fn linear(vb: VarBuilder, in_dim: usize, out_dim: usize, bias: bool, bf16: Option<Avx512Bf16>) -> Result<Dense> {
+fn linear(vb: VarBuilder, in_dim: usize, out_dim: usize, bias: bool, kernel: DenseKernel) -> Result<Dense> {
     let b = if bias { Some(vb.get(out_dim, "bias")?) } else { None };
-    Dense::new(&vb.get((out_dim, in_dim), "weight")?, b.as_ref(), bf16)
+    Dense::new(&vb.get((out_dim, in_dim), "weight")?, b.as_ref(), kernel)
 }
 
 struct Attention {
@@ -26,12 +26,12 @@ struct Attention {
 }
 
 impl Attention {
-    fn load(vb: VarBuilder, width: usize, bf16: Option<Avx512Bf16>) -> Result<Self> {
+    fn load(vb: VarBuilder, width: usize, kernel: DenseKernel) -> Result<Self> {
         Ok(Self {
-            q: linear(vb.pp("q_proj"), width, width, true, bf16)?,
-            k: linear(vb.pp("k_proj"), width, width, false, bf16)?,
-            v: linear(vb.pp("v_proj"), width, width, true, bf16)?,
-            out: linear(vb.pp("out_proj"), width, width, true, bf16)?,
+            q: linear(vb.pp("q_proj"), width, width, true, kernel)?,
+            k: linear(vb.pp("k_proj"), width, width, false, kernel)?,
+            v: linear(vb.pp("v_proj"), width, width, true, kernel)?,
+            out: linear(vb.pp("out_proj"), width, width, true, kernel)?,
         })
     }
 }
@@ -58,9 +58,9 @@ pub struct DecoderState {
 /// The decoder.
 pub struct TextDecoder {
     embed: Tensor,
-    /// The output projection (the token embedding) as 8-bit quants, where the dense layers run on bf16
-    /// and the int8 kernel runs: each step reads it whole, and at 4 bytes a weight it is most of a
-    /// step's memory traffic.
+    /// The output projection (the token embedding) as 8-bit quants, where the int8 kernel runs and the
+    /// precision allows it: each step reads it whole, and at 4 bytes a weight it is most of a step's
+    /// memory traffic.
     output: Option<PackedQuant>,
     pos: Tensor,
     blocks: Vec<Block>,
@@ -74,9 +74,9 @@ fn layer_norm(vb: VarBuilder, width: usize) -> Result<LayerNorm> {
 }
 
 impl TextDecoder {
-    /// Loads `model.decoder.*` from Hub-named weights: the dense layers on the bf16 kernel where
-    /// `kernels` has it, and then the output projection on 8-bit quants where it has the int8 kernel
-    /// (`precision = "f32"`, which turns bf16 off, keeps the projection exact too).
+    /// Loads `model.decoder.*` from Hub-named weights: the dense layers on the model's dense kernel, and
+    /// the output projection on 8-bit quants where `kernels` has the int8 kernel (`precision = "f32"`
+    /// keeps it exact).
     pub fn load(
         vb: VarBuilder,
         width: usize,
@@ -86,7 +86,7 @@ impl TextDecoder {
         positions: usize,
         kernels: Kernels,
     ) -> Result<Self> {
-        let fast = kernels.bf16;
+        let fast = kernels.dense;
         let blocks = (0..layers)
             .map(|i| {
                 let b = vb.pp(format!("layers.{i}"));
@@ -102,8 +102,8 @@ impl TextDecoder {
             })
             .collect::<Result<Vec<_>>>()?;
         let embed = vb.get((vocab, width), "embed_tokens.weight")?;
-        let output = match (fast, kernels.vnni) {
-            (Some(_), Some(cpu)) if width > 0 && width.is_multiple_of(32) => {
+        let output = match (kernels.exact, kernels.int8) {
+            (false, Some(cpu)) if width > 0 && width.is_multiple_of(32) => {
                 Some(PackedQuant::from_f32(cpu, &embed.flatten_all()?.to_vec1::<f32>()?, vocab, width))
             }
             _ => None,

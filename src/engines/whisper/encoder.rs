@@ -2,15 +2,15 @@
 //! then pre-norm attention blocks with Q, K and V fused, and attention per head as two matrix products.
 //!
 //! The encoder is most of the cost of a transcription (a 30-second window whatever the clip's length),
-//! and it is compute-bound, so on CPUs with AVX-512 BF16 every product (attention included) runs on the
-//! bf16 kernel with f32 sums; `precision = "f32"` keeps candle's f32 matmul throughout. GeLU runs on the
+//! and it is compute-bound, so every product runs on the model's dense kernel (sis's f32 or bf16 GEMM,
+//! whichever measured faster here; attention included); `precision = "f32"` keeps bf16 out. GeLU runs on the
 //! loops of [`crate::engines::kernels::elementwise`], or candle's where the kernels select none.
 
 use candle_core::{Device, Result, Tensor};
 use candle_nn::{Module, VarBuilder};
 use rayon::prelude::*;
 
-use crate::engines::kernels::{Avx512Bf16, Kernels, Simd};
+use crate::engines::kernels::{DenseKernel, Kernels, Simd};
 use crate::engines::nn::attention::{packed_attention, Packing};
 use crate::engines::nn::dense::Dense;
 
@@ -27,11 +27,11 @@ impl Conv {
         in_channels: usize,
         out_channels: usize,
         stride: usize,
-        bf16: Option<Avx512Bf16>,
+        kernel: DenseKernel,
     ) -> Result<Self> {
         // [out, in, 3] flattens to [out, in·3]: column c·3 + j multiplies input channel c at offset j − 1.
         let weight = vb.get((out_channels, in_channels, 3), "weight")?.reshape((out_channels, in_channels * 3))?;
-        let dense = Dense::new(&weight, Some(&vb.get(out_channels, "bias")?), bf16)?;
+        let dense = Dense::new(&weight, Some(&vb.get(out_channels, "bias")?), kernel)?;
         Ok(Self { dense, stride, in_channels })
     }
 
@@ -110,7 +110,7 @@ impl AudioEncoder {
         positions: usize,
         kernels: Kernels,
     ) -> Result<Self> {
-        let bf16 = kernels.bf16;
+        let dense_kernel = kernels.dense;
         let head_dim = width / heads;
         let scale = (head_dim as f64).powf(-0.5);
         let blocks = (0..layers)
@@ -123,12 +123,13 @@ impl AudioEncoder {
                 let kb = Tensor::zeros(width, candle_core::DType::F32, &Device::Cpu)?;
                 let v = a.get((width, width), "v_proj.weight")?;
                 let vb_ = a.get(width, "v_proj.bias")?;
-                let qkv = Dense::new(&Tensor::cat(&[q, k, v], 0)?, Some(&Tensor::cat(&[qb, kb, vb_], 0)?), bf16)?;
+                let qkv =
+                    Dense::new(&Tensor::cat(&[q, k, v], 0)?, Some(&Tensor::cat(&[qb, kb, vb_], 0)?), dense_kernel)?;
                 let dense = |name: &str, i: usize, o: usize| -> Result<Dense> {
                     Dense::new(
                         &l.get((o, i), &format!("{name}.weight"))?,
                         Some(&l.get(o, &format!("{name}.bias"))?),
-                        bf16,
+                        dense_kernel,
                     )
                 };
                 Ok(Block {
@@ -142,8 +143,8 @@ impl AudioEncoder {
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            conv1: Conv::load(&vb.pp("conv1"), mels, width, 1, bf16)?,
-            conv2: Conv::load(&vb.pp("conv2"), width, width, 2, bf16)?,
+            conv1: Conv::load(&vb.pp("conv1"), mels, width, 1, dense_kernel)?,
+            conv2: Conv::load(&vb.pp("conv2"), width, width, 2, dense_kernel)?,
             positions: sinusoids(positions, width)?,
             blocks,
             final_norm: layer_norm(&vb.pp("layer_norm"), width)?,

@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 use tokenizers::Tokenizer;
 
 use crate::config::roster::Precision;
+use crate::engines::kernels::measure::Shape;
 use crate::engines::kernels::{selection, KernelError, Kernels};
+use anyhow::Context;
 
 /// A model's shapes, by their Hub `config.json` names (openai-whisper's names in the comments).
 #[derive(Debug, Clone, PartialEq, serde::Deserialize)]
@@ -58,6 +60,8 @@ pub struct WhisperSpec {
     pub(super) suppress: Vec<u32>,
     pub(super) suppress_begin: Vec<u32>,
     pub(super) specials: Specials,
+    /// The model's width (`d_model`), for timing kernels on its shapes before it loads.
+    pub(super) width: usize,
 }
 
 impl WhisperSpec {
@@ -100,6 +104,15 @@ impl WhisperSpec {
             languages,
         };
         let vocab = tokenizer.get_vocab_size(true);
+        let ct2 = dir.join("model.bin");
+        let width = match config["d_model"].as_u64() {
+            Some(width) => width as usize,
+            None if ct2.is_file() => {
+                let dims = super::ct2::dims_of(&ct2, "encoder/conv1/weight")?;
+                *dims.first().context("encoder/conv1/weight has no dimensions")?
+            }
+            None => anyhow::bail!("config.json has no d_model"),
+        };
         let mut suppress = ids("suppress_ids");
         if suppress.is_empty() {
             suppress = config["suppress_tokens"]
@@ -128,12 +141,20 @@ impl WhisperSpec {
             suppress,
             suppress_begin,
             specials,
+            width,
         })
     }
 
     /// The kernels this model runs: the operator's selection and the model's precision.
     pub(super) fn resolve(&self) -> Result<Kernels, KernelError> {
-        selection()?.for_model(self.precision, true)
+        selection()?.for_model(self.precision, true, &self.shapes())
+    }
+
+    /// The products that dominate a transcription, `(rows, out, in)`: the encoder's over a 30-second
+    /// window (1500 positions; QKV, feed-forward in and out) and a decoder step's feed-forward.
+    fn shapes(&self) -> Vec<Shape> {
+        let w = self.width;
+        vec![(1500, 3 * w, w), (1500, 4 * w, w), (1500, w, 4 * w), (4, 4 * w, w)]
     }
 
     /// Which implementation each hot operation runs for this model on this machine (`"dense:
@@ -154,13 +175,13 @@ impl WhisperSpec {
 
 /// What [`WhisperSpec::kernels`] says: the encoder's window is always 1500 positions long, so its
 /// attention takes the matrix products (see [`crate::engines::nn::attention::packed_attention`]), and every Whisper
-/// width is a multiple of 32, so the output projection takes the int8 kernel whenever the decoder's
-/// dense layers run on bf16 and the kernel is selected.
+/// width is a multiple of 32, so the output projection takes the int8 kernel whenever the kernel is
+/// selected and the model's precision allows rounding (not `f32`).
 pub(super) fn report(kernels: Kernels) -> Vec<String> {
     let products = if kernels.simd.is_some() { kernels.dense() } else { "reference" };
-    let projection = if kernels.bf16.is_some() { kernels.quantized() } else { "reference" };
+    let projection = if kernels.exact { "reference" } else { kernels.quantized() };
     vec![
-        format!("dense: {}", kernels.dense()),
+        format!("dense: {}", kernels.dense_report()),
         format!("attention (encoder): {products}"),
         format!("gelu (encoder): {}", kernels.loops()),
         "attention (decoder): reference".to_string(),

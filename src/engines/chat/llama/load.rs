@@ -10,11 +10,11 @@ use std::path::Path;
 use super::config::LlamaConfig;
 use super::weights::{layout, ChatWeights, Quantized, Weight};
 use super::{Block, Llama};
-use crate::engines::kernels::{Avx512Vnni, Kernels, Pool};
+use crate::engines::kernels::{Int8, Kernels, Pool};
 
 impl Llama {
-    /// Loads the weights of a GGUF file (CPU) for `kernels`: prompt rows' dense copies on the bf16
-    /// kernel where it has it (else f32), quantized products on the int8 kernel where it has it.
+    /// Loads the weights of a GGUF file (CPU) for `kernels`: prompt rows' dense copies on its dense
+    /// kernel, quantized products on the int8 kernel where it has it.
     pub fn from_gguf(path: &Path, kernels: Kernels) -> anyhow::Result<(Self, Content)> {
         let mut file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
         let content = Content::read(&mut file).with_context(|| format!("reading GGUF {}", path.display()))?;
@@ -23,29 +23,29 @@ impl Llama {
         let weights = ChatWeights::of_gguf(&content);
         tracing::info!(path = %path.display(), kernels = %weights.report(kernels).join("; "), "chat kernels");
         let file = &mut file;
-        let vnni = kernels.vnni;
-        let embeddings = read(&content, file, "token_embd.weight", vnni)?.dequantize(&device)?;
+        let int8 = kernels.int8;
+        let embeddings = read(&content, file, "token_embd.weight", int8)?.dequantize(&device)?;
         let output_name =
             if content.tensor_infos.contains_key("output.weight") { "output.weight" } else { "token_embd.weight" };
-        let output = Quantized::new(read(&content, file, output_name, vnni)?, vnni)?;
-        let norm = read(&content, file, "output_norm.weight", vnni)?.dequantize(&device)?;
+        let output = Quantized::new(read(&content, file, output_name, int8)?, int8)?;
+        let norm = read(&content, file, "output_norm.weight", int8)?.dequantize(&device)?;
         let keep_dense = weights.prompt_copy;
         let mut blocks = Vec::with_capacity(config.layers);
         for i in 0..config.layers {
             let mut q = |s: &str| -> anyhow::Result<Weight> {
-                Ok(Weight::from_gguf(read(&content, file, &format!("blk.{i}.{s}"), vnni)?, keep_dense, kernels)?)
+                Ok(Weight::from_gguf(read(&content, file, &format!("blk.{i}.{s}"), int8)?, keep_dense, kernels)?)
             };
             let (q_proj, k_proj, v_proj, o) =
                 (q("attn_q.weight")?, q("attn_k.weight")?, q("attn_v.weight")?, q("attn_output.weight")?);
             let (gate, up, down) = (q("ffn_gate.weight")?, q("ffn_up.weight")?, q("ffn_down.weight")?);
             let mut dense = |s: &str| -> anyhow::Result<Tensor> {
-                Ok(read(&content, file, &format!("blk.{i}.{s}"), vnni)?.dequantize(&device)?)
+                Ok(read(&content, file, &format!("blk.{i}.{s}"), int8)?.dequantize(&device)?)
             };
             let (attn_norm, ffn_norm) = (dense("attn_norm.weight")?, dense("ffn_norm.weight")?);
             let mut optional = |s: &str| -> anyhow::Result<Option<Tensor>> {
                 let name = format!("blk.{i}.{s}");
                 if content.tensor_infos.contains_key(&name) {
-                    Ok(Some(read(&content, file, &name, vnni)?.dequantize(&device)?))
+                    Ok(Some(read(&content, file, &name, int8)?.dequantize(&device)?))
                 } else {
                     Ok(None)
                 }
@@ -172,15 +172,15 @@ pub fn safetensors_files(dir: &Path) -> anyhow::Result<Vec<std::path::PathBuf>> 
     Ok(files)
 }
 
-/// Reads a tensor and lays out a matrix in the type [`layout`] keeps for the int8 kernel `vnni`.
+/// Reads a tensor and lays out a matrix in the type [`layout`] keeps with (or without) the int8 kernel.
 pub(super) fn read(
     content: &Content,
     file: &mut std::fs::File,
     name: &str,
-    vnni: Option<Avx512Vnni>,
+    int8: Option<Int8>,
 ) -> anyhow::Result<QTensor> {
     let tensor = content.tensor(file, name, &Device::Cpu).with_context(|| format!("GGUF tensor {name}"))?;
-    let kept = layout(tensor.dtype(), vnni);
+    let kept = layout(tensor.dtype(), int8);
     if kept == tensor.dtype() || tensor.shape().dims().len() != 2 {
         return Ok(tensor);
     }

@@ -1,14 +1,15 @@
 //! Where a decoder's linear weights live and which product runs them: quantized rows on candle's
-//! quantized matmul or the int8 kernel, prompt rows on a dense copy (bf16 kernel or candle's f32 matmul)
-//! for models small enough to keep one.
+//! quantized matmul or the int8 kernel, prompt rows on a dense copy (the model's dense kernel: sis's f32
+//! or bf16 GEMM, or candle's f32 matmul) for models small enough to keep one.
 
 use candle_core::quantized::gguf_file::Content;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Result, Tensor};
 
 use super::StepInput;
-use crate::engines::kernels::quantized::PackedQuant;
-use crate::engines::kernels::{Avx512Vnni, Kernels};
+use crate::engines::kernels::measure::Shape;
+use crate::engines::kernels::quantized::{self, PackedQuant};
+use crate::engines::kernels::{Int8, Kernels};
 use crate::engines::nn::dense::Dense;
 
 /// Dense copies are kept only for models whose linear weights fit in this many bytes as f32.
@@ -28,6 +29,9 @@ pub struct ChatWeights {
     pub types: Vec<GgmlDType>,
     /// Safetensors: the checkpoint has a vision tower (Qwen3-VL).
     pub vision: bool,
+    /// GGUF: `(hidden, feed-forward)` widths, from the first block's `ffn_up` (the products the dense
+    /// kernel is timed on).
+    pub widths: Option<(usize, usize)>,
 }
 
 impl ChatWeights {
@@ -47,24 +51,42 @@ impl ChatWeights {
                 types.push(dtype);
             }
         }
-        Self { gguf: true, prompt_copy: linear_bytes <= DENSE_BUDGET_BYTES, types, vision: false }
+        let widths = content.tensor_infos.get("blk.0.ffn_up.weight").and_then(|t| match t.shape.dims() {
+            &[ffn, hidden] => Some((hidden, ffn)),
+            _ => None,
+        });
+        Self { gguf: true, prompt_copy: linear_bytes <= DENSE_BUDGET_BYTES, types, vision: false, widths }
+    }
+
+    /// The products the dense kernel runs, `(rows, out, in)`: a prompt chunk of `chunk` rows through
+    /// the feed-forward, where prompt rows take a dense copy; none otherwise (nothing to measure).
+    pub fn shapes(&self, chunk: usize) -> Vec<Shape> {
+        match self.widths {
+            Some((hidden, ffn)) if self.prompt_copy && chunk > 0 => vec![(chunk, ffn, hidden), (chunk, hidden, ffn)],
+            _ => Vec::new(),
+        }
     }
 
     /// Which implementation each hot operation runs with these weights and `kernels`.
     pub fn report(&self, kernels: Kernels) -> Vec<String> {
         let mut lines = Vec::new();
         if self.gguf {
-            let (mut vnni, mut reference) = (Vec::new(), Vec::new());
+            let (mut int8, mut reference) = (Vec::new(), Vec::new());
             for &dtype in &self.types {
-                let kept = layout(dtype, kernels.vnni);
-                let name = if kept == dtype { format!("{dtype:?}") } else { format!("{dtype:?} as {kept:?}") };
-                match kernels.vnni.filter(|_| packs(kept)) {
-                    Some(_) => vnni.push(name),
+                let kept = layout(dtype, kernels.int8);
+                let name = match kernels.int8.filter(|_| packs(kept)) {
+                    Some(_) if quantized::native(kept) => format!("{kept:?}"),
+                    Some(_) => format!("{kept:?} as 8-bit"),
+                    None if kept == dtype => format!("{dtype:?}"),
+                    None => format!("{dtype:?} as {kept:?}"),
+                };
+                match kernels.int8.filter(|_| packs(kept)) {
+                    Some(_) => int8.push(name),
                     None => reference.push(name),
                 }
             }
             let mut products = Vec::new();
-            for (kernel, names) in [("vnni-avx512", vnni), ("reference", reference)] {
+            for (kernel, names) in [(kernels.quantized(), int8), ("reference", reference)] {
                 if !names.is_empty() {
                     products.push(format!("{kernel} ({})", names.join(", ")));
                 }
@@ -72,7 +94,7 @@ impl ChatWeights {
             lines.push(format!("quantized matmul: {}", products.join(", ")));
             // Float matrices take candle's matmul for every row; quantized ones get the dense copy.
             lines.push(match self.prompt_copy && self.types.iter().any(|&t| !float(t)) {
-                true => format!("prompt rows: dense copy on {}", kernels.dense()),
+                true => format!("prompt rows: dense copy on {}", kernels.dense_report()),
                 false => "prompt rows: as decode rows".to_string(),
             });
         } else {
@@ -88,13 +110,13 @@ impl ChatWeights {
     }
 }
 
-/// The type a GGUF matrix is kept in at load: candle's CPU kernels for Q4_1 / Q5_0 / Q5_1 are scalar,
-/// so those are re-quantized to Q8_0, which has SIMD kernels, except Q4_1 where the int8 kernel runs (it
-/// takes Q4_1 as it is). Q8_0 holds every 4- and 5-bit level of a block to within 1/254 of the block's
-/// range, so the model is the same to within that rounding.
-pub(super) fn layout(dtype: GgmlDType, vnni: Option<Avx512Vnni>) -> GgmlDType {
+/// The type a GGUF matrix is kept in at load: where the int8 kernel runs, the file's own (the kernel
+/// packs it); else candle's CPU kernels for Q4_1 / Q5_0 / Q5_1 are scalar, so those are re-quantized to
+/// Q8_0, which has SIMD kernels. Q8_0 holds every 4- and 5-bit level of a block to within 1/254 of the
+/// block's range, so the model is the same to within that rounding.
+pub(super) fn layout(dtype: GgmlDType, int8: Option<Int8>) -> GgmlDType {
     match dtype {
-        GgmlDType::Q4_1 if vnni.is_some() => dtype,
+        _ if int8.is_some() => dtype,
         GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1 => GgmlDType::Q8_0,
         _ => dtype,
     }
@@ -105,13 +127,14 @@ fn float(dtype: GgmlDType) -> bool {
     matches!(dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16)
 }
 
-/// Whether the int8 kernel takes matrices of this type as they are.
+/// Whether the int8 kernel takes matrices of this type: every quantized type (those it does not pack
+/// as they are, [`quantized::native`], it re-quantizes to 8 bits per weight); floats stay on candle.
 pub(super) fn packs(dtype: GgmlDType) -> bool {
-    matches!(dtype, GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q8_0)
+    !float(dtype)
 }
 
 /// A linear layer's weight: quantized for decode rows, which are memory-bound, plus, for small models,
-/// a dense copy (bf16 where the CPU has it) for prompt rows, where a dense GEMM runs several times faster
+/// a dense copy (on the model's dense kernel) for prompt rows, where a dense GEMM runs several times faster
 /// than quantized dot products. The path depends on what a row is (prompt or decode), never on the
 /// other rows of the step, so a sequence's output does not depend on its company.
 pub(super) struct Weight {
@@ -119,15 +142,15 @@ pub(super) struct Weight {
     dense: Option<Dense>,
 }
 
-/// The quantized product: our VNNI kernel where the CPU has it and the type allows, else candle's.
+/// The quantized product: our int8 kernel where the CPU has it and the type allows, else candle's.
 pub(super) enum Quantized {
     Packed(PackedQuant),
     Candle(QMatMul),
 }
 
 impl Quantized {
-    pub(super) fn new(tensor: QTensor, vnni: Option<Avx512Vnni>) -> Result<Self> {
-        if let Some(cpu) = vnni.filter(|_| packs(tensor.dtype())) {
+    pub(super) fn new(tensor: QTensor, int8: Option<Int8>) -> Result<Self> {
+        if let Some(cpu) = int8.filter(|_| packs(tensor.dtype())) {
             if let Some(packed) = PackedQuant::from_qtensor(cpu, &tensor)? {
                 return Ok(Quantized::Packed(packed));
             }
@@ -193,11 +216,11 @@ impl Weight {
     /// (float weights take candle's f32 matmul for every row, like safetensors checkpoints).
     pub(super) fn from_gguf(tensor: QTensor, keep_dense: bool, kernels: Kernels) -> Result<Self> {
         let dense = if keep_dense && !float(tensor.dtype()) {
-            Some(Dense::new(&tensor.dequantize(&Device::Cpu)?, None, kernels.bf16)?)
+            Some(Dense::new(&tensor.dequantize(&Device::Cpu)?, None, kernels.dense)?)
         } else {
             None
         };
-        Ok(Self { quantized: Quantized::new(tensor, kernels.vnni)?, dense })
+        Ok(Self { quantized: Quantized::new(tensor, kernels.int8)?, dense })
     }
 
     pub(super) fn forward(&self, x: &Tensor, rows: &RowSplit) -> Result<Tensor> {
@@ -219,7 +242,7 @@ mod tests {
     use crate::engines::kernels::STALE_BUILD;
 
     fn gguf(types: &[GgmlDType], prompt_copy: bool) -> ChatWeights {
-        ChatWeights { gguf: true, prompt_copy, types: types.to_vec(), vision: false }
+        ChatWeights { gguf: true, prompt_copy, types: types.to_vec(), vision: false, widths: Some((64, 256)) }
     }
 
     #[test]
@@ -250,13 +273,19 @@ mod tests {
     }
 
     #[test]
-    #[cfg_attr(not(sis_host_avx512vnni), ignore = "needs AVX-512 VNNI")]
-    fn the_int8_kernel_takes_q4_0_q4_1_and_q8_0_as_they_are() {
-        let vnni = Some(Avx512Vnni::detect().expect(STALE_BUILD));
-        assert_eq!(layout(GgmlDType::Q4_1, vnni), GgmlDType::Q4_1);
-        assert_eq!(layout(GgmlDType::Q5_1, vnni), GgmlDType::Q8_0);
-        let kernels = Kernels { vnni, ..Kernels::REFERENCE };
-        let report = gguf(&[GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q6K], true).report(kernels);
-        assert_eq!(report[0], "quantized matmul: vnni-avx512 (Q4_1, Q5_0 as Q8_0), reference (Q6K)");
+    fn the_dense_kernel_is_timed_on_prompt_chunks_only_where_prompt_rows_have_a_dense_copy() {
+        assert_eq!(gguf(&[GgmlDType::Q4_1], true).shapes(128), [(128, 256, 64), (128, 64, 256)]);
+        assert!(gguf(&[GgmlDType::Q4_1], false).shapes(128).is_empty());
+    }
+
+    #[test]
+    #[cfg_attr(not(sis_host_avx2), ignore = "needs AVX2")]
+    fn the_int8_kernel_takes_every_quantized_type_and_leaves_floats() {
+        let int8 = Some(Int8::Avx2(crate::engines::kernels::Avx2::detect().expect(STALE_BUILD)));
+        assert_eq!(layout(GgmlDType::Q4_1, int8), GgmlDType::Q4_1);
+        assert_eq!(layout(GgmlDType::Q5_1, int8), GgmlDType::Q5_1);
+        let kernels = Kernels { int8, ..Kernels::REFERENCE };
+        let report = gguf(&[GgmlDType::Q4K, GgmlDType::Q6K, GgmlDType::F16], true).report(kernels);
+        assert_eq!(report[0], "quantized matmul: int8-avx2 (Q4K, Q6K as 8-bit), reference (F16)");
     }
 }
