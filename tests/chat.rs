@@ -513,3 +513,39 @@ fn safetensors_and_gguf_checkpoints_of_one_model_agree() {
         assert_eq!(st_tokens, gg_tokens);
     }
 }
+
+/// Qwen2.5-Coder-0.5B-Instruct as GGUF Q4_K_M: the K-quant mix users download (Q4_K, Q5_0, Q6_K and Q8_0
+/// matrices), off the default roster. Every one of its quantized types runs on the int8 kernel where the
+/// CPU has it (the model's `/health` kernels say which), and the answer is still right, alone or batched.
+#[test]
+fn a_q4_k_m_model_answers_and_batching_does_not_change_it() {
+    const QWEN: &str = "Qwen2.5-Coder-0.5B-Instruct";
+    let server = TestServer::builder().env("MODELS", QWEN).start();
+    let body = |q: &str| {
+        json!({
+            "model": QWEN,
+            "messages": [{ "role": "user", "content": q }],
+            "temperature": 0,
+            "max_tokens": 12,
+        })
+    };
+    let questions = ["What is the capital of France? Answer in one word.", "Name a primary color.", "What is 3+4?"];
+    let solo: Vec<String> = questions.iter().map(|q| content(&server.chat(body(q)))).collect();
+    assert!(solo[0].contains("Paris"), "{solo:?}");
+    assert!(solo[2].contains('7'), "{solo:?}");
+    let server = &server;
+    let together: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = questions.iter().map(|q| s.spawn(move || content(&server.chat(body(q))))).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(solo, together, "batching must not change greedy output");
+    let health = server.get("/health").json();
+    let products = health["models"][QWEN]["kernels"][0].as_str().unwrap().to_string();
+    assert!(products.starts_with("quantized matmul: "), "{products}");
+    for dtype in ["Q4K", "Q5_0", "Q6K", "Q8_0"] {
+        assert!(products.contains(dtype), "{dtype} missing from {products}");
+    }
+    if sis::engines::kernels::quantized::supported() {
+        assert!(!products.contains("reference"), "every quantized type takes the int8 kernel: {products}");
+    }
+}

@@ -10,7 +10,7 @@ use std::path::Path;
 use super::config::LlamaConfig;
 use super::weights::{layout, ChatWeights, Quantized, Weight};
 use super::{Block, Llama};
-use crate::engines::kernels::{Int8, Kernels, Pool};
+use crate::engines::kernels::{selection, Int8, Kernels, Pool, Simd};
 
 impl Llama {
     /// Loads the weights of a GGUF file (CPU) for `kernels`: prompt rows' dense copies on its dense
@@ -153,7 +153,9 @@ impl Llama {
             })
             .collect();
         let pool = Pool::new("chat").context("starting the chat model's threads")?;
-        Ok(Self { config, embeddings, blocks, norm, output, cos, sin, rope_axis, pool })
+        // Every build of the attention loops gives the same bits; the selected one is the fastest.
+        let simd = selection().ok().and_then(|s| s.kernels().simd).unwrap_or(Simd::Portable);
+        Ok(Self { config, embeddings, blocks, norm, output, cos, sin, rope_axis, pool, simd })
     }
 }
 

@@ -13,7 +13,7 @@
 use candle_core::{Device, Result, Tensor};
 use rayon::prelude::*;
 
-use crate::engines::kernels::Pool;
+use crate::engines::kernels::{Pool, Simd};
 use crate::engines::nn::attention::{cached_causal, HeadShape};
 
 mod cache;
@@ -100,6 +100,8 @@ pub struct Llama {
     rope_axis: Vec<usize>,
     /// The threads its steps run on.
     pool: Pool,
+    /// The build its attention loops run on.
+    simd: Simd,
 }
 
 impl Llama {
@@ -257,17 +259,25 @@ impl Llama {
         let mut out = vec![0f32; q.len()];
         let mut jobs = Vec::with_capacity(inputs.len());
         let (mut rest, mut row) = (out.as_mut_slice(), 0);
+        // Jobs of at most `ROWS_PER_JOB` rows, so that a long prompt's attention uses every thread (a
+        // row's result does not depend on how the rows are split).
+        const ROWS_PER_JOB: usize = 16;
         for (input, &start) in inputs.iter().zip(starts) {
             let n = input.tokens.len();
-            let (chunk, tail) = rest.split_at_mut(n * q_width);
-            jobs.push((chunk, &q[row * q_width..(row + n) * q_width], start, n, input));
-            rest = tail;
+            for first in (0..n).step_by(ROWS_PER_JOB) {
+                let rows = (n - first).min(ROWS_PER_JOB);
+                let (chunk, tail) = rest.split_at_mut(rows * q_width);
+                let at = row + first;
+                jobs.push((chunk, &q[at * q_width..(at + rows) * q_width], start + first, rows, input));
+                rest = tail;
+            }
             row += n;
         }
         let shape = HeadShape { heads: c.heads, kv_heads: c.kv_heads, head_dim: d };
+        let simd = self.simd;
         jobs.into_par_iter().for_each(|(out, q, start, _, input)| {
             let (keys, values) = input.cache.layer(layer);
-            cached_causal(q, keys, values, start, shape, out);
+            cached_causal(simd, q, keys, values, start, shape, out);
         });
         Ok(out)
     }

@@ -9,7 +9,7 @@ use candle_core::{Device, Module, Result, Tensor};
 use super::StepInput;
 use crate::engines::kernels::measure::Shape;
 use crate::engines::kernels::quantized::{self, PackedQuant};
-use crate::engines::kernels::{Int8, Kernels};
+use crate::engines::kernels::{Int8, Kernels, Simd};
 use crate::engines::nn::dense::Dense;
 
 /// Dense copies are kept only for models whose linear weights fit in this many bytes as f32.
@@ -100,9 +100,8 @@ impl ChatWeights {
         } else {
             lines.push("matmul: reference (f32 weights)".to_string());
         }
-        // The decoder's attention and rotary embedding are the model's own scalar code (f64 scores),
-        // the same on every kernel selection.
-        lines.push("attention: portable".to_string());
+        // The decoder's attention: the loops' build (f64 scores), the same bits on every build.
+        lines.push(format!("attention: {}", kernels.simd.map_or("portable", Simd::name)));
         if self.vision {
             lines.push("vision tower: reference".to_string());
         }
