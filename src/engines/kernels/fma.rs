@@ -314,19 +314,8 @@ pub fn reference(weight: &[f32], n: usize, k: usize, bias: &[f32], x: &[f32], m:
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engines::kernels::sample_values as values;
     use crate::engines::kernels::{Avx2, Avx512, STALE_BUILD};
-
-    fn values(len: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(2_654_435_761).max(1);
-        (0..len)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 17;
-                s ^= s << 5;
-                (s % 2001) as f32 / 1000.0 - 1.0
-            })
-            .collect()
-    }
 
     /// The build against the f64 reference, on shapes that cross every boundary: partial row tiles,
     /// partial panels and tasks, several passes over `k`, and `k = 0`.

@@ -15,7 +15,7 @@ use candle_core::{Device, Tensor};
 
 use super::bf16::PackedBf16;
 use super::fma::PackedF32;
-use super::{DenseKernel, Pool};
+use super::{sample_values as values, DenseKernel, Pool};
 
 /// A product's shape: `(rows, out, in)`, the rows of `x` times a `[out, in]` weight.
 pub type Shape = (usize, usize, usize);
@@ -127,19 +127,6 @@ fn best_of(kernel: DenseKernel, (x, m): (&[f32], usize), (w, n, k): (&[f32], usi
             }
         }
     }
-}
-
-/// Deterministic values in [-1, 1].
-fn values(len: usize, seed: u32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(2_654_435_761).max(1);
-    (0..len)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            (s % 2001) as f32 / 1000.0 - 1.0
-        })
-        .collect()
 }
 
 #[cfg(test)]

@@ -481,6 +481,20 @@ impl Pool {
     }
 }
 
+/// Deterministic values in [-1, 1] (an xorshift sequence from `seed`): the operands kernels are timed
+/// ([`measure`]) and tested on.
+pub(crate) fn sample_values(len: usize, seed: u32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(2_654_435_761).max(1);
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            (s % 2001) as f32 / 1000.0 - 1.0
+        })
+        .collect()
+}
+
 /// An output buffer handed to worker threads that each write their own disjoint part of it.
 struct OutPtr(*mut f32);
 // SAFETY: the kernels give each task a disjoint set of output elements, within the buffer.

@@ -700,6 +700,7 @@ mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engines::kernels::sample_values as values;
     use crate::engines::kernels::{Avx512Vnni, STALE_BUILD};
     use candle_core::quantized::QMatMul;
     use candle_core::{Device, Module, Tensor};
@@ -730,18 +731,6 @@ mod tests {
         (1, 576, 1536),
         (64, 48, 256),
     ];
-
-    fn values(len: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(2_654_435_761).max(1);
-        (0..len)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 17;
-                s ^= s << 5;
-                (s % 2001) as f32 / 1000.0 - 1.0
-            })
-            .collect()
-    }
 
     fn quantize(dtype: GgmlDType, n: usize, k: usize, seed: u32) -> QTensor {
         let w = Tensor::from_vec(values(n * k, seed), (n, k), &Device::Cpu).unwrap();
