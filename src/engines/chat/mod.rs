@@ -500,7 +500,7 @@ impl StepLoader for ChatLoader {
             return Ok(ChatEngine::new(model, &self.tokenizer, self.eos.clone(), self.prefill_chunk));
         }
         tracing::info!(path = %self.path.display(), kernels = %self.weights.report(kernels).join("; "), "chat kernels");
-        let model = Llama::from_safetensors(&self.path).map_err(error)?;
+        let model = Llama::from_safetensors(&self.path, kernels).map_err(error)?;
         let engine = ChatEngine::new(model, &self.tokenizer, self.eos.clone(), self.prefill_chunk);
         match crate::engines::vision::qwen3_vl::read_config(&self.path.join("config.json")).map_err(error)? {
             Some((config, tokens)) => {

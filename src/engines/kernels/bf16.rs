@@ -16,7 +16,7 @@
 
 use rayon::prelude::*;
 
-use super::{selection, Avx512Bf16, OutPtr};
+use super::{Avx512Bf16, OutPtr};
 
 /// Columns per group (four vectors of 16 f32 lanes).
 const GROUP: usize = 64;
@@ -28,12 +28,6 @@ const ROWS: usize = 6;
 const PAIRS_PER_PASS: usize = 96;
 /// Rows per parallel task.
 const ROWS_PER_TASK: usize = 96;
-
-/// Whether models at `precision = "auto"` run the bf16 kernel in this process: this CPU has it and
-/// `SIS_CPU_KERNELS` selects it.
-pub fn supported() -> bool {
-    selection().is_ok_and(|s| s.kernels().bf16.is_some())
-}
 
 /// A `[n, k]` weight matrix (torch `Linear` layout) rounded to bf16 and packed for the kernel.
 pub struct PackedBf16 {

@@ -68,8 +68,8 @@ pub fn dense(candidates: &[DenseKernel], shapes: &[Shape]) -> &'static Measureme
 
 /// Times every candidate on every shape, on a pool like an engine's.
 fn measure(candidates: &[DenseKernel], shapes: &[Shape]) -> Measurement {
-    static POOL: OnceLock<Option<Pool>> = OnceLock::new();
-    let pool = POOL.get_or_init(|| Pool::new("measure").ok());
+    // A pool of its own, dropped after: measurements happen once per model shape, at load.
+    let pool = Pool::new("measure").ok();
     let run = || {
         let mut times: Vec<(DenseKernel, Duration)> = candidates.iter().map(|&c| (c, Duration::ZERO)).collect();
         for &(m, n, k) in shapes {
@@ -84,7 +84,7 @@ fn measure(candidates: &[DenseKernel], shapes: &[Shape]) -> Measurement {
         times.sort_by_key(|(_, time)| *time);
         times
     };
-    let times = match pool {
+    let times = match &pool {
         Some(pool) => pool.run(run),
         None => run(),
     };

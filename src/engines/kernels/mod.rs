@@ -330,8 +330,7 @@ impl Selection {
                 }
             },
         };
-        let selection = Self { request, kernels };
-        kernels.dense = selection.dense_candidates()[0];
+        kernels.dense = Self { request, kernels }.dense_candidates()[0];
         Ok(Self { request, kernels })
     }
 

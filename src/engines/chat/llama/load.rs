@@ -10,7 +10,7 @@ use std::path::Path;
 use super::config::LlamaConfig;
 use super::weights::{layout, ChatWeights, Quantized, Weight};
 use super::{Block, Llama};
-use crate::engines::kernels::{selection, Int8, Kernels, Pool, Simd};
+use crate::engines::kernels::{Int8, Kernels, Pool, Simd};
 
 impl Llama {
     /// Loads the weights of a GGUF file (CPU) for `kernels`: prompt rows' dense copies on its dense
@@ -67,11 +67,12 @@ impl Llama {
                 down,
             });
         }
-        Ok((Self::assemble(config, embeddings, blocks, norm, output)?, content))
+        Ok((Self::assemble(config, embeddings, blocks, norm, output, kernels)?, content))
     }
 
-    /// Loads a Hub-layout safetensors checkpoint (llama, qwen2, qwen3; f32, f16 or bf16, kept as f32).
-    pub fn from_safetensors(dir: &Path) -> anyhow::Result<Self> {
+    /// Loads a Hub-layout safetensors checkpoint (llama, qwen2, qwen3; f32, f16 or bf16, kept as f32), its
+    /// attention on the loops' build of `kernels` (its products stay on candle's f32 matmul).
+    pub fn from_safetensors(dir: &Path, kernels: Kernels) -> anyhow::Result<Self> {
         let config = LlamaConfig::from_hub_config(&dir.join("config.json"))?;
         let files = safetensors_files(dir)?;
         let device = Device::Cpu;
@@ -122,7 +123,7 @@ impl Llama {
             }
             _ => Quantized::Candle(QMatMul::Tensor(embeddings.clone())),
         };
-        Self::assemble(config, embeddings, blocks, norm, output)
+        Self::assemble(config, embeddings, blocks, norm, output, kernels)
     }
 
     fn assemble(
@@ -131,6 +132,7 @@ impl Llama {
         blocks: Vec<Block>,
         norm: Tensor,
         output: Quantized,
+        kernels: Kernels,
     ) -> anyhow::Result<Self> {
         let half = config.head_dim / 2;
         let mut cos = Vec::with_capacity(config.context * half);
@@ -153,8 +155,8 @@ impl Llama {
             })
             .collect();
         let pool = Pool::new("chat").context("starting the chat model's threads")?;
-        // Every build of the attention loops gives the same bits; the selected one is the fastest.
-        let simd = selection().ok().and_then(|s| s.kernels().simd).unwrap_or(Simd::Portable);
+        // Every build of the attention loops gives the same bits; the model's is the fastest it may run.
+        let simd = kernels.simd.unwrap_or(Simd::Portable);
         Ok(Self { config, embeddings, blocks, norm, output, cos, sin, rope_axis, pool, simd })
     }
 }

@@ -268,14 +268,14 @@ impl Llama {
                 let rows = (n - first).min(ROWS_PER_JOB);
                 let (chunk, tail) = rest.split_at_mut(rows * q_width);
                 let at = row + first;
-                jobs.push((chunk, &q[at * q_width..(at + rows) * q_width], start + first, rows, input));
+                jobs.push((chunk, &q[at * q_width..(at + rows) * q_width], start + first, input));
                 rest = tail;
             }
             row += n;
         }
         let shape = HeadShape { heads: c.heads, kv_heads: c.kv_heads, head_dim: d };
         let simd = self.simd;
-        jobs.into_par_iter().for_each(|(out, q, start, _, input)| {
+        jobs.into_par_iter().for_each(|(out, q, start, input)| {
             let (keys, values) = input.cache.layer(layer);
             cached_causal(simd, q, keys, values, start, shape, out);
         });

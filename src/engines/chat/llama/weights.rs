@@ -74,15 +74,11 @@ impl ChatWeights {
             let (mut int8, mut reference) = (Vec::new(), Vec::new());
             for &dtype in &self.types {
                 let kept = layout(dtype, kernels.int8);
-                let name = match kernels.int8.filter(|_| packs(kept)) {
-                    Some(_) if quantized::native(kept) => format!("{kept:?}"),
-                    Some(_) => format!("{kept:?} as 8-bit"),
-                    None if kept == dtype => format!("{dtype:?}"),
-                    None => format!("{dtype:?} as {kept:?}"),
-                };
-                match kernels.int8.filter(|_| packs(kept)) {
-                    Some(_) => int8.push(name),
-                    None => reference.push(name),
+                match kernels.int8.is_some() && packs(kept) {
+                    true if quantized::native(kept) => int8.push(format!("{kept:?}")),
+                    true => int8.push(format!("{kept:?} as 8-bit")),
+                    false if kept == dtype => reference.push(format!("{dtype:?}")),
+                    false => reference.push(format!("{dtype:?} as {kept:?}")),
                 }
             }
             let mut products = Vec::new();
