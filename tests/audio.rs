@@ -122,6 +122,55 @@ fn short_clips_in_every_format_are_transcribed() {
     assert_eq!(plain.text.trim(), texts[0]);
 }
 
+/// Sentences whisper-tiny.en mishears in places when it decodes greedily.
+const HARD: &[&str] = &[
+    "The quick brown fox jumps over the lazy dog while the meeting starts at nine.",
+    "Please send the quarterly report to the finance team before Friday afternoon.",
+    "The weather tomorrow will be cloudy with a chance of rain in the northern mountains.",
+    "She bought three apples, two pears and a loaf of bread at the market on Sunday.",
+];
+
+#[test]
+fn beam_search_is_the_default_and_hears_better_than_greedy() {
+    // Like faster-whisper, windows are searched with a beam of 5 unless the request (or the roster)
+    // asks otherwise; `beam_size=1` is greedy decoding.
+    let dir = tempfile::tempdir().unwrap();
+    let server = server();
+    let health = server.get("/health").json();
+    let search = &health["models"][WHISPER]["settings"]["audio"]["search"];
+    assert_eq!(search["beam_size"], 5, "{search}");
+    assert_eq!(search["best_of"], 5, "{search}");
+    let (mut greedy_errors, mut beam_errors) = (0.0, 0.0);
+    for (i, sentence) in HARD.iter().enumerate() {
+        let wav = speak(dir.path(), &format!("hard{i}"), sentence);
+        let text = |fields: &[(&str, &str)]| {
+            let r = transcribe(&server, &wav, fields);
+            assert_eq!(r.status, 200, "{fields:?}: {}", r.text);
+            r.json()["text"].as_str().unwrap().to_string()
+        };
+        let (greedy, default, beam) = (text(&[("beam_size", "1")]), text(&[]), text(&[("beam_size", "5")]));
+        assert_eq!(default, beam, "the default is a beam of 5");
+        greedy_errors += wer(sentence, &greedy);
+        beam_errors += wer(sentence, &beam);
+        eprintln!("greedy: {greedy:?}\nbeam 5: {beam:?}");
+    }
+    let (greedy, beam) = (greedy_errors / HARD.len() as f64, beam_errors / HARD.len() as f64);
+    assert!(beam < greedy, "beam 5 WER {beam:.3} is not below greedy's {greedy:.3}");
+    assert!(beam < 0.15, "beam 5 WER {beam:.3}");
+
+    // Samples drawn at a temperature above 0: best_of of them, the likeliest kept.
+    let wav = dir.path().join("hard0.wav");
+    let sampled = transcribe(&server, &wav, &[("temperature", "0.4"), ("best_of", "3")]);
+    assert_eq!(sampled.status, 200, "{}", sampled.text);
+    assert!(wer(HARD[0], sampled.json()["text"].as_str().unwrap()) < 0.5, "{}", sampled.text);
+
+    for (field, value) in [("beam_size", "0"), ("beam_size", "11"), ("best_of", "two"), ("patience", "0")] {
+        let r = transcribe(&server, &wav, &[(field, value)]);
+        assert_eq!(r.status, 400, "{field}={value}: {}", r.text);
+        assert_eq!(r.json()["error"]["param"], field, "{}", r.text);
+    }
+}
+
 #[test]
 fn the_bf16_encoder_hears_what_the_f32_encoder_hears() {
     // The default encoder runs on bf16 products where the CPU has them; `precision = "f32"` does not.

@@ -11,7 +11,8 @@ MODEL_DIR = os.environ.get("FW_MODEL_DIR")
 if not MODEL_DIR:
     raise SystemExit("set FW_MODEL_DIR to the faster-whisper-tiny.en folder")
 WORKERS = int(os.environ.get("WORKERS") or 1)
-BEAM = int(os.environ.get("BEAM") or 1)
+# Beam size when a request names none (its `beam_size` form field wins, as with sis).
+BEAM = int(os.environ.get("BEAM") or 5)
 
 model = WhisperModel(MODEL_DIR, device="cpu", compute_type="int8",
                      cpu_threads=2, num_workers=WORKERS)
@@ -24,10 +25,11 @@ app = FastAPI()
 @app.post("/v1/audio/transcriptions")
 def transcriptions(file: UploadFile = File(...),
                    model_name: Optional[str] = Form(None, alias="model"),
-                   response_format: Optional[str] = Form(None)):
+                   response_format: Optional[str] = Form(None),
+                   beam_size: Optional[int] = Form(None)):
     data = file.file.read()
     segments, _info = model.transcribe(io.BytesIO(data), language="en",
-                                       beam_size=BEAM, vad_filter=False)
+                                       beam_size=beam_size or BEAM, vad_filter=False)
     text = "".join(s.text for s in segments).strip()
     if response_format == "text":
         return PlainTextResponse(text)

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::ModelSettings;
 use crate::deadline::within;
-use crate::engines::whisper::{AudioJob, WhisperLoader, WhisperSpec};
+use crate::engines::whisper::{AudioJob, Search, WhisperLoader, WhisperSpec};
 pub use crate::engines::whisper::{Task, Transcript};
 use crate::error::ApiError;
 use crate::faults::{Faults, FaultyLoader};
@@ -46,6 +46,12 @@ pub struct TranscriptionRequest {
     pub temperature: f64,
     /// Whether to time every word.
     pub words: bool,
+    /// `beam_size`: beam width at temperature 0; the model's default when absent.
+    pub beam_size: Option<usize>,
+    /// `best_of`: samples per fallback temperature; the model's default when absent.
+    pub best_of: Option<usize>,
+    /// `patience`: finished beams to wait for, as a multiple of the width; 1 when absent.
+    pub patience: Option<f64>,
 }
 
 /// Transcribes (or translates) with the model the request names; records `audio_requests_total` and
@@ -146,6 +152,12 @@ impl AudioModel {
         let extension =
             request.filename.as_deref().and_then(|f| f.rsplit_once('.')).map(|(_, e)| e.to_ascii_lowercase());
         let max_seconds = self.settings.audio.as_ref().map_or(u64::MAX, |a| a.max_seconds);
+        let defaults = self.settings.audio.as_ref().map_or(Search::GREEDY, |a| a.search);
+        let search = Search {
+            beam_size: request.beam_size.unwrap_or(defaults.beam_size),
+            patience: request.patience.unwrap_or(defaults.patience),
+            best_of: request.best_of.unwrap_or(defaults.best_of),
+        };
         let bytes = request.audio;
         let samples = tokio::task::spawn_blocking(move || decode::decode(bytes, extension.as_deref(), max_seconds))
             .await
@@ -159,6 +171,7 @@ impl AudioModel {
             prompt: request.prompt,
             temperature: request.temperature,
             words: request.words,
+            search,
         };
         let (submit, reply) = Submit::new(vec![job], Some(permit));
         self.batcher.do_send(submit);

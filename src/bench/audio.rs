@@ -28,6 +28,9 @@ pub struct AudioBench {
     /// `response_format` to ask for.
     #[arg(long, default_value = "json")]
     response_format: String,
+    /// `beam_size` to ask for (the server's default when absent; 1 is greedy).
+    #[arg(long)]
+    beam_size: Option<usize>,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -46,10 +49,13 @@ pub async fn run(args: AudioBench) -> anyhow::Result<()> {
     let started = Instant::now();
     let outcomes: Vec<(String, Duration, usize)> = futures_util::stream::iter(0..args.requests)
         .map(|_| {
-            let form = reqwest::multipart::Form::new()
+            let mut form = reqwest::multipart::Form::new()
                 .part("file", reqwest::multipart::Part::bytes(bytes.clone()).file_name(name.clone()))
                 .text("model", args.model.clone())
                 .text("response_format", args.response_format.clone());
+            if let Some(beam) = args.beam_size {
+                form = form.text("beam_size", beam.to_string());
+            }
             let (client, endpoint, bar) = (&client, &endpoint, &bar);
             async move {
                 let (status, latency) = super::timed(client.post(endpoint).multipart(form)).await;

@@ -10,6 +10,7 @@ use std::time::Duration;
 use super::roster::{Capability, ModelEntry, Precision};
 use super::settings::{as_secs, Settings};
 use crate::engines::device::DeviceName;
+use crate::engines::whisper::Search;
 
 /// Everything one model runs with.
 #[derive(Debug, Clone, Serialize)]
@@ -94,6 +95,8 @@ pub struct ChatModelSettings {
 pub struct AudioModelSettings {
     /// Longest decoded audio in seconds.
     pub max_seconds: u64,
+    /// How windows are searched when a request does not say.
+    pub search: Search,
 }
 
 impl ModelSettings {
@@ -140,7 +143,12 @@ impl ModelSettings {
             Capability::Audio => {
                 let a = &settings.audio;
                 let queue = queue(a.max_queue_size, a.max_concurrent, a.queue_timeout, a.request_timeout);
-                (queue, None, None, Some(AudioModelSettings { max_seconds: a.max_seconds }))
+                let search = Search {
+                    beam_size: entry.beam_size.unwrap_or(a.beam_size),
+                    patience: 1.0,
+                    best_of: entry.best_of.unwrap_or(a.best_of),
+                };
+                (queue, None, None, Some(AudioModelSettings { max_seconds: a.max_seconds, search }))
             }
         };
         ModelSettings {

@@ -164,6 +164,12 @@ pub struct ModelEntry {
     /// Chat default max_tokens.
     #[serde(default)]
     pub max_tokens: Option<usize>,
+    /// Speech: beam width at temperature 0 when a request names none.
+    #[serde(default)]
+    pub beam_size: Option<usize>,
+    /// Speech: samples per fallback temperature when a request names none.
+    #[serde(default)]
+    pub best_of: Option<usize>,
     /// Test hook: a text containing this marker makes the engine panic once
     /// (only honoured by builds with the `fault-injection` feature).
     #[serde(default)]
@@ -261,6 +267,12 @@ impl Roster {
             }
             if entry.repo.is_none() && entry.path.is_none() {
                 return Err(ConfigError::new(format!("model {:?} needs `repo` or `path`", entry.id)));
+            }
+            let most = crate::engines::whisper::Search::MAX_WIDTH;
+            for (key, width) in [("beam_size", entry.beam_size), ("best_of", entry.best_of)] {
+                if width.is_some_and(|w| w == 0 || w > most) {
+                    return Err(ConfigError::new(format!("model {:?}: {key} must be from 1 to {most}", entry.id)));
+                }
             }
             if entry.has_fault_hooks() && !cfg!(feature = "fault-injection") {
                 return Err(ConfigError::new(format!(

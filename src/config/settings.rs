@@ -140,6 +140,10 @@ pub struct AudioSettings {
     /// Longest a request may take in all before 504 (`AUDIO_REQUEST_TIMEOUT_SEC`).
     #[serde(serialize_with = "as_secs")]
     pub request_timeout: Duration,
+    /// Beam width at temperature 0 when a request names none (`AUDIO_BEAM_SIZE`; 1 is greedy).
+    pub beam_size: usize,
+    /// Samples per fallback temperature when a request names none (`AUDIO_BEST_OF`).
+    pub best_of: usize,
 }
 
 /// Vision chat models: their own queue beside the chat settings they share.
@@ -334,6 +338,15 @@ impl Layers<'_> {
     }
 }
 
+/// A beam width or sample count within what a request may ask for.
+fn search_width(width: usize, name: &str) -> Result<usize, ConfigError> {
+    let most = crate::engines::whisper::Search::MAX_WIDTH;
+    if width > most {
+        return Err(ConfigError::new(format!("{name} must be at most {most}, got {width}")));
+    }
+    Ok(width)
+}
+
 /// `API_KEYS` (comma list) plus the non-empty, non-comment lines of `API_KEYS_FILE`.
 fn api_keys(l: &Layers<'_>) -> Result<Vec<String>, ConfigError> {
     let mut keys = l.list("api_keys", &["API_KEYS"]);
@@ -514,6 +527,8 @@ impl Settings {
                     &["AUDIO_REQUEST_TIMEOUT_SEC", "REQUEST_TIMEOUT_SEC"],
                     1800.0,
                 )?,
+                beam_size: search_width(l.positive("audio_beam_size", &["AUDIO_BEAM_SIZE"], 5)?, "AUDIO_BEAM_SIZE")?,
+                best_of: search_width(l.positive("audio_best_of", &["AUDIO_BEST_OF"], 5)?, "AUDIO_BEST_OF")?,
             },
             vision: VisionSettings {
                 max_concurrent: l.positive("vision_max_concurrent", &["VISION_MAX_CONCURRENT"], 4)?,

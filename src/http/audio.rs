@@ -7,6 +7,7 @@ use futures_util::{FutureExt, TryStreamExt};
 
 use crate::audio::formats::{self, Format};
 use crate::audio::{self, Task, TranscriptionRequest};
+use crate::engines::whisper::Search;
 use crate::error::ApiError;
 use crate::runtime::Runtime;
 
@@ -36,6 +37,9 @@ struct Form {
     response_format: Option<String>,
     temperature: Option<String>,
     granularities: Vec<String>,
+    beam_size: Option<String>,
+    best_of: Option<String>,
+    patience: Option<String>,
 }
 
 /// Reads the multipart form, holding at most `max_bytes` of audio (413 beyond, before reading more).
@@ -102,6 +106,9 @@ async fn parse_form(
             "response_format" => form.response_format = Some(text()?),
             "temperature" => form.temperature = Some(text()?),
             "timestamp_granularities[]" | "timestamp_granularities" => form.granularities.push(text()?),
+            "beam_size" => form.beam_size = Some(text()?),
+            "best_of" => form.best_of = Some(text()?),
+            "patience" => form.patience = Some(text()?),
             _ => {}
         }
     }
@@ -153,6 +160,30 @@ async fn handle(
             }
         },
     };
+    let width = |name: &str, value: &Option<String>| -> Result<Option<usize>, ApiError> {
+        let most = Search::MAX_WIDTH;
+        match value.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
+            None => Ok(None),
+            Some(t) => match t.parse::<usize>() {
+                Ok(v) if (1..=most).contains(&v) => Ok(Some(v)),
+                _ => Err(ApiError::invalid(name, format!("{name} must be a whole number from 1 to {most}, got {t:?}"))),
+            },
+        }
+    };
+    let beam_size = width("beam_size", &form.beam_size)?;
+    let best_of = width("best_of", &form.best_of)?;
+    let patience = match form.patience.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
+        None => None,
+        Some(t) => match t.parse::<f64>() {
+            Ok(v) if v > 0.0 && v <= 10.0 => Some(v),
+            _ => {
+                return Err(ApiError::invalid(
+                    "patience",
+                    format!("patience must be a number above 0, at most 10, got {t:?}"),
+                ))
+            }
+        },
+    };
     let (audio, filename) =
         form.file.ok_or_else(|| ApiError::invalid("file", "the form needs a `file` field with the audio"))?;
     let request = TranscriptionRequest {
@@ -164,6 +195,9 @@ async fn handle(
         prompt: form.prompt,
         temperature,
         words: words && format == Format::VerboseJson,
+        beam_size,
+        best_of,
+        patience,
     };
     let transcript = audio::transcribe(runtime, request).await?;
     Ok(match format {

@@ -28,6 +28,66 @@ fn compression_ratio(text: &str) -> f64 {
     text.len() as f64 / compressed as f64
 }
 
+/// One sequence of a search: its sampled tokens and their summed log-probability.
+#[derive(Clone, Default)]
+struct Hypothesis {
+    tokens: Vec<u32>,
+    sum_logprob: f64,
+}
+
+impl Hypothesis {
+    /// This sequence with `token` appended (none for the end of text) and a new score.
+    fn extended(&self, token: Option<u32>, sum_logprob: f64) -> Hypothesis {
+        let mut tokens = self.tokens.clone();
+        tokens.extend(token);
+        Hypothesis { tokens, sum_logprob }
+    }
+
+    /// The score sequences are ranked by: log-probability over length (faster-whisper's
+    /// `length_penalty=1`, openai-whisper's default).
+    fn ranking(&self) -> f64 {
+        self.sum_logprob / self.tokens.len().max(1) as f64
+    }
+}
+
+/// Log-softmax in f64 (masked entries are −∞).
+fn log_softmax(logits: &[f32]) -> Vec<f64> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let log_sum = logits.iter().map(|&l| (l as f64 - max).exp()).sum::<f64>().ln() + max;
+    logits.iter().map(|&l| l as f64 - log_sum).collect()
+}
+
+/// Indices of the `k` largest values, largest first; ties keep the lower index first.
+fn top(values: &[f32], k: usize) -> Vec<usize> {
+    let mut best: Vec<usize> = Vec::with_capacity(k + 1);
+    for (i, &v) in values.iter().enumerate() {
+        if v == f32::NEG_INFINITY || (best.len() == k && v <= values[best[k - 1]]) {
+            continue;
+        }
+        let at = best.partition_point(|&j| values[j] >= v);
+        best.insert(at, i);
+        best.truncate(k);
+    }
+    best
+}
+
+/// Draws a token from `logits / temperature`; none when every token is masked.
+fn sample(logits: &[f32], temperature: f64, rng: &mut StdRng) -> Option<u32> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    if max == f64::NEG_INFINITY {
+        return None;
+    }
+    let weights: Vec<f64> = logits.iter().map(|&l| ((l as f64 - max) / temperature).exp()).collect();
+    let mut r = rng.random::<f64>() * weights.iter().sum::<f64>();
+    for (i, w) in weights.iter().enumerate() {
+        r -= w;
+        if r <= 0.0 && *w > 0.0 {
+            return Some(i as u32);
+        }
+    }
+    weights.iter().rposition(|&w| w > 0.0).map(|i| i as u32)
+}
+
 impl WhisperEngine {
     fn decode_text(&self, tokens: &[u32]) -> String {
         let text: Vec<u32> = tokens.iter().copied().filter(|&t| t < self.spec.specials.eot).collect();
@@ -38,85 +98,126 @@ impl WhisperEngine {
         let s = &self.spec.specials;
         let mut state = self.decoder.start(features)?;
         let hidden = self.decoder.forward(&mut state, &[s.sot], None)?;
-        let logits = self.decoder.logits(&hidden.i(0)?)?;
+        let logits = self.decoder.logits(&hidden.i(0..1)?)?;
         let best = s.languages.iter().max_by(|a, b| logits[a.1 as usize].total_cmp(&logits[b.1 as usize]));
         Ok(best.map(|(c, _)| c.clone()).unwrap_or_else(|| "en".into()))
     }
 
-    /// Greedy or sampled decoding of one window with openai-whisper's timestamp rules.
+    /// Decodes one window with openai-whisper's timestamp rules: at temperature 0 a beam search of
+    /// `search.beam_size` sequences (1 is greedy), above it `search.best_of` samples drawn side by side;
+    /// either way the finished sequence with the best length-normalized log-probability wins.
     fn decode_window(
         &mut self,
         features: &Tensor,
         prefix: &[u32],
-        sample_begin: usize,
         temperature: f64,
+        search: Search,
         rng: &mut StdRng,
     ) -> candle_core::Result<Decoded> {
         let s = self.spec.specials.clone();
-        let mut tokens = prefix.to_vec();
+        let vocab = self.config.vocab_size;
         let sot_index = prefix.iter().position(|&t| t == s.sot).unwrap_or(0);
-        let max_new = self.config.max_target_positions / 2;
-        let (mut sum_logprob, mut no_speech_prob) = (0f64, 0f64);
+        let max_new = (self.config.max_target_positions / 2).min(self.config.max_target_positions - prefix.len());
+        let beam = temperature <= 0.0;
+        let width = if beam { search.beam_size } else { search.best_of }.max(1);
+        // Finished sequences to collect before stopping: openai-whisper's patience for a beam; every
+        // sample when sampling.
+        let wanted = if beam { ((width as f64 * search.patience).round() as usize).max(1) } else { width };
+
         let mut state = self.decoder.start(features)?;
-        let mut hidden = self.decoder.forward(&mut state, prefix, None)?;
+        let hidden = self.decoder.forward(&mut state, prefix, None)?;
+        let mut no_speech_prob = 0.0;
         if let Some(ns) = s.no_speech {
-            let at_sot = Tensor::new(self.decoder.logits(&hidden.i(sot_index)?)?, &Device::Cpu)?;
-            let probs = candle_nn::ops::softmax_last_dim(&at_sot)?.to_vec1::<f32>()?;
-            no_speech_prob = probs[ns as usize] as f64;
+            let at_sot = self.decoder.logits(&hidden.i(sot_index..sot_index + 1)?)?;
+            no_speech_prob = log_softmax(&at_sot)[ns as usize].exp();
         }
-        for step in 0..max_new {
-            if step > 0 {
-                hidden = self.decoder.forward(&mut state, &tokens[tokens.len() - 1..], None)?;
-            }
-            let last = hidden.dim(0)? - 1;
-            let mut logits = self.decoder.logits(&hidden.i(last)?)?;
-            let sampled = &tokens[sample_begin..];
-            self.apply_rules(&mut logits, sampled);
-            // Log-probabilities for the timestamp rule and the average log-probability.
-            let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let log_sum = logits.iter().map(|&l| ((l - max) as f64).exp()).sum::<f64>().ln() + max as f64;
-            let ts = s.timestamp_begin as usize;
-            let ts_mass = logits[ts..].iter().map(|&l| (l as f64 - log_sum).exp()).sum::<f64>();
-            let text_max = logits[..ts].iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64 - log_sum;
-            if ts_mass.ln() > text_max {
-                logits[..ts].iter_mut().for_each(|l| *l = f32::NEG_INFINITY);
-            }
-            let token = if temperature <= 0.0 {
-                crate::engines::chat::sampling::argmax(&logits)
-            } else {
-                let probs: Vec<f64> = logits.iter().map(|&l| ((l as f64 - max as f64) / temperature).exp()).collect();
-                let total: f64 = probs.iter().sum();
-                let mut r = rng.random::<f64>() * total;
-                let mut pick = s.eot;
-                for (i, p) in probs.iter().enumerate() {
-                    r -= p;
-                    if r <= 0.0 {
-                        pick = i as u32;
-                        break;
+        let mut logits = self.decoder.logits(&hidden.i(prefix.len() - 1..prefix.len())?)?;
+        // Samples start as copies of the prompt; a beam grows from it.
+        let mut alive = vec![Hypothesis::default()];
+        if !beam && width > 1 {
+            state.select(&vec![0; width])?;
+            logits = logits.repeat(width);
+            alive = vec![Hypothesis::default(); width];
+        }
+        let mut finished: Vec<Hypothesis> = Vec::new();
+        for _ in 0..max_new {
+            // (score, parent, token) of each continuation considered.
+            let mut next: Vec<(f64, usize, u32)> = Vec::with_capacity(width);
+            if beam {
+                let mut candidates = Vec::with_capacity(alive.len() * (width + 1));
+                for (i, hyp) in alive.iter().enumerate() {
+                    let logprobs = self.logprobs(&mut logits[i * vocab..(i + 1) * vocab], &hyp.tokens);
+                    for t in top(&logprobs, width + 1) {
+                        candidates.push((hyp.sum_logprob + logprobs[t] as f64, i, t as u32));
                     }
                 }
-                pick
-            };
-            let max2 = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let log_sum2 = logits.iter().map(|&l| ((l - max2) as f64).exp()).sum::<f64>().ln() + max2 as f64;
-            sum_logprob += logits[token as usize] as f64 - log_sum2;
-            if token == s.eot {
+                candidates.sort_by(|a, b| b.0.total_cmp(&a.0));
+                for (score, i, t) in candidates {
+                    if t == s.eot {
+                        if finished.len() < wanted {
+                            finished.push(alive[i].extended(None, score));
+                        }
+                    } else {
+                        next.push((score, i, t));
+                        if next.len() == width {
+                            break;
+                        }
+                    }
+                }
+            } else {
+                for (i, hyp) in alive.iter().enumerate() {
+                    let row = &mut logits[i * vocab..(i + 1) * vocab];
+                    let logprobs = self.logprobs(row, &hyp.tokens);
+                    let t = sample(row, temperature, rng).unwrap_or(s.eot);
+                    let score = hyp.sum_logprob + logprobs[t as usize] as f64;
+                    if t == s.eot {
+                        finished.push(hyp.extended(None, score));
+                    } else {
+                        next.push((score, i, t));
+                    }
+                }
+            }
+            if finished.len() >= wanted || next.is_empty() {
+                alive.clear();
                 break;
             }
-            tokens.push(token);
-            if tokens.len() >= self.config.max_target_positions {
-                break;
-            }
+            let parents: Vec<u32> = next.iter().map(|&(_, i, _)| i as u32).collect();
+            let tokens: Vec<u32> = next.iter().map(|&(_, _, t)| t).collect();
+            alive = next.iter().map(|&(score, i, t)| alive[i].extended(Some(t), score)).collect();
+            state.select(&parents)?;
+            let hidden = self.decoder.forward(&mut state, &tokens, None)?;
+            logits = self.decoder.logits(&hidden)?;
         }
-        let out: Vec<u32> = tokens[sample_begin..].to_vec();
-        let text = self.decode_text(&out);
+        // Out of room: sequences still going count as they stand, best first.
+        alive.sort_by(|a, b| b.sum_logprob.total_cmp(&a.sum_logprob));
+        finished.extend(alive.into_iter().take(wanted.saturating_sub(finished.len())));
+        let best = finished
+            .into_iter()
+            .max_by(|a, b| a.ranking().total_cmp(&b.ranking()))
+            .expect("a window always keeps one sequence");
+        let text = self.decode_text(&best.tokens);
         Ok(Decoded {
-            avg_logprob: sum_logprob / (out.len() + 1) as f64,
+            avg_logprob: best.sum_logprob / (best.tokens.len() + 1) as f64,
             compression_ratio: compression_ratio(&text),
-            tokens: out,
+            tokens: best.tokens,
             no_speech_prob,
             temperature,
         })
+    }
+
+    /// Applies the decoding rules to one sequence's logits (in place) and returns its log-probabilities.
+    fn logprobs(&self, logits: &mut [f32], sampled: &[u32]) -> Vec<f32> {
+        self.apply_rules(logits, sampled);
+        // A timestamp whenever timestamps together are likelier than any single text token.
+        let ts = self.spec.specials.timestamp_begin as usize;
+        let logprobs = log_softmax(logits);
+        let ts_mass = logprobs[ts..].iter().map(|&l| l.exp()).sum::<f64>();
+        let text_max = logprobs[..ts].iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        if ts_mass.ln() > text_max {
+            logits[..ts].iter_mut().for_each(|l| *l = f32::NEG_INFINITY);
+            return log_softmax(logits).into_iter().map(|l| l as f32).collect();
+        }
+        logprobs.into_iter().map(|l| l as f32).collect()
     }
 
     fn apply_rules(&self, logits: &mut [f32], sampled: &[u32]) {
@@ -219,11 +320,10 @@ impl WhisperEngine {
                 prefix.push(lang);
                 prefix.push(if job.task == Task::Translate { s.translate } else { s.transcribe });
             }
-            let sample_begin = prefix.len();
             // Temperature fallback on repetitive or low-confidence windows.
             let mut result = None;
             for &t in TEMPERATURES.iter().filter(|&&t| t >= job.temperature) {
-                let decoded = self.decode_window(&features, &prefix, sample_begin, t, &mut rng)?;
+                let decoded = self.decode_window(&features, &prefix, t, job.search, &mut rng)?;
                 let repetitive = decoded.compression_ratio > 2.4;
                 let unsure = decoded.avg_logprob < -1.0;
                 let silent = decoded.no_speech_prob > 0.6 && unsure;
@@ -413,4 +513,37 @@ fn place_words(timed: Vec<(String, usize, f64, f64)>, segments: &[Segment], word
 
 fn round(t: f64) -> f64 {
     (t * 1000.0).round() / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_keeps_the_largest_in_order_and_skips_masked_entries() {
+        let v = [0.5, f32::NEG_INFINITY, 2.0, 2.0, -1.0, 3.0];
+        assert_eq!(top(&v, 3), vec![5, 2, 3]);
+        assert_eq!(top(&v, 10), vec![5, 2, 3, 0, 4]);
+        assert_eq!(top(&[f32::NEG_INFINITY; 3], 2), Vec::<usize>::new());
+    }
+
+    #[test]
+    fn sampling_never_draws_a_masked_token() {
+        let mut rng = StdRng::seed_from_u64(7);
+        let logits = [f32::NEG_INFINITY, 1.0, f32::NEG_INFINITY, 0.5];
+        for _ in 0..1000 {
+            let t = sample(&logits, 1.0, &mut rng).unwrap();
+            assert!(t == 1 || t == 3, "{t}");
+        }
+        assert_eq!(sample(&[f32::NEG_INFINITY; 2], 1.0, &mut rng), None);
+    }
+
+    #[test]
+    fn hypotheses_rank_by_log_probability_per_token() {
+        let short = Hypothesis { tokens: vec![1, 2], sum_logprob: -1.0 };
+        let long = Hypothesis { tokens: vec![1, 2, 3, 4, 5], sum_logprob: -2.0 };
+        assert!(long.ranking() > short.ranking());
+        assert_eq!(short.extended(Some(9), -1.5).tokens, vec![1, 2, 9]);
+        assert_eq!(short.extended(None, -1.5).tokens, vec![1, 2]);
+    }
 }

@@ -4,7 +4,7 @@
 //! to itself; this one appends one token at a time to per-layer caches (linear cost per step) and can
 //! hand out the cross-attention weights that word timestamps are aligned from.
 
-use candle_core::{Module, Result, Tensor, D};
+use candle_core::{Module, Result, Tensor};
 use candle_nn::{LayerNorm, VarBuilder};
 
 use crate::engines::kernels::quantized::PackedQuant;
@@ -46,13 +46,33 @@ struct Block {
     mlp_ln: LayerNorm,
 }
 
-/// Per-window decoding state: self-attention keys/values so far and the cross-attention keys/values
-/// of the window's audio.
+/// Per-window decoding state of one or more sequences of equal length (a beam, or samples drawn side
+/// by side): self-attention keys/values so far (`[sequences, heads, len, head_dim]`) and the
+/// cross-attention keys/values of the window's audio, which every sequence shares.
 pub struct DecoderState {
     self_kv: Vec<Option<(Tensor, Tensor)>>,
     cross_kv: Vec<(Tensor, Tensor)>,
-    /// Tokens decoded so far.
+    /// Tokens decoded so far, per sequence.
     pub len: usize,
+    /// Sequences decoded side by side.
+    pub sequences: usize,
+}
+
+impl DecoderState {
+    /// Makes sequence `i` a copy of sequence `from[i]`: a beam step's survivors, or one prompt copied
+    /// into several sequences.
+    pub fn select(&mut self, from: &[u32]) -> Result<()> {
+        if from.iter().enumerate().all(|(i, &f)| i == f as usize) && from.len() == self.sequences {
+            return Ok(());
+        }
+        for kv in self.self_kv.iter_mut().flatten() {
+            let device = kv.0.device().clone();
+            let ids = Tensor::new(from, &device)?;
+            *kv = (kv.0.index_select(&ids, 0)?, kv.1.index_select(&ids, 0)?);
+        }
+        self.sequences = from.len();
+        Ok(())
+    }
 }
 
 /// The decoder.
@@ -133,21 +153,39 @@ impl TextDecoder {
             .iter()
             .map(|b| Ok((self.split(&b.cross.k.forward(&audio)?)?, self.split(&b.cross.v.forward(&audio)?)?)))
             .collect::<Result<Vec<_>>>()?;
-        Ok(DecoderState { self_kv: vec![None; self.blocks.len()], cross_kv, len: 0 })
+        Ok(DecoderState { self_kv: vec![None; self.blocks.len()], cross_kv, len: 0, sequences: 1 })
     }
 
-    /// Runs new tokens; returns their final hidden states `[n, width]`. When `capture` is given, the
-    /// cross-attention weights of every layer (`[heads, n, frames]`) are pushed to it.
+    /// `[sequences · rows, width]` → `[sequences, heads, rows, head_dim]`.
+    fn split_sequences(&self, x: &Tensor, sequences: usize) -> Result<Tensor> {
+        let rows = x.dim(0)? / sequences;
+        x.reshape((sequences, rows, self.heads, self.width / self.heads))?.transpose(1, 2)?.contiguous()
+    }
+
+    /// Runs new tokens: the same number for each of the state's sequences, sequence after sequence
+    /// (a prompt for one sequence, or one token for each sequence of a beam). Returns their final
+    /// hidden states `[tokens, width]`. When `capture` is given, the cross-attention weights of every
+    /// layer (`[heads, tokens, frames]`) are pushed to it.
     pub fn forward(
         &self,
         state: &mut DecoderState,
         tokens: &[u32],
         mut capture: Option<&mut Vec<Tensor>>,
     ) -> Result<Tensor> {
-        let n = tokens.len();
+        let sequences = state.sequences;
+        if sequences == 0 || !tokens.len().is_multiple_of(sequences) {
+            candle_core::bail!("{} tokens do not split over {sequences} sequences", tokens.len());
+        }
+        let n = tokens.len() / sequences;
         let device = self.embed.device();
         let ids = Tensor::new(tokens, device)?;
-        let mut x = (self.embed.index_select(&ids, 0)? + self.pos.narrow(0, state.len, n)?)?;
+        let positions = self.pos.narrow(0, state.len, n)?;
+        let mut x = self
+            .embed
+            .index_select(&ids, 0)?
+            .reshape((sequences, n, self.width))?
+            .broadcast_add(&positions)?
+            .reshape((tokens.len(), self.width))?;
         let scale = 1.0 / ((self.width / self.heads) as f64).sqrt();
         let total = state.len + n;
         let past = state.len;
@@ -160,19 +198,20 @@ impl TextDecoder {
             None
         };
         for (layer, block) in self.blocks.iter().enumerate() {
-            // Self-attention over the cache plus the new tokens.
+            // Self-attention of each sequence over its cache plus its new tokens.
             let h = block.attn_ln.forward(&x)?;
-            let q = (self.split(&block.attn.q.forward(&h)?)? * scale)?;
-            let (mut k, mut v) = (self.split(&block.attn.k.forward(&h)?)?, self.split(&block.attn.v.forward(&h)?)?);
+            let q = (self.split_sequences(&block.attn.q.forward(&h)?, sequences)? * scale)?;
+            let mut k = self.split_sequences(&block.attn.k.forward(&h)?, sequences)?;
+            let mut v = self.split_sequences(&block.attn.v.forward(&h)?, sequences)?;
             if let Some((pk, pv)) = &state.self_kv[layer] {
-                k = Tensor::cat(&[pk, &k], 1)?;
-                v = Tensor::cat(&[pv, &v], 1)?;
+                k = Tensor::cat(&[pk, &k], 2)?;
+                v = Tensor::cat(&[pv, &v], 2)?;
             }
             let attn = sdpa(&q, &k, &v, None, mask.as_ref())?;
             state.self_kv[layer] = Some((k, v));
-            let attn = attn.transpose(0, 1)?.reshape((n, self.width))?;
+            let attn = attn.transpose(1, 2)?.reshape((tokens.len(), self.width))?;
             x = (x + block.attn.out.forward(&attn)?)?;
-            // Cross-attention over the audio.
+            // Cross-attention over the audio, which every sequence shares: all new tokens are rows.
             let h = block.cross_ln.forward(&x)?;
             let q = (self.split(&block.cross.q.forward(&h)?)? * scale)?;
             let (ck, cv) = &state.cross_kv[layer];
@@ -180,7 +219,7 @@ impl TextDecoder {
             if let Some(capture) = capture.as_deref_mut() {
                 capture.push(weights.clone());
             }
-            let attn = weights.matmul(cv)?.transpose(0, 1)?.reshape((n, self.width))?;
+            let attn = weights.matmul(cv)?.transpose(0, 1)?.reshape((tokens.len(), self.width))?;
             x = (x + block.cross.out.forward(&attn)?)?;
             let h = block.mlp_ln.forward(&x)?;
             x = (x + block.fc2.forward(&block.fc1.forward(&h)?.gelu_erf()?)?)?;
@@ -189,11 +228,13 @@ impl TextDecoder {
         self.ln.forward(&x)
     }
 
-    /// Logits of one hidden state `[width]` (the output projection is the token embedding).
+    /// Logits of hidden states `[rows, width]`, row after row (the output projection is the token
+    /// embedding).
     pub fn logits(&self, hidden: &Tensor) -> Result<Vec<f32>> {
+        let rows = hidden.dim(0)?;
         if let Some(output) = &self.output {
-            return Ok(output.forward(&hidden.flatten_all()?.to_vec1::<f32>()?, 1));
+            return Ok(output.forward(&hidden.flatten_all()?.to_vec1::<f32>()?, rows));
         }
-        self.embed.matmul(&hidden.unsqueeze(1)?)?.squeeze(D::Minus1)?.to_vec1::<f32>()
+        hidden.matmul(&self.embed.t()?)?.flatten_all()?.to_vec1::<f32>()
     }
 }

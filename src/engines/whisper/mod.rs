@@ -13,7 +13,7 @@ mod transcript;
 pub mod word_alignment;
 
 pub use spec::WhisperSpec;
-pub use transcript::{AudioJob, Segment, Task, Transcript, Word};
+pub use transcript::{AudioJob, Search, Segment, Task, Transcript, Word};
 
 use candle_core::Device;
 use candle_nn::VarBuilder;
@@ -145,6 +145,7 @@ impl Engine for WhisperEngine {
             prompt: None,
             temperature: 0.0,
             words: false,
+            search: Search::GREEDY,
         };
         for _ in 0..steps.min(1) {
             self.transcribe(&job).map_err(|e| EngineError::new(format!("{e:#}")))?;

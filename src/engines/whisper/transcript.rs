@@ -30,6 +30,26 @@ pub struct AudioJob {
     pub temperature: f64,
     /// Whether to time every word.
     pub words: bool,
+    /// How each window is searched.
+    pub search: Search,
+}
+
+/// How a window's text is searched for, as faster-whisper and openai-whisper name it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Search {
+    /// Sequences a beam search keeps at temperature 0 (1: greedy).
+    pub beam_size: usize,
+    /// Finished sequences a beam search waits for, as a multiple of `beam_size`.
+    pub patience: f64,
+    /// Samples drawn at each temperature above 0; the likeliest wins.
+    pub best_of: usize,
+}
+
+impl Search {
+    /// Greedy at temperature 0, one sample above it.
+    pub const GREEDY: Search = Search { beam_size: 1, patience: 1.0, best_of: 1 };
+    /// Most sequences a request may ask for (each one is decoded beside the others).
+    pub const MAX_WIDTH: usize = 10;
 }
 
 impl BatchItem for AudioJob {
