@@ -18,7 +18,8 @@ pub struct ChatBench {
     /// Model id.
     #[arg(long, default_value = "SmolLM2-135M-Instruct")]
     model: String,
-    /// The user message (a number is appended so prompts differ).
+    /// The user message (a request number goes before it, so that prompts differ from their first
+    /// tokens on and no server answers from a cached prefix).
     #[arg(long, default_value = "Write a short paragraph about the history of bridges.")]
     prompt: String,
     /// `max_tokens` of each request.
@@ -89,7 +90,7 @@ pub async fn run(args: ChatBench) -> anyhow::Result<()> {
         .map(|i| {
             let body = json!({
                 "model": args.model,
-                "messages": [{ "role": "user", "content": format!("{} ({})", args.prompt, i + 1) }],
+                "messages": [{ "role": "user", "content": format!("Request {}. {}", i + 1, args.prompt) }],
                 "max_tokens": args.max_tokens,
                 "temperature": args.temperature,
                 "stream": true,

@@ -108,6 +108,15 @@ impl Simd {
         all
     }
 
+    /// The f32 GEMM of the same build, where there is one.
+    pub fn fma(self) -> Option<Fma> {
+        match self {
+            Simd::Portable => None,
+            Simd::Avx2(t) => Some(Fma::Avx2(t)),
+            Simd::Avx512(t) => Some(Fma::Avx512(t)),
+        }
+    }
+
     /// `portable`, `avx2` or `avx512`.
     pub fn name(self) -> &'static str {
         match self {

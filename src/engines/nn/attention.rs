@@ -17,7 +17,7 @@ use rayon::prelude::*;
 use crate::engines::kernels::bf16::PackedBf16;
 use crate::engines::kernels::elementwise::{dispatch, exp, softmax};
 use crate::engines::kernels::fma::PackedF32;
-use crate::engines::kernels::{DenseKernel, Kernels, Simd};
+use crate::engines::kernels::{DenseKernel, Fma, Kernels, Simd};
 
 /// Token ranges of the sequences in a packed batch.
 #[derive(Debug, Clone)]
@@ -322,6 +322,66 @@ fn cached_causal_generic(q: &[f32], keys: &[f32], values: &[f32], start: usize, 
     }
 }
 
+/// [`cached_causal`] for a sequence's prompt rows, as matrix products on sis's f32 GEMM: per key/value
+/// head, the scores of its query heads' rows against every visible key (`Q·Kᵀ`), a softmax per row over
+/// the positions it sees (the `simd` build's), and the weighted values (`P·V`).
+///
+/// Each row's result depends only on its own query and the cache, so any split of the rows (any prompt
+/// chunking) gives the same bits: the GEMM sums every output in a fixed order of `k`, and the
+/// positions a row does not see weigh exactly zero at the end of that order.
+#[allow(clippy::too_many_arguments)]
+pub fn prompt_attention(
+    fma: Fma,
+    simd: Simd,
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    start: usize,
+    shape: HeadShape,
+    out: &mut [f32],
+) {
+    let HeadShape { heads, kv_heads, head_dim: d } = shape;
+    let (q_width, kv_width, group) = (heads * d, kv_heads * d, heads / kv_heads);
+    let n = q.len() / q_width;
+    let total = start + n;
+    let scale = 1.0 / (d as f32).sqrt();
+    let zeros = vec![0f32; total.max(d)];
+    let (mut head_keys, mut values_t) = (vec![0f32; total * d], vec![0f32; d * total]);
+    let mut rows = vec![0f32; group * n * d];
+    for kvh in 0..kv_heads {
+        for j in 0..total {
+            head_keys[j * d..][..d].copy_from_slice(&keys[j * kv_width + kvh * d..][..d]);
+            for (i, &v) in values[j * kv_width + kvh * d..][..d].iter().enumerate() {
+                values_t[i * total + j] = v;
+            }
+        }
+        // Row g·n + t: query head `kvh·group + g` of new position t, scaled.
+        for g in 0..group {
+            for t in 0..n {
+                let src = &q[t * q_width + (kvh * group + g) * d..][..d];
+                for (r, &x) in rows[(g * n + t) * d..][..d].iter_mut().zip(src) {
+                    *r = x * scale;
+                }
+            }
+        }
+        let mut scores = PackedF32::new(fma, &head_keys, total, d, &zeros[..total]).forward(&rows, group * n);
+        for (r, row) in scores.chunks_exact_mut(total).enumerate() {
+            let visible = start + r % n + 1;
+            softmax(simd, &mut row[..visible]);
+            row[visible..].fill(0.0);
+        }
+        let weighted = PackedF32::new(fma, &values_t, d, total, &zeros[..d]).forward(&scores, group * n);
+        for g in 0..group {
+            for t in 0..n {
+                let o = &mut out[t * q_width + (kvh * group + g) * d..][..d];
+                for (o, &x) in o.iter_mut().zip(&weighted[(g * n + t) * d..][..d]) {
+                    *o += x;
+                }
+            }
+        }
+    }
+}
+
 /// A sum in eight independent lanes (a fixed order, so that it vectorizes and every build agrees).
 #[inline(always)]
 fn sum_lanes(values: &[f32]) -> f32 {
@@ -498,6 +558,32 @@ mod tests {
                 Some(first) => assert_eq!(first, &out, "{simd:?} differs from the portable build"),
                 None => first = Some(out),
             }
+        }
+    }
+
+    #[test]
+    fn prompt_attention_on_the_gemm_matches_the_reference_and_any_chunking() {
+        let shape = HeadShape { heads: 6, kv_heads: 2, head_dim: 16 };
+        let (start, n) = (5, 40);
+        let rand = |len: usize| Tensor::randn(0f32, 1.0, len, &Device::Cpu).unwrap().to_vec1::<f32>().unwrap();
+        let q = rand(n * 6 * 16);
+        let (keys, values) = (rand((start + n) * 2 * 16), rand((start + n) * 2 * 16));
+        let want = causal_reference(&q, &keys, &values, start, shape);
+        for simd in Simd::available() {
+            let Some(fma) = simd.fma() else { continue };
+            let mut out = vec![0f32; q.len()];
+            prompt_attention(fma, simd, &q, &keys, &values, start, shape, &mut out);
+            for (g, w) in out.iter().zip(&want) {
+                assert!((g - w).abs() < 1e-4, "{simd:?}: {g} vs {w}");
+            }
+            // The prompt in two chunks (rows ..13 with the cache up to them, then the rest): same bits.
+            let mut head = vec![0f32; 13 * 96];
+            let visible = (start + 13) * 2 * 16;
+            prompt_attention(fma, simd, &q[..13 * 96], &keys[..visible], &values[..visible], start, shape, &mut head);
+            let mut tail = vec![0f32; q.len() - 13 * 96];
+            prompt_attention(fma, simd, &q[13 * 96..], &keys, &values, start + 13, shape, &mut tail);
+            assert_eq!(&out[..13 * 96], &head[..], "{simd:?}: first chunk");
+            assert_eq!(&out[13 * 96..], &tail[..], "{simd:?}: second chunk");
         }
     }
 }

@@ -14,7 +14,7 @@ use candle_core::{Device, Result, Tensor};
 use rayon::prelude::*;
 
 use crate::engines::kernels::{Pool, Simd};
-use crate::engines::nn::attention::{cached_causal, HeadShape};
+use crate::engines::nn::attention::{cached_causal, prompt_attention, HeadShape};
 
 mod cache;
 mod config;
@@ -262,10 +262,13 @@ impl Llama {
         // Jobs of at most `ROWS_PER_JOB` rows, so that a long prompt's attention uses every thread (a
         // row's result does not depend on how the rows are split).
         const ROWS_PER_JOB: usize = 16;
+        let products = self.simd.fma().is_some();
         for (input, &start) in inputs.iter().zip(starts) {
             let n = input.tokens.len();
-            for first in (0..n).step_by(ROWS_PER_JOB) {
-                let rows = (n - first).min(ROWS_PER_JOB);
+            // A prompt chunk on the matrix products is one job: the GEMM splits its own work.
+            let per_job = if input.prompt && products { n.max(1) } else { ROWS_PER_JOB };
+            for first in (0..n).step_by(per_job) {
+                let rows = (n - first).min(per_job);
                 let (chunk, tail) = rest.split_at_mut(rows * q_width);
                 let at = row + first;
                 jobs.push((chunk, &q[at * q_width..(at + rows) * q_width], start + first, input));
@@ -275,10 +278,25 @@ impl Llama {
         }
         let shape = HeadShape { heads: c.heads, kv_heads: c.kv_heads, head_dim: d };
         let simd = self.simd;
-        jobs.into_par_iter().for_each(|(out, q, start, input)| {
-            let (keys, values) = input.cache.layer(layer);
-            cached_causal(simd, q, keys, values, start, shape, out);
-        });
+        match simd.fma() {
+            // Prompt rows as matrix products (every prompt row, whatever its chunk, so a position's
+            // result does not depend on how the prompt was split); decode rows on the loops.
+            Some(fma) => {
+                let (prompt, decode): (Vec<_>, Vec<_>) = jobs.into_iter().partition(|job| job.3.prompt);
+                decode.into_par_iter().for_each(|(out, q, start, input)| {
+                    let (keys, values) = input.cache.layer(layer);
+                    cached_causal(simd, q, keys, values, start, shape, out);
+                });
+                for (out, q, start, input) in prompt {
+                    let (keys, values) = input.cache.layer(layer);
+                    prompt_attention(fma, simd, q, keys, values, start, shape, out);
+                }
+            }
+            None => jobs.into_par_iter().for_each(|(out, q, start, input)| {
+                let (keys, values) = input.cache.layer(layer);
+                cached_causal(simd, q, keys, values, start, shape, out);
+            }),
+        }
         Ok(out)
     }
 }
