@@ -10,19 +10,11 @@
 mod support;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use sis::engines::whisper::{AudioJob, Search, Task, WhisperLoader, WhisperSpec};
+use sis::engines::whisper::{AudioJob, WhisperLoader, WhisperSpec};
 use sis_actors::EngineLoader;
 
 fn job(samples: Vec<f32>) -> AudioJob {
-    AudioJob {
-        samples,
-        task: Task::Transcribe,
-        language: None,
-        prompt: None,
-        temperature: 0.0,
-        words: false,
-        search: Search::GREEDY,
-    }
+    AudioJob::greedy(samples)
 }
 
 /// A clip spoken by espeak-ng, decoded with sis's own decoder; `None` without espeak-ng.

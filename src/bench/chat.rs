@@ -18,8 +18,8 @@ pub struct ChatBench {
     /// Model id.
     #[arg(long, default_value = "SmolLM2-135M-Instruct")]
     model: String,
-    /// The user message (a request number goes before it, so that prompts differ from their first
-    /// tokens on and no server answers from a cached prefix).
+    /// The user message (a run tag and request number go before it, so that prompts differ from
+    /// their first tokens on and no server answers from a cached prefix, even across runs).
     #[arg(long, default_value = "Write a short paragraph about the history of bridges.")]
     prompt: String,
     /// `max_tokens` of each request.
@@ -85,12 +85,15 @@ pub async fn run(args: ChatBench) -> anyhow::Result<()> {
     let client = reqwest::Client::builder().pool_max_idle_per_host(args.concurrency).build()?;
     let endpoint = format!("{}/v1/chat/completions", args.url.trim_end_matches('/'));
     let bar = super::progress(args.n_requests, args.json);
+    // This run's own tag, so that a repeated run does not meet its earlier prompts in a server's cache.
+    let run =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() % 1_000_000);
     let started = Instant::now();
     let outcomes: Vec<Outcome> = futures_util::stream::iter(0..args.n_requests)
         .map(|i| {
             let body = json!({
                 "model": args.model,
-                "messages": [{ "role": "user", "content": format!("Request {}. {}", i + 1, args.prompt) }],
+                "messages": [{ "role": "user", "content": format!("Request {run}-{}. {}", i + 1, args.prompt) }],
                 "max_tokens": args.max_tokens,
                 "temperature": args.temperature,
                 "stream": true,

@@ -138,15 +138,7 @@ impl Engine for WhisperEngine {
     }
 
     fn warmup(&mut self, steps: usize, _batch_size: usize) -> Result<(), EngineError> {
-        let job = AudioJob {
-            samples: vec![0.0; mel::SAMPLE_RATE],
-            task: Task::Transcribe,
-            language: None,
-            prompt: None,
-            temperature: 0.0,
-            words: false,
-            search: Search::GREEDY,
-        };
+        let job = AudioJob::greedy(vec![0.0; mel::SAMPLE_RATE]);
         for _ in 0..steps.min(1) {
             self.transcribe(&job).map_err(|e| EngineError::new(format!("{e:#}")))?;
         }

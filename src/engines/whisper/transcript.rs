@@ -52,6 +52,22 @@ impl Search {
     pub const MAX_WIDTH: usize = 10;
 }
 
+impl AudioJob {
+    /// A plain transcription of `samples`: English, no prompt, greedy, no word timings (warmup and
+    /// benchmarks).
+    pub fn greedy(samples: Vec<f32>) -> AudioJob {
+        AudioJob {
+            samples,
+            task: Task::Transcribe,
+            language: None,
+            prompt: None,
+            temperature: 0.0,
+            words: false,
+            search: Search::GREEDY,
+        }
+    }
+}
+
 impl BatchItem for AudioJob {
     fn cost(&self) -> usize {
         self.samples.len() / mel::SAMPLE_RATE + 1
