@@ -270,7 +270,7 @@ impl Roster {
             }
             let most = crate::engines::whisper::Search::MAX_WIDTH;
             for (key, width) in [("beam_size", entry.beam_size), ("best_of", entry.best_of)] {
-                if width.is_some_and(|w| w == 0 || w > most) {
+                if width.is_some_and(|w| !crate::engines::whisper::Search::valid_width(w)) {
                     return Err(ConfigError::new(format!("model {:?}: {key} must be from 1 to {most}", entry.id)));
                 }
             }

@@ -340,9 +340,9 @@ impl Layers<'_> {
 
 /// A beam width or sample count within what a request may ask for.
 fn search_width(width: usize, name: &str) -> Result<usize, ConfigError> {
-    let most = crate::engines::whisper::Search::MAX_WIDTH;
-    if width > most {
-        return Err(ConfigError::new(format!("{name} must be at most {most}, got {width}")));
+    use crate::engines::whisper::Search;
+    if !Search::valid_width(width) {
+        return Err(ConfigError::new(format!("{name} must be at most {}, got {width}", Search::MAX_WIDTH)));
     }
     Ok(width)
 }

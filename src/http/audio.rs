@@ -165,7 +165,7 @@ async fn handle(
         match value.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
             None => Ok(None),
             Some(t) => match t.parse::<usize>() {
-                Ok(v) if (1..=most).contains(&v) => Ok(Some(v)),
+                Ok(v) if Search::valid_width(v) => Ok(Some(v)),
                 _ => Err(ApiError::invalid(name, format!("{name} must be a whole number from 1 to {most}, got {t:?}"))),
             },
         }

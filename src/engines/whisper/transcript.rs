@@ -50,6 +50,11 @@ impl Search {
     pub const GREEDY: Search = Search { beam_size: 1, patience: 1.0, best_of: 1 };
     /// Most sequences a request may ask for (each one is decoded beside the others).
     pub const MAX_WIDTH: usize = 10;
+
+    /// Whether `width` is a beam width or sample count sis accepts (1 to [`Self::MAX_WIDTH`]).
+    pub fn valid_width(width: usize) -> bool {
+        (1..=Self::MAX_WIDTH).contains(&width)
+    }
 }
 
 impl AudioJob {
