@@ -172,9 +172,10 @@ fn quantized(c: &mut Criterion) {
     let pool = Pool::new("bench").unwrap();
     let mut group = c.benchmark_group("quantized");
     group.sample_size(20);
-    let (n, k) = (1536usize, 576usize);
-    let w = Tensor::randn(0f32, 0.05, (n, k), &Device::Cpu).unwrap();
-    for dtype in [GgmlDType::Q4_1, GgmlDType::Q4K] {
+    // SmolLM2's MLP up projection in Q4_1; Qwen2.5-0.5B's down projection in Q4_K (K-quants take
+    // inputs in super-blocks of 256).
+    for (dtype, n, k) in [(GgmlDType::Q4_1, 1536usize, 576usize), (GgmlDType::Q4K, 896, 4864)] {
+        let w = Tensor::randn(0f32, 0.05, (n, k), &Device::Cpu).unwrap();
         let q = QTensor::quantize(&w, dtype).unwrap();
         let packed = kernels.int8.map(|cpu| PackedQuant::from_qtensor(cpu, &q).unwrap().expect("packable"));
         let candle = QMatMul::from_qtensor(q).unwrap();
@@ -192,6 +193,22 @@ fn quantized(c: &mut Criterion) {
                     b.iter(|| pool.run(|| packed.forward(&xs, m)))
                 });
             }
+        }
+    }
+    // Whisper tiny's output projection (the token embedding, rounded to 8 bits): greedy and beam-5 steps.
+    let (n, k) = (51_865usize, 384usize);
+    let w: Vec<f32> =
+        Tensor::randn(0f32, 0.05, (n, k), &Device::Cpu).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    if let Some(cpu) = kernels.int8 {
+        let packed = PackedQuant::from_f32(cpu, &w, n, k);
+        for m in [1usize, 5] {
+            let xs = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            group.throughput(Throughput::Elements((2 * m * n * k) as u64));
+            group.bench_with_input(
+                BenchmarkId::new(format!("{}_whisper_output", kernels.quantized()), m),
+                &(),
+                |b, _| b.iter(|| pool.run(|| packed.forward(&xs, m))),
+            );
         }
     }
     group.finish();

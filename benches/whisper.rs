@@ -33,7 +33,7 @@ fn whisper(c: &mut Criterion) {
     let (_, dir) = support::model("whisper-tiny.en");
     let spec = WhisperSpec::from_dir(&dir).expect("spec");
     support::announce("whisper-tiny.en", &spec.kernels());
-    let mut engine = WhisperLoader { spec }.load().expect("engine");
+    let engine = WhisperLoader::new(spec).load().expect("engine");
     let mut group = c.benchmark_group(support::group("whisper"));
     group.sample_size(10);
     let silence = job(vec![0.0; 16_000 * 30]);

@@ -72,13 +72,13 @@ pub async fn transcribe(runtime: &Runtime, request: TranscriptionRequest) -> Res
     result
 }
 
-/// Builds a speech model: one engine actor (and thread) per concurrent transcription, and a batcher
-/// that hands each job to a free one.
+/// Builds a speech model: one engine actor (and thread) per concurrent transcription, all sharing the
+/// model's weights and thread pool, and a batcher that hands each job to a free one.
 pub fn start(settings: &ModelSettings, dir: &Path, launch: &mut Launch<'_>) -> anyhow::Result<AudioModel> {
     let mut spec = WhisperSpec::from_dir(dir)?;
     spec.precision = settings.precision;
     launch.kernels = spec.kernels();
-    let loader = Arc::new(FaultyLoader::new(WhisperLoader { spec: spec.clone() }, Faults::of(launch.entry)));
+    let loader = Arc::new(FaultyLoader::new(WhisperLoader::new(spec.clone()), Faults::of(launch.entry)));
     let workers: Vec<_> = (0..settings.queue.max_concurrent)
         .map(|_| {
             let thread = launch.thread();

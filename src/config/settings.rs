@@ -514,7 +514,13 @@ impl Settings {
                 )?,
             },
             audio: AudioSettings {
-                max_concurrent: l.positive("audio_max_concurrent", &["AUDIO_MAX_CONCURRENT"], 1)?,
+                // Workers share one copy of the weights and the cores; with one per core (up to four),
+                // concurrent transcriptions each keep mostly to their own core.
+                max_concurrent: l.positive(
+                    "audio_max_concurrent",
+                    &["AUDIO_MAX_CONCURRENT"],
+                    std::thread::available_parallelism().map_or(1, |n| n.get()).min(4),
+                )?,
                 max_queue_size: l.positive("audio_max_queue_size", &["AUDIO_MAX_QUEUE_SIZE"], 16)?,
                 queue_timeout: Duration::from_secs_f64(
                     l.get::<f64>("audio_queue_timeout_sec", &["AUDIO_QUEUE_TIMEOUT_SEC", "QUEUE_TIMEOUT_SEC"], 120.0)?

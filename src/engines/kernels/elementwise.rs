@@ -104,6 +104,30 @@ fn softmax_generic(row: &mut [f32]) {
     row.iter_mut().for_each(|v| *v *= inv);
 }
 
+/// `row ← ln(softmax(row))`: each value less the log of the sum of all their exponentials.
+#[inline(always)]
+fn log_softmax_generic(row: &mut [f32]) {
+    let mut max = [f32::NEG_INFINITY; LANES];
+    let mut chunks = row.chunks_exact(LANES);
+    for c in &mut chunks {
+        for l in 0..LANES {
+            max[l] = if c[l] > max[l] { c[l] } else { max[l] };
+        }
+    }
+    let mut m = chunks.remainder().iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    m = max.iter().copied().fold(m, f32::max);
+    let mut sum = [0f32; LANES];
+    let mut chunks = row.chunks_exact(LANES);
+    for c in &mut chunks {
+        for l in 0..LANES {
+            sum[l] += exp(c[l] - m);
+        }
+    }
+    let total = chunks.remainder().iter().map(|&v| exp(v - m)).sum::<f32>() + sum.iter().sum::<f32>();
+    let log_sum = m + total.ln();
+    row.iter_mut().for_each(|v| *v -= log_sum);
+}
+
 /// Exact (erf) GeLU in place.
 #[inline(always)]
 fn gelu_erf_generic(values: &mut [f32]) {
@@ -120,6 +144,10 @@ dispatch! {
     pub fn softmax = softmax_generic(row: &mut [f32])
 }
 dispatch! {
+    /// `row ← ln(softmax(row))`, on the loops' build `simd`.
+    pub fn log_softmax = log_softmax_generic(row: &mut [f32])
+}
+dispatch! {
     /// Exact (erf) GeLU in place, on the loops' build `simd`.
     pub fn gelu_erf = gelu_erf_generic(values: &mut [f32])
 }
@@ -130,6 +158,13 @@ pub fn softmax_reference(row: &mut [f32]) {
     let exps: Vec<f64> = row.iter().map(|&v| ((v - max) as f64).exp()).collect();
     let sum: f64 = exps.iter().sum();
     row.iter_mut().zip(&exps).for_each(|(v, e)| *v = (e / sum) as f32);
+}
+
+/// `row ← ln(softmax(row))` with libm's `exp` and an f64 sum: the portable reference.
+pub fn log_softmax_reference(row: &mut [f32]) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let log_sum = row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln() + max;
+    row.iter_mut().for_each(|v| *v = (*v as f64 - log_sum) as f32);
 }
 
 /// Exact GeLU, `x·(1 + erf(x/√2))/2`, with erf from its Taylor series in f64: the portable reference.
@@ -217,6 +252,19 @@ mod tests {
                 assert!((g - w).abs() < 1e-6, "{} softmax, len {}: {g} vs {w}", simd.name(), row.len());
             }
             assert_eq!(got, portable, "{} softmax differs from the portable build", simd.name());
+        }
+        // Log-softmax, also over a vocabulary-sized row with masked (−∞) entries.
+        let mut masked: Vec<f32> = (0..51_865).map(|i| ((i * 7919) % 1009) as f32 / 50.0 - 10.0).collect();
+        masked.iter_mut().step_by(3).for_each(|v| *v = f32::NEG_INFINITY);
+        for row in rows().into_iter().chain([masked]) {
+            let (mut got, mut want, mut portable) = (row.clone(), row.clone(), row.clone());
+            log_softmax(simd, &mut got);
+            log_softmax_reference(&mut want);
+            log_softmax(Simd::Portable, &mut portable);
+            for (g, w) in got.iter().zip(&want) {
+                assert!(g == w || (g - w).abs() < 1e-5, "{} log-softmax, len {}: {g} vs {w}", simd.name(), row.len());
+            }
+            assert_eq!(got, portable, "{} log-softmax differs from the portable build", simd.name());
         }
         let values: Vec<f32> = (0..200).map(|i| i as f32 / 20.0 - 5.0).collect();
         let (mut got, mut want, mut portable) = (values.clone(), values.clone(), values);

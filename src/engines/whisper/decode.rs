@@ -2,6 +2,7 @@
 //! previous text as prompt, temperature fallback on repetitive or low-confidence output, language
 //! detection, and word timings from the alignment heads.
 
+use crate::engines::kernels::elementwise;
 use candle_core::{IndexOp, Tensor};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -88,13 +89,13 @@ fn sample(logits: &[f32], temperature: f64, rng: &mut StdRng) -> Option<u32> {
     weights.iter().rposition(|&w| w > 0.0).map(|i| i as u32)
 }
 
-impl WhisperEngine {
+impl WhisperModel {
     fn decode_text(&self, tokens: &[u32]) -> String {
         let text: Vec<u32> = tokens.iter().copied().filter(|&t| t < self.spec.specials.eot).collect();
         self.spec.tokenizer.decode(&text, true).unwrap_or_default()
     }
 
-    fn detect_language(&mut self, features: &Tensor) -> candle_core::Result<String> {
+    fn detect_language(&self, features: &Tensor) -> candle_core::Result<String> {
         let s = &self.spec.specials;
         let mut state = self.decoder.start(features)?;
         let hidden = self.decoder.forward(&mut state, &[s.sot], None)?;
@@ -107,7 +108,7 @@ impl WhisperEngine {
     /// `search.beam_size` sequences (1 is greedy), above it `search.best_of` samples drawn side by side;
     /// either way the finished sequence with the best length-normalized log-probability wins.
     fn decode_window(
-        &mut self,
+        &self,
         features: &Tensor,
         prefix: &[u32],
         temperature: f64,
@@ -146,8 +147,9 @@ impl WhisperEngine {
             if beam {
                 let mut candidates = Vec::with_capacity(alive.len() * (width + 1));
                 for (i, hyp) in alive.iter().enumerate() {
-                    let logprobs = self.logprobs(&mut logits[i * vocab..(i + 1) * vocab], &hyp.tokens);
-                    for t in top(&logprobs, width + 1) {
+                    let logprobs = &mut logits[i * vocab..(i + 1) * vocab];
+                    self.logprobs(logprobs, &hyp.tokens);
+                    for t in top(logprobs, width + 1) {
                         candidates.push((hyp.sum_logprob + logprobs[t] as f64, i, t as u32));
                     }
                 }
@@ -166,9 +168,9 @@ impl WhisperEngine {
                 }
             } else {
                 for (i, hyp) in alive.iter().enumerate() {
-                    let row = &mut logits[i * vocab..(i + 1) * vocab];
-                    let logprobs = self.logprobs(row, &hyp.tokens);
-                    let t = sample(row, temperature, rng).unwrap_or(s.eot);
+                    let logprobs = &mut logits[i * vocab..(i + 1) * vocab];
+                    self.logprobs(logprobs, &hyp.tokens);
+                    let t = sample(logprobs, temperature, rng).unwrap_or(s.eot);
                     let score = hyp.sum_logprob + logprobs[t as usize] as f64;
                     if t == s.eot {
                         finished.push(hyp.extended(None, score));
@@ -205,19 +207,23 @@ impl WhisperEngine {
         })
     }
 
-    /// Applies the decoding rules to one sequence's logits (in place) and returns its log-probabilities.
-    fn logprobs(&self, logits: &mut [f32], sampled: &[u32]) -> Vec<f32> {
-        self.apply_rules(logits, sampled);
-        // A timestamp whenever timestamps together are likelier than any single text token.
-        let ts = self.spec.specials.timestamp_begin as usize;
-        let logprobs = log_softmax(logits);
-        let ts_mass = logprobs[ts..].iter().map(|&l| l.exp()).sum::<f64>();
-        let text_max = logprobs[..ts].iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        if ts_mass.ln() > text_max {
-            logits[..ts].iter_mut().for_each(|l| *l = f32::NEG_INFINITY);
-            return log_softmax(logits).into_iter().map(|l| l as f32).collect();
+    /// Applies the decoding rules to one sequence's logits and turns them into its log-probabilities,
+    /// in place (sampling from them draws from the same distribution as from the logits).
+    fn logprobs(&self, row: &mut [f32], sampled: &[u32]) {
+        self.apply_rules(row, sampled);
+        match self.decoder.kernels().simd {
+            Some(simd) => elementwise::log_softmax(simd, row),
+            None => elementwise::log_softmax_reference(row),
         }
-        logprobs.into_iter().map(|l| l as f32).collect()
+        // A timestamp whenever timestamps together are likelier than any single text token; then the
+        // text tokens are masked and the timestamps' probabilities renormalized among themselves.
+        let ts = self.spec.specials.timestamp_begin as usize;
+        let ts_mass = row[ts..].iter().map(|&l| (l as f64).exp()).sum::<f64>().ln();
+        let text_max = row[..ts].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        if ts_mass > text_max as f64 {
+            row[..ts].iter_mut().for_each(|l| *l = f32::NEG_INFINITY);
+            row[ts..].iter_mut().for_each(|l| *l = (*l as f64 - ts_mass) as f32);
+        }
     }
 
     fn apply_rules(&self, logits: &mut [f32], sampled: &[u32]) {
@@ -265,13 +271,8 @@ impl WhisperEngine {
         }
     }
 
-    /// Transcribes (or translates) a whole recording.
-    pub fn transcribe(&mut self, job: &AudioJob) -> anyhow::Result<Transcript> {
-        let pool = self.pool.clone();
-        pool.run(|| self.transcribe_in_pool(job))
-    }
-
-    fn transcribe_in_pool(&mut self, job: &AudioJob) -> anyhow::Result<Transcript> {
+    /// Transcribes (or translates) a whole recording; runs on a thread of the model's pool.
+    pub(super) fn transcribe_in_pool(&self, job: &AudioJob) -> anyhow::Result<Transcript> {
         let s = self.spec.specials.clone();
         let duration = job.samples.len() as f64 / mel::SAMPLE_RATE as f64;
         let content_frames = job.samples.len() / mel::HOP_LENGTH;
@@ -303,7 +304,9 @@ impl WhisperEngine {
                 row[..take].copy_from_slice(&mel[c * frames + seek..][..take]);
                 row[take..].fill(0.0);
             }
+            let started = std::time::Instant::now();
             let features = self.encoder.forward(&window, mels)?;
+            let encoded = started.elapsed();
             if self.spec.multilingual && language.is_none() {
                 language = Some(self.detect_language(&features)?);
             }
@@ -334,6 +337,14 @@ impl WhisperEngine {
                 }
             }
             let (decoded, silent) = result.expect("the last temperature always yields");
+            tracing::debug!(
+                seek,
+                encode_ms = encoded.as_secs_f64() * 1e3,
+                decode_ms = (started.elapsed() - encoded).as_secs_f64() * 1e3,
+                tokens = decoded.tokens.len(),
+                temperature = decoded.temperature,
+                "whisper window"
+            );
             let window_frames = WINDOW_FRAMES.min(content_frames - seek);
             let offset = seek as f64 * mel::HOP_LENGTH as f64 / mel::SAMPLE_RATE as f64;
             if silent {

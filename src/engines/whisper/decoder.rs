@@ -4,18 +4,36 @@
 //! to itself; this one appends one token at a time to per-layer caches (linear cost per step) and can
 //! hand out the cross-attention weights that word timestamps are aligned from.
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::{Device, Module, Result, Tensor};
 use candle_nn::{LayerNorm, VarBuilder};
+use rayon::prelude::*;
 
+use crate::engines::kernels::elementwise::{softmax, softmax_reference};
+use crate::engines::kernels::fma::PackedF32;
 use crate::engines::kernels::quantized::PackedQuant;
 use crate::engines::kernels::{DenseKernel, Kernels};
 use crate::engines::nn::attention::{attention_weights, sdpa};
 use crate::engines::nn::dense::Dense;
 
+/// What a decoder layer runs on.
+#[derive(Clone, Copy)]
+enum Rows {
+    /// A few rows at a time (the tokens of a step): the int8 kernel where the model's kernels have it
+    /// and its precision allows rounding, since these layers are bound by reading their weights.
+    Few,
+    /// A window's 1500 audio positions at once (cross-attention keys and values): compute-bound, on
+    /// the model's dense kernel.
+    Many,
+}
+
 /// A torch `Linear` as a [`Dense`] layer; `bias = false` for layers without one.
-fn linear(vb: VarBuilder, in_dim: usize, out_dim: usize, bias: bool, kernel: DenseKernel) -> Result<Dense> {
+fn linear(vb: VarBuilder, in_dim: usize, out_dim: usize, bias: bool, kernels: Kernels, rows: Rows) -> Result<Dense> {
     let b = if bias { Some(vb.get(out_dim, "bias")?) } else { None };
-    Dense::new(&vb.get((out_dim, in_dim), "weight")?, b.as_ref(), kernel)
+    let weight = vb.get((out_dim, in_dim), "weight")?;
+    match (rows, kernels.int8) {
+        (Rows::Few, Some(cpu)) if !kernels.exact => Dense::quantized(&weight, b.as_ref(), cpu, kernels.dense),
+        _ => Dense::new(&weight, b.as_ref(), kernels.dense),
+    }
 }
 
 struct Attention {
@@ -26,12 +44,14 @@ struct Attention {
 }
 
 impl Attention {
-    fn load(vb: VarBuilder, width: usize, kernel: DenseKernel) -> Result<Self> {
+    /// `keys` says how many rows the key and value projections take at once (the queries and output
+    /// always take a step's tokens).
+    fn load(vb: VarBuilder, width: usize, kernels: Kernels, keys: Rows) -> Result<Self> {
         Ok(Self {
-            q: linear(vb.pp("q_proj"), width, width, true, kernel)?,
-            k: linear(vb.pp("k_proj"), width, width, false, kernel)?,
-            v: linear(vb.pp("v_proj"), width, width, true, kernel)?,
-            out: linear(vb.pp("out_proj"), width, width, true, kernel)?,
+            q: linear(vb.pp("q_proj"), width, width, true, kernels, Rows::Few)?,
+            k: linear(vb.pp("k_proj"), width, width, false, kernels, keys)?,
+            v: linear(vb.pp("v_proj"), width, width, true, kernels, keys)?,
+            out: linear(vb.pp("out_proj"), width, width, true, kernels, Rows::Few)?,
         })
     }
 }
@@ -46,12 +66,22 @@ struct Block {
     mlp_ln: LayerNorm,
 }
 
+/// One layer's cross-attention keys and values of a window's audio, which every sequence shares.
+enum Cross {
+    /// `[heads, frames, head_dim]` each, for candle's products (the reference path).
+    Tensors(Tensor, Tensor),
+    /// Per head, its keys `[frames, head_dim]` and its values transposed `[head_dim, frames]`, packed
+    /// as weights of sis's f32 GEMM: a beam step's few rows then read them at the GEMM's speed, where
+    /// candle's products spend most of their time laying out small operands.
+    Packed(Vec<(PackedF32, PackedF32)>),
+}
+
 /// Per-window decoding state of one or more sequences of equal length (a beam, or samples drawn side
 /// by side): self-attention keys/values so far (`[sequences, heads, len, head_dim]`) and the
 /// cross-attention keys/values of the window's audio, which every sequence shares.
 pub struct DecoderState {
     self_kv: Vec<Option<(Tensor, Tensor)>>,
-    cross_kv: Vec<(Tensor, Tensor)>,
+    cross: Vec<Cross>,
     /// Tokens decoded so far, per sequence.
     pub len: usize,
     /// Sequences decoded side by side.
@@ -87,6 +117,7 @@ pub struct TextDecoder {
     ln: LayerNorm,
     heads: usize,
     width: usize,
+    kernels: Kernels,
 }
 
 fn layer_norm(vb: VarBuilder, width: usize) -> Result<LayerNorm> {
@@ -94,9 +125,9 @@ fn layer_norm(vb: VarBuilder, width: usize) -> Result<LayerNorm> {
 }
 
 impl TextDecoder {
-    /// Loads `model.decoder.*` from Hub-named weights: the dense layers on the model's dense kernel, and
-    /// the output projection on 8-bit quants where `kernels` has the int8 kernel (`precision = "f32"`
-    /// keeps it exact).
+    /// Loads `model.decoder.*` from Hub-named weights: the layers that run a step's tokens, and the
+    /// output projection, on 8-bit quants where `kernels` has the int8 kernel (`precision = "f32"` keeps
+    /// them exact); the cross-attention keys and values on the model's dense kernel.
     pub fn load(
         vb: VarBuilder,
         width: usize,
@@ -106,17 +137,16 @@ impl TextDecoder {
         positions: usize,
         kernels: Kernels,
     ) -> Result<Self> {
-        let fast = kernels.dense;
         let blocks = (0..layers)
             .map(|i| {
                 let b = vb.pp(format!("layers.{i}"));
                 Ok(Block {
-                    attn: Attention::load(b.pp("self_attn"), width, fast)?,
+                    attn: Attention::load(b.pp("self_attn"), width, kernels, Rows::Few)?,
                     attn_ln: layer_norm(b.pp("self_attn_layer_norm"), width)?,
-                    cross: Attention::load(b.pp("encoder_attn"), width, fast)?,
+                    cross: Attention::load(b.pp("encoder_attn"), width, kernels, Rows::Many)?,
                     cross_ln: layer_norm(b.pp("encoder_attn_layer_norm"), width)?,
-                    fc1: linear(b.pp("fc1"), width, 4 * width, true, fast)?,
-                    fc2: linear(b.pp("fc2"), 4 * width, width, true, fast)?,
+                    fc1: linear(b.pp("fc1"), width, 4 * width, true, kernels, Rows::Few)?,
+                    fc2: linear(b.pp("fc2"), 4 * width, width, true, kernels, Rows::Few)?,
                     mlp_ln: layer_norm(b.pp("final_layer_norm"), width)?,
                 })
             })
@@ -136,7 +166,13 @@ impl TextDecoder {
             ln: layer_norm(vb.pp("layer_norm"), width)?,
             heads,
             width,
+            kernels,
         })
+    }
+
+    /// The kernels this decoder runs on.
+    pub fn kernels(&self) -> Kernels {
+        self.kernels
     }
 
     /// `[n, width]` → `[heads, n, head_dim]`.
@@ -148,12 +184,86 @@ impl TextDecoder {
     /// Prepares a window: cross-attention keys and values of its audio features `[1, frames, width]`.
     pub fn start(&self, audio: &Tensor) -> Result<DecoderState> {
         let audio = audio.squeeze(0)?;
-        let cross_kv = self
+        let cross = self
             .blocks
             .iter()
-            .map(|b| Ok((self.split(&b.cross.k.forward(&audio)?)?, self.split(&b.cross.v.forward(&audio)?)?)))
+            .map(|b| {
+                let (k, v) = (b.cross.k.forward(&audio)?, b.cross.v.forward(&audio)?);
+                match self.kernels.dense {
+                    DenseKernel::Fma(cpu) => Ok(Cross::Packed(self.pack_heads(cpu, &k, &v)?)),
+                    _ => Ok(Cross::Tensors(self.split(&k)?, self.split(&v)?)),
+                }
+            })
             .collect::<Result<Vec<_>>>()?;
-        Ok(DecoderState { self_kv: vec![None; self.blocks.len()], cross_kv, len: 0, sequences: 1 })
+        Ok(DecoderState { self_kv: vec![None; self.blocks.len()], cross, len: 0, sequences: 1 })
+    }
+
+    /// Each head's keys and transposed values of `k` and `v` (`[frames, width]`), packed for the GEMM.
+    fn pack_heads(
+        &self,
+        cpu: crate::engines::kernels::Fma,
+        k: &Tensor,
+        v: &Tensor,
+    ) -> Result<Vec<(PackedF32, PackedF32)>> {
+        let (frames, width) = k.dims2()?;
+        let head_dim = width / self.heads;
+        let (k, v) = (k.flatten_all()?.to_vec1::<f32>()?, v.flatten_all()?.to_vec1::<f32>()?);
+        Ok((0..self.heads)
+            .into_par_iter()
+            .map(|h| {
+                let columns = h * head_dim..(h + 1) * head_dim;
+                let keys: Vec<f32> = k.chunks_exact(width).flat_map(|row| &row[columns.clone()]).copied().collect();
+                let mut values_t = vec![0f32; head_dim * frames];
+                for (f, row) in v.chunks_exact(width).enumerate() {
+                    for (d, &x) in row[columns.clone()].iter().enumerate() {
+                        values_t[d * frames + f] = x;
+                    }
+                }
+                (
+                    PackedF32::new(cpu, &keys, frames, head_dim, &[]),
+                    PackedF32::new(cpu, &values_t, head_dim, frames, &[]),
+                )
+            })
+            .collect())
+    }
+
+    /// Cross-attention of `rows` query rows `q` (`[rows, width]`, scaled) on packed heads: per head,
+    /// `softmax(q·Kᵀ)·V`. Returns the context `[rows, width]` and, when `capture`, the attention
+    /// weights `[heads, rows, frames]`.
+    fn cross_packed(
+        &self,
+        heads: &[(PackedF32, PackedF32)],
+        q: &[f32],
+        rows: usize,
+        capture: bool,
+    ) -> (Vec<f32>, Option<Vec<f32>>) {
+        let (width, head_dim) = (self.width, self.width / self.heads);
+        let simd = self.kernels.simd;
+        let per_head: Vec<(Vec<f32>, Vec<f32>)> = heads
+            .par_iter()
+            .enumerate()
+            .map(|(h, (keys, values))| {
+                let columns = h * head_dim..(h + 1) * head_dim;
+                let q_h: Vec<f32> = q.chunks_exact(width).flat_map(|row| &row[columns.clone()]).copied().collect();
+                let mut weights = keys.forward(&q_h, rows);
+                for row in weights.chunks_exact_mut(keys.n()) {
+                    match simd {
+                        Some(simd) => softmax(simd, row),
+                        None => softmax_reference(row),
+                    }
+                }
+                let context = values.forward(&weights, rows);
+                (context, weights)
+            })
+            .collect();
+        let mut context = vec![0f32; rows * width];
+        for (h, (c, _)) in per_head.iter().enumerate() {
+            for (out, src) in context.chunks_exact_mut(width).zip(c.chunks_exact(head_dim)) {
+                out[h * head_dim..(h + 1) * head_dim].copy_from_slice(src);
+            }
+        }
+        let weights = capture.then(|| per_head.into_iter().flat_map(|(_, w)| w).collect());
+        (context, weights)
     }
 
     /// `[sequences · rows, width]` → `[sequences, heads, rows, head_dim]`.
@@ -213,16 +323,29 @@ impl TextDecoder {
             x = (x + block.attn.out.forward(&attn)?)?;
             // Cross-attention over the audio, which every sequence shares: all new tokens are rows.
             let h = block.cross_ln.forward(&x)?;
-            let q = (self.split(&block.cross.q.forward(&h)?)? * scale)?;
-            let (ck, cv) = &state.cross_kv[layer];
-            let weights = attention_weights(&q, ck, None, None)?;
-            if let Some(capture) = capture.as_deref_mut() {
-                capture.push(weights.clone());
-            }
-            let attn = weights.matmul(cv)?.transpose(0, 1)?.reshape((tokens.len(), self.width))?;
+            let q = (block.cross.q.forward(&h)? * scale)?;
+            let attn = match &state.cross[layer] {
+                Cross::Tensors(ck, cv) => {
+                    let weights = attention_weights(&self.split(&q)?, ck, None, None)?;
+                    if let Some(capture) = capture.as_deref_mut() {
+                        capture.push(weights.clone());
+                    }
+                    weights.matmul(cv)?.transpose(0, 1)?.reshape((tokens.len(), self.width))?
+                }
+                Cross::Packed(heads) => {
+                    let rows = tokens.len();
+                    let (context, weights) =
+                        self.cross_packed(heads, &q.flatten_all()?.to_vec1::<f32>()?, rows, capture.is_some());
+                    if let (Some(capture), Some(weights)) = (capture.as_deref_mut(), weights) {
+                        let frames = weights.len() / (rows * self.heads);
+                        capture.push(Tensor::from_vec(weights, (self.heads, rows, frames), &Device::Cpu)?);
+                    }
+                    Tensor::from_vec(context, (rows, self.width), &Device::Cpu)?
+                }
+            };
             x = (x + block.cross.out.forward(&attn)?)?;
             let h = block.mlp_ln.forward(&x)?;
-            x = (x + block.fc2.forward(&block.fc1.forward(&h)?.gelu_erf()?)?)?;
+            x = (x + block.fc2.forward(&block.fc1.forward_gelu(&h, self.kernels.simd)?)?)?;
         }
         state.len = total;
         self.ln.forward(&x)

@@ -18,6 +18,9 @@ pub use transcript::{AudioJob, Search, Segment, Task, Transcript, Word};
 use candle_core::Device;
 use candle_nn::VarBuilder;
 use sis_actors::{Engine, EngineError, EngineLoader};
+use std::sync::{Arc, Mutex, Weak};
+
+use crate::engines::kernels::Pool;
 
 use decoder::TextDecoder;
 use encoder::AudioEncoder;
@@ -33,10 +36,8 @@ const TIME_PRECISION: f64 = 0.02;
 const FRAMES_PER_POSITION: usize = 2;
 const TEMPERATURES: [f64; 6] = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0];
 
-/// A loaded Whisper model.
-pub struct WhisperEngine {
-    /// The threads its transcriptions run on.
-    pool: std::sync::Arc<crate::engines::kernels::Pool>,
+/// A loaded Whisper model: weights and decoding policy, read-only, shared by the model's workers.
+struct WhisperModel {
     encoder: AudioEncoder,
     decoder: TextDecoder,
     spec: WhisperSpec,
@@ -46,13 +47,40 @@ pub struct WhisperEngine {
     alignment_heads: Vec<(usize, usize)>,
 }
 
-/// Loads Whisper on the model actor's thread.
+/// One worker's engine: the shared model and the model's thread pool.
+///
+/// A model's workers (`AUDIO_MAX_CONCURRENT`) share one copy of the weights and one pool with a thread
+/// per core. Each transcription runs on a worker of the pool and forks its products inside it, so with
+/// one transcription running its products use every core, and with several each mostly keeps to its own
+/// thread: a decode step's small products then cost no fork and join across cores, and a thread whose
+/// transcription is done takes work from the others.
+pub struct WhisperEngine {
+    model: Arc<WhisperModel>,
+    pool: Arc<Pool>,
+}
+
+impl WhisperEngine {
+    /// Transcribes (or translates) a whole recording.
+    pub fn transcribe(&self, job: &AudioJob) -> anyhow::Result<Transcript> {
+        self.pool.run(|| self.model.transcribe_in_pool(job))
+    }
+}
+
+/// Loads Whisper on the model actor's thread; every worker of a model gets the same weights.
 pub struct WhisperLoader {
-    /// What to load.
-    pub spec: WhisperSpec,
+    spec: WhisperSpec,
+    /// What the workers share while any of them holds it; the lock also makes a second worker wait
+    /// for the first one's load instead of loading the weights again.
+    shared: Mutex<Weak<WhisperModel>>,
+    pool: Mutex<Weak<Pool>>,
 }
 
 impl WhisperLoader {
+    /// A loader of the model `spec` describes.
+    pub fn new(spec: WhisperSpec) -> Self {
+        Self { spec, shared: Mutex::new(Weak::new()), pool: Mutex::new(Weak::new()) }
+    }
+
     /// Which implementation each hot operation runs for this model (see [`WhisperSpec::kernels`]).
     pub fn kernels(&self) -> Vec<String> {
         self.spec.kernels()
@@ -63,11 +91,34 @@ impl EngineLoader for WhisperLoader {
     type Engine = WhisperEngine;
 
     fn load(&self) -> Result<WhisperEngine, EngineError> {
-        load(&self.spec).map_err(|e| EngineError::new(format!("{e:#}")))
+        let error = |e: anyhow::Error| EngineError::new(format!("{e:#}"));
+        let model = {
+            let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+            match shared.upgrade() {
+                Some(model) => model,
+                None => {
+                    let model = Arc::new(load(&self.spec).map_err(error)?);
+                    *shared = Arc::downgrade(&model);
+                    model
+                }
+            }
+        };
+        let pool = {
+            let mut shared = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+            match shared.upgrade() {
+                Some(pool) => pool,
+                None => {
+                    let pool = Arc::new(Pool::new("whisper").map_err(|e| error(e.into()))?);
+                    *shared = Arc::downgrade(&pool);
+                    pool
+                }
+            }
+        };
+        Ok(WhisperEngine { model, pool })
     }
 }
 
-fn load(spec: &WhisperSpec) -> anyhow::Result<WhisperEngine> {
+fn load(spec: &WhisperSpec) -> anyhow::Result<WhisperModel> {
     let device = Device::Cpu;
     let ct2 = spec.dir.join("model.bin");
     let (vb, config) = if ct2.is_file() {
@@ -118,8 +169,7 @@ fn load(spec: &WhisperSpec) -> anyhow::Result<WhisperEngine> {
         kernels,
     )?;
     let alignment_heads = alignment_heads(&spec.dir, &config);
-    Ok(WhisperEngine {
-        pool: std::sync::Arc::new(crate::engines::kernels::Pool::new("whisper")?),
+    Ok(WhisperModel {
         encoder,
         decoder,
         spec: spec.clone(),

@@ -6,7 +6,7 @@ use tokenizers::Tokenizer;
 
 use crate::config::roster::Precision;
 use crate::engines::kernels::measure::Shape;
-use crate::engines::kernels::{selection, KernelError, Kernels};
+use crate::engines::kernels::{selection, DenseKernel, KernelError, Kernels};
 use anyhow::Context;
 
 /// A model's shapes, by their Hub `config.json` names (openai-whisper's names in the comments).
@@ -175,8 +175,9 @@ impl WhisperSpec {
 
 /// What [`WhisperSpec::kernels`] says: the encoder's window is always 1500 positions long, so its
 /// attention takes the matrix products (see [`crate::engines::nn::attention::packed_attention`]), and every Whisper
-/// width is a multiple of 32, so the output projection takes the int8 kernel whenever the kernel is
-/// selected and the model's precision allows rounding (not `f32`).
+/// width is a multiple of 32, so the decoder's per-step layers and its output projection take the int8
+/// kernel whenever the kernel is selected and the model's precision allows rounding (not `f32`). Where
+/// the dense kernel is sis's f32 GEMM, the decoder's cross-attention runs on it.
 pub(super) fn report(kernels: Kernels) -> Vec<String> {
     let products = if kernels.simd.is_some() { kernels.dense() } else { "reference" };
     let projection = if kernels.exact { "reference" } else { kernels.quantized() };
@@ -184,8 +185,11 @@ pub(super) fn report(kernels: Kernels) -> Vec<String> {
         format!("dense: {}", kernels.dense_report()),
         format!("attention (encoder): {products}"),
         format!("gelu (encoder): {}", kernels.loops()),
-        "attention (decoder): reference".to_string(),
-        format!("output projection: {projection}"),
+        format!(
+            "attention (decoder): {}",
+            if matches!(kernels.dense, DenseKernel::Fma(_)) { kernels.dense() } else { "reference" }
+        ),
+        format!("decoder steps and output projection: {projection}"),
     ]
 }
 
