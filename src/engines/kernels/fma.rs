@@ -14,6 +14,11 @@
 //! output, so each output element is the same ordered sum whatever the number of rows in the call:
 //! results do not depend on batching.
 //!
+//! Weights that are exactly half-precision numbers (Whisper's checkpoints are f16 at the source) can
+//! be packed as f16 ([`PackedF32::new_exact_f16`]) and widened in the microkernel (F16C): the same
+//! products and sums, so the same bits, from half the bytes. That pays for the layers of decode steps,
+//! which read every weight for a few rows and are bound by memory; compute-bound layers keep f32.
+//!
 //! A [`PackedF32`] is made from an [`Fma`] token, so holding one proves the CPU runs its build.
 //! [`reference`] is what the kernel computes, in scalar code: the tests hold every build to it.
 
@@ -42,6 +47,12 @@ fn lanes(cpu: Fma) -> usize {
     }
 }
 
+/// The packed weights, as f32 or as exact f16.
+enum Panels {
+    F32(Vec<f32>),
+    F16(Vec<u16>),
+}
+
 /// A `[n, k]` weight matrix (torch `Linear` layout) packed for the kernel, with its bias.
 pub struct PackedF32 {
     cpu: Fma,
@@ -49,8 +60,8 @@ pub struct PackedF32 {
     k: usize,
     /// Columns per panel: two vectors.
     width: usize,
-    /// Per panel: `k × width` floats; columns past `n` are zero.
-    data: Vec<f32>,
+    /// Per panel: `k × width` weights; columns past `n` are zero.
+    data: Panels,
     /// `[panels × width]`: the bias, zero past `n`.
     bias: Vec<f32>,
 }
@@ -59,19 +70,38 @@ impl PackedF32 {
     /// Packs `weight` (`[n, k]`, row-major) and `bias` (`[n]`, or empty for none) for the build that
     /// `cpu` proves runs here.
     pub fn new(cpu: Fma, weight: &[f32], n: usize, k: usize, bias: &[f32]) -> Self {
+        Self::packed(cpu, weight, n, k, bias, |w| w, Panels::F32)
+    }
+
+    /// As [`PackedF32::new`], with the weights kept as f16 where every one of them is exactly a
+    /// half-precision number (so the results are the same bits); `None` where one is not.
+    pub fn new_exact_f16(cpu: Fma, weight: &[f32], n: usize, k: usize, bias: &[f32]) -> Option<Self> {
+        let exact = weight.par_iter().all(|&w| half::f16::from_f32(w).to_f32().to_bits() == w.to_bits());
+        exact.then(|| Self::packed(cpu, weight, n, k, bias, |w| half::f16::from_f32(w).to_bits(), Panels::F16))
+    }
+
+    fn packed<T: Copy + Default + Send + Sync>(
+        cpu: Fma,
+        weight: &[f32],
+        n: usize,
+        k: usize,
+        bias: &[f32],
+        convert: impl Fn(f32) -> T + Sync,
+        panels: impl FnOnce(Vec<T>) -> Panels,
+    ) -> Self {
         assert_eq!(weight.len(), n * k, "weight is not [n, k]");
         assert!(bias.is_empty() || bias.len() == n, "bias is not [n]");
         let width = VECTORS * lanes(cpu);
-        let panels = n.div_ceil(width);
-        let mut data = vec![0f32; panels * k * width];
-        let pack = |(panel, out): (usize, &mut [f32])| {
+        let count = n.div_ceil(width);
+        let mut data = vec![T::default(); count * k * width];
+        let pack = |(panel, out): (usize, &mut [T])| {
             for lane in 0..width {
                 let col = panel * width + lane;
                 if col >= n {
                     break;
                 }
                 for (p, &w) in weight[col * k..(col + 1) * k].iter().enumerate() {
-                    out[p * width + lane] = w;
+                    out[p * width + lane] = convert(w);
                 }
             }
         };
@@ -81,9 +111,14 @@ impl PackedF32 {
         } else {
             data.chunks_mut(chunk).enumerate().for_each(pack);
         }
-        let mut padded = vec![0f32; panels * width];
+        let mut padded = vec![0f32; count * width];
         padded[..bias.len()].copy_from_slice(bias);
-        Self { cpu, n, k, width, data, bias: padded }
+        Self { cpu, n, k, width, data: panels(data), bias: padded }
+    }
+
+    /// Whether the weights are kept as f16.
+    pub fn is_f16(&self) -> bool {
+        matches!(self.data, Panels::F16(_))
     }
 
     /// Output width.
@@ -137,10 +172,15 @@ impl PackedF32 {
                 for tile in 0..tiles {
                     let row = rows.start + tile * ROWS;
                     let tile_rows = (rows.end - row).min(ROWS);
+                    let at = panel * k * width + first * width;
                     let tile = Tile {
                         a: x.as_ptr().add(row * k + first),
                         lda: k,
-                        b: self.data.as_ptr().add(panel * k * width + first * width),
+                        b: match &self.data {
+                            Panels::F32(data) => data.as_ptr().add(at).cast(),
+                            Panels::F16(data) => data.as_ptr().add(at).cast(),
+                        },
+                        half: matches!(self.data, Panels::F16(_)),
                         depth,
                         c: out.add(row * self.n + col),
                         ldc: self.n,
@@ -188,8 +228,9 @@ struct Tile {
     /// them tile by tile, as BLAS libraries do, measured no faster here: six streams prefetch well.)
     a: *const f32,
     lda: usize,
-    /// The panel at the pass's first input position: `depth × width` floats.
-    b: *const f32,
+    /// The panel at the pass's first input position: `depth × width` weights, f32 or (`half`) f16.
+    b: *const u8,
+    half: bool,
     depth: usize,
     /// The output tile; rows `ldc` apart, two vectors wide.
     c: *mut f32,
@@ -221,26 +262,46 @@ mod x86 {
     use super::{Tile, VECTORS};
     use std::arch::x86_64::*;
 
+    /// Eight f16 weights at `p`, widened to f32.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn widen_avx2(p: *const u16) -> __m256 {
+        _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+    }
+
+    /// Sixteen f16 weights at `p`, widened to f32.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,fma")]
+    unsafe fn widen_avx512(p: *const u16) -> __m512 {
+        _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i))
+    }
+
     /// Defines the microkernel of one build and its dispatch on the row count: the same code for both
     /// builds, with the build's vector type and intrinsics.
     macro_rules! build {
-        ($dispatch:ident, $kernel:ident, $features:literal, $zero:ident, $load:ident, $store:ident,
-         $splat:ident, $fma:ident, $lanes:literal) => {
+        ($dispatch:ident, $kernel:ident, $features:literal, $zero:ident, $load:ident, $widen:ident,
+         $store:ident, $splat:ident, $fma:ident, $lanes:literal) => {
             /// SAFETY: as `run_tile`; the caller's token proves the CPU has the build's features.
             pub(super) unsafe fn $dispatch(rows: usize, t: &Tile) {
-                match rows {
-                    1 => $kernel::<1>(t),
-                    2 => $kernel::<2>(t),
-                    3 => $kernel::<3>(t),
-                    4 => $kernel::<4>(t),
-                    5 => $kernel::<5>(t),
-                    6 => $kernel::<6>(t),
+                match (rows, t.half) {
+                    (1, false) => $kernel::<1, false>(t),
+                    (2, false) => $kernel::<2, false>(t),
+                    (3, false) => $kernel::<3, false>(t),
+                    (4, false) => $kernel::<4, false>(t),
+                    (5, false) => $kernel::<5, false>(t),
+                    (6, false) => $kernel::<6, false>(t),
+                    (1, true) => $kernel::<1, true>(t),
+                    (2, true) => $kernel::<2, true>(t),
+                    (3, true) => $kernel::<3, true>(t),
+                    (4, true) => $kernel::<4, true>(t),
+                    (5, true) => $kernel::<5, true>(t),
+                    (6, true) => $kernel::<6, true>(t),
                     _ => unreachable!("{rows} rows"),
                 }
             }
 
             #[target_feature(enable = $features)]
-            unsafe fn $kernel<const R: usize>(t: &Tile) {
+            unsafe fn $kernel<const R: usize, const HALF: bool>(t: &Tile) {
                 let mut acc = [[$zero(); VECTORS]; R];
                 for (r, row) in acc.iter_mut().enumerate() {
                     let from = if t.first { t.bias } else { t.c.add(r * t.ldc) };
@@ -248,11 +309,12 @@ mod x86 {
                         *slot = $load(from.add(v * $lanes));
                     }
                 }
-                let (mut a, mut b) = (t.a, t.b);
+                let (mut a, b) = (t.a, t.b);
+                let (mut b, mut b16) = (b as *const f32, b as *const u16);
                 for _ in 0..t.depth {
                     let mut w = [$zero(); VECTORS];
                     for (v, slot) in w.iter_mut().enumerate() {
-                        *slot = $load(b.add(v * $lanes));
+                        *slot = if HALF { $widen(b16.add(v * $lanes)) } else { $load(b.add(v * $lanes)) };
                     }
                     for (r, row) in acc.iter_mut().enumerate() {
                         let x = $splat(*a.add(r * t.lda));
@@ -262,6 +324,7 @@ mod x86 {
                     }
                     a = a.add(1);
                     b = b.add(VECTORS * $lanes);
+                    b16 = b16.add(VECTORS * $lanes);
                 }
                 for (r, row) in acc.iter().enumerate() {
                     let c = t.c.add(r * t.ldc);
@@ -276,9 +339,10 @@ mod x86 {
     build!(
         avx2,
         kernel_avx2,
-        "avx2,fma",
+        "avx2,fma,f16c",
         _mm256_setzero_ps,
         _mm256_loadu_ps,
+        widen_avx2,
         _mm256_storeu_ps,
         _mm256_set1_ps,
         _mm256_fmadd_ps,
@@ -290,6 +354,7 @@ mod x86 {
         "avx512f,avx512bw,avx512dq,avx512vl,fma",
         _mm512_setzero_ps,
         _mm512_loadu_ps,
+        widen_avx512,
         _mm512_storeu_ps,
         _mm512_set1_ps,
         _mm512_fmadd_ps,
@@ -342,6 +407,20 @@ mod tests {
         }
     }
 
+    /// Weights that are exact halves give the same bits packed as f16 as packed as f32; others are
+    /// refused.
+    fn halves_give_the_same_bits(cpu: Fma) {
+        for &(m, n, k) in &[(1, 70, 33), (5, 384, 384), (13, 130, 1537)] {
+            let w: Vec<f32> = values(n * k, 2).iter().map(|&v| half::f16::from_f32(v).to_f32()).collect();
+            let (x, b) = (values(m * k, 1), values(n, 3));
+            let half = PackedF32::new_exact_f16(cpu, &w, n, k, &b).expect("exact halves");
+            assert_eq!(half.forward(&x, m), PackedF32::new(cpu, &w, n, k, &b).forward(&x, m), "{m}×{n}×{k}");
+        }
+        let mut w: Vec<f32> = values(64, 2).iter().map(|&v| half::f16::from_f32(v).to_f32()).collect();
+        w[17] = 0.1;
+        assert!(PackedF32::new_exact_f16(cpu, &w, 8, 8, &[]).is_none(), "0.1 is not a half");
+    }
+
     /// A row's output is the same whether it is computed alone or among others.
     fn rows_are_independent(cpu: Fma) {
         let (n, k) = (100, 1000);
@@ -359,6 +438,7 @@ mod tests {
         let cpu = Fma::Avx2(Avx2::detect().expect(STALE_BUILD));
         matches_the_reference(cpu);
         rows_are_independent(cpu);
+        halves_give_the_same_bits(cpu);
     }
 
     #[test]
@@ -367,5 +447,6 @@ mod tests {
         let cpu = Fma::Avx512(Avx512::detect().expect(STALE_BUILD));
         matches_the_reference(cpu);
         rows_are_independent(cpu);
+        halves_give_the_same_bits(cpu);
     }
 }

@@ -8,7 +8,8 @@
 //! Q8_1) are multiplied in. Lanes are output columns, so no horizontal sums are needed.
 //!
 //! Every block is stored as `w = d·u + m` with unsigned quants `u`, read at their own width: Q4_0,
-//! Q4_1 and Q4_K as 4-bit `u`; Q5_0, Q5_1, Q5_K and Q8_0 (`u = q + 128`) as 8-bit `u` ([`native`]).
+//! Q4_1 and Q4_K as 4-bit `u`; Q5_0, Q5_1 and Q5_K as 5-bit `u` (a nibble and a bit plane; the
+//! AVX-512 build reads them as bytes); Q8_0 (`u = q + 128`) as 8-bit `u` ([`native`]).
 //! Other types are dequantized and re-quantized to 8 bits (asymmetric, per block of 32). Then
 //! `Σ w·x = d·dx·Σ u·q + m·sx` with `sx = dx·Σ q`, where `Σ u·q` (u8 × i8) is computed exactly in
 //! integers by both builds, which then do the same f32 operations: the builds give the same bits. A
@@ -61,6 +62,12 @@ pub fn native(dtype: GgmlDType) -> bool {
 enum Bits {
     /// Two quants per byte: low nibbles hold inputs 0–15 of a block, high nibbles 16–31.
     Four,
+    /// 5-bit quants (the AVX2 build): their low four bits as [`Bits::Four`], then one byte per (column,
+    /// input within a group of four) whose bit `v` is the fifth bit of input `4v + byte`. Five bits and
+    /// a byte of scales per weight (Q5_0 and Q5_1 files are 5.5 and 6) where eight-bit quants take nine:
+    /// a third less to read per step, for the types that most of a Q4_K_M file of a model whose width
+    /// is no multiple of 256 is made of.
+    Five,
     /// One quant per byte.
     Eight,
 }
@@ -70,6 +77,7 @@ impl Bits {
     fn bytes(self) -> usize {
         match self {
             Bits::Four => COLS * BLOCK / 2,
+            Bits::Five => COLS * BLOCK / 2 + COLS * BLOCK / 8,
             Bits::Eight => COLS * BLOCK,
         }
     }
@@ -133,6 +141,10 @@ impl PackedQuant {
     /// Lays out each column's blocks `(d, m, quants)` for the kernel.
     fn pack(cpu: Int8, columns: &[Block], n: usize, k: usize, bits: Bits) -> Self {
         let blocks = k / BLOCK;
+        let narrow = bits == Bits::Eight && columns.iter().all(|(_, _, u)| u.iter().all(|&q| q < 32));
+        // 5-bit quants take the five-bit layout where the AVX2 build runs them (the AVX-512 build reads
+        // them as bytes).
+        let bits = if narrow && matches!(cpu, Int8::Avx2(_)) { Bits::Five } else { bits };
         let groups = n.div_ceil(COLS);
         let mut quants = vec![0u8; groups * blocks * bits.bytes()];
         let mut scales = vec![0u16; groups * blocks * 2 * COLS];
@@ -150,16 +162,18 @@ impl PackedQuant {
                         let (vector, byte) = (i / 4, i % 4);
                         match bits {
                             Bits::Eight => tile[vector * 64 + lane * 4 + byte] = q,
-                            Bits::Four => {
+                            Bits::Four | Bits::Five => {
                                 let (slot, shift) = if vector < 4 { (vector, 0) } else { (vector - 4, 4) };
-                                tile[slot * 64 + lane * 4 + byte] |= q << shift;
+                                tile[slot * 64 + lane * 4 + byte] |= (q & 0x0f) << shift;
+                                if bits == Bits::Five {
+                                    tile[4 * 64 + lane * 4 + byte] |= (q >> 4) << vector;
+                                }
                             }
                         }
                     }
                 }
             }
         }
-        let narrow = bits == Bits::Eight && columns.iter().all(|(_, _, u)| u.iter().all(|&q| q < 32));
         Self { cpu, n, k, blocks, bits, narrow, quants, scales }
     }
 
@@ -453,10 +467,11 @@ mod avx2 {
     use super::{Avx2, Bits, Tile, BLOCK, COLS};
     use std::arch::x86_64::*;
 
-    // How the quants are read: 4-bit, 8-bit below 32, or any 8-bit.
+    // How the quants are read: 4-bit, 5-bit (as [`Bits::Five`], or as bytes below 32), or any 8-bit.
     const FOUR: u8 = 0;
     const FIVE: u8 = 1;
     const EIGHT: u8 = 2;
+    const FIVE_PLANES: u8 = 3;
 
     /// SAFETY: as `run_tile`; the token is what makes the `#[target_feature]` calls sound.
     pub(super) unsafe fn dispatch(_: Avx2, rows: usize, bits: Bits, narrow: bool, t: &Tile) {
@@ -465,6 +480,7 @@ mod avx2 {
                 match (rows, bits, narrow) {
                     $(
                         ($r, Bits::Four, _) => kernel::<$r, FOUR>(t),
+                        ($r, Bits::Five, _) => kernel::<$r, FIVE_PLANES>(t),
                         ($r, Bits::Eight, true) => kernel::<$r, FIVE>(t),
                         ($r, Bits::Eight, false) => kernel::<$r, EIGHT>(t),
                     )*
@@ -488,7 +504,11 @@ mod avx2 {
         let nibble = _mm256_set1_epi8(0x0f);
         let flip = _mm256_set1_epi8(-128);
         let ones = _mm256_set1_epi16(1);
-        let tile_bytes = if W == FOUR { COLS * BLOCK / 2 } else { COLS * BLOCK };
+        let tile_bytes = match W {
+            FOUR => Bits::Four.bytes(),
+            FIVE_PLANES => Bits::Five.bytes(),
+            _ => Bits::Eight.bytes(),
+        };
         // One half at a time, over every block: its eight vectors of quants and the rows' accumulators
         // fit in the sixteen registers (the other half's quants are read again, from cache).
         for h in 0..2 {
@@ -504,14 +524,22 @@ mod avx2 {
                 let m = _mm256_cvtph_ps(_mm_loadu_si128(sc.add(COLS) as *const __m128i));
                 let mut sums = [_mm256_setzero_si256(); R];
                 match W {
-                    FOUR | FIVE => {
+                    FOUR | FIVE | FIVE_PLANES => {
                         // w[v]: inputs 4v..4v+4 of the half's columns.
                         let mut w = [_mm256_setzero_si256(); 8];
+                        let high = match W {
+                            FIVE_PLANES => _mm256_loadu_si256(q.add(4 * 64) as *const __m256i),
+                            _ => _mm256_setzero_si256(),
+                        };
                         for v in 0..4 {
-                            if W == FOUR {
+                            if W == FOUR || W == FIVE_PLANES {
                                 let raw = _mm256_loadu_si256(q.add(v * 64) as *const __m256i);
                                 w[v] = _mm256_and_si256(raw, nibble);
                                 w[v + 4] = _mm256_and_si256(_mm256_srli_epi16::<4>(raw), nibble);
+                                if W == FIVE_PLANES {
+                                    w[v] = _mm256_or_si256(w[v], fifth(high, v));
+                                    w[v + 4] = _mm256_or_si256(w[v + 4], fifth(high, v + 4));
+                                }
                             } else {
                                 w[v] = _mm256_loadu_si256(q.add(v * 64) as *const __m256i);
                                 w[v + 4] = _mm256_loadu_si256(q.add((v + 4) * 64) as *const __m256i);
@@ -526,7 +554,7 @@ mod avx2 {
                                 *p = _mm256_add_epi16(*p, _mm256_maddubs_epi16(w[v], xb));
                             }
                             *sum = _mm256_madd_epi16(part[0], ones);
-                            if W == FIVE {
+                            if W != FOUR {
                                 *sum = _mm256_add_epi32(*sum, _mm256_madd_epi16(part[1], ones));
                             }
                         }
@@ -571,6 +599,24 @@ mod avx2 {
                 }
             }
         }
+    }
+
+    /// Bit `v` of each byte of `high`, moved to bit 4 (the fifth bit of a quant). The 16-bit shifts
+    /// move bits across the byte boundary, but never into bit 4 of either byte.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn fifth(high: __m256i, v: usize) -> __m256i {
+        let moved = match v {
+            0 => _mm256_slli_epi16::<4>(high),
+            1 => _mm256_slli_epi16::<3>(high),
+            2 => _mm256_slli_epi16::<2>(high),
+            3 => _mm256_slli_epi16::<1>(high),
+            4 => high,
+            5 => _mm256_srli_epi16::<1>(high),
+            6 => _mm256_srli_epi16::<2>(high),
+            _ => _mm256_srli_epi16::<3>(high),
+        };
+        _mm256_and_si256(moved, _mm256_set1_epi8(0x10))
     }
 
     /// [`super::quantize_row`] on AVX2.
@@ -648,7 +694,8 @@ mod avx512 {
                         ($r, Bits::Four) => kernel::<$r, true>(t),
                         ($r, Bits::Eight) => kernel::<$r, false>(t),
                     )*
-                    _ => unreachable!("{rows} rows"),
+                    // `Bits::Five` is packed for the AVX2 build only.
+                    _ => unreachable!("{rows} rows of {bits:?} quants"),
                 }
             };
         }

@@ -11,8 +11,7 @@ use candle_core::{Device, Result, Storage, Tensor};
 use crate::engines::kernels::bf16::PackedBf16;
 use crate::engines::kernels::elementwise::gelu_erf;
 use crate::engines::kernels::fma::PackedF32;
-use crate::engines::kernels::quantized::PackedQuant;
-use crate::engines::kernels::{DenseKernel, Int8, Simd};
+use crate::engines::kernels::{DenseKernel, Simd};
 
 /// `x · Wᵀ + b` over the last dimension of `x`.
 pub enum Dense {
@@ -27,15 +26,6 @@ pub enum Dense {
     Fma(PackedF32),
     /// The AVX-512 BF16 kernel.
     Bf16(PackedBf16),
-    /// sis's int8 kernel on the weights rounded to 8 bits per block of 32, for layers that run a few
-    /// rows at a time (decode steps): they read every weight for little arithmetic, so a quarter of
-    /// the bytes is most of the time saved.
-    Int8 {
-        /// The weight as 8-bit quants.
-        packed: PackedQuant,
-        /// `[out]`, empty for none.
-        bias: Vec<f32>,
-    },
 }
 
 impl Dense {
@@ -59,15 +49,24 @@ impl Dense {
         }
     }
 
-    /// Builds from a torch-layout weight `[out, in]` and its bias on the int8 kernel, where the input
-    /// width is whole blocks of 32; else on `fallback`.
-    pub fn quantized(weight: &Tensor, bias: Option<&Tensor>, cpu: Int8, fallback: DenseKernel) -> Result<Self> {
-        let (n, k) = weight.dims2()?;
-        if k == 0 || !k.is_multiple_of(32) {
-            return Self::new(weight, bias, fallback);
+    /// As [`Dense::new`], for a layer that runs a few rows at a time (decode steps), which is bound by
+    /// reading its weights: on sis's f32 GEMM they are kept as f16 where every one is exactly a half
+    /// (the same results from half the bytes).
+    pub fn for_few_rows(weight: &Tensor, bias: Option<&Tensor>, kernel: DenseKernel) -> Result<Self> {
+        if let DenseKernel::Fma(cpu) = kernel {
+            let (n, k) = weight.dims2()?;
+            let w = weight.flatten_all()?.to_vec1::<f32>()?;
+            let b = bias.map(|b| b.to_vec1::<f32>()).transpose()?.unwrap_or_default();
+            if let Some(packed) = PackedF32::new_exact_f16(cpu, &w, n, k, &b) {
+                return Ok(Dense::Fma(packed));
+            }
         }
-        let packed = PackedQuant::from_f32(cpu, &weight.flatten_all()?.to_vec1::<f32>()?, n, k);
-        Ok(Dense::Int8 { packed, bias: bias.map(|b| b.to_vec1::<f32>()).transpose()?.unwrap_or_default() })
+        Self::new(weight, bias, kernel)
+    }
+
+    /// Whether the weights are kept as f16 (see [`Dense::for_few_rows`]).
+    pub fn is_f16(&self) -> bool {
+        matches!(self, Dense::Fma(packed) if packed.is_f16())
     }
 
     /// `x · Wᵀ + b`.
@@ -82,20 +81,13 @@ impl Dense {
             }
             Dense::Fma(packed) => map_rows(x, packed.n(), |rows, m| packed.forward(rows, m)),
             Dense::Bf16(packed) => map_rows(x, packed.n(), |rows, m| packed.forward(rows, m)),
-            Dense::Int8 { packed, bias } => map_rows(x, packed.n(), |rows, m| {
-                let mut y = packed.forward(rows, m);
-                if !bias.is_empty() {
-                    y.chunks_exact_mut(bias.len()).for_each(|row| row.iter_mut().zip(bias).for_each(|(v, b)| *v += b));
-                }
-                y
-            }),
         }
     }
 
     /// `f(x · Wᵀ + b)`, with `f` applied in place to the output (a fused activation).
     pub fn forward_then(&self, x: &Tensor, f: impl Fn(&mut [f32])) -> Result<Tensor> {
         match self {
-            Dense::F32 { .. } | Dense::Int8 { .. } => {
+            Dense::F32 { .. } => {
                 let y = self.forward(x)?;
                 let (shape, mut values) = (y.shape().clone(), y.flatten_all()?.to_vec1::<f32>()?);
                 f(&mut values);

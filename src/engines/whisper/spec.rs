@@ -175,9 +175,9 @@ impl WhisperSpec {
 
 /// What [`WhisperSpec::kernels`] says: the encoder's window is always 1500 positions long, so its
 /// attention takes the matrix products (see [`crate::engines::nn::attention::packed_attention`]), and every Whisper
-/// width is a multiple of 32, so the decoder's per-step layers and its output projection take the int8
-/// kernel whenever the kernel is selected and the model's precision allows rounding (not `f32`). Where
-/// the dense kernel is sis's f32 GEMM, the decoder's cross-attention runs on it.
+/// width is a multiple of 32, so the output projection takes the int8 kernel whenever the kernel is
+/// selected and the model's precision allows rounding (not `f32`). Where the dense kernel is sis's f32
+/// GEMM, the decoder's cross-attention runs on it.
 pub(super) fn report(kernels: Kernels) -> Vec<String> {
     let products = if kernels.simd.is_some() { kernels.dense() } else { "reference" };
     let projection = if kernels.exact { "reference" } else { kernels.quantized() };
@@ -189,7 +189,7 @@ pub(super) fn report(kernels: Kernels) -> Vec<String> {
             "attention (decoder): {}",
             if matches!(kernels.dense, DenseKernel::Fma(_)) { kernels.dense() } else { "reference" }
         ),
-        format!("decoder steps and output projection: {projection}"),
+        format!("output projection: {projection}"),
     ]
 }
 
