@@ -157,7 +157,8 @@ impl Llama {
         let pool = Pool::new("chat").context("starting the chat model's threads")?;
         // Every build of the attention loops gives the same bits; the model's is the fastest it may run.
         let simd = kernels.simd.unwrap_or(Simd::Portable);
-        Ok(Self { config, embeddings, blocks, norm, output, cos, sin, rope_axis, pool, simd })
+        let fused = kernels.simd;
+        Ok(Self { config, embeddings, blocks, norm, output, cos, sin, rope_axis, pool, simd, fused })
     }
 }
 

@@ -13,6 +13,7 @@
 use candle_core::{Device, Result, Tensor};
 use rayon::prelude::*;
 
+use crate::engines::kernels::elementwise::silu_mul;
 use crate::engines::kernels::{Pool, Simd};
 use crate::engines::nn::attention::{cached_causal, prompt_attention, HeadShape};
 
@@ -102,6 +103,8 @@ pub struct Llama {
     pool: Pool,
     /// The build its attention loops run on.
     simd: Simd,
+    /// The build its fused element-wise passes run on; `None` on the reference path (candle's ops).
+    fused: Option<Simd>,
 }
 
 impl Llama {
@@ -169,7 +172,7 @@ impl Llama {
             let attn = Tensor::from_vec(attn, (total, q_width), &Device::Cpu)?;
             x = (x + block.o.forward(&attn, &rows)?)?;
             let h = candle_nn::ops::rms_norm(&x, &block.ffn_norm, c.eps as f32)?;
-            let gated = (candle_nn::ops::silu(&block.gate.forward(&h, &rows)?)? * block.up.forward(&h, &rows)?)?;
+            let gated = self.gated(block.gate.forward(&h, &rows)?, &block.up.forward(&h, &rows)?)?;
             x = (x + block.down.forward(&gated, &rows)?)?;
             if let Some((rows, _, deepstack)) = &visual {
                 if let Some(features) = deepstack.get(layer) {
@@ -197,6 +200,15 @@ impl Llama {
         let last = candle_nn::ops::rms_norm(&last, &self.norm, c.eps as f32)?;
         let logits = self.output.forward(&last)?;
         logits.to_vec2::<f32>()
+    }
+
+    /// `silu(gate) · up`: one pass on the loops where the model's kernels have them, else candle's ops.
+    fn gated(&self, gate: Tensor, up: &Tensor) -> Result<Tensor> {
+        let Some(simd) = self.fused else { return candle_nn::ops::silu(&gate)? * up };
+        let shape = gate.shape().clone();
+        let mut values = gate.flatten_all()?.to_vec1::<f32>()?;
+        silu_mul(simd, &mut values, &up.flatten_all()?.to_vec1::<f32>()?);
+        Tensor::from_vec(values, shape, &Device::Cpu)
     }
 
     /// The image rows of a step (packed offsets), their embeddings and DeepStack features.
