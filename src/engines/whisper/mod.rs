@@ -36,8 +36,10 @@ const TIME_PRECISION: f64 = 0.02;
 const FRAMES_PER_POSITION: usize = 2;
 const TEMPERATURES: [f64; 6] = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0];
 
-/// A loaded Whisper model: weights and decoding policy, read-only, shared by the model's workers.
+/// A loaded Whisper model: weights, decoding policy and the threads its transcriptions run on,
+/// shared by the model's workers.
 struct WhisperModel {
+    pool: Pool,
     encoder: AudioEncoder,
     decoder: TextDecoder,
     spec: WhisperSpec,
@@ -47,7 +49,7 @@ struct WhisperModel {
     alignment_heads: Vec<(usize, usize)>,
 }
 
-/// One worker's engine: the shared model and the model's thread pool.
+/// One worker's engine: the shared model.
 ///
 /// A model's workers (`AUDIO_MAX_CONCURRENT`) share one copy of the weights and one pool with a thread
 /// per core. Each transcription runs on a worker of the pool and forks its products inside it, so with
@@ -56,13 +58,12 @@ struct WhisperModel {
 /// transcription is done takes work from the others.
 pub struct WhisperEngine {
     model: Arc<WhisperModel>,
-    pool: Arc<Pool>,
 }
 
 impl WhisperEngine {
     /// Transcribes (or translates) a whole recording.
     pub fn transcribe(&self, job: &AudioJob) -> anyhow::Result<Transcript> {
-        self.pool.run(|| self.model.transcribe_in_pool(job))
+        self.model.pool.run(|| self.model.transcribe_in_pool(job))
     }
 }
 
@@ -72,13 +73,12 @@ pub struct WhisperLoader {
     /// What the workers share while any of them holds it; the lock also makes a second worker wait
     /// for the first one's load instead of loading the weights again.
     shared: Mutex<Weak<WhisperModel>>,
-    pool: Mutex<Weak<Pool>>,
 }
 
 impl WhisperLoader {
     /// A loader of the model `spec` describes.
     pub fn new(spec: WhisperSpec) -> Self {
-        Self { spec, shared: Mutex::new(Weak::new()), pool: Mutex::new(Weak::new()) }
+        Self { spec, shared: Mutex::new(Weak::new()) }
     }
 
     /// Which implementation each hot operation runs for this model (see [`WhisperSpec::kernels`]).
@@ -91,30 +91,16 @@ impl EngineLoader for WhisperLoader {
     type Engine = WhisperEngine;
 
     fn load(&self) -> Result<WhisperEngine, EngineError> {
-        let error = |e: anyhow::Error| EngineError::new(format!("{e:#}"));
-        let model = {
-            let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
-            match shared.upgrade() {
-                Some(model) => model,
-                None => {
-                    let model = Arc::new(load(&self.spec).map_err(error)?);
-                    *shared = Arc::downgrade(&model);
-                    model
-                }
+        let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        let model = match shared.upgrade() {
+            Some(model) => model,
+            None => {
+                let model = Arc::new(load(&self.spec).map_err(|e| EngineError::new(format!("{e:#}")))?);
+                *shared = Arc::downgrade(&model);
+                model
             }
         };
-        let pool = {
-            let mut shared = self.pool.lock().unwrap_or_else(|e| e.into_inner());
-            match shared.upgrade() {
-                Some(pool) => pool,
-                None => {
-                    let pool = Arc::new(Pool::new("whisper").map_err(|e| error(e.into()))?);
-                    *shared = Arc::downgrade(&pool);
-                    pool
-                }
-            }
-        };
-        Ok(WhisperEngine { model, pool })
+        Ok(WhisperEngine { model })
     }
 }
 
@@ -170,6 +156,7 @@ fn load(spec: &WhisperSpec) -> anyhow::Result<WhisperModel> {
     )?;
     let alignment_heads = alignment_heads(&spec.dir, &config);
     Ok(WhisperModel {
+        pool: Pool::new("whisper")?,
         encoder,
         decoder,
         spec: spec.clone(),

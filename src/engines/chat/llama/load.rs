@@ -10,7 +10,7 @@ use std::path::Path;
 use super::config::LlamaConfig;
 use super::weights::{layout, ChatWeights, Quantized, Weight};
 use super::{Block, Llama};
-use crate::engines::kernels::{Int8, Kernels, Pool, Simd};
+use crate::engines::kernels::{Int8, Kernels, Pool};
 
 impl Llama {
     /// Loads the weights of a GGUF file (CPU) for `kernels`: prompt rows' dense copies on its dense
@@ -156,9 +156,7 @@ impl Llama {
             .collect();
         let pool = Pool::new("chat").context("starting the chat model's threads")?;
         // Every build of the attention loops gives the same bits; the model's is the fastest it may run.
-        let simd = kernels.simd.unwrap_or(Simd::Portable);
-        let fused = kernels.simd;
-        Ok(Self { config, embeddings, blocks, norm, output, cos, sin, rope_axis, pool, simd, fused })
+        Ok(Self { config, embeddings, blocks, norm, output, cos, sin, rope_axis, pool, loops: kernels.simd })
     }
 }
 

@@ -101,10 +101,9 @@ pub struct Llama {
     rope_axis: Vec<usize>,
     /// The threads its steps run on.
     pool: Pool,
-    /// The build its attention loops run on.
-    simd: Simd,
-    /// The build its fused element-wise passes run on; `None` on the reference path (candle's ops).
-    fused: Option<Simd>,
+    /// The loops' build its kernels chose; `None` on the reference path, where element-wise passes
+    /// are candle's ops and the attention loops run their portable build.
+    loops: Option<Simd>,
 }
 
 impl Llama {
@@ -202,9 +201,14 @@ impl Llama {
         logits.to_vec2::<f32>()
     }
 
+    /// The build the attention loops run on (they have no candle counterpart: portable without one).
+    fn attention_loops(&self) -> Simd {
+        self.loops.unwrap_or(Simd::Portable)
+    }
+
     /// `silu(gate) · up`: one pass on the loops where the model's kernels have them, else candle's ops.
     fn gated(&self, gate: Tensor, up: &Tensor) -> Result<Tensor> {
-        let Some(simd) = self.fused else { return candle_nn::ops::silu(&gate)? * up };
+        let Some(simd) = self.loops else { return candle_nn::ops::silu(&gate)? * up };
         let shape = gate.shape().clone();
         let mut values = gate.flatten_all()?.to_vec1::<f32>()?;
         silu_mul(simd, &mut values, &up.flatten_all()?.to_vec1::<f32>()?);
@@ -274,7 +278,7 @@ impl Llama {
         // Jobs of at most `ROWS_PER_JOB` rows, so that a long prompt's attention uses every thread (a
         // row's result does not depend on how the rows are split).
         const ROWS_PER_JOB: usize = 16;
-        let products = self.simd.fma().is_some();
+        let products = self.attention_loops().fma().is_some();
         for (input, &start) in inputs.iter().zip(starts) {
             let n = input.tokens.len();
             // A prompt chunk on the matrix products is one job: the GEMM splits its own work.
@@ -289,7 +293,7 @@ impl Llama {
             row += n;
         }
         let shape = HeadShape { heads: c.heads, kv_heads: c.kv_heads, head_dim: d };
-        let simd = self.simd;
+        let simd = self.attention_loops();
         match simd.fma() {
             // Prompt rows as matrix products (every prompt row, whatever its chunk, so a position's
             // result does not depend on how the prompt was split); decode rows on the loops.
