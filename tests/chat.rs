@@ -231,7 +231,7 @@ fn the_gguf_tokenizer_encodes_like_the_reference() {
     };
     let (settings, roster) = Settings::load(&overrides).unwrap();
     let entry = roster.select(&[SMOLLM.into()]).unwrap().remove(0);
-    let found = sis::models::resolve(&entry, &settings.hf_cache, true).unwrap();
+    let found = sis::models::resolve(&entry, &sis::models::Sources::new(&settings).downloading()).unwrap();
     let spec = sis::engines::chat::spec::ChatSpec::from_gguf(&found.dir.join(entry.file.unwrap())).unwrap();
     // Expected ids from an independent byte-level BPE (the GPT-2 algorithm in Python over the same
     // GGUF vocab and merges, SmolLM2's digit split, special tokens matched first).
@@ -431,7 +431,10 @@ fn tiny_checkpoints(dir: &std::path::Path, arch: &str) -> (std::path::PathBuf, s
     })
     .unwrap();
     let entry = roster.select(&[SMOLLM.into()]).unwrap().remove(0);
-    let smol = sis::models::resolve(&entry, &settings.hf_cache, true).unwrap().dir.join(entry.file.unwrap());
+    let smol = sis::models::resolve(&entry, &sis::models::Sources::new(&settings).downloading())
+        .unwrap()
+        .dir
+        .join(entry.file.unwrap());
     let mut file = std::fs::File::open(&smol).unwrap();
     let content = gguf_file::Content::read(&mut file).unwrap();
     let spec = sis::engines::chat::spec::ChatSpec::from_gguf(&smol).unwrap();

@@ -31,12 +31,23 @@ pub trait EngineLoader: Send + Sync + 'static {
 
 /// Why an engine could not load or run a batch.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("{0}")]
-pub struct EngineError(pub String);
+#[error("{message}")]
+pub struct EngineError {
+    /// What went wrong.
+    pub message: String,
+    /// Whether trying again cannot help (an architecture the engine does not support, a tensor the
+    /// files lack): the supervisor then marks the model failed at once instead of spending its restarts.
+    pub permanent: bool,
+}
 
 impl EngineError {
-    /// Wraps any displayable error.
+    /// Wraps any displayable error; the supervisor may retry.
     pub fn new(message: impl std::fmt::Display) -> Self {
-        Self(message.to_string())
+        Self { message: message.to_string(), permanent: false }
+    }
+
+    /// An error that retrying cannot fix.
+    pub fn permanent(message: impl std::fmt::Display) -> Self {
+        Self { message: message.to_string(), permanent: true }
     }
 }

@@ -85,6 +85,15 @@ impl ModelStatus {
         })
     }
 
+    /// The status of a model that could not even start its actors (its files are missing or do not
+    /// describe a model the engines can run): `failed`, with the reason.
+    pub fn failed(model: impl Into<Arc<str>>, reason: String) -> Arc<Self> {
+        let status = Self::new(model);
+        status.set_state(ModelState::Failed);
+        status.set_last_error(Some(reason));
+        status
+    }
+
     /// The model id.
     pub fn model(&self) -> &Arc<str> {
         &self.model

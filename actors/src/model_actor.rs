@@ -12,7 +12,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::engine::{Engine, EngineError, EngineLoader};
+use crate::engine::{Engine, EngineLoader};
 use crate::lifecycle::{EventBus, ModelStatus};
 pub use crate::supervision::panic_message;
 use crate::supervision::Supervision;
@@ -167,7 +167,7 @@ impl<L: EngineLoader> Handler<RunBatch<InputOf<L>, OutputOf<L>>> for ModelActor<
                 return Ok(outputs);
             }
             Ok(Ok(outputs)) => format!("engine returned {} outputs for {expected} inputs", outputs.len()),
-            Ok(Err(EngineError(err))) => format!("engine error: {err}"),
+            Ok(Err(err)) => format!("engine error: {err}"),
             Err(panic) => format!("engine panicked: {}", panic_message(&panic)),
         };
         self.engine = None;

@@ -206,7 +206,7 @@ impl<L: StepLoader> SequenceActor<L> {
                     self.running.insert(id, Running { events, _permit: permit });
                 }
                 Ok(Err(e)) => {
-                    let _ = events.send(SequenceMessage::Failed(JobError::EngineFailed(e.0)));
+                    let _ = events.send(SequenceMessage::Failed(JobError::EngineFailed(e.message)));
                 }
                 Err(panic) => {
                     let reason = format!("engine panicked: {}", panic_message(&panic));

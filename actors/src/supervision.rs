@@ -72,8 +72,9 @@ impl Supervision {
         self.status.last_error().unwrap_or_else(|| "model is not loaded".into())
     }
 
-    /// Loads an engine, retrying with backoff until it loads or the failure budget is spent;
-    /// publishes `loaded` with `warm` as the warmup target.
+    /// Loads an engine, retrying with backoff until it loads or the failure budget is spent (a
+    /// [permanent](EngineError::permanent) error fails at once); publishes `loaded` with `warm` as the
+    /// warmup target.
     pub fn load<E>(&mut self, load: impl Fn() -> Result<E, EngineError>, warm: Recipient<Warmup>) -> Option<E> {
         loop {
             if self.consecutive_failures > 0 {
@@ -87,6 +88,12 @@ impl Supervision {
                     tracing::info!(model = %self.status.model(), ms = started.elapsed().as_millis() as u64, "model loaded");
                     self.publish(ModelState::Loaded, None, Some(warm));
                     return Some(engine);
+                }
+                Ok(Err(err)) if err.permanent => {
+                    let reason = format!("load failed: {err}");
+                    tracing::error!(model = %self.status.model(), %reason, "model cannot load; not retrying");
+                    self.publish(ModelState::Failed, Some(reason), None);
+                    return None;
                 }
                 Ok(Err(err)) => format!("load failed: {err}"),
                 Err(panic) => format!("load panicked: {}", panic_message(&panic)),
@@ -141,7 +148,7 @@ impl Supervision {
                 Ok(Ok(())) => {}
                 Ok(Err(err)) => {
                     outcome.ok = false;
-                    outcome.error = Some(err.0);
+                    outcome.error = Some(err.message);
                 }
                 Err(panic) => {
                     let reason = format!("warmup panicked: {}", panic_message(&panic));

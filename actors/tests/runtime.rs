@@ -126,10 +126,12 @@ impl Engine for FakeEngine {
     }
 }
 
-/// Loads a [`FakeEngine`]; the first `failing_loads` loads fail.
+/// Loads a [`FakeEngine`]; the first `failing_loads` loads fail (with an error retrying cannot fix
+/// when `permanent`).
 struct FakeLoader {
     probe: Arc<Probe>,
     failing_loads: usize,
+    permanent: bool,
 }
 
 impl EngineLoader for FakeLoader {
@@ -138,7 +140,8 @@ impl EngineLoader for FakeLoader {
     fn load(&self) -> Result<FakeEngine, EngineError> {
         let attempt = self.probe.loads.fetch_add(1, Ordering::SeqCst);
         if attempt < self.failing_loads {
-            return Err(EngineError::new(format!("weights missing (attempt {})", attempt + 1)));
+            let message = format!("weights missing (attempt {})", attempt + 1);
+            return Err(if self.permanent { EngineError::permanent(message) } else { EngineError::new(message) });
         }
         Ok(FakeEngine { probe: self.probe.clone() })
     }
@@ -193,6 +196,7 @@ type Reply = oneshot::Receiver<Result<JobOutput<u64>, JobError>>;
 struct Setup {
     name: &'static str,
     failing_loads: usize,
+    permanent_load_error: bool,
     model: ModelActorConfig,
     batcher: BatcherConfig,
     warmup: Option<WarmupPolicy>,
@@ -205,6 +209,7 @@ impl Default for Setup {
         Self {
             name: "fake",
             failing_loads: 0,
+            permanent_load_error: false,
             model: ModelActorConfig {
                 max_restarts: 3,
                 restart_backoff: Duration::from_millis(1),
@@ -244,7 +249,11 @@ impl Setup {
         }
 
         let probe = Arc::new(Probe::default());
-        let loader = Arc::new(FakeLoader { probe: probe.clone(), failing_loads: self.failing_loads });
+        let loader = Arc::new(FakeLoader {
+            probe: probe.clone(),
+            failing_loads: self.failing_loads,
+            permanent: self.permanent_load_error,
+        });
         let status = ModelStatus::new(self.name);
         let workers = (0..self.workers.max(1))
             .map(|_| ModelActor::start(loader.clone(), status.clone(), bus.clone(), self.model.clone()).recipient())
@@ -595,6 +604,20 @@ async fn a_loader_that_always_fails_ends_in_failed() {
     assert_eq!(model.states(), vec![Loading, Restarting, Loading, Restarting, Loading, Failed]);
 }
 
+/// A load error that retrying cannot fix (say, an architecture the engine does not support) marks the
+/// model failed at the first attempt, with no restarts spent and no backoff waited.
+#[actix_rt::test]
+async fn a_permanent_load_error_fails_at_once() {
+    let model = Setup { failing_loads: usize::MAX, permanent_load_error: true, ..Setup::default() }.start().await;
+
+    model.wait_for_state(ModelState::Failed).await;
+    assert_eq!(model.probe.loads(), 1, "one attempt");
+    assert_eq!(model.status.restarts(), 0);
+    assert!(model.status.last_error().unwrap().contains("weights missing (attempt 1)"));
+    wait_until("two lifecycle events", || model.states().len() >= 2).await;
+    assert_eq!(model.states(), vec![ModelState::Loading, ModelState::Failed]);
+}
+
 /// A loader that fails once is retried; the model then loads and serves.
 #[actix_rt::test]
 async fn a_flaky_loader_is_retried_until_it_loads() {
@@ -795,7 +818,7 @@ async fn run_batch_can_be_sent_directly() {
     let probe = Arc::new(Probe::default());
     let bus = EventBus::default().start();
     let status = ModelStatus::new("direct");
-    let loader = Arc::new(FakeLoader { probe: probe.clone(), failing_loads: 0 });
+    let loader = Arc::new(FakeLoader { probe: probe.clone(), failing_loads: 0, permanent: false });
     let model = ModelActor::start(loader, status, bus, ModelActorConfig::default());
     let result = model.send(RunBatch::<Item, u64>::new(vec![Item(5), Item(6)])).await.unwrap();
     assert_eq!(result.unwrap(), vec![10, 12]);

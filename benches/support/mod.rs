@@ -28,6 +28,7 @@ pub fn model(id: &str) -> (ModelEntry, PathBuf) {
     };
     let (settings, roster) = Settings::load(&overrides).expect("roster");
     let entry = roster.select(&[id.to_string()]).expect("entry").remove(0);
-    let found = resolve(&entry, &settings.hf_cache, false).expect("run `sis models pull` first");
+    let sources = sis::models::Sources { download: false, ..sis::models::Sources::new(&settings) };
+    let found = resolve(&entry, &sources).expect("run `sis models pull` first");
     (entry, found.dir)
 }

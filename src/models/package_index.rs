@@ -68,6 +68,11 @@ pub fn install(entry: &ModelEntry, cache: &Path) -> anyhow::Result<PathBuf> {
             fs::remove_file(&path)?;
         }
     }
+    if let Some(extract) = &entry.extract {
+        let archive = staging.join(&extract.archive);
+        unpack(&archive, &extract.subdir, &staging).with_context(|| format!("extracting {}", extract.archive))?;
+        fs::remove_file(&archive)?;
+    }
     let _ = fs::remove_dir_all(&snapshot);
     fs::create_dir_all(snapshot.parent().expect("has parent"))?;
     fs::rename(&staging, &snapshot)?;
@@ -160,10 +165,13 @@ pub fn sha256_file(path: &Path) -> anyhow::Result<String> {
     Ok(hex::encode(hasher.finalize()))
 }
 
-/// Extracts the files under `subdir/` of a wheel into `dest`, refusing paths that escape it.
+/// Extracts the files under `subdir/` of a wheel (or any zip) into `dest`, refusing paths that escape it.
 fn unpack(wheel: &Path, subdir: &str, dest: &Path) -> anyhow::Result<()> {
     let mut archive = zip::ZipArchive::new(File::open(wheel)?)?;
-    let prefix = format!("{}/", subdir.trim_matches('/'));
+    let prefix = match subdir.trim_matches('/') {
+        "" => String::new(),
+        dir => format!("{dir}/"),
+    };
     let mut count = 0;
     for i in 0..archive.len() {
         let mut item = archive.by_index(i)?;

@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
+use super::hub::Sources;
 use super::package_index;
 use crate::config::{Capability, ModelEntry};
 
@@ -108,8 +109,16 @@ pub fn find_local(entry: &ModelEntry, cache: &Path) -> Result<Resolved, String> 
     Err(looked.join("; "))
 }
 
-/// Resolves an entry, downloading when `download` is set.
-pub fn resolve(entry: &ModelEntry, cache: &Path, download: bool) -> Result<Resolved, ResolveError> {
+/// Finds an entry's files: reads its kind from them first where the entry has none
+/// ([`super::detect::settle`]), then [`resolve`]s it.
+pub fn locate(entry: &mut ModelEntry, sources: &Sources) -> Result<Resolved, ResolveError> {
+    super::detect::settle(entry, sources)?;
+    resolve(entry, sources)
+}
+
+/// Resolves an entry, downloading when the sources allow it.
+pub fn resolve(entry: &ModelEntry, sources: &Sources) -> Result<Resolved, ResolveError> {
+    let (cache, download) = (sources.cache.as_path(), sources.download);
     let looked = match find_local(entry, cache) {
         Ok(found) => return Ok(found),
         Err(looked) => looked,
@@ -123,7 +132,7 @@ pub fn resolve(entry: &ModelEntry, cache: &Path, download: bool) -> Result<Resol
     }
     let mut errors = vec![format!("looked in {looked}")];
     if let Some(repo) = &entry.repo {
-        match download_from_hub(repo, entry, cache) {
+        match download_from_hub(repo, entry, sources) {
             Ok(dir) => return Ok(Resolved { dir, origin: "hub" }),
             Err(e) => errors.push(format!("Hub download of {repo} failed: {e:#}")),
         }
@@ -138,11 +147,8 @@ pub fn resolve(entry: &ModelEntry, cache: &Path, download: bool) -> Result<Resol
     Err(fail(errors.join("; ")))
 }
 
-fn download_from_hub(repo: &str, entry: &ModelEntry, cache: &Path) -> anyhow::Result<PathBuf> {
-    use hf_hub::api::sync::ApiBuilder;
-    use hf_hub::{Repo, RepoType};
-    let api = ApiBuilder::new().with_cache_dir(cache.to_path_buf()).with_progress(true).build()?;
-    let repo = api.repo(Repo::with_revision(repo.to_string(), RepoType::Model, entry.revision.clone()));
+fn download_from_hub(repo: &str, entry: &ModelEntry, sources: &Sources) -> anyhow::Result<PathBuf> {
+    let repo = sources.repo(repo, &entry.revision)?;
     let mut dir = None;
     for file in required_files(entry) {
         let path = repo.get(&file)?;

@@ -30,7 +30,8 @@ pub struct TestServer {
 #[derive(Default)]
 pub struct ServerBuilder {
     env: Vec<(String, String)>,
-    roster: Option<String>,
+    /// The roster's file name and text.
+    roster: Option<(String, String)>,
     /// Return once the server answers `/health/live`, not waiting for its models to be ready.
     live_only: bool,
 }
@@ -44,7 +45,13 @@ impl ServerBuilder {
 
     /// Serves this roster text instead of `config/models.toml`.
     pub fn roster(mut self, toml: &str) -> Self {
-        self.roster = Some(toml.to_string());
+        self.roster = Some(("roster.toml".into(), toml.to_string()));
+        self
+    }
+
+    /// Serves a roster file of this name (a `.yaml` one is the seed's model catalogue).
+    pub fn roster_file(mut self, name: &str, text: &str) -> Self {
+        self.roster = Some((name.to_string(), text.to_string()));
         self
     }
 
@@ -58,8 +65,8 @@ impl ServerBuilder {
     pub fn start(self) -> TestServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let roster = match &self.roster {
-            Some(text) => {
-                let path = dir.path().join("roster.toml");
+            Some((name, text)) => {
+                let path = dir.path().join(name);
                 std::fs::write(&path, text).expect("write roster");
                 path
             }
@@ -96,6 +103,19 @@ pub fn roster_with_copy(id: &str, copy_id: &str, extra: &str) -> String {
     let end = roster[start..].find("[[models]]").map_or(roster.len(), |e| start + e);
     let entry = roster[start..end].replacen(&format!("id = \"{id}\""), &format!("id = \"{copy_id}\"\n{extra}"), 1);
     format!("{roster}\n[[models]]\n{entry}")
+}
+
+/// The folder of a default-roster model's files (fetched by `sis models pull`), and its entry.
+pub fn model_files(id: &str) -> (sis::config::ModelEntry, PathBuf) {
+    use sis::config::{Overrides, Settings};
+    let overrides = Overrides {
+        config: Some(concat!(env!("CARGO_MANIFEST_DIR"), "/config/models.toml").into()),
+        ..Default::default()
+    };
+    let (settings, roster) = Settings::load(&overrides).expect("roster");
+    let entry = roster.select(&[id.to_string()]).expect("entry").remove(0);
+    let found = sis::models::resolve(&entry, &sis::models::Sources::new(&settings).downloading()).expect("model files");
+    (entry, found.dir)
 }
 
 fn free_port() -> u16 {

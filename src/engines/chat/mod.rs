@@ -493,7 +493,7 @@ impl StepLoader for ChatLoader {
     type Engine = ChatEngine;
 
     fn load(&self) -> Result<ChatEngine, EngineError> {
-        let error = |e: anyhow::Error| EngineError::new(format!("{e:#}"));
+        let error = crate::engines::load_error;
         let kernels = self.resolve().map_err(error)?;
         if !self.path.is_dir() {
             let (model, _) = Llama::from_gguf(&self.path, kernels).map_err(error)?;

@@ -1,4 +1,7 @@
-//! BERT-family encoders (BERT, RoBERTa, XLM-RoBERTa) with a packed forward pass.
+//! BERT-family encoders (BERT, RoBERTa, XLM-RoBERTa, MPNet) with a packed forward pass.
+//!
+//! MPNet is BERT with other tensor names, no token types, and a learned bias on attention scores by
+//! relative position (T5's buckets), shared by every layer.
 //!
 //! The weights are laid out once at load for the hot path: Q, K and V fused into one `[3·hidden, hidden]`
 //! matrix with Q pre-scaled by 1/√head_dim, every dense layer packed for its kernel ([`Dense`]). The forward
@@ -11,7 +14,7 @@ use serde::Deserialize;
 use std::path::Path;
 
 use crate::engines::kernels::Kernels;
-use crate::engines::nn::attention::{packed_attention, Packing};
+use crate::engines::nn::attention::{packed_attention, Packing, RelativeBias};
 use crate::engines::nn::dense::Dense;
 
 /// The fields of a Hub `config.json` this encoder uses.
@@ -41,10 +44,32 @@ pub struct BertConfig {
     /// Padding id (RoBERTa positions start after it).
     #[serde(default)]
     pub pad_token_id: usize,
-    /// `bert`, `roberta`, `xlm-roberta`, …
+    /// `bert`, `roberta`, `xlm-roberta`, `mpnet`, …
     #[serde(default)]
     pub model_type: Option<String>,
+    /// The checkpoint's classes (`BertModel`, `MPNetForMaskedLM`, …), for error messages.
+    #[serde(default)]
+    pub architectures: Vec<String>,
+    /// MPNet: buckets of the relative position bias.
+    #[serde(default = "default_buckets")]
+    pub relative_attention_num_buckets: usize,
 }
+
+fn default_buckets() -> usize {
+    32
+}
+
+/// The encoder layouts this module runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// BERT, RoBERTa, XLM-RoBERTa, CamemBERT: the same layers under the same names.
+    Bert,
+    /// MPNet: other names, no token types, a relative position bias.
+    MpNet,
+}
+
+/// What `model_type`s sis's encoder runs, for error messages.
+pub const SUPPORTED: &str = "BERT, RoBERTa, XLM-RoBERTa, CamemBERT and MPNet encoders";
 
 fn default_act() -> String {
     "gelu".into()
@@ -62,10 +87,22 @@ impl BertConfig {
         Ok(serde_json::from_str(&std::fs::read_to_string(path)?)?)
     }
 
-    /// RoBERTa-style models number positions from `pad_token_id + 1`.
+    /// The layout of this checkpoint, or why sis cannot run it (naming its architecture).
+    pub fn family(&self) -> anyhow::Result<Family> {
+        match self.model_type.as_deref() {
+            None | Some("bert" | "roberta" | "xlm-roberta" | "camembert") => Ok(Family::Bert),
+            Some("mpnet") => Ok(Family::MpNet),
+            Some(other) => anyhow::bail!(
+                "embedding architecture {:?} (model_type {other:?}) is not supported; sis runs {SUPPORTED}",
+                self.architectures
+            ),
+        }
+    }
+
+    /// RoBERTa-style models (and MPNet) number positions from `pad_token_id + 1`.
     pub fn position_offset(&self) -> usize {
         match self.model_type.as_deref() {
-            Some("roberta" | "xlm-roberta" | "camembert") => self.pad_token_id + 1,
+            Some("roberta" | "xlm-roberta" | "camembert" | "mpnet") => self.pad_token_id + 1,
             _ => 0,
         }
     }
@@ -118,11 +155,31 @@ struct Layer {
     out_norm: LayerNorm,
 }
 
+/// MPNet's bucket of a relative position `memory − context` (T5's bidirectional buckets): exact
+/// below `buckets / 4`, logarithmic up to `max_distance`, each direction in its own half. Computed in
+/// f32 as the Hugging Face implementation does, so that boundary distances land in the same bucket.
+pub fn relative_bucket(relative: i64, buckets: usize, max_distance: usize) -> usize {
+    let half = buckets / 2;
+    let n = -relative;
+    let side = if n < 0 { half } else { 0 };
+    let n = n.unsigned_abs() as usize;
+    let exact = half / 2;
+    if n < exact {
+        return side + n;
+    }
+    let log = (n as f32 / exact as f32).ln() / ((max_distance as f64 / exact as f64).ln() as f32);
+    let large = exact + (log * (half - exact) as f32) as usize;
+    side + large.min(half - 1)
+}
+
 /// A loaded encoder.
 pub struct BertModel {
     word: Tensor,
     position: Tensor,
-    token_type: Tensor,
+    /// The first token type's embedding (MPNet has none).
+    token_type: Option<Tensor>,
+    /// MPNet's relative position bias.
+    bias: Option<RelativeBias>,
     embed_norm: LayerNorm,
     layers: Vec<Layer>,
     heads: usize,
@@ -137,11 +194,13 @@ pub struct BertModel {
 }
 
 impl BertModel {
-    /// Loads `model.safetensors` (with or without a `bert.` / `roberta.` prefix), laid out for `kernels`.
+    /// Loads `model.safetensors` (with or without a `bert.` / `roberta.` / `mpnet.` prefix), laid out
+    /// for `kernels`.
     pub fn load(weights: &Path, config: BertConfig, device: &Device, kernels: Kernels) -> anyhow::Result<Self> {
+        let family = config.family()?;
         // SAFETY: the file is mapped read-only and not modified while the model lives.
         let root = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, device)? };
-        let vb = ["", "bert.", "roberta.", "model."]
+        let vb = ["", "bert.", "roberta.", "mpnet.", "model."]
             .iter()
             .map(|p| if p.is_empty() { root.clone() } else { root.pp(p.trim_end_matches('.')) })
             .find(|vb| vb.contains_tensor("embeddings.word_embeddings.weight"))
@@ -155,17 +214,44 @@ impl BertModel {
         let emb = vb.pp("embeddings");
         let word = emb.get((config.vocab_size, h), "word_embeddings.weight")?;
         let position = emb.get((config.max_position_embeddings, h), "position_embeddings.weight")?;
-        let token_type = emb.get((config.type_vocab_size, h), "token_type_embeddings.weight")?.narrow(0, 0, 1)?;
+        let token_type = match family {
+            Family::Bert => {
+                Some(emb.get((config.type_vocab_size, h), "token_type_embeddings.weight")?.narrow(0, 0, 1)?)
+            }
+            Family::MpNet => None,
+        };
         let embed_norm = LayerNorm::load(&emb.pp("LayerNorm"), h, config.layer_norm_eps)?;
+        let bias = match family {
+            Family::Bert => None,
+            Family::MpNet => {
+                let buckets = config.relative_attention_num_buckets;
+                let table = vb.get((buckets, heads), "encoder.relative_attention_bias.weight")?;
+                let table = table.to_device(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
+                let span = config.max_tokens();
+                Some(RelativeBias::new(&table, heads, span, |d| relative_bucket(d, buckets, 128)))
+            }
+        };
+        // Where each part of a layer lives: BERT's names, or MPNet's.
+        let names = match family {
+            Family::Bert => [
+                "attention.self.query",
+                "attention.self.key",
+                "attention.self.value",
+                "attention.output.dense",
+                "attention.output.LayerNorm",
+            ],
+            Family::MpNet => {
+                ["attention.attn.q", "attention.attn.k", "attention.attn.v", "attention.attn.o", "attention.LayerNorm"]
+            }
+        };
 
         let scale = 1.0 / (head_dim as f64).sqrt();
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for n in 0..config.num_hidden_layers {
             let l = vb.pp(format!("encoder.layer.{n}"));
-            let att = l.pp("attention.self");
-            let (qw, qb) = linear(&att.pp("query"), h, h)?;
-            let (kw, kb) = linear(&att.pp("key"), h, h)?;
-            let (vw, vb_) = linear(&att.pp("value"), h, h)?;
+            let (qw, qb) = linear(&l.pp(names[0]), h, h)?;
+            let (kw, kb) = linear(&l.pp(names[1]), h, h)?;
+            let (vw, vb_) = linear(&l.pp(names[2]), h, h)?;
             let qkv = Dense::new(
                 &Tensor::cat(&[(qw * scale)?, kw, vw], 0)?,
                 Some(&Tensor::cat(&[(qb * scale)?, kb, vb_], 0)?),
@@ -177,8 +263,8 @@ impl BertModel {
             };
             layers.push(Layer {
                 qkv,
-                attn_out: dense("attention.output.dense", h, h)?,
-                attn_norm: LayerNorm::load(&l.pp("attention.output.LayerNorm"), h, config.layer_norm_eps)?,
+                attn_out: dense(names[3], h, h)?,
+                attn_norm: LayerNorm::load(&l.pp(names[4]), h, config.layer_norm_eps)?,
                 intermediate: dense("intermediate.dense", h, i)?,
                 output: dense("output.dense", i, h)?,
                 out_norm: LayerNorm::load(&l.pp("output.LayerNorm"), h, config.layer_norm_eps)?,
@@ -194,6 +280,7 @@ impl BertModel {
             word,
             position,
             token_type,
+            bias,
             embed_norm,
             layers,
             heads,
@@ -219,12 +306,14 @@ impl BertModel {
         }
         let ids = Tensor::from_slice(ids, ids.len(), &self.device)?;
         let positions = Tensor::from_vec(positions, ids.dim(0)?, &self.device)?;
-        let x = (self.word.index_select(&ids, 0)? + self.position.index_select(&positions, 0)?)?
-            .broadcast_add(&self.token_type)?;
+        let mut x = (self.word.index_select(&ids, 0)? + self.position.index_select(&positions, 0)?)?;
+        if let Some(token_type) = &self.token_type {
+            x = x.broadcast_add(token_type)?;
+        }
         let mut x = self.embed_norm.forward(&x)?;
         for layer in &self.layers {
             let qkv = layer.qkv.forward(&x)?;
-            let ctx = packed_attention(&qkv, packing, self.heads, self.head_dim, self.kernels)?;
+            let ctx = packed_attention(&qkv, packing, (self.heads, self.head_dim), self.bias.as_ref(), self.kernels)?;
             let attn = layer.attn_norm.forward(&(layer.attn_out.forward(&ctx)? + &x)?)?;
             let hidden = match self.activation {
                 Activation::GeluErf => layer.intermediate.forward_gelu(&attn, self.kernels.simd)?,
@@ -234,5 +323,21 @@ impl BertModel {
             x = layer.out_norm.forward(&(layer.output.forward(&hidden)? + attn)?)?;
         }
         Ok(x)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// MPNet's buckets (32, max distance 128) at the distances where they change, as the Hugging Face
+    /// implementation computes them.
+    #[test]
+    fn relative_buckets_follow_t5() {
+        let bucket = |d| relative_bucket(d, 32, 128);
+        // memory − context < 0 (keys before the query) fill the lower half, keys after it the upper.
+        assert_eq!([bucket(0), bucket(-1), bucket(-7), bucket(-8), bucket(-11), bucket(-12)], [0, 1, 7, 8, 8, 9]);
+        assert_eq!([bucket(1), bucket(7), bucket(8), bucket(16), bucket(127), bucket(500)], [17, 23, 24, 26, 31, 31]);
+        assert_eq!(bucket(-128), 15);
     }
 }

@@ -65,6 +65,8 @@ impl EmbedderSpec {
         device: crate::engines::device::DeviceName,
     ) -> anyhow::Result<Self> {
         let config = BertConfig::from_file(&dir.join("config.json"))?;
+        // An architecture the encoder cannot run fails here, at start, naming it.
+        config.family()?;
         let pooling_file = dir.join("1_Pooling/config.json");
         let file_pooling = if pooling_file.is_file() {
             let p: PoolingConfig = serde_json::from_str(&std::fs::read_to_string(pooling_file)?)?;
@@ -292,7 +294,7 @@ impl EngineLoader for EmbedderLoader {
         tracing::info!(dir = %self.spec.dir.display(), kernels = %self.spec.report(kernels).join("; "), "encoder kernels");
         let model =
             BertModel::load(&self.spec.dir.join("model.safetensors"), self.spec.config.clone(), &device, kernels)
-                .map_err(EngineError::new)?;
+                .map_err(crate::engines::load_error)?;
         let pool = crate::engines::kernels::Pool::new("embed").map_err(EngineError::new)?;
         Ok(Embedder { model, pool, pooling: self.spec.pooling, normalize: self.spec.normalize, ids: Vec::new() })
     }

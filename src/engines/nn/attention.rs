@@ -52,13 +52,13 @@ const LONG: usize = 64;
 pub fn packed_attention(
     qkv: &Tensor,
     packing: &Packing,
-    heads: usize,
-    head_dim: usize,
+    (heads, head_dim): (usize, usize),
+    bias: Option<&RelativeBias>,
     kernels: Kernels,
 ) -> Result<Tensor> {
     match (qkv.device(), kernels.simd) {
-        (Device::Cpu, Some(simd)) => cpu_attention(qkv, packing, heads, head_dim, simd, products(kernels)),
-        _ => tensor_attention(qkv, packing, heads, head_dim),
+        (Device::Cpu, Some(simd)) => cpu_attention(qkv, packing, (heads, head_dim, bias), simd, products(kernels)),
+        _ => tensor_attention(qkv, packing, heads, head_dim, bias),
     }
 }
 
@@ -95,11 +95,61 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 #[derive(Clone, Copy)]
-struct Shape {
+struct Shape<'a> {
     heads: usize,
     head_dim: usize,
     hidden: usize,
     stride: usize,
+    bias: Option<&'a RelativeBias>,
+}
+
+/// A learned bias on attention scores by relative position (MPNet's, in T5's buckets), laid out per
+/// head over every distance `j − i` a sequence of up to `span` tokens can have, so that a query row
+/// reads its biases as one contiguous slice.
+#[derive(Debug, Clone)]
+pub struct RelativeBias {
+    span: usize,
+    /// `[heads][2·span − 1]`: head `h`'s bias at distance `d` is at `h·(2·span − 1) + d + span − 1`.
+    values: Vec<f32>,
+}
+
+impl RelativeBias {
+    /// From the bias table (`[buckets, heads]`, an embedding of bucket ids) and the bucketing of
+    /// distances, for sequences of up to `span` tokens.
+    pub fn new(table: &[f32], heads: usize, span: usize, bucket: impl Fn(i64) -> usize) -> Self {
+        let width = 2 * span - 1;
+        let mut values = vec![0f32; heads * width];
+        for d in 0..width {
+            let b = bucket(d as i64 - (span as i64 - 1));
+            for h in 0..heads {
+                values[h * width + d] = table[b * heads + h];
+            }
+        }
+        Self { span, values }
+    }
+
+    /// The longest sequence it covers.
+    pub fn span(&self) -> usize {
+        self.span
+    }
+
+    /// Head `head`'s biases for query `i` of a `len`-token sequence: element `j` is the bias of key `j`.
+    #[inline(always)]
+    fn row(&self, head: usize, i: usize, len: usize) -> &[f32] {
+        let width = 2 * self.span - 1;
+        &self.values[head * width + self.span - 1 - i..][..len]
+    }
+
+    /// The biases of a `len`-token sequence as a `[heads, len, len]` tensor (the reference path).
+    fn tensor(&self, heads: usize, len: usize, device: &Device) -> Result<Tensor> {
+        let mut data = Vec::with_capacity(heads * len * len);
+        for h in 0..heads {
+            for i in 0..len {
+                data.extend_from_slice(self.row(h, i, len));
+            }
+        }
+        Tensor::from_vec(data, (heads, len, len), device)
+    }
 }
 
 dispatch! {
@@ -110,7 +160,7 @@ dispatch! {
 
 #[inline(always)]
 fn attend_generic(data: &[f32], start: usize, len: usize, chunk: &mut [f32], shape: Shape) {
-    let Shape { heads, head_dim, hidden, stride } = shape;
+    let Shape { heads, head_dim, hidden, stride, bias } = shape;
     let mut scores = vec![0f32; len];
     for h in 0..heads {
         let q_off = h * head_dim;
@@ -119,11 +169,20 @@ fn attend_generic(data: &[f32], start: usize, len: usize, chunk: &mut [f32], sha
         for i in 0..len {
             let q = &data[(start + i) * stride + q_off..][..head_dim];
             let mut max = f32::NEG_INFINITY;
-            for (j, s) in scores.iter_mut().enumerate() {
-                let k = &data[(start + j) * stride + k_off..][..head_dim];
-                let dot = dot(q, k);
-                *s = dot;
-                max = max.max(dot);
+            let key = |j: usize| &data[(start + j) * stride + k_off..][..head_dim];
+            match bias {
+                None => {
+                    for (j, s) in scores.iter_mut().enumerate() {
+                        *s = dot(q, key(j));
+                        max = max.max(*s);
+                    }
+                }
+                Some(bias) => {
+                    for ((j, s), b) in scores.iter_mut().enumerate().zip(bias.row(h, i, len)) {
+                        *s = dot(q, key(j)) + b;
+                        max = max.max(*s);
+                    }
+                }
             }
             let mut sum = 0f32;
             for s in scores.iter_mut() {
@@ -173,7 +232,12 @@ fn head_products(
         DenseKernel::Reference => unreachable!("reference products go through candle (sequence_f32)"),
     };
     let mut scores = product(&k, len, head_dim, &q);
-    scores.par_chunks_mut(len).for_each(|row| softmax(simd, row));
+    scores.par_chunks_mut(len).enumerate().for_each(|(i, row)| {
+        if let Some(bias) = shape.bias {
+            row.iter_mut().zip(bias.row(head, i, len)).for_each(|(s, b)| *s += b);
+        }
+        softmax(simd, row)
+    });
     let context = product(&v_t, head_dim, len, &scores);
     for (t, row) in context.chunks_exact(head_dim).enumerate() {
         out[t * hidden + head * head_dim..][..head_dim].copy_from_slice(row);
@@ -187,7 +251,7 @@ fn sequence_f32(data: &[f32], start: usize, len: usize, chunk: &mut [f32], shape
         (len, shape.stride),
         &Device::Cpu,
     )?;
-    let context = tensor_attention(&rows, &Packing::new([len]), shape.heads, shape.head_dim)?;
+    let context = tensor_attention(&rows, &Packing::new([len]), shape.heads, shape.head_dim, shape.bias)?;
     chunk.copy_from_slice(&context.flatten_all()?.to_vec1::<f32>()?);
     Ok(())
 }
@@ -195,8 +259,7 @@ fn sequence_f32(data: &[f32], start: usize, len: usize, chunk: &mut [f32], shape
 fn cpu_attention(
     qkv: &Tensor,
     packing: &Packing,
-    heads: usize,
-    head_dim: usize,
+    (heads, head_dim, bias): (usize, usize, Option<&RelativeBias>),
     simd: Simd,
     kernel: DenseKernel,
 ) -> Result<Tensor> {
@@ -216,7 +279,7 @@ fn cpu_attention(
         chunks.push((start, len, chunk));
         rest = tail;
     }
-    let shape = Shape { heads, head_dim, hidden, stride };
+    let shape = Shape { heads, head_dim, hidden, stride, bias };
     chunks.into_par_iter().try_for_each(|(start, len, chunk)| {
         match (len >= LONG, kernel) {
             (true, DenseKernel::Reference) => sequence_f32(data, start, len, chunk, shape)?,
@@ -412,8 +475,15 @@ fn dot_f64(a: &[f32], b: &[f32]) -> f64 {
     lanes.iter().sum::<f64>() + tail
 }
 
-/// The reference path of [`packed_attention`]: per sequence, [`sdpa`].
-pub fn tensor_attention(qkv: &Tensor, packing: &Packing, heads: usize, head_dim: usize) -> Result<Tensor> {
+/// The reference path of [`packed_attention`]: per sequence, [`sdpa`] (with the relative bias as
+/// its additive mask).
+pub fn tensor_attention(
+    qkv: &Tensor,
+    packing: &Packing,
+    heads: usize,
+    head_dim: usize,
+    bias: Option<&RelativeBias>,
+) -> Result<Tensor> {
     let hidden = heads * head_dim;
     let mut outs = Vec::with_capacity(packing.spans.len());
     for &(start, len) in &packing.spans {
@@ -421,7 +491,8 @@ pub fn tensor_attention(qkv: &Tensor, packing: &Packing, heads: usize, head_dim:
         let q = seq.narrow(1, 0, 1)?.squeeze(1)?.transpose(0, 1)?.contiguous()?;
         let k = seq.narrow(1, 1, 1)?.squeeze(1)?.transpose(0, 1)?.contiguous()?;
         let v = seq.narrow(1, 2, 1)?.squeeze(1)?.transpose(0, 1)?.contiguous()?;
-        let ctx = sdpa(&q, &k, &v, None, None)?.transpose(0, 1)?.reshape((len, hidden))?;
+        let mask = bias.map(|b| b.tensor(heads, len, qkv.device())).transpose()?;
+        let ctx = sdpa(&q, &k, &v, None, mask.as_ref())?.transpose(0, 1)?.reshape((len, hidden))?;
         outs.push(ctx);
     }
     Tensor::cat(&outs, 0)
@@ -443,13 +514,22 @@ mod tests {
         let packing = Packing::new([3, 1, 5, 17, 70]);
         let qkv = Tensor::randn(0f32, 1.0, (packing.tokens, 3 * heads * head_dim), &Device::Cpu).unwrap();
         let kernels = Kernels { simd: Some(simd), ..Kernels::REFERENCE };
-        let fast = packed_attention(&qkv, &packing, heads, head_dim, kernels).unwrap();
-        let slow = tensor_attention(&qkv, &packing, heads, head_dim).unwrap();
-        let diff = max_difference(fast.clone(), slow);
-        assert!(diff < 1e-5, "{}: max difference {diff}", simd.name());
-        let portable =
-            packed_attention(&qkv, &packing, heads, head_dim, Kernels { simd: Some(Simd::Portable), ..kernels });
-        assert_eq!(max_difference(fast, portable.unwrap()), 0.0, "{} differs from the portable build", simd.name());
+        let bias = test_bias(heads);
+        for bias in [None, Some(&bias)] {
+            let fast = packed_attention(&qkv, &packing, (heads, head_dim), bias, kernels).unwrap();
+            let slow = tensor_attention(&qkv, &packing, heads, head_dim, bias).unwrap();
+            let diff = max_difference(fast.clone(), slow);
+            assert!(diff < 1e-5, "{} (bias: {}): max difference {diff}", simd.name(), bias.is_some());
+            let portable = Kernels { simd: Some(Simd::Portable), ..kernels };
+            let portable = packed_attention(&qkv, &packing, (heads, head_dim), bias, portable).unwrap();
+            assert_eq!(max_difference(fast, portable), 0.0, "{} differs from the portable build", simd.name());
+        }
+    }
+
+    /// A relative bias of random values over 32 buckets (distance modulo 32), for up to 256 tokens.
+    fn test_bias(heads: usize) -> RelativeBias {
+        let table = Tensor::randn(0f32, 1.0, 32 * heads, &Device::Cpu).unwrap().to_vec1::<f32>().unwrap();
+        RelativeBias::new(&table, heads, 256, |d| d.rem_euclid(32) as usize)
     }
 
     #[test]
@@ -473,8 +553,8 @@ mod tests {
     fn without_loops_it_is_the_reference() {
         let packing = Packing::new([3, 70]);
         let qkv = Tensor::randn(0f32, 1.0, (packing.tokens, 3 * 2 * 8), &Device::Cpu).unwrap();
-        let got = packed_attention(&qkv, &packing, 2, 8, Kernels::REFERENCE).unwrap();
-        assert_eq!(max_difference(got, tensor_attention(&qkv, &packing, 2, 8).unwrap()), 0.0);
+        let got = packed_attention(&qkv, &packing, (2, 8), None, Kernels::REFERENCE).unwrap();
+        assert_eq!(max_difference(got, tensor_attention(&qkv, &packing, 2, 8, None).unwrap()), 0.0);
     }
 
     /// Long sequences' attention on sis's GEMM against the reference: the largest difference.
@@ -483,9 +563,15 @@ mod tests {
         let packing = Packing::new([70, 5, 130]);
         let qkv =
             (Tensor::randn(0f32, 1.0, (packing.tokens, 3 * heads * head_dim), &Device::Cpu).unwrap() * 0.3).unwrap();
-        let fast = packed_attention(&qkv, &packing, heads, head_dim, kernels).unwrap();
-        let slow = tensor_attention(&qkv, &packing, heads, head_dim).unwrap();
-        max_difference(fast, slow)
+        let bias = test_bias(heads);
+        [None, Some(&bias)]
+            .into_iter()
+            .map(|bias| {
+                let fast = packed_attention(&qkv, &packing, (heads, head_dim), bias, kernels).unwrap();
+                let slow = tensor_attention(&qkv, &packing, heads, head_dim, bias).unwrap();
+                max_difference(fast, slow)
+            })
+            .fold(0.0, f32::max)
     }
 
     #[test]

@@ -166,8 +166,13 @@ impl AudioEncoder {
         let mut x = x.broadcast_add(&self.positions.narrow(0, 0, steps)?)?;
         for block in &self.blocks {
             let qkv = block.qkv.forward(&block.attn_norm.forward(&x)?)?;
-            let context =
-                packed_attention(&qkv, &Packing::new([steps]), self.heads, self.width / self.heads, self.kernels)?;
+            let context = packed_attention(
+                &qkv,
+                &Packing::new([steps]),
+                (self.heads, self.width / self.heads),
+                None,
+                self.kernels,
+            )?;
             x = (x + block.out.forward(&context)?)?;
             let hidden = block.fc1.forward_gelu(&block.mlp_norm.forward(&x)?, simd)?;
             x = (&x + block.fc2.forward(&hidden)?)?;

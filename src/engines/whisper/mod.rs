@@ -95,7 +95,7 @@ impl EngineLoader for WhisperLoader {
         let model = match shared.upgrade() {
             Some(model) => model,
             None => {
-                let model = Arc::new(load(&self.spec).map_err(|e| EngineError::new(format!("{e:#}")))?);
+                let model = Arc::new(load(&self.spec).map_err(crate::engines::load_error)?);
                 *shared = Arc::downgrade(&model);
                 model
             }

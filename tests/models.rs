@@ -1,0 +1,166 @@
+//! The models users bring: a Hub id in `MODELS` served by name with its kind read from its own files,
+//! the seed's `models.yaml` catalogue as a roster, a model that cannot start failing alone, and the
+//! architectures beyond BERT (MPNet) checked against sentence-transformers.
+//!
+//! Our machines cannot reach the Hub, so the Hub ids here live in a Hugging Face cache the test lays
+//! out itself (the standard `models--org--name` layout, links to the real weights) with downloads off:
+//! the same resolution users get, minus the network.
+
+mod common;
+
+use common::{dot, model_files, norm, TestServer, MINILM, SMOLLM};
+use serde_json::{json, Value};
+use std::path::Path;
+
+const FOOD: &str = "A man is eating food.";
+const BREAD: &str = "A man is eating a piece of bread.";
+
+/// Lays out `org/name` in a Hugging Face cache with `files` (name → the real file to link to).
+fn cached_repo(cache: &Path, repo: &str, files: &[(&str, &Path)]) {
+    let root = cache.join(format!("models--{}", repo.replace('/', "--")));
+    let snapshot = root.join("snapshots/0123456789abcdef0123456789abcdef01234567");
+    for (name, target) in files {
+        let link = snapshot.join(name);
+        std::fs::create_dir_all(link.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(target, &link).unwrap();
+    }
+    std::fs::create_dir_all(root.join("refs")).unwrap();
+    std::fs::write(root.join("refs/main"), "0123456789abcdef0123456789abcdef01234567").unwrap();
+}
+
+fn model_state(health: &Value, id: &str) -> String {
+    health["models"][id]["state"].as_str().unwrap_or_default().to_string()
+}
+
+fn capital_of_france(server: &TestServer, model: &str) -> String {
+    let response = server.chat(json!({
+        "model": model,
+        "messages": [
+            { "role": "system", "content": "You are a helpful assistant." },
+            { "role": "user", "content": "What is the capital of France?" },
+        ],
+        "temperature": 0,
+        "max_tokens": 12,
+    }));
+    assert_eq!(response.status, 200, "{}", response.text);
+    response.json()["choices"][0]["message"]["content"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn hub_ids_are_served_by_name_with_their_kind_read_from_their_files() {
+    let cache = tempfile::tempdir().unwrap();
+    let (_, minilm) = model_files(MINILM);
+    let files: Vec<(&str, std::path::PathBuf)> = [
+        "config.json",
+        "tokenizer.json",
+        "model.safetensors",
+        "modules.json",
+        "sentence_bert_config.json",
+        "1_Pooling/config.json",
+    ]
+    .iter()
+    .map(|f| (*f, minilm.join(f)))
+    .collect();
+    let files: Vec<(&str, &Path)> = files.iter().map(|(f, p)| (*f, p.as_path())).collect();
+    cached_repo(cache.path(), "acme/minilm", &files);
+    // A GGUF-only repo: no config.json; the chat model is served from its one GGUF file.
+    let (smol_entry, smol) = model_files(SMOLLM);
+    let gguf = smol.join(smol_entry.file.unwrap());
+    cached_repo(cache.path(), "acme/smol-GGUF", &[("smol.Q4_1.gguf", &gguf)]);
+    // An architecture sis does not run: it fails alone, naming itself, while the others serve.
+    let strange = cache.path().join("strange-config.json");
+    std::fs::write(&strange, r#"{"architectures": ["MambaForTokens"], "model_type": "mamba"}"#).unwrap();
+    cached_repo(cache.path(), "acme/mamba", &[("config.json", &strange)]);
+
+    let server = TestServer::builder()
+        .env("HF_HUB_CACHE", cache.path().display())
+        .env("AUTO_DOWNLOAD_MODELS", "0")
+        .env("MODELS", "acme/minilm,acme/smol-GGUF,acme/mamba")
+        .live_only()
+        .start();
+    let health = server.wait_health("the two good models ready", |h| {
+        model_state(h, "acme/minilm") == "ready" && model_state(h, "acme/smol-GGUF") == "ready"
+    });
+    assert_eq!(model_state(&health, "acme/mamba"), "failed");
+    let reason = health["models"]["acme/mamba"]["last_error"].as_str().unwrap();
+    assert!(reason.contains("MambaForTokens") && reason.contains("kind"), "{reason}");
+    assert_eq!(health["status"], "unhealthy", "a failed model makes the server unhealthy");
+    assert_eq!(health["models"]["acme/minilm"]["capabilities"], json!(["embeddings"]));
+    assert_eq!(health["models"]["acme/smol-GGUF"]["capabilities"], json!(["chat"]));
+
+    let v = server.embed(json!({ "model": "acme/minilm", "input": [FOOD, BREAD] })).vectors();
+    assert!((dot(&v[0], &v[1]) - 0.755).abs() < 0.01, "cos = {}", dot(&v[0], &v[1]));
+    assert!(capital_of_france(&server, "acme/smol-GGUF").contains("Paris"));
+
+    let refused = server.embed(json!({ "model": "acme/mamba", "input": FOOD }));
+    let message = refused.expect_error(503);
+    assert!(message.contains("could not start") && message.contains("MambaForTokens"), "{message}");
+    let listed = server.get("/v1/models").json();
+    let ids: Vec<&str> = listed["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["acme/mamba", "acme/minilm", "acme/smol-GGUF"]);
+}
+
+#[test]
+fn the_seed_catalogue_starts_unchanged_and_repo_ids_find_roster_entries() {
+    // The seed's models.yaml, as an existing deployment has it; MODELS picks from it as in the seed.
+    let catalogue = r#"
+models:
+  - hf_repo_id: "sentence-transformers/all-MiniLM-L6-v2"
+    handler: "app.models.hf_embedding.HFEmbeddingModel"
+    supports_structured_outputs: false
+  - hf_repo_id: "Systran/faster-whisper-tiny.en"
+    handler: "app.models.whisper.WhisperASR"
+"#;
+    let server = TestServer::builder()
+        .roster_file("models.yaml", catalogue)
+        .env("MODELS", "sentence-transformers/all-MiniLM-L6-v2")
+        .env("AUTO_DOWNLOAD_MODELS", "0")
+        .start();
+    let v =
+        server.embed(json!({ "model": "sentence-transformers/all-MiniLM-L6-v2", "input": [FOOD, BREAD] })).vectors();
+    assert!((dot(&v[0], &v[1]) - 0.755).abs() < 0.01);
+    let health = server.get("/health").json();
+    assert_eq!(health["models"].as_object().unwrap().len(), 1, "only what MODELS names: {health}");
+    drop(server);
+
+    // With sis's own roster, a Hub repo id finds the entry for that repo (its package mirror and
+    // settings); the model answers to the name asked for and to its roster id.
+    let server = TestServer::builder().env("MODELS", "sentence-transformers/all-MiniLM-L6-v2").start();
+    for name in ["sentence-transformers/all-MiniLM-L6-v2", MINILM] {
+        let v = server.embed(json!({ "model": name, "input": FOOD })).vectors();
+        assert!((norm(&v[0]) - 1.0).abs() < 1e-4, "{name}");
+    }
+    let listed = server.get("/v1/models").json();
+    assert_eq!(listed["data"][0]["id"], "sentence-transformers/all-MiniLM-L6-v2");
+}
+
+/// Reference vectors of sentence-transformers (`scripts/references/embeddings.py`, committed under
+/// `tests/fixtures/`): every vector within 1e-3 cosine of the reference, sent together or alone.
+fn matches_reference(model: &str, fixture: &str) {
+    let reference: Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{}/tests/fixtures/{fixture}.json", env!("CARGO_MANIFEST_DIR"))).unwrap(),
+    )
+    .unwrap();
+    let sentences: Vec<&str> = reference["sentences"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
+    let expected: Vec<Vec<f32>> = reference["vectors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect())
+        .collect();
+    let server = TestServer::builder().env("MODELS", model).start();
+    let together = server.embed(json!({ "model": model, "input": sentences })).vectors();
+    for (i, (got, want)) in together.iter().zip(&expected).enumerate() {
+        assert_eq!(got.len(), want.len());
+        let cosine = dot(got, want) / (norm(got) * norm(want));
+        assert!(cosine > 0.999, "{model}, sentence {i}: cosine {cosine} to sentence-transformers");
+        let alone = &server.embed(json!({ "model": model, "input": sentences[i] })).vectors()[0];
+        let drift = got.iter().zip(alone).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        assert!(drift < 1e-5, "{model}, sentence {i}: batched and alone differ by {drift}");
+    }
+}
+
+#[test]
+fn mpnet_matches_sentence_transformers() {
+    matches_reference("all-mpnet-base-v2", "all-mpnet-base-v2");
+}
