@@ -122,6 +122,21 @@ fn short_clips_in_every_format_are_transcribed() {
     assert_eq!(plain.text.trim(), texts[0]);
 }
 
+/// What phones record: AAC in an MP4 container (m4a) and raw ADTS AAC. No tool CI installs writes AAC,
+/// so these clips of the same sentence are fixtures (`scripts/references/phone_audio.py`).
+#[test]
+fn phone_recordings_in_m4a_and_aac_are_transcribed() {
+    let server = server();
+    for name in ["short.m4a", "short.aac"] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
+        let r = transcribe(&server, &path, &[]);
+        assert_eq!(r.status, 200, "{name}: {}", r.text);
+        let text = r.json()["text"].as_str().unwrap().to_string();
+        let error = wer(SHORT, &text);
+        assert!(error < 0.3, "{name}: WER {error:.2} for {text:?}");
+    }
+}
+
 /// Sentences whisper-tiny.en mishears in places when it decodes greedily.
 const HARD: &[&str] = &[
     "The quick brown fox jumps over the lazy dog while the meeting starts at nine.",

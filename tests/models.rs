@@ -164,3 +164,31 @@ fn matches_reference(model: &str, fixture: &str) {
 fn mpnet_matches_sentence_transformers() {
     matches_reference("all-mpnet-base-v2", "all-mpnet-base-v2");
 }
+
+/// Older repos ship `pytorch_model.bin` (a torch pickle) instead of safetensors: a tiny random BERT
+/// saved that way (`scripts/references/tiny_pth.py`) embeds as `transformers` computes it.
+#[test]
+fn a_pytorch_model_bin_checkpoint_loads() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-bert-pth");
+    let dir = tempfile::tempdir().unwrap();
+    let (_, minilm) = model_files(MINILM);
+    for (name, target) in [
+        ("config.json", fixture.join("config.json")),
+        ("pytorch_model.bin", fixture.join("pytorch_model.bin")),
+        ("tokenizer.json", minilm.join("tokenizer.json")),
+    ] {
+        std::os::unix::fs::symlink(target, dir.path().join(name)).unwrap();
+    }
+    let roster =
+        format!("[[models]]\nid = \"tiny\"\nkind = \"embedding\"\npath = {:?}\n", dir.path().display().to_string());
+    let server = TestServer::builder().roster(&roster).env("MODELS", "tiny").start();
+    let reference: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture.join("reference.json")).unwrap()).unwrap();
+    let sentences: Vec<&str> = reference["sentences"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
+    let got = server.embed(json!({ "model": "tiny", "input": sentences })).vectors();
+    for (i, want) in reference["vectors"].as_array().unwrap().iter().enumerate() {
+        let want: Vec<f32> = want.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+        let worst = got[i].iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        assert!(worst < 1e-4, "sentence {i}: off by {worst}: {:?} vs {want:?}", got[i]);
+    }
+}

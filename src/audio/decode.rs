@@ -1,5 +1,5 @@
 //! Audio files in, 16 kHz mono f32 out: any container and codec symphonia decodes (wav, flac, mp3,
-//! ogg/vorbis, …), channels averaged, resampled with a windowed-sinc resampler.
+//! ogg/vorbis, m4a/aac, …), channels averaged, resampled with a windowed-sinc resampler.
 
 use std::io::Cursor;
 use symphonia::core::audio::SampleBuffer;

@@ -33,9 +33,7 @@ pub struct ResolveError {
 pub fn required_files(entry: &ModelEntry) -> Vec<String> {
     match (entry.kind, &entry.file) {
         (_, Some(file)) => vec![file.clone()],
-        (Capability::Embeddings, None) => {
-            ["config.json", "tokenizer.json", "model.safetensors"].map(String::from).to_vec()
-        }
+        (Capability::Embeddings, None) => ["config.json", "tokenizer.json"].map(String::from).to_vec(),
         (Capability::Chat, None) => {
             ["config.json", "tokenizer.json", "tokenizer_config.json"].map(String::from).to_vec()
         }
@@ -67,7 +65,9 @@ pub fn optional_files(kind: Capability) -> &'static [&'static str] {
 fn complete(dir: &Path, entry: &ModelEntry) -> bool {
     let weights = entry.file.is_some()
         || match entry.kind {
-            Capability::Embeddings => true,
+            Capability::Embeddings => {
+                dir.join("model.safetensors").is_file() || dir.join("pytorch_model.bin").is_file()
+            }
             Capability::Audio => dir.join("model.bin").is_file() || dir.join("model.safetensors").is_file(),
             Capability::Chat | Capability::Vision => std::fs::read_dir(dir)
                 .map(|d| d.flatten().any(|e| e.path().extension().is_some_and(|x| x == "safetensors")))
@@ -156,6 +156,10 @@ fn download_from_hub(repo: &str, entry: &ModelEntry, sources: &Sources) -> anyho
     }
     for file in optional_files(entry.kind) {
         let _ = repo.get(file);
+    }
+    if entry.kind == Capability::Embeddings && entry.file.is_none() && repo.get("model.safetensors").is_err() {
+        // Older repos ship the weights as a torch pickle only.
+        repo.get("pytorch_model.bin")?;
     }
     if matches!(entry.kind, Capability::Chat | Capability::Vision) && entry.file.is_none() {
         // Safetensors weights: one file, or the shards named by the index.

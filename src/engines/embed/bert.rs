@@ -194,12 +194,16 @@ pub struct BertModel {
 }
 
 impl BertModel {
-    /// Loads `model.safetensors` (with or without a `bert.` / `roberta.` / `mpnet.` prefix), laid out
-    /// for `kernels`.
+    /// Loads `model.safetensors` or a `pytorch_model.bin` pickle (with or without a `bert.` /
+    /// `roberta.` / `mpnet.` prefix), laid out for `kernels`.
     pub fn load(weights: &Path, config: BertConfig, device: &Device, kernels: Kernels) -> anyhow::Result<Self> {
         let family = config.family()?;
-        // SAFETY: the file is mapped read-only and not modified while the model lives.
-        let root = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, device)? };
+        let root = if weights.extension().is_some_and(|e| e == "bin") {
+            VarBuilder::from_pth(weights, DType::F32, device)?
+        } else {
+            // SAFETY: the file is mapped read-only and not modified while the model lives.
+            unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, device)? }
+        };
         let vb = ["", "bert.", "roberta.", "mpnet.", "model."]
             .iter()
             .map(|p| if p.is_empty() { root.clone() } else { root.pp(p.trim_end_matches('.')) })

@@ -159,6 +159,17 @@ impl EmbedderSpec {
     }
 }
 
+/// The encoder's weights in a model folder: `model.safetensors`, else the `pytorch_model.bin` that older
+/// repos ship.
+pub fn weights_file(dir: &Path) -> PathBuf {
+    let safetensors = dir.join("model.safetensors");
+    if safetensors.is_file() {
+        safetensors
+    } else {
+        dir.join("pytorch_model.bin")
+    }
+}
+
 /// The model's tokenizer, shared by HTTP workers so tokenization runs beside inference, not in it.
 #[derive(Clone)]
 pub struct EmbeddingTokenizer {
@@ -292,9 +303,8 @@ impl EngineLoader for EmbedderLoader {
         let device = crate::engines::device::open(self.spec.device).map_err(EngineError::new)?;
         let kernels = self.spec.resolve(matches!(device, Device::Cpu)).map_err(EngineError::new)?;
         tracing::info!(dir = %self.spec.dir.display(), kernels = %self.spec.report(kernels).join("; "), "encoder kernels");
-        let model =
-            BertModel::load(&self.spec.dir.join("model.safetensors"), self.spec.config.clone(), &device, kernels)
-                .map_err(crate::engines::load_error)?;
+        let model = BertModel::load(&weights_file(&self.spec.dir), self.spec.config.clone(), &device, kernels)
+            .map_err(crate::engines::load_error)?;
         let pool = crate::engines::kernels::Pool::new("embed").map_err(EngineError::new)?;
         Ok(Embedder { model, pool, pooling: self.spec.pooling, normalize: self.spec.normalize, ids: Vec::new() })
     }
