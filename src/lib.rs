@@ -19,6 +19,7 @@ pub mod faults;
 pub mod http;
 pub mod models;
 pub mod reload;
+pub mod rerank;
 pub mod runtime;
 pub mod shutdown;
 pub mod telemetry;

@@ -13,6 +13,7 @@ use crate::config::{Capability, ModelEntry, ModelSettings, Roster, Settings};
 use crate::embeddings::EmbeddingModel;
 use crate::error::ApiError;
 use crate::models::{locate, Resolved, Sources};
+use crate::rerank::RerankModel;
 use crate::telemetry::lifecycle_metrics::{Label, LifecycleMetrics};
 use crate::telemetry::Metrics;
 use sis_actors::{Admission, EventBus, ModelActorConfig, ModelState, ModelStatus, Registry, Subscribe, WarmupActor};
@@ -25,6 +26,8 @@ pub enum RequestPath {
     Chat(Box<ChatModel>),
     /// Speech to text.
     Audio(Box<AudioModel>),
+    /// Rerank (a cross-encoder).
+    Rerank(Box<RerankModel>),
     /// A model that could not start (its files were not found, or do not describe a model sis can
     /// run): it is listed as `failed` with its reason, and requests for it get 503, while the rest of
     /// the roster serves. The admission queue is an empty one of capacity 0, for `/health`.
@@ -90,6 +93,7 @@ impl ServedModel {
             RequestPath::Embeddings(m) => m.admission(),
             RequestPath::Chat(m) => m.admission(),
             RequestPath::Audio(m) => m.admission(),
+            RequestPath::Rerank(m) => m.admission(),
             RequestPath::Failed(admission) => admission,
         }
     }
@@ -269,6 +273,9 @@ impl Runtime {
             }
             Capability::Audio => {
                 RequestPath::Audio(Box::new(crate::audio::start(&settings, &resolved.dir, &mut launch)?))
+            }
+            Capability::Rerank => {
+                RequestPath::Rerank(Box::new(crate::rerank::start(&settings, &resolved.dir, &mut launch)?))
             }
         };
         let Launch { status, kernels, threads, .. } = launch;

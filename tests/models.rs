@@ -179,8 +179,10 @@ fn a_pytorch_model_bin_checkpoint_loads() {
     ] {
         std::os::unix::fs::symlink(target, dir.path().join(name)).unwrap();
     }
-    let roster =
-        format!("[[models]]\nid = \"tiny\"\nkind = \"embedding\"\npath = {:?}\n", dir.path().display().to_string());
+    let roster = format!(
+        "[[models]]\nid = \"tiny\"\nkind = \"embedding\"\nprecision = \"f32\"\npath = {:?}\n",
+        dir.path().display().to_string()
+    );
     let server = TestServer::builder().roster(&roster).env("MODELS", "tiny").start();
     let reference: Value =
         serde_json::from_str(&std::fs::read_to_string(fixture.join("reference.json")).unwrap()).unwrap();

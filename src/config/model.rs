@@ -109,7 +109,8 @@ impl ModelSettings {
             request_timeout,
         };
         let (queue, embeddings, chat, audio) = match entry.kind {
-            Capability::Embeddings => {
+            // A cross-encoder runs on the embeddings' engine, batcher and limits.
+            Capability::Embeddings | Capability::Rerank => {
                 let s = &settings.embeddings;
                 let embeddings = EmbeddingModelSettings {
                     batch_window_ms: entry.batch_window_ms.unwrap_or(s.batch_window_ms),

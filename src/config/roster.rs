@@ -34,6 +34,8 @@ pub enum Capability {
     Audio,
     /// Chat completions with image parts (`/v1/chat/completions`), a Qwen3-VL checkpoint.
     Vision,
+    /// Relevance of documents to a query (`/v1/rerank`, `/rerank`), a cross-encoder.
+    Rerank,
 }
 
 impl Capability {
@@ -44,6 +46,7 @@ impl Capability {
             Capability::Chat => "chat",
             Capability::Audio => "audio",
             Capability::Vision => "vision",
+            Capability::Rerank => "rerank",
         }
     }
 }
@@ -300,6 +303,8 @@ fn guess_kind(name: &str) -> Capability {
     let name = name.to_ascii_lowercase();
     if name.contains("whisper") {
         Capability::Audio
+    } else if name.contains("rerank") || name.contains("cross-encoder") {
+        Capability::Rerank
     } else if name.contains("-vl-") {
         Capability::Vision
     } else if name.contains("gguf") || name.contains("instruct") || name.contains("chat") {

@@ -80,8 +80,36 @@ pub async fn embed(runtime: &Runtime, request: EmbeddingsRequest) -> Result<Embe
 pub fn start(settings: &ModelSettings, dir: &Path, launch: &mut Launch<'_>) -> anyhow::Result<EmbeddingModel> {
     let limits = settings.embeddings.clone().expect("an embedding model has embedding settings");
     let spec = EmbedderSpec::from_dir(dir, launch.entry, settings.device)?;
-    let tokenizer = spec.tokenizer()?;
+    if spec.cross_encoder {
+        anyhow::bail!(
+            "{:?} is a cross-encoder: serve it with kind = \"rerank\" (/v1/rerank), not as an embedding model",
+            spec.config.architectures
+        );
+    }
     let (dimensions, normalizes) = (spec.dimensions, spec.normalize);
+    let (tokenizer, batcher) = start_encoder(spec, settings, launch)?;
+    Ok(EmbeddingModel {
+        settings: settings.clone(),
+        limits: limits.clone(),
+        tokenizer,
+        dimensions,
+        normalizes,
+        cache: (limits.cache_size > 0).then(|| EmbeddingCache::new(limits.cache_size)),
+        admission: Admission::new(settings.queue.max_queue_size),
+        batcher,
+        metrics: launch.metrics.clone(),
+    })
+}
+
+/// Starts an encoder's engine actor and the batcher in front of it; returns its tokenizer and the
+/// batcher. Embeddings and rerank (cross-encoders) share this path.
+pub(crate) fn start_encoder(
+    spec: EmbedderSpec,
+    settings: &ModelSettings,
+    launch: &mut Launch<'_>,
+) -> anyhow::Result<(EmbeddingTokenizer, Recipient<EmbedSubmit>)> {
+    let limits = settings.embeddings.clone().expect("an encoder has embedding settings");
+    let tokenizer = spec.tokenizer()?;
     launch.kernels = spec.kernels();
     let engine = ModelActor::start_on(
         &launch.thread(),
@@ -102,17 +130,7 @@ pub fn start(settings: &ModelSettings, dir: &Path, launch: &mut Launch<'_>) -> a
         Arc::new(BatchMetrics { model: settings.id.clone(), metrics: launch.metrics.clone() }),
     )
     .start();
-    Ok(EmbeddingModel {
-        settings: settings.clone(),
-        limits: limits.clone(),
-        tokenizer,
-        dimensions,
-        normalizes,
-        cache: (limits.cache_size > 0).then(|| EmbeddingCache::new(limits.cache_size)),
-        admission: Admission::new(settings.queue.max_queue_size),
-        batcher: batcher.recipient(),
-        metrics: launch.metrics.clone(),
-    })
+    Ok((tokenizer, batcher.recipient()))
 }
 
 /// Feeds `embedding_batch_size` and `embedding_batch_wait_seconds` from the batcher.
@@ -217,7 +235,7 @@ impl EmbeddingModel {
                 prompt_tokens += ids.len() * at.len();
                 let fault = cfg!(feature = "fault-injection")
                     && self.settings.fault_marker.as_deref().is_some_and(|marker| text.contains(marker));
-                inputs.push(EmbedInput { ids, fault });
+                inputs.push(EmbedInput::text(ids, fault));
             }
             let token_counts: Vec<usize> = inputs.iter().map(|i| i.ids.len()).collect();
             let (job, reply) = Submit::new(inputs, Some(permit));

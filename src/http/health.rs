@@ -15,10 +15,11 @@ pub async fn health(runtime: web::Data<Runtime>) -> HttpResponse {
     let mut chat_queues = Map::new();
     let mut audio_queues = Map::new();
     let mut vision_queues = Map::new();
+    let mut rerank_queues = Map::new();
     let mut ok_models = Vec::new();
     let mut failures = Map::new();
     let mut capability_ready: Map<String, Value> =
-        ["embeddings", "chat", "audio", "vision"].iter().map(|c| (c.to_string(), json!(false))).collect();
+        ["embeddings", "chat", "audio", "vision", "rerank"].iter().map(|c| (c.to_string(), json!(false))).collect();
     let mut healthy = true;
     for (id, served) in runtime.registry.all() {
         let state = served.state();
@@ -42,6 +43,7 @@ pub async fn health(runtime: web::Data<Runtime>) -> HttpResponse {
             Capability::Chat => chat_queues.insert(id.clone(), queue),
             Capability::Audio => audio_queues.insert(id.clone(), queue),
             Capability::Vision => vision_queues.insert(id.clone(), queue),
+            Capability::Rerank => rerank_queues.insert(id.clone(), queue),
         };
         models.insert(
             id.clone(),
@@ -72,6 +74,7 @@ pub async fn health(runtime: web::Data<Runtime>) -> HttpResponse {
         "chat_batch_queues": chat_queues,
         "audio_queues": audio_queues,
         "vision_queues": vision_queues,
+        "rerank_queues": rerank_queues,
         "runtime_config": runtime.settings,
     });
     if healthy {

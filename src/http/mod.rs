@@ -11,6 +11,7 @@ pub mod health;
 pub mod metrics;
 pub mod models;
 pub mod request_id;
+pub mod rerank;
 
 use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpRequest, HttpServer};
@@ -34,6 +35,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(post("/embeddings", web::post().to(embeddings::create)))
         .service(post("/v1/chat/completions", web::post().to(chat::create)))
         .service(post("/chat/completions", web::post().to(chat::create)))
+        .service(post("/v1/rerank", web::post().to(rerank::create)))
+        .service(post("/rerank", web::post().to(rerank::tei)))
         .service(post("/v1/audio/transcriptions", web::post().to(audio::transcriptions)))
         .service(post("/v1/audio/translations", web::post().to(audio::translations)))
         .service(get("/v1/models", web::get().to(models::list)))

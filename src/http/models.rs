@@ -24,6 +24,7 @@ pub async fn list(runtime: web::Data<Runtime>) -> HttpResponse {
                 RequestPath::Embeddings(embeddings) => model["dimensions"] = json!(embeddings.dimensions()),
                 RequestPath::Chat(chat) => model["context_length"] = json!(chat.context()),
                 RequestPath::Audio(audio) => model["multilingual"] = json!(audio.multilingual()),
+                RequestPath::Rerank(_) => {}
                 RequestPath::Failed(_) => model["error"] = json!(served.status.last_error()),
             }
             model

@@ -121,9 +121,7 @@ fn config_kind(config: &Value, sentence_transformers: bool) -> Result<Capability
         return Ok(Capability::Embeddings);
     }
     if any("ForSequenceClassification") {
-        return Err(format!(
-            "{architectures:?} is a cross-encoder (reranker); sis serves embedding, chat, vision and speech models"
-        ));
+        return Ok(Capability::Rerank);
     }
     if any("ForCausalLM") || any("ForConditionalGeneration") {
         return Ok(Capability::Chat);
@@ -167,8 +165,8 @@ mod tests {
             Ok(Capability::Audio)
         );
         assert_eq!(kind(json!({"model_type": "qwen3_vl", "vision_config": {}}), false), Ok(Capability::Vision));
-        let rerank = kind(json!({"architectures": ["XLMRobertaForSequenceClassification"]}), false).unwrap_err();
-        assert!(rerank.contains("XLMRobertaForSequenceClassification"), "{rerank}");
+        let rerank = kind(json!({"architectures": ["XLMRobertaForSequenceClassification"]}), false);
+        assert_eq!(rerank, Ok(Capability::Rerank));
         let unknown = kind(json!({"model_type": "mamba", "architectures": ["MambaForTokens"]}), false).unwrap_err();
         assert!(unknown.contains("MambaForTokens") && unknown.contains("kind"), "{unknown}");
     }

@@ -33,7 +33,9 @@ pub struct ResolveError {
 pub fn required_files(entry: &ModelEntry) -> Vec<String> {
     match (entry.kind, &entry.file) {
         (_, Some(file)) => vec![file.clone()],
-        (Capability::Embeddings, None) => ["config.json", "tokenizer.json"].map(String::from).to_vec(),
+        (Capability::Embeddings | Capability::Rerank, None) => {
+            ["config.json", "tokenizer.json"].map(String::from).to_vec()
+        }
         (Capability::Chat, None) => {
             ["config.json", "tokenizer.json", "tokenizer_config.json"].map(String::from).to_vec()
         }
@@ -47,7 +49,7 @@ pub fn required_files(entry: &ModelEntry) -> Vec<String> {
 /// Files fetched when present, ignored when missing.
 pub fn optional_files(kind: Capability) -> &'static [&'static str] {
     match kind {
-        Capability::Embeddings => &[
+        Capability::Embeddings | Capability::Rerank => &[
             "modules.json",
             "sentence_bert_config.json",
             "1_Pooling/config.json",
@@ -65,7 +67,7 @@ pub fn optional_files(kind: Capability) -> &'static [&'static str] {
 fn complete(dir: &Path, entry: &ModelEntry) -> bool {
     let weights = entry.file.is_some()
         || match entry.kind {
-            Capability::Embeddings => {
+            Capability::Embeddings | Capability::Rerank => {
                 dir.join("model.safetensors").is_file() || dir.join("pytorch_model.bin").is_file()
             }
             Capability::Audio => dir.join("model.bin").is_file() || dir.join("model.safetensors").is_file(),
@@ -157,7 +159,8 @@ fn download_from_hub(repo: &str, entry: &ModelEntry, sources: &Sources) -> anyho
     for file in optional_files(entry.kind) {
         let _ = repo.get(file);
     }
-    if entry.kind == Capability::Embeddings && entry.file.is_none() && repo.get("model.safetensors").is_err() {
+    let encoder = matches!(entry.kind, Capability::Embeddings | Capability::Rerank);
+    if encoder && entry.file.is_none() && repo.get("model.safetensors").is_err() {
         // Older repos ship the weights as a torch pickle only.
         repo.get("pytorch_model.bin")?;
     }

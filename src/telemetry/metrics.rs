@@ -27,6 +27,14 @@ pub struct Metrics {
     pub embedding_batch_size: HistogramVec,
     /// `embedding_queue_rejections_total`.
     pub embedding_queue_rejections: IntCounter,
+    /// `rerank_requests_total{model,status}`.
+    pub rerank_requests: IntCounterVec,
+    /// `rerank_request_latency_seconds{model}`.
+    pub rerank_latency: HistogramVec,
+    /// `rerank_request_queue_wait_seconds{model}`.
+    pub rerank_queue_wait: HistogramVec,
+    /// `rerank_documents_total{model}`: documents scored.
+    pub rerank_documents: IntCounterVec,
     /// `embedding_cache_hits_total{model}`.
     pub embedding_cache_hits: IntCounterVec,
     /// `embedding_cache_misses_total{model}`.
@@ -158,6 +166,18 @@ impl Metrics {
                 latency,
             ),
             embedding_batch_size: histogram("embedding_batch_size", "Texts per embedding batch", sizes),
+            rerank_requests: counter("rerank_requests_total", "Rerank requests by status", &["model", "status"]),
+            rerank_latency: histogram(
+                "rerank_request_latency_seconds",
+                "Rerank request latency",
+                LATENCY_BUCKETS.to_vec(),
+            ),
+            rerank_queue_wait: histogram(
+                "rerank_request_queue_wait_seconds",
+                "Time a rerank request waited before its batch ran",
+                LATENCY_BUCKETS.to_vec(),
+            ),
+            rerank_documents: counter("rerank_documents_total", "Documents scored by rerank requests", &["model"]),
             embedding_queue_rejections,
             embedding_cache_hits: counter("embedding_cache_hits_total", "Embedding cache hits", &["model"]),
             embedding_cache_misses: counter("embedding_cache_misses_total", "Embedding cache misses", &["model"]),

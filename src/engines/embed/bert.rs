@@ -50,6 +50,9 @@ pub struct BertConfig {
     /// The checkpoint's classes (`BertModel`, `MPNetForMaskedLM`, …), for error messages.
     #[serde(default)]
     pub architectures: Vec<String>,
+    /// A classifier's labels (cross-encoders have one).
+    #[serde(default)]
+    pub id2label: Option<serde_json::Map<String, serde_json::Value>>,
     /// MPNet: buckets of the relative position bias.
     #[serde(default = "default_buckets")]
     pub relative_attention_num_buckets: usize,
@@ -97,6 +100,11 @@ impl BertConfig {
                 self.architectures
             ),
         }
+    }
+
+    /// How many outputs a classification head has (one when the config names no labels).
+    pub fn labels(&self) -> usize {
+        self.id2label.as_ref().map_or(1, |labels| labels.len())
     }
 
     /// RoBERTa-style models (and MPNet) number positions from `pad_token_id + 1`.
@@ -176,7 +184,7 @@ pub fn relative_bucket(relative: i64, buckets: usize, max_distance: usize) -> us
 pub struct BertModel {
     word: Tensor,
     position: Tensor,
-    /// The first token type's embedding (MPNet has none).
+    /// The token type embeddings, `[types, hidden]` (MPNet has none).
     token_type: Option<Tensor>,
     /// MPNet's relative position bias.
     bias: Option<RelativeBias>,
@@ -219,9 +227,7 @@ impl BertModel {
         let word = emb.get((config.vocab_size, h), "word_embeddings.weight")?;
         let position = emb.get((config.max_position_embeddings, h), "position_embeddings.weight")?;
         let token_type = match family {
-            Family::Bert => {
-                Some(emb.get((config.type_vocab_size, h), "token_type_embeddings.weight")?.narrow(0, 0, 1)?)
-            }
+            Family::Bert => Some(emb.get((config.type_vocab_size, h), "token_type_embeddings.weight")?),
             Family::MpNet => None,
         };
         let embed_norm = LayerNorm::load(&emb.pp("LayerNorm"), h, config.layer_norm_eps)?;
@@ -303,7 +309,8 @@ impl BertModel {
     }
 
     /// Runs the encoder on packed sequences; returns the last hidden states `[tokens, hidden]`.
-    pub fn forward(&self, ids: &[u32], packing: &Packing) -> Result<Tensor> {
+    /// `types` gives each token's type (text pairs); `None` is type 0 throughout.
+    pub fn forward(&self, ids: &[u32], types: Option<&[u32]>, packing: &Packing) -> Result<Tensor> {
         let mut positions = Vec::with_capacity(ids.len());
         for &(_, len) in &packing.spans {
             positions.extend((0..len).map(|p| (p + self.position_offset) as u32));
@@ -311,8 +318,13 @@ impl BertModel {
         let ids = Tensor::from_slice(ids, ids.len(), &self.device)?;
         let positions = Tensor::from_vec(positions, ids.dim(0)?, &self.device)?;
         let mut x = (self.word.index_select(&ids, 0)? + self.position.index_select(&positions, 0)?)?;
-        if let Some(token_type) = &self.token_type {
-            x = x.broadcast_add(token_type)?;
+        match (&self.token_type, types) {
+            (Some(table), Some(types)) if table.dim(0)? > 1 => {
+                let types = Tensor::from_slice(types, types.len(), &self.device)?;
+                x = (x + table.index_select(&types, 0)?)?;
+            }
+            (Some(table), _) => x = x.broadcast_add(&table.narrow(0, 0, 1)?)?,
+            (None, _) => {}
         }
         let mut x = self.embed_norm.forward(&x)?;
         for layer in &self.layers {

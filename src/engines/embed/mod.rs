@@ -1,7 +1,9 @@
-//! The text-embedding engine: tokenizer, encoder, pooling and normalization as the model's
-//! sentence-transformers files define them.
+//! The text-encoder engine: tokenizer, encoder, then either pooling and normalization as the model's
+//! sentence-transformers files define them (embeddings), or a cross-encoder's classification head
+//! scoring a (query, document) pair (rerank).
 
 pub mod bert;
+pub mod cross_encoder;
 
 use candle_core::Device;
 use serde::Deserialize;
@@ -34,6 +36,9 @@ pub struct EmbedderSpec {
     pub device: crate::engines::device::DeviceName,
     /// Dense-layer arithmetic.
     pub precision: Precision,
+    /// Whether the checkpoint is a cross-encoder (`…ForSequenceClassification`): it scores pairs
+    /// with its classification head instead of pooling vectors.
+    pub cross_encoder: bool,
 }
 
 #[derive(Deserialize)]
@@ -97,6 +102,7 @@ impl EmbedderSpec {
         };
         let limit = config.max_tokens();
         let max_tokens = entry.max_seq_length.or(st_max).unwrap_or(limit).min(limit);
+        let cross_encoder = config.architectures.iter().any(|a| a.ends_with("ForSequenceClassification"));
         Ok(Self {
             dir: dir.to_path_buf(),
             dimensions: config.hidden_size,
@@ -106,6 +112,7 @@ impl EmbedderSpec {
             max_tokens,
             device,
             precision: entry.precision.unwrap_or_default(),
+            cross_encoder,
         })
     }
 
@@ -181,15 +188,35 @@ impl EmbeddingTokenizer {
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, String> {
         self.tokenizer.encode(text, true).map(|e| e.get_ids().to_vec()).map_err(|e| e.to_string())
     }
+
+    /// A cross-encoder's input: the pair as the model's template joins it (`[CLS] q [SEP] d [SEP]`,
+    /// `<s> q </s></s> d </s>`), the longer side truncated first; returns the ids and where the
+    /// second segment (token type 1) starts.
+    pub fn encode_pair(&self, first: &str, second: &str) -> Result<(Vec<u32>, usize), String> {
+        let encoding = self.tokenizer.encode((first, second), true).map_err(|e| e.to_string())?;
+        let types = encoding.get_type_ids();
+        let segment_b = types.iter().position(|&t| t != 0).unwrap_or(types.len());
+        Ok((encoding.get_ids().to_vec(), segment_b))
+    }
 }
 
-/// One text to embed.
+/// One text (or text pair) to encode.
 #[derive(Debug)]
 pub struct EmbedInput {
     /// Token ids.
     pub ids: Vec<u32>,
+    /// Where the second segment of a pair starts (its tokens have token type 1); `ids.len()` for a
+    /// single text.
+    pub segment_b: usize,
     /// Test hook: the engine panics on this input (set only by fault-injection builds).
     pub fault: bool,
+}
+
+impl EmbedInput {
+    /// A single text's ids.
+    pub fn text(ids: Vec<u32>, fault: bool) -> Self {
+        Self { segment_b: ids.len(), ids, fault }
+    }
 }
 
 impl BatchItem for EmbedInput {
@@ -198,26 +225,46 @@ impl BatchItem for EmbedInput {
     }
 }
 
-/// A loaded embedding engine.
+/// A loaded encoder engine.
 pub struct Embedder {
     model: BertModel,
     /// The threads its forward passes run on.
     pool: crate::engines::kernels::Pool,
     pooling: Pooling,
     normalize: bool,
+    /// A cross-encoder's head: each output is then the pair's one relevance logit.
+    head: Option<cross_encoder::ClassifierHead>,
     ids: Vec<u32>,
+    types: Vec<u32>,
 }
 
 impl Embedder {
     /// Embeds token sequences; one unit vector (if normalizing) per sequence.
     pub fn embed(&mut self, batch: &[&[u32]]) -> anyhow::Result<Vec<Vec<f32>>> {
+        let segments: Vec<usize> = batch.iter().map(|s| s.len()).collect();
+        self.encode(batch, &segments)
+    }
+
+    /// Runs the encoder on packed sequences (`segments[i]`: where sequence `i`'s token type 1 starts),
+    /// then pools, or scores with the classification head.
+    fn encode(&mut self, batch: &[&[u32]], segments: &[usize]) -> anyhow::Result<Vec<Vec<f32>>> {
         self.ids.clear();
-        for seq in batch {
+        self.types.clear();
+        for (seq, &b) in batch.iter().zip(segments) {
             self.ids.extend_from_slice(seq);
+            self.types.extend((0..seq.len()).map(|t| u32::from(t >= b)));
         }
         let packing = Packing::new(batch.iter().map(|s| s.len()));
-        let (model, ids) = (&self.model, &self.ids);
-        let hidden = self.pool.run(|| model.forward(ids, &packing))?.to_device(&Device::Cpu)?;
+        let pairs = segments.iter().zip(batch).any(|(&b, s)| b < s.len());
+        let (model, ids, types) = (&self.model, &self.ids, pairs.then_some(self.types.as_slice()));
+        let hidden = self.pool.run(|| model.forward(ids, types, &packing))?;
+        if let Some(head) = &self.head {
+            let first: Vec<u32> = packing.spans.iter().map(|&(start, _)| start as u32).collect();
+            let first = candle_core::Tensor::from_vec(first, packing.spans.len(), hidden.device())?;
+            let scores = head.forward(&hidden.index_select(&first, 0)?)?.to_device(&Device::Cpu)?;
+            return Ok(scores.to_vec1::<f32>()?.into_iter().map(|s| vec![s]).collect());
+        }
+        let hidden = hidden.to_device(&Device::Cpu)?;
         let width = self.model.hidden_size();
         let states = hidden.flatten_all()?.to_vec1::<f32>()?;
         let mut out = Vec::with_capacity(batch.len());
@@ -268,7 +315,8 @@ impl Engine for Embedder {
             return Err(EngineError::new(format!("input {empty} has no tokens")));
         }
         let seqs: Vec<&[u32]> = batch.iter().map(|i| i.ids.as_slice()).collect();
-        self.embed(&seqs).map_err(EngineError::new)
+        let segments: Vec<usize> = batch.iter().map(|i| i.segment_b).collect();
+        self.encode(&seqs, &segments).map_err(EngineError::new)
     }
 
     fn warmup(&mut self, steps: usize, batch_size: usize) -> Result<(), EngineError> {
@@ -303,9 +351,25 @@ impl EngineLoader for EmbedderLoader {
         let device = crate::engines::device::open(self.spec.device).map_err(EngineError::new)?;
         let kernels = self.spec.resolve(matches!(device, Device::Cpu)).map_err(EngineError::new)?;
         tracing::info!(dir = %self.spec.dir.display(), kernels = %self.spec.report(kernels).join("; "), "encoder kernels");
-        let model = BertModel::load(&weights_file(&self.spec.dir), self.spec.config.clone(), &device, kernels)
+        let weights = weights_file(&self.spec.dir);
+        let model = BertModel::load(&weights, self.spec.config.clone(), &device, kernels)
             .map_err(crate::engines::load_error)?;
+        let head = match self.spec.cross_encoder {
+            true => Some(
+                cross_encoder::ClassifierHead::load(&weights, &self.spec.config, &device)
+                    .map_err(crate::engines::load_error)?,
+            ),
+            false => None,
+        };
         let pool = crate::engines::kernels::Pool::new("embed").map_err(EngineError::new)?;
-        Ok(Embedder { model, pool, pooling: self.spec.pooling, normalize: self.spec.normalize, ids: Vec::new() })
+        Ok(Embedder {
+            model,
+            pool,
+            pooling: self.spec.pooling,
+            normalize: self.spec.normalize,
+            head,
+            ids: Vec::new(),
+            types: Vec::new(),
+        })
     }
 }
