@@ -194,3 +194,39 @@ fn a_pytorch_model_bin_checkpoint_loads() {
         assert!(worst < 1e-4, "sentence {i}: off by {worst}: {:?} vs {want:?}", got[i]);
     }
 }
+
+/// Llama 3's RoPE scaling (and the linear and YaRN ones other configs use) on tiny random checkpoints
+/// (`scripts/references/tiny_rope.py`): logits equal to `transformers`' at positions before and well
+/// past the original context of 16, fed as a prompt and then token by token, as serving feeds them.
+#[test]
+fn rope_scalings_match_transformers_past_the_original_context() {
+    use sis::engines::chat::llama::{Llama, StepInput};
+    use sis::engines::kernels::Kernels;
+    for scaling in ["llama3", "linear", "yarn"] {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-llama-rope").join(scaling);
+        let reference: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+        let ids: Vec<u32> = reference["ids"].as_array().unwrap().iter().map(|i| i.as_u64().unwrap() as u32).collect();
+        let model = Llama::from_safetensors(&dir, Kernels::REFERENCE).unwrap();
+        let mut cache = model.new_cache();
+        // Position p's logits: the prompt up to 15, then one token at a time.
+        let mut logits =
+            vec![model.step(&mut [StepInput::text(&mut cache, &ids[..16], true).prompt()]).unwrap().remove(0)];
+        for t in 16..ids.len() {
+            logits.push(model.step(&mut [StepInput::text(&mut cache, &ids[t..t + 1], true)]).unwrap().remove(0));
+        }
+        let positions = reference["positions"].as_array().unwrap().iter().map(|p| p.as_u64().unwrap() as usize);
+        for (p, want) in positions.zip(reference["logits"].as_array().unwrap()) {
+            if p < 15 {
+                continue;
+            }
+            let got = &logits[p - 15];
+            let worst = got
+                .iter()
+                .zip(want.as_array().unwrap())
+                .map(|(g, w)| (g - w.as_f64().unwrap() as f32).abs())
+                .fold(0.0, f32::max);
+            assert!(worst < 2e-3, "{scaling}, position {p}: logits off by {worst}");
+        }
+    }
+}

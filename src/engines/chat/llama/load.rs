@@ -18,7 +18,7 @@ impl Llama {
     pub fn from_gguf(path: &Path, kernels: Kernels) -> anyhow::Result<(Self, Content)> {
         let mut file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
         let content = Content::read(&mut file).with_context(|| format!("reading GGUF {}", path.display()))?;
-        let config = LlamaConfig::from_gguf(&content)?;
+        let mut config = LlamaConfig::from_gguf(&content)?;
         let device = Device::Cpu;
         let weights = ChatWeights::of_gguf(&content);
         tracing::info!(path = %path.display(), kernels = %weights.report(kernels).join("; "), "chat kernels");
@@ -29,6 +29,10 @@ impl Llama {
             if content.tensor_infos.contains_key("output.weight") { "output.weight" } else { "token_embd.weight" };
         let output = Quantized::new(read(&content, file, output_name, int8)?, int8)?;
         let norm = read(&content, file, "output_norm.weight", int8)?.dequantize(&device)?;
+        if content.tensor_infos.contains_key("rope_freqs.weight") {
+            let factors = read(&content, file, "rope_freqs.weight", int8)?.dequantize(&device)?;
+            config.rope_freq_factors = Some(factors.flatten_all()?.to_vec1::<f32>()?);
+        }
         let keep_dense = weights.prompt_copy;
         let mut blocks = Vec::with_capacity(config.layers);
         for i in 0..config.layers {
@@ -135,14 +139,20 @@ impl Llama {
         kernels: Kernels,
     ) -> anyhow::Result<Self> {
         let half = config.head_dim / 2;
+        let (mut frequencies, scale) = config.rope_scaling.frequencies(config.rope_base, config.head_dim);
+        if let Some(factors) = &config.rope_freq_factors {
+            if factors.len() != half {
+                anyhow::bail!("rope_freqs has {} factors for {half} rotary frequencies", factors.len());
+            }
+            frequencies.iter_mut().zip(factors).for_each(|(f, d)| *f /= d);
+        }
         let mut cos = Vec::with_capacity(config.context * half);
         let mut sin = Vec::with_capacity(config.context * half);
         for pos in 0..config.context {
-            for i in 0..half {
-                let freq = 1.0 / config.rope_base.powf(2.0 * i as f32 / config.head_dim as f32);
+            for &freq in &frequencies {
                 let angle = pos as f32 * freq;
-                cos.push(angle.cos());
-                sin.push(angle.sin());
+                cos.push(angle.cos() * scale);
+                sin.push(angle.sin() * scale);
             }
         }
         // Interleaved MRoPE (Qwen3-VL): frequency j turns with the row axis when j % 3 == 1 and with
