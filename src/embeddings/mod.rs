@@ -83,7 +83,7 @@ pub fn start(settings: &ModelSettings, dir: &Path, launch: &mut Launch<'_>) -> a
     if spec.cross_encoder {
         anyhow::bail!(
             "{:?} is a cross-encoder: serve it with kind = \"rerank\" (/v1/rerank), not as an embedding model",
-            spec.config.architectures
+            spec.config.architectures()
         );
     }
     let (dimensions, normalizes) = (spec.dimensions, spec.normalize);

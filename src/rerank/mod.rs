@@ -99,7 +99,7 @@ pub fn start(settings: &ModelSettings, dir: &Path, launch: &mut Launch<'_>) -> a
     if !spec.cross_encoder {
         anyhow::bail!(
             "{:?} is not a cross-encoder (…ForSequenceClassification); serve it with kind = \"embedding\"",
-            spec.config.architectures
+            spec.config.architectures()
         );
     }
     let (tokenizer, batcher) = crate::embeddings::start_encoder(spec, settings, launch)?;

@@ -4,6 +4,7 @@
 
 pub mod bert;
 pub mod cross_encoder;
+pub mod gemma;
 
 use candle_core::Device;
 use serde::Deserialize;
@@ -15,7 +16,108 @@ use crate::engines::kernels::measure::Shape;
 use crate::engines::kernels::{selection, KernelError, Kernels};
 use crate::engines::nn::attention::Packing;
 use bert::{BertConfig, BertModel};
+use gemma::{GemmaConfig, GemmaEncoder, StDense};
 use sis_actors::{BatchItem, Engine, EngineError, EngineLoader};
+
+/// The encoder a checkpoint's `config.json` describes.
+#[derive(Debug, Clone)]
+pub enum EncoderConfig {
+    /// BERT, RoBERTa, XLM-RoBERTa, MPNet ([`bert`]).
+    Bert(BertConfig),
+    /// Gemma 3 with bidirectional attention, EmbeddingGemma ([`gemma`]).
+    Gemma(GemmaConfig),
+}
+
+impl EncoderConfig {
+    /// Reads `config.json`; an architecture sis cannot run as an encoder fails here, naming it.
+    pub fn read(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)?;
+        let json: serde_json::Value = serde_json::from_str(&text)?;
+        match json["model_type"].as_str() {
+            Some("gemma3_text" | "gemma3") => {
+                let config: GemmaConfig = serde_json::from_value(json)?;
+                if !config.use_bidirectional_attention {
+                    anyhow::bail!(
+                        "{:?} is a causal Gemma 3 (a chat model); sis embeds with bidirectional Gemma 3 (EmbeddingGemma)",
+                        config.architectures
+                    );
+                }
+                Ok(Self::Gemma(config))
+            }
+            _ => {
+                let config: BertConfig = serde_json::from_str(&text)?;
+                config.family()?;
+                Ok(Self::Bert(config))
+            }
+        }
+    }
+
+    /// Width of the hidden states.
+    pub fn hidden_size(&self) -> usize {
+        match self {
+            Self::Bert(c) => c.hidden_size,
+            Self::Gemma(c) => c.hidden_size,
+        }
+    }
+
+    /// Width of the feed-forward layers.
+    pub fn intermediate_size(&self) -> usize {
+        match self {
+            Self::Bert(c) => c.intermediate_size,
+            Self::Gemma(c) => c.intermediate_size,
+        }
+    }
+
+    /// Longest sequence the positions allow.
+    pub fn max_tokens(&self) -> usize {
+        match self {
+            Self::Bert(c) => c.max_tokens(),
+            Self::Gemma(c) => c.max_position_embeddings,
+        }
+    }
+
+    /// The checkpoint's classes.
+    pub fn architectures(&self) -> &[String] {
+        match self {
+            Self::Bert(c) => &c.architectures,
+            Self::Gemma(c) => &c.architectures,
+        }
+    }
+}
+
+/// A loaded encoder of either family.
+enum Encoder {
+    Bert(BertModel),
+    Gemma(GemmaEncoder),
+}
+
+impl Encoder {
+    fn forward(
+        &self,
+        ids: &[u32],
+        types: Option<&[u32]>,
+        packing: &Packing,
+    ) -> candle_core::Result<candle_core::Tensor> {
+        match self {
+            Encoder::Bert(m) => m.forward(ids, types, packing),
+            Encoder::Gemma(m) => m.forward(ids, packing),
+        }
+    }
+
+    fn hidden_size(&self) -> usize {
+        match self {
+            Encoder::Bert(m) => m.hidden_size(),
+            Encoder::Gemma(m) => m.hidden_size(),
+        }
+    }
+
+    fn vocab_size(&self) -> usize {
+        match self {
+            Encoder::Bert(m) => m.config.vocab_size,
+            Encoder::Gemma(m) => m.config.vocab_size,
+        }
+    }
+}
 
 /// Everything needed to build the engine, read once from the model folder.
 #[derive(Debug, Clone)]
@@ -23,7 +125,9 @@ pub struct EmbedderSpec {
     /// Model folder.
     pub dir: PathBuf,
     /// Encoder config.
-    pub config: BertConfig,
+    pub config: EncoderConfig,
+    /// sentence-transformers `Dense` modules applied after pooling, in order (their folders).
+    pub dense: Vec<PathBuf>,
     /// Pooling.
     pub pooling: Pooling,
     /// Whether vectors are L2-normalized.
@@ -55,6 +159,8 @@ struct PoolingConfig {
 struct StModule {
     #[serde(rename = "type")]
     kind: String,
+    #[serde(default)]
+    path: String,
 }
 
 #[derive(Deserialize)]
@@ -69,9 +175,8 @@ impl EmbedderSpec {
         entry: &ModelEntry,
         device: crate::engines::device::DeviceName,
     ) -> anyhow::Result<Self> {
-        let config = BertConfig::from_file(&dir.join("config.json"))?;
         // An architecture the encoder cannot run fails here, at start, naming it.
-        config.family()?;
+        let config = EncoderConfig::read(&dir.join("config.json"))?;
         let pooling_file = dir.join("1_Pooling/config.json");
         let file_pooling = if pooling_file.is_file() {
             let p: PoolingConfig = serde_json::from_str(&std::fs::read_to_string(pooling_file)?)?;
@@ -88,12 +193,19 @@ impl EmbedderSpec {
             None
         };
         let modules_file = dir.join("modules.json");
-        let file_normalize = if modules_file.is_file() {
-            let modules: Vec<StModule> = serde_json::from_str(&std::fs::read_to_string(modules_file)?)?;
-            Some(modules.iter().any(|m| m.kind.ends_with(".Normalize")))
-        } else {
-            None
+        let modules: Vec<StModule> = match modules_file.is_file() {
+            true => serde_json::from_str(&std::fs::read_to_string(&modules_file)?)?,
+            false => Vec::new(),
         };
+        let file_normalize = modules_file.is_file().then(|| modules.iter().any(|m| m.kind.ends_with(".Normalize")));
+        let dense: Vec<PathBuf> =
+            modules.iter().filter(|m| m.kind.ends_with(".Dense")).map(|m| dir.join(&m.path)).collect();
+        let mut dimensions = config.hidden_size();
+        for module in &dense {
+            let text = std::fs::read_to_string(module.join("config.json"))?;
+            let out = serde_json::from_str::<serde_json::Value>(&text)?["out_features"].as_u64();
+            dimensions = out.ok_or_else(|| anyhow::anyhow!("{} has no out_features", module.display()))? as usize;
+        }
         let st_file = dir.join("sentence_bert_config.json");
         let st_max = if st_file.is_file() {
             serde_json::from_str::<StConfig>(&std::fs::read_to_string(st_file)?)?.max_seq_length
@@ -102,11 +214,12 @@ impl EmbedderSpec {
         };
         let limit = config.max_tokens();
         let max_tokens = entry.max_seq_length.or(st_max).unwrap_or(limit).min(limit);
-        let cross_encoder = config.architectures.iter().any(|a| a.ends_with("ForSequenceClassification"));
+        let cross_encoder = config.architectures().iter().any(|a| a.ends_with("ForSequenceClassification"));
         Ok(Self {
             dir: dir.to_path_buf(),
-            dimensions: config.hidden_size,
+            dimensions,
             config,
+            dense,
             pooling: entry.pooling.or(file_pooling).unwrap_or(Pooling::Mean),
             normalize: entry.normalize.or(file_normalize).unwrap_or(true),
             max_tokens,
@@ -124,7 +237,7 @@ impl EmbedderSpec {
 
     /// The products of a typical batch (256 tokens), `(rows, out, in)`: QKV, feed-forward in and out.
     fn shapes(&self) -> Vec<Shape> {
-        let (h, i) = (self.config.hidden_size, self.config.intermediate_size);
+        let (h, i) = (self.config.hidden_size(), self.config.intermediate_size());
         vec![(256, 3 * h, h), (256, i, h), (256, h, i)]
     }
 
@@ -139,9 +252,10 @@ impl EmbedderSpec {
     }
 
     fn report(&self, kernels: Kernels) -> Vec<String> {
-        let activation = match self.config.hidden_act.as_str() {
-            "gelu" => format!("gelu: {}", kernels.loops()),
-            other => format!("{other}: reference"),
+        let activation = match &self.config {
+            EncoderConfig::Bert(c) if c.hidden_act == "gelu" => format!("gelu: {}", kernels.loops()),
+            EncoderConfig::Bert(c) => format!("{}: reference", c.hidden_act),
+            EncoderConfig::Gemma(_) => "gelu_pytorch_tanh: reference; attention: reference".into(),
         };
         vec![
             format!("dense: {}", kernels.dense_report()),
@@ -227,7 +341,9 @@ impl BatchItem for EmbedInput {
 
 /// A loaded encoder engine.
 pub struct Embedder {
-    model: BertModel,
+    model: Encoder,
+    /// sentence-transformers `Dense` modules after pooling.
+    dense: Vec<StDense>,
     /// The threads its forward passes run on.
     pool: crate::engines::kernels::Pool,
     pooling: Pooling,
@@ -285,6 +401,9 @@ impl Embedder {
                     sum
                 }
             };
+            for module in &self.dense {
+                v = module.forward(&v)?;
+            }
             if self.normalize {
                 normalize(&mut v);
             }
@@ -320,7 +439,7 @@ impl Engine for Embedder {
     }
 
     fn warmup(&mut self, steps: usize, batch_size: usize) -> Result<(), EngineError> {
-        let vocab = self.model.config.vocab_size as u32;
+        let vocab = self.model.vocab_size() as u32;
         let seqs: Vec<Vec<u32>> =
             (0..batch_size).map(|i| (0..16 + (i * 7) % 48).map(|t| (1000 + t as u32 * 13) % vocab).collect()).collect();
         let refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
@@ -352,18 +471,34 @@ impl EngineLoader for EmbedderLoader {
         let kernels = self.spec.resolve(matches!(device, Device::Cpu)).map_err(EngineError::new)?;
         tracing::info!(dir = %self.spec.dir.display(), kernels = %self.spec.report(kernels).join("; "), "encoder kernels");
         let weights = weights_file(&self.spec.dir);
-        let model = BertModel::load(&weights, self.spec.config.clone(), &device, kernels)
-            .map_err(crate::engines::load_error)?;
-        let head = match self.spec.cross_encoder {
-            true => Some(
-                cross_encoder::ClassifierHead::load(&weights, &self.spec.config, &device)
-                    .map_err(crate::engines::load_error)?,
-            ),
-            false => None,
+        let load = crate::engines::load_error;
+        let (model, head) = match &self.spec.config {
+            EncoderConfig::Bert(config) => {
+                let model = BertModel::load(&weights, config.clone(), &device, kernels).map_err(load)?;
+                let head = match self.spec.cross_encoder {
+                    true => Some(cross_encoder::ClassifierHead::load(&weights, config, &device).map_err(load)?),
+                    false => None,
+                };
+                (Encoder::Bert(model), head)
+            }
+            EncoderConfig::Gemma(config) => {
+                if self.spec.cross_encoder {
+                    return Err(EngineError::permanent("Gemma cross-encoders are not supported"));
+                }
+                (Encoder::Gemma(GemmaEncoder::load(&weights, config.clone(), &device, kernels).map_err(load)?), None)
+            }
         };
+        let dense = self
+            .spec
+            .dense
+            .iter()
+            .map(|dir| StDense::load(dir).map(|(module, _)| module))
+            .collect::<anyhow::Result<_>>()
+            .map_err(load)?;
         let pool = crate::engines::kernels::Pool::new("embed").map_err(EngineError::new)?;
         Ok(Embedder {
             model,
+            dense,
             pool,
             pooling: self.spec.pooling,
             normalize: self.spec.normalize,
