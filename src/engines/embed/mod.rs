@@ -175,6 +175,12 @@ impl EmbedderSpec {
         entry: &ModelEntry,
         device: crate::engines::device::DeviceName,
     ) -> anyhow::Result<Self> {
+        if let Some(file) = &entry.file {
+            anyhow::bail!(
+                "{file}: GGUF embedding models (bert, nomic-bert) are not supported yet; serve the model's \
+                 safetensors repo instead"
+            );
+        }
         // An architecture the encoder cannot run fails here, at start, naming it.
         let config = EncoderConfig::read(&dir.join("config.json"))?;
         let pooling_file = dir.join("1_Pooling/config.json");

@@ -204,6 +204,11 @@ impl LlamaConfig {
         let mut json: serde_json::Value =
             serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
         let outer = json.get("model_type").and_then(|t| t.as_str()).map(str::to_string);
+        if let Some(method) = json.get("quantization_config").map(|q| q["quant_method"].clone()) {
+            anyhow::bail!(
+                "quantized checkpoints ({method}) are not supported; serve the model's bf16 repo or a GGUF of it"
+            );
+        }
         if let Some(inner) = json.get_mut("text_config").map(serde_json::Value::take) {
             json = inner;
         }
