@@ -237,3 +237,40 @@ fn rope_scalings_match_transformers_past_the_original_context() {
 fn embeddinggemma_matches_sentence_transformers() {
     matches_reference("embeddinggemma-300m", "embeddinggemma-300m");
 }
+
+/// Decoder embeddings as Qwen3-Embedding makes them (causal attention, the final norm, the last
+/// token's state, normalized) on a tiny random Qwen3 (`scripts/references/tiny_qwen3_embedding.py`),
+/// against `transformers`, batched and alone.
+#[test]
+fn decoder_embeddings_match_transformers() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-qwen3-embedding");
+    let dir = tempfile::tempdir().unwrap();
+    let (_, minilm) = model_files(MINILM);
+    std::fs::create_dir_all(dir.path().join("1_Pooling")).unwrap();
+    for (name, target) in [
+        ("config.json", fixture.join("config.json")),
+        ("model.safetensors", fixture.join("model.safetensors")),
+        ("modules.json", fixture.join("modules.json")),
+        ("1_Pooling/config.json", fixture.join("1_Pooling/config.json")),
+        ("tokenizer.json", minilm.join("tokenizer.json")),
+    ] {
+        std::os::unix::fs::symlink(target, dir.path().join(name)).unwrap();
+    }
+    let roster = format!(
+        "[[models]]\nid = \"tiny-qwen3\"\nkind = \"embedding\"\npath = {:?}\n",
+        dir.path().display().to_string()
+    );
+    let server = TestServer::builder().roster(&roster).env("MODELS", "tiny-qwen3").start();
+    let reference: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture.join("reference.json")).unwrap()).unwrap();
+    let sentences: Vec<&str> = reference["sentences"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
+    let together = server.embed(json!({ "model": "tiny-qwen3", "input": sentences })).vectors();
+    for (i, want) in reference["vectors"].as_array().unwrap().iter().enumerate() {
+        let want: Vec<f32> = want.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+        let alone = &server.embed(json!({ "model": "tiny-qwen3", "input": sentences[i] })).vectors()[0];
+        for got in [&together[i], alone] {
+            let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+            assert!(worst < 1e-4, "sentence {i}: off by {worst}: {got:?} vs {want:?}");
+        }
+    }
+}

@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
 use crate::config::roster::{ModelEntry, Pooling, Precision};
+use crate::engines::chat::llama::config::LlamaConfig;
+use crate::engines::chat::llama::{Llama, StepInput};
 use crate::engines::kernels::measure::Shape;
 use crate::engines::kernels::{selection, KernelError, Kernels};
 use crate::engines::nn::attention::Packing;
@@ -26,6 +28,9 @@ pub enum EncoderConfig {
     Bert(BertConfig),
     /// Gemma 3 with bidirectional attention, EmbeddingGemma ([`gemma`]).
     Gemma(GemmaConfig),
+    /// A decoder (qwen3, qwen2, llama) embedding with its last token's state, Qwen3-Embedding: the
+    /// chat engine's model ([`crate::engines::chat::llama`]) run over each text.
+    Decoder(LlamaConfig, Vec<String>),
 }
 
 impl EncoderConfig {
@@ -44,6 +49,10 @@ impl EncoderConfig {
                 }
                 Ok(Self::Gemma(config))
             }
+            Some("qwen3" | "qwen2" | "llama" | "mistral") => {
+                let architectures = serde_json::from_value(json["architectures"].clone()).unwrap_or_default();
+                Ok(Self::Decoder(LlamaConfig::from_hub_config(path)?, architectures))
+            }
             _ => {
                 let config: BertConfig = serde_json::from_str(&text)?;
                 config.family()?;
@@ -57,6 +66,7 @@ impl EncoderConfig {
         match self {
             Self::Bert(c) => c.hidden_size,
             Self::Gemma(c) => c.hidden_size,
+            Self::Decoder(c, _) => c.hidden,
         }
     }
 
@@ -65,6 +75,7 @@ impl EncoderConfig {
         match self {
             Self::Bert(c) => c.intermediate_size,
             Self::Gemma(c) => c.intermediate_size,
+            Self::Decoder(c, _) => c.ffn,
         }
     }
 
@@ -73,6 +84,7 @@ impl EncoderConfig {
         match self {
             Self::Bert(c) => c.max_tokens(),
             Self::Gemma(c) => c.max_position_embeddings,
+            Self::Decoder(c, _) => c.context,
         }
     }
 
@@ -81,6 +93,7 @@ impl EncoderConfig {
         match self {
             Self::Bert(c) => &c.architectures,
             Self::Gemma(c) => &c.architectures,
+            Self::Decoder(_, architectures) => architectures,
         }
     }
 }
@@ -89,6 +102,7 @@ impl EncoderConfig {
 enum Encoder {
     Bert(BertModel),
     Gemma(GemmaEncoder),
+    Decoder(Llama),
 }
 
 impl Encoder {
@@ -101,13 +115,24 @@ impl Encoder {
         match self {
             Encoder::Bert(m) => m.forward(ids, types, packing),
             Encoder::Gemma(m) => m.forward(ids, packing),
+            Encoder::Decoder(_) => unreachable!("decoders embed through last_states"),
         }
+    }
+
+    /// A decoder's final state of each sequence's last token: each sequence runs causally over a
+    /// cache of its own, all in one packed step.
+    fn last_states(model: &Llama, batch: &[&[u32]]) -> candle_core::Result<Vec<Vec<f32>>> {
+        let mut caches: Vec<_> = batch.iter().map(|_| model.new_cache()).collect();
+        let mut inputs: Vec<StepInput<'_>> =
+            caches.iter_mut().zip(batch).map(|(cache, ids)| StepInput::text(cache, ids, true).prompt()).collect();
+        model.last_hidden(&mut inputs)
     }
 
     fn hidden_size(&self) -> usize {
         match self {
             Encoder::Bert(m) => m.hidden_size(),
             Encoder::Gemma(m) => m.hidden_size(),
+            Encoder::Decoder(m) => m.config.hidden,
         }
     }
 
@@ -115,6 +140,7 @@ impl Encoder {
         match self {
             Encoder::Bert(m) => m.config.vocab_size,
             Encoder::Gemma(m) => m.config.vocab_size,
+            Encoder::Decoder(m) => m.config.vocab,
         }
     }
 }
@@ -221,12 +247,19 @@ impl EmbedderSpec {
         let limit = config.max_tokens();
         let max_tokens = entry.max_seq_length.or(st_max).unwrap_or(limit).min(limit);
         let cross_encoder = config.architectures().iter().any(|a| a.ends_with("ForSequenceClassification"));
+        let pooling = entry.pooling.or(file_pooling).unwrap_or(Pooling::Mean);
+        if matches!(config, EncoderConfig::Decoder(..)) && pooling != Pooling::LastToken {
+            anyhow::bail!(
+                "decoder embeddings ({:?}) pool with the last token; this model asks for {pooling:?}",
+                config.architectures()
+            );
+        }
         Ok(Self {
             dir: dir.to_path_buf(),
             dimensions,
             config,
             dense,
-            pooling: entry.pooling.or(file_pooling).unwrap_or(Pooling::Mean),
+            pooling,
             normalize: entry.normalize.or(file_normalize).unwrap_or(true),
             max_tokens,
             device,
@@ -262,6 +295,7 @@ impl EmbedderSpec {
             EncoderConfig::Bert(c) if c.hidden_act == "gelu" => format!("gelu: {}", kernels.loops()),
             EncoderConfig::Bert(c) => format!("{}: reference", c.hidden_act),
             EncoderConfig::Gemma(_) => "gelu_pytorch_tanh: reference; attention: reference".into(),
+            EncoderConfig::Decoder(..) => "decoder: the chat engine's (products on candle's f32)".into(),
         };
         vec![
             format!("dense: {}", kernels.dense_report()),
@@ -377,6 +411,10 @@ impl Embedder {
             self.types.extend((0..seq.len()).map(|t| u32::from(t >= b)));
         }
         let packing = Packing::new(batch.iter().map(|s| s.len()));
+        if let Encoder::Decoder(model) = &self.model {
+            let states = self.pool.run(|| Encoder::last_states(model, batch))?;
+            return states.into_iter().map(|v| self.finish(v)).collect();
+        }
         let pairs = segments.iter().zip(batch).any(|(&b, s)| b < s.len());
         let (model, ids, types) = (&self.model, &self.ids, pairs.then_some(self.types.as_slice()));
         let hidden = self.pool.run(|| model.forward(ids, types, &packing))?;
@@ -392,7 +430,7 @@ impl Embedder {
         let mut out = Vec::with_capacity(batch.len());
         for &(start, len) in &packing.spans {
             let rows = &states[start * width..(start + len) * width];
-            let mut v = match self.pooling {
+            let v = match self.pooling {
                 Pooling::Cls => rows[..width].to_vec(),
                 Pooling::LastToken => rows[(len - 1) * width..].to_vec(),
                 Pooling::Mean => {
@@ -407,15 +445,22 @@ impl Embedder {
                     sum
                 }
             };
-            for module in &self.dense {
-                v = module.forward(&v)?;
-            }
-            if self.normalize {
-                normalize(&mut v);
-            }
-            out.push(v);
+            out.push(self.finish(v)?);
         }
         Ok(out)
+    }
+}
+
+impl Embedder {
+    /// A pooled vector through the sentence-transformers Dense modules, then normalized if the model is.
+    fn finish(&self, mut v: Vec<f32>) -> anyhow::Result<Vec<f32>> {
+        for module in &self.dense {
+            v = module.forward(&v)?;
+        }
+        if self.normalize {
+            normalize(&mut v);
+        }
+        Ok(v)
     }
 }
 
@@ -492,6 +537,12 @@ impl EngineLoader for EmbedderLoader {
                     return Err(EngineError::permanent("Gemma cross-encoders are not supported"));
                 }
                 (Encoder::Gemma(GemmaEncoder::load(&weights, config.clone(), &device, kernels).map_err(load)?), None)
+            }
+            EncoderConfig::Decoder(..) => {
+                if self.spec.cross_encoder || !matches!(device, Device::Cpu) {
+                    return Err(EngineError::permanent("decoder embeddings run on the CPU, without a classifier"));
+                }
+                (Encoder::Decoder(Llama::from_safetensors(&self.spec.dir, kernels).map_err(load)?), None)
             }
         };
         let dense = self

@@ -18,7 +18,7 @@ use crate::engines::kernels::{Pool, Simd};
 use crate::engines::nn::attention::{cached_causal, prompt_attention, HeadShape};
 
 mod cache;
-mod config;
+pub mod config;
 mod load;
 mod weights;
 
@@ -114,10 +114,16 @@ impl Llama {
 
     /// Runs one packed step; returns the logits (`[vocab]`) of each input that asked for them, in order.
     pub fn step(&self, inputs: &mut [StepInput<'_>]) -> Result<Vec<Vec<f32>>> {
-        self.pool.run(|| self.step_in_pool(inputs))
+        self.pool.run(|| self.step_in_pool(inputs, false))
     }
 
-    fn step_in_pool(&self, inputs: &mut [StepInput<'_>]) -> Result<Vec<Vec<f32>>> {
+    /// As [`Llama::step`], but returns the final hidden state (after the last norm, `[hidden]`) of the
+    /// last new token of each input that asked: a decoder's embedding (Qwen3-Embedding).
+    pub fn last_hidden(&self, inputs: &mut [StepInput<'_>]) -> Result<Vec<Vec<f32>>> {
+        self.pool.run(|| self.step_in_pool(inputs, true))
+    }
+
+    fn step_in_pool(&self, inputs: &mut [StepInput<'_>], hidden: bool) -> Result<Vec<Vec<f32>>> {
         let c = &self.config;
         let ids: Vec<u32> = inputs.iter().flat_map(|i| i.tokens.iter().copied()).collect();
         let total = ids.len();
@@ -197,6 +203,9 @@ impl Llama {
         let n = rows.len();
         let last = x.index_select(&Tensor::from_vec(rows, n, &Device::Cpu)?, 0)?;
         let last = candle_nn::ops::rms_norm(&last, &self.norm, c.eps as f32)?;
+        if hidden {
+            return last.to_vec2::<f32>();
+        }
         let logits = self.output.forward(&last)?;
         logits.to_vec2::<f32>()
     }
