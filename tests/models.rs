@@ -158,6 +158,23 @@ fn matches_reference(model: &str, fixture: &str) {
         let drift = got.iter().zip(alone).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
         assert!(drift < 1e-5, "{model}, sentence {i}: batched and alone differ by {drift}");
     }
+    // The model's own query prompt, named as sentence-transformers names it or as an input type.
+    if let Some(queries) = reference.get("query_vectors").and_then(Value::as_array) {
+        for body in [json!({ "prompt_name": "query" }), json!({ "input_type": "search_query" })] {
+            let mut request = json!({ "model": model, "input": sentences[..queries.len()] });
+            request.as_object_mut().unwrap().extend(body.as_object().unwrap().clone());
+            let got = server.embed(request).vectors();
+            for (i, want) in queries.iter().enumerate() {
+                let want: Vec<f32> = want.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+                let cosine = dot(&got[i], &want) / (norm(&got[i]) * norm(&want));
+                assert!(cosine > 0.999, "{model}, query {i} ({body}): cosine {cosine} to sentence-transformers");
+                let plain = dot(&got[i], &together[i]) / (norm(&got[i]) * norm(&together[i]));
+                assert!(plain < 0.999, "{model}, query {i}: the prompt changed nothing (cosine {plain})");
+            }
+        }
+        let unknown = server.embed(json!({ "model": model, "input": "x", "prompt_name": "klingon" }));
+        assert!(unknown.expect_error(400).contains("query"), "the error lists the model's prompts");
+    }
 }
 
 #[test]

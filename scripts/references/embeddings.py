@@ -33,10 +33,14 @@ def main() -> None:
     vectors = model.encode(SENTENCES, batch_size=1, normalize_embeddings=False, convert_to_numpy=True)
     out = {
         "source": f"sentence-transformers {sentence_transformers.__version__}, torch {torch.__version__}, "
-        f"SentenceTransformer({pathlib.Path(model_dir).name!r}).encode(batch_size=1)",
+        f"SentenceTransformer({name!r}).encode(batch_size=1)",
         "sentences": SENTENCES,
         "vectors": [[round(float(x), 6) for x in v] for v in vectors],
     }
+    if "query" in model.prompts:
+        # The model's query prompt (EmbeddingGemma's task prefix, Qwen3-Embedding's instruction).
+        queries = model.encode(SENTENCES[:2], prompt_name="query", batch_size=1, convert_to_numpy=True)
+        out["query_vectors"] = [[round(float(x), 6) for x in v] for v in queries]
     path = pathlib.Path(__file__).resolve().parents[2] / "tests" / "fixtures" / f"{name}.json"
     path.write_text(json.dumps(out, indent=None) + "\n")
     print(f"wrote {path} ({len(vectors)} vectors of {len(vectors[0])})")

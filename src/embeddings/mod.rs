@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use crate::config::model::EmbeddingModelSettings;
 use crate::config::ModelSettings;
 use crate::deadline::within;
-use crate::engines::embed::{normalize, EmbedInput, EmbedderLoader, EmbedderSpec, EmbeddingTokenizer};
+use crate::engines::embed::{normalize, EmbedInput, EmbedderLoader, EmbedderSpec, EmbeddingTokenizer, Prompts};
 use crate::error::ApiError;
 use crate::faults::{Faults, FaultyLoader};
 use crate::runtime::{Launch, RequestPath, Runtime};
@@ -37,6 +37,8 @@ pub struct EmbeddingsRequest {
     pub input: Input,
     /// Requested output dimensions (cut and normalized again), if any.
     pub dimensions: Option<i64>,
+    /// The model's prompt to prefix (`prompt_name` or `input_type`), if the request names one.
+    pub prompt: Option<String>,
 }
 
 /// `input`: one text, or a list of them (errors then name the index).
@@ -86,7 +88,7 @@ pub fn start(settings: &ModelSettings, dir: &Path, launch: &mut Launch<'_>) -> a
             spec.config.architectures()
         );
     }
-    let (dimensions, normalizes) = (spec.dimensions, spec.normalize);
+    let (dimensions, normalizes, prompts) = (spec.dimensions, spec.normalize, spec.prompts.clone());
     let (tokenizer, batcher) = start_encoder(spec, settings, launch)?;
     Ok(EmbeddingModel {
         settings: settings.clone(),
@@ -94,6 +96,7 @@ pub fn start(settings: &ModelSettings, dir: &Path, launch: &mut Launch<'_>) -> a
         tokenizer,
         dimensions,
         normalizes,
+        prompts,
         cache: (limits.cache_size > 0).then(|| EmbeddingCache::new(limits.cache_size)),
         admission: Admission::new(settings.queue.max_queue_size),
         batcher,
@@ -153,6 +156,7 @@ pub struct EmbeddingModel {
     tokenizer: EmbeddingTokenizer,
     dimensions: usize,
     normalizes: bool,
+    prompts: Prompts,
     cache: Option<EmbeddingCache>,
     admission: Admission,
     batcher: Recipient<EmbedSubmit>,
@@ -176,6 +180,11 @@ impl EmbeddingModel {
             Input::Many(texts) => (texts, true),
         };
         check(&texts, listed, &self.limits)?;
+        let prefix = self.prompts.prefix(request.prompt.as_deref()).map_err(|e| ApiError::invalid("prompt_name", e))?;
+        let texts = match prefix {
+            Some(prefix) => texts.into_iter().map(|t| format!("{prefix}{t}")).collect(),
+            None => texts,
+        };
         let full = self.dimensions;
         let dimensions = match request.dimensions {
             None => full,

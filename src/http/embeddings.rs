@@ -19,6 +19,13 @@ struct WireRequest {
     encoding_format: Option<String>,
     #[serde(default)]
     dimensions: Option<i64>,
+    /// Extension: one of the model's named prompts (sentence-transformers' `prompt_name`).
+    #[serde(default)]
+    prompt_name: Option<String>,
+    /// Extension: `query` or `document` (as Voyage, Cohere and NVIDIA name it), the model's prompt of
+    /// that name.
+    #[serde(default)]
+    input_type: Option<String>,
     #[serde(default)]
     #[allow(dead_code)]
     user: Option<String>,
@@ -72,9 +79,16 @@ async fn handle(req: &HttpRequest, payload: web::Payload, runtime: &Runtime) -> 
         }
     };
     let input = input_of(request.input)?;
-    let embedded =
-        embeddings::embed(runtime, EmbeddingsRequest { model: request.model, input, dimensions: request.dimensions })
-            .await?;
+    let embedded = embeddings::embed(
+        runtime,
+        EmbeddingsRequest {
+            model: request.model,
+            input,
+            dimensions: request.dimensions,
+            prompt: request.prompt_name.or(request.input_type),
+        },
+    )
+    .await?;
     let data = embedded
         .vectors
         .iter()

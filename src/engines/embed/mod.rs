@@ -154,6 +154,9 @@ pub struct EmbedderSpec {
     pub config: EncoderConfig,
     /// sentence-transformers `Dense` modules applied after pooling, in order (their folders).
     pub dense: Vec<PathBuf>,
+    /// The model's named prompts (`config_sentence_transformers.json`: EmbeddingGemma's tasks,
+    /// Qwen3-Embedding's query instruction), prefixed to the texts a request names them for.
+    pub prompts: Prompts,
     /// Pooling.
     pub pooling: Pooling,
     /// Whether vectors are L2-normalized.
@@ -187,6 +190,53 @@ struct StModule {
     kind: String,
     #[serde(default)]
     path: String,
+}
+
+/// A model's named prompts and the one used when a request names none.
+#[derive(Debug, Clone, Default)]
+pub struct Prompts {
+    /// Prompt name → the text prefixed to inputs.
+    pub named: std::collections::BTreeMap<String, String>,
+    /// The prompt of requests that name none (`default_prompt_name`).
+    pub default: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct StPrompts {
+    #[serde(default)]
+    prompts: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    default_prompt_name: Option<String>,
+}
+
+impl Prompts {
+    fn read(dir: &Path) -> anyhow::Result<Self> {
+        let file = dir.join("config_sentence_transformers.json");
+        let st: StPrompts = match file.is_file() {
+            true => serde_json::from_str(&std::fs::read_to_string(file)?)?,
+            false => StPrompts::default(),
+        };
+        let default = st.default_prompt_name.and_then(|name| st.prompts.get(&name).cloned());
+        Ok(Self { named: st.prompts, default })
+    }
+
+    /// The prefix for a request's `prompt_name` (a name of the model's prompts) or `input_type`
+    /// (`query`, `document`, and Cohere's and NVIDIA's spellings of them); the default without either.
+    pub fn prefix(&self, name: Option<&str>) -> Result<Option<&str>, String> {
+        let Some(name) = name else {
+            return Ok(self.default.as_deref());
+        };
+        let canonical = match name {
+            "search_query" => "query",
+            "search_document" | "passage" => "document",
+            other => other,
+        };
+        match self.named.get(canonical) {
+            Some(prompt) => Ok(Some(prompt.as_str())),
+            None if self.named.is_empty() => Err(format!("this model has no prompts; leave out {name:?}")),
+            None => Err(format!("unknown prompt {name:?}; this model has {:?}", self.named.keys().collect::<Vec<_>>())),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -259,6 +309,7 @@ impl EmbedderSpec {
             dimensions,
             config,
             dense,
+            prompts: Prompts::read(dir)?,
             pooling,
             normalize: entry.normalize.or(file_normalize).unwrap_or(true),
             max_tokens,
