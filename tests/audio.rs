@@ -675,3 +675,75 @@ fn an_audio_decompression_bomb_is_refused_quickly() {
     assert!(started.elapsed() < std::time::Duration::from_secs(10), "refused in {:?}", started.elapsed());
     assert_eq!(server.get("/health/ready").status, 200);
 }
+
+/// Writes a CTranslate2 model.bin whose linear, convolution and embedding weights are int8 with one
+/// scale per output row, as `ct2-transformers-converter --quantization int8` stores them
+/// (`weight = round(w · 127 / max|row|)`, `weight_scale = 127 / max|row|`); everything else f32.
+fn write_int8_ct2(vars: &std::collections::HashMap<String, sis::engines::whisper::ct2::Variable>, path: &Path) {
+    let mut b = Vec::new();
+    let string = |b: &mut Vec<u8>, s: &str| {
+        b.extend_from_slice(&((s.len() + 1) as u16).to_le_bytes());
+        b.extend_from_slice(s.as_bytes());
+        b.push(0);
+    };
+    let var = |b: &mut Vec<u8>, name: &str, dims: &[usize], dtype: u8, raw: &[u8]| {
+        string(b, name);
+        b.push(dims.len() as u8);
+        dims.iter().for_each(|d| b.extend_from_slice(&(*d as u32).to_le_bytes()));
+        b.push(dtype);
+        b.extend_from_slice(&(raw.len() as u32).to_le_bytes());
+        b.extend_from_slice(raw);
+    };
+    b.extend_from_slice(&6u32.to_le_bytes());
+    string(&mut b, "WhisperSpec");
+    b.extend_from_slice(&3u32.to_le_bytes());
+    let quantized = |name: &str, dims: &[usize]| name.ends_with("/weight") && dims.len() >= 2;
+    let count: usize = vars.iter().map(|(n, v)| if quantized(n, &v.dims) { 2 } else { 1 }).sum();
+    b.extend_from_slice(&(count as u32).to_le_bytes());
+    for (name, v) in vars {
+        if !quantized(name, &v.dims) {
+            let raw: Vec<u8> = v.values.iter().flat_map(|x| x.to_le_bytes()).collect();
+            var(&mut b, name, &v.dims, 0, &raw);
+            continue;
+        }
+        let rows = v.dims[0];
+        let mut ints = Vec::with_capacity(v.values.len());
+        let mut scales = Vec::with_capacity(rows);
+        for row in v.values.chunks(v.values.len() / rows) {
+            let amax = row.iter().fold(0f32, |m, x| m.max(x.abs()));
+            let scale = if amax == 0.0 { 1.0 } else { 127.0 / amax };
+            ints.extend(row.iter().map(|x| (x * scale).round() as i8 as u8));
+            scales.extend_from_slice(&scale.to_le_bytes());
+        }
+        var(&mut b, name, &v.dims, 1, &ints);
+        var(&mut b, &format!("{name}_scale"), &[rows], 0, &scales);
+    }
+    b.extend_from_slice(&0u32.to_le_bytes());
+    std::fs::write(path, b).unwrap();
+}
+
+/// An int8 CTranslate2 folder (made here from whisper-tiny.en's float16 one, quantized as CTranslate2
+/// does) is read with its scales and transcribes as well as the original.
+#[test]
+fn int8_ctranslate2_folders_transcribe() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, original) = common::model_files(WHISPER);
+    let folder = dir.path().join("tiny-int8");
+    std::fs::create_dir_all(&folder).unwrap();
+    for file in std::fs::read_dir(&original).unwrap().flatten() {
+        if file.file_name() != "model.bin" {
+            std::os::unix::fs::symlink(file.path(), folder.join(file.file_name())).unwrap();
+        }
+    }
+    let vars = sis::engines::whisper::ct2::read(&original.join("model.bin")).unwrap();
+    write_int8_ct2(&vars, &folder.join("model.bin"));
+    let roster =
+        format!("[[models]]\nid = \"tiny-int8\"\nkind = \"audio\"\npath = {:?}\n", folder.display().to_string());
+    let server = TestServer::builder().roster(&roster).env("MODELS", "tiny-int8").start();
+    let wav = speak(dir.path(), "short", SHORT);
+    let r = upload(&server, "/v1/audio/transcriptions", "tiny-int8", &wav, &[]);
+    assert_eq!(r.status, 200, "{}", r.text);
+    let text = r.json()["text"].as_str().unwrap().to_string();
+    let error = wer(SHORT, &text);
+    assert!(error < 0.3, "int8: WER {error:.2} for {text:?}");
+}

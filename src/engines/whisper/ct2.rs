@@ -4,6 +4,11 @@
 //! (version ≥ 3); u32 variable count, then per variable: name string, u8 rank, rank × u32 dims,
 //! u8 dtype (0 f32, 1 i8, 2 i16, 3 i32, 4 f16, 5 bf16), u32 byte count, raw bytes; then u32 alias
 //! count and (alias, target) string pairs. A string is a u16 length and that many bytes, NUL-terminated.
+//!
+//! Quantized folders (`ct2-transformers-converter --quantization int8`, `int8_float16`, `int16`) store a
+//! linear, convolution or embedding weight `X/weight` as integers beside `X/weight_scale`: one scale
+//! per output row for int8, one for the whole matrix for int16; the weight is `integers / scale`. They
+//! are dequantized as they are read, so every kernel sis has runs on them.
 
 use anyhow::{bail, Context};
 use candle_core::{DType, Device, Tensor};
@@ -17,6 +22,8 @@ pub struct Variable {
     pub dims: Vec<usize>,
     /// Values widened to f32.
     pub values: Vec<f32>,
+    /// Whether the values are integers of a quantized weight (i8 or i16), before their scale applies.
+    quantized: bool,
 }
 
 /// Every variable of a model.bin, by CTranslate2 name (aliases resolved).
@@ -126,23 +133,48 @@ pub fn parse(bytes: &[u8]) -> anyhow::Result<HashMap<String, Variable>> {
         };
         let expected: usize = dims.iter().product();
         if values.len() != expected.max(1) && !(dims.is_empty() && values.len() == 1) {
-            bail!(
-                "variable {name}: {} values for dims {dims:?} (int8-quantized models are not supported)",
-                values.len()
-            );
+            bail!("variable {name}: {} values for dims {dims:?}", values.len());
         }
-        vars.insert(name, Variable { dims, values });
+        vars.insert(name, Variable { dims, values, quantized: matches!(dtype, 1 | 2) });
     }
+    dequantize(&mut vars)?;
     if let Ok(aliases) = c.u32() {
         for _ in 0..aliases {
             let (alias, target) = (c.string()?, c.string()?);
             if let Some(v) = vars.get(&target) {
-                let copy = Variable { dims: v.dims.clone(), values: v.values.clone() };
+                let copy = Variable { dims: v.dims.clone(), values: v.values.clone(), quantized: false };
                 vars.insert(alias, copy);
             }
         }
     }
     Ok(vars)
+}
+
+/// Applies each `X/weight_scale` to its integer `X/weight` (see the module's notes) and drops the scales.
+fn dequantize(vars: &mut HashMap<String, Variable>) -> anyhow::Result<()> {
+    let scales: Vec<String> = vars.keys().filter(|k| k.ends_with("_scale")).cloned().collect();
+    for name in scales {
+        let target = name.trim_end_matches("_scale");
+        let Some(weight) = vars.get(target).filter(|w| w.quantized) else {
+            continue;
+        };
+        let rows = weight.dims.first().copied().unwrap_or(1).max(1);
+        let scale = vars.remove(&name).expect("listed").values;
+        let weight = vars.get_mut(target).expect("checked");
+        let per_row = weight.values.len() / rows;
+        match scale.len() {
+            1 => weight.values.iter_mut().for_each(|v| *v /= scale[0]),
+            n if n == rows => weight.values.chunks_mut(per_row).zip(&scale).for_each(|(row, s)| {
+                row.iter_mut().for_each(|v| *v /= s);
+            }),
+            n => bail!("{name} has {n} scales for {rows} rows of {target}"),
+        }
+        weight.quantized = false;
+    }
+    if let Some((name, _)) = vars.iter().find(|(_, v)| v.quantized && v.dims.len() >= 2) {
+        bail!("{name} is quantized but the model has no {name}_scale");
+    }
+    Ok(())
 }
 
 /// Shapes of a Whisper model read from its variables.
@@ -294,5 +326,38 @@ mod tests {
         assert_eq!(vars["heads"].values, vec![6.0]);
         assert_eq!(vars["b/weight"].values, vec![1.5, -2.0]);
         assert!(parse(&b[..b.len() - 30]).is_err());
+    }
+
+    /// An int8 weight with one scale per row, and an int16 one with a single scale, as CTranslate2's
+    /// `--quantization int8` / `int16` store them: read back as `integers / scale`.
+    #[test]
+    fn quantized_weights_are_dequantized() {
+        let mut b = Vec::new();
+        b.extend_from_slice(&6u32.to_le_bytes());
+        string(&mut b, "WhisperSpec");
+        b.extend_from_slice(&3u32.to_le_bytes());
+        b.extend_from_slice(&4u32.to_le_bytes());
+        let mut var = |b: &mut Vec<u8>, name: &str, dims: &[u32], dtype: u8, raw: &[u8]| {
+            string(b, name);
+            b.push(dims.len() as u8);
+            dims.iter().for_each(|d| b.extend_from_slice(&d.to_le_bytes()));
+            b.push(dtype);
+            b.extend_from_slice(&(raw.len() as u32).to_le_bytes());
+            b.extend_from_slice(raw);
+        };
+        var(&mut b, "q/weight", &[2, 2], 1, &[127, (-64i8) as u8, 10, 0]);
+        let scales: Vec<u8> = [127.0f32, 10.0].iter().flat_map(|s| s.to_le_bytes()).collect();
+        var(&mut b, "q/weight_scale", &[2], 0, &scales);
+        let wide: Vec<u8> = [1024i16, -512].iter().flat_map(|v| v.to_le_bytes()).collect();
+        var(&mut b, "w/weight", &[1, 2], 2, &wide);
+        var(&mut b, "w/weight_scale", &[], 0, &1024f32.to_le_bytes());
+        b.extend_from_slice(&1u32.to_le_bytes());
+        string(&mut b, "p/weight");
+        string(&mut b, "q/weight");
+        let vars = parse(&b).unwrap();
+        assert_eq!(vars["q/weight"].values, vec![1.0, -64.0 / 127.0, 1.0, 0.0]);
+        assert_eq!(vars["p/weight"].values, vars["q/weight"].values, "aliases see the dequantized values");
+        assert_eq!(vars["w/weight"].values, vec![1.0, -0.5]);
+        assert!(!vars.contains_key("q/weight_scale"));
     }
 }
