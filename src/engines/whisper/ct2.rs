@@ -337,7 +337,7 @@ mod tests {
         string(&mut b, "WhisperSpec");
         b.extend_from_slice(&3u32.to_le_bytes());
         b.extend_from_slice(&4u32.to_le_bytes());
-        let mut var = |b: &mut Vec<u8>, name: &str, dims: &[u32], dtype: u8, raw: &[u8]| {
+        let var = |b: &mut Vec<u8>, name: &str, dims: &[u32], dtype: u8, raw: &[u8]| {
             string(b, name);
             b.push(dims.len() as u8);
             dims.iter().for_each(|d| b.extend_from_slice(&d.to_le_bytes()));
