@@ -291,3 +291,21 @@ fn decoder_embeddings_match_transformers() {
         }
     }
 }
+
+/// FP8 checkpoints (Qwen's `…-FP8` layout: e4m3 linear weights in blocks, each block's
+/// `weight_scale_inv`) dequantized at load: a tiny random Qwen3 (`scripts/references/tiny_fp8.py`)
+/// gives the logits `transformers` computes from the same weights.
+#[test]
+fn fp8_checkpoints_are_dequantized_at_load() {
+    use sis::engines::chat::llama::{Llama, StepInput};
+    use sis::engines::kernels::Kernels;
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-qwen3-fp8");
+    let reference: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+    let ids: Vec<u32> = reference["ids"].as_array().unwrap().iter().map(|i| i.as_u64().unwrap() as u32).collect();
+    let model = Llama::from_safetensors(&dir, Kernels::REFERENCE).unwrap();
+    let mut cache = model.new_cache();
+    let logits = model.step(&mut [StepInput::text(&mut cache, &ids, true).prompt()]).unwrap().remove(0);
+    let want = reference["last_logits"].as_array().unwrap();
+    let worst = logits.iter().zip(want).map(|(g, w)| (g - w.as_f64().unwrap() as f32).abs()).fold(0.0, f32::max);
+    assert!(worst < 2e-3, "logits off by {worst}");
+}

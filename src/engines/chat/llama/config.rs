@@ -37,6 +37,9 @@ pub struct LlamaConfig {
     pub rope_scaling: RopeScaling,
     /// Per-frequency divisors a GGUF file carries (`rope_freqs.weight`: Llama 3's scaling, baked in).
     pub rope_freq_factors: Option<Vec<f32>>,
+    /// FP8 checkpoints (`quant_method = "fp8"`): the (rows, columns) of each block of a linear weight
+    /// that shares one `weight_scale_inv`; the weights are dequantized to f32 at load.
+    pub fp8_block: Option<(usize, usize)>,
 }
 
 /// RoPE scaling as Hub configs name it (`rope_scaling.rope_type`, or `type` in older ones).
@@ -204,11 +207,21 @@ impl LlamaConfig {
         let mut json: serde_json::Value =
             serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
         let outer = json.get("model_type").and_then(|t| t.as_str()).map(str::to_string);
-        if let Some(method) = json.get("quantization_config").map(|q| q["quant_method"].clone()) {
-            anyhow::bail!(
-                "quantized checkpoints ({method}) are not supported; serve the model's bf16 repo or a GGUF of it"
-            );
-        }
+        let fp8_block = match json.get("quantization_config") {
+            None => None,
+            Some(q) if q["quant_method"] == "fp8" => {
+                let block: Vec<usize> = serde_json::from_value(q["weight_block_size"].clone())
+                    .context("an fp8 quantization_config needs weight_block_size [rows, columns]")?;
+                match block[..] {
+                    [rows, columns] if rows > 0 && columns > 0 => Some((rows, columns)),
+                    _ => anyhow::bail!("weight_block_size {block:?} is not [rows, columns]"),
+                }
+            }
+            Some(q) => anyhow::bail!(
+                "quantized checkpoints ({}) are not supported (fp8 is); serve the model's bf16 repo or a GGUF of it",
+                q["quant_method"]
+            ),
+        };
         if let Some(inner) = json.get_mut("text_config").map(serde_json::Value::take) {
             json = inner;
         }
@@ -249,6 +262,7 @@ impl LlamaConfig {
             mrope_section,
             rope_scaling,
             rope_freq_factors: None,
+            fp8_block,
             architecture,
         })
     }
@@ -295,6 +309,7 @@ impl LlamaConfig {
                 Some(other) => anyhow::bail!("GGUF rope scaling {other:?} is not supported (linear is)"),
             },
             rope_freq_factors: None,
+            fp8_block: None,
             architecture: arch,
         })
     }

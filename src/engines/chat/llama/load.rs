@@ -92,6 +92,25 @@ impl Llama {
         let (h, c) = (config.hidden, &config);
         let (q_width, kv_width) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
         let dense = |t: Tensor| Weight::new(QMatMul::Tensor(t));
+        // A linear weight, dequantized where the checkpoint is FP8: each block of the weight times
+        // its `weight_scale_inv`.
+        let linear = |vb: &candle_nn::VarBuilder, shape: (usize, usize), name: &str| -> anyhow::Result<Tensor> {
+            let weight = vb.get(shape, name)?;
+            let scale_name = format!("{name}_scale_inv");
+            match c.fp8_block {
+                Some((rows, columns)) if vb.contains_tensor(&scale_name) => {
+                    let scale = vb.get_unchecked_dtype(&scale_name, candle_core::DType::F32)?;
+                    let block = |n: usize, size: usize| {
+                        Tensor::from_vec((0..n).map(|i| (i / size) as u32).collect::<Vec<_>>(), n, &device)
+                    };
+                    let scale =
+                        scale.index_select(&block(shape.0, rows)?, 0)?.index_select(&block(shape.1, columns)?, 1)?;
+                    Ok((weight * scale)?)
+                }
+                Some(_) => anyhow::bail!("{name} has no {scale_name} in an fp8 checkpoint"),
+                None => Ok(weight),
+            }
+        };
         let embeddings = vb.get((c.vocab, h), "embed_tokens.weight")?;
         let root = vb.clone();
         let mut blocks = Vec::with_capacity(c.layers);
@@ -104,18 +123,18 @@ impl Llama {
             blocks.push(Block {
                 attn_norm: l.get(h, "input_layernorm.weight")?,
                 ffn_norm: l.get(h, "post_attention_layernorm.weight")?,
-                q: dense(a.get((q_width, h), "q_proj.weight")?),
-                k: dense(a.get((kv_width, h), "k_proj.weight")?),
-                v: dense(a.get((kv_width, h), "v_proj.weight")?),
-                o: dense(a.get((h, q_width), "o_proj.weight")?),
+                q: dense(linear(&a, (q_width, h), "q_proj.weight")?),
+                k: dense(linear(&a, (kv_width, h), "k_proj.weight")?),
+                v: dense(linear(&a, (kv_width, h), "v_proj.weight")?),
+                o: dense(linear(&a, (h, q_width), "o_proj.weight")?),
                 q_bias: optional(&a, "q_proj.bias", q_width)?,
                 k_bias: optional(&a, "k_proj.bias", kv_width)?,
                 v_bias: optional(&a, "v_proj.bias", kv_width)?,
                 q_norm: optional(&a, "q_norm.weight", c.head_dim)?,
                 k_norm: optional(&a, "k_norm.weight", c.head_dim)?,
-                gate: dense(l.get((c.ffn, h), "mlp.gate_proj.weight")?),
-                up: dense(l.get((c.ffn, h), "mlp.up_proj.weight")?),
-                down: dense(l.get((h, c.ffn), "mlp.down_proj.weight")?),
+                gate: dense(linear(&l, (c.ffn, h), "mlp.gate_proj.weight")?),
+                up: dense(linear(&l, (c.ffn, h), "mlp.up_proj.weight")?),
+                down: dense(linear(&l, (h, c.ffn), "mlp.down_proj.weight")?),
             });
         }
         let norm = root.get(h, "norm.weight")?;
