@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{dot, model_files, norm, TestServer, MINILM, SMOLLM};
+use common::{dot, model_files, norm, tiny_model_folder, TestServer, MINILM, SMOLLM};
 use serde_json::{json, Value};
 use std::path::Path;
 
@@ -188,17 +188,10 @@ fn mpnet_matches_sentence_transformers() {
 fn a_pytorch_model_bin_checkpoint_loads() {
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-bert-pth");
     let dir = tempfile::tempdir().unwrap();
-    let (_, minilm) = model_files(MINILM);
-    for (name, target) in [
-        ("config.json", fixture.join("config.json")),
-        ("pytorch_model.bin", fixture.join("pytorch_model.bin")),
-        ("tokenizer.json", minilm.join("tokenizer.json")),
-    ] {
-        std::os::unix::fs::symlink(target, dir.path().join(name)).unwrap();
-    }
+    let folder = tiny_model_folder(dir.path(), "tiny-bert-pth", &["config.json", "pytorch_model.bin"]);
     let roster = format!(
         "[[models]]\nid = \"tiny\"\nkind = \"embedding\"\nprecision = \"f32\"\npath = {:?}\n",
-        dir.path().display().to_string()
+        folder.display().to_string()
     );
     let server = TestServer::builder().roster(&roster).env("MODELS", "tiny").start();
     let reference: Value =
@@ -262,21 +255,10 @@ fn embeddinggemma_matches_sentence_transformers() {
 fn decoder_embeddings_match_transformers() {
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-qwen3-embedding");
     let dir = tempfile::tempdir().unwrap();
-    let (_, minilm) = model_files(MINILM);
-    std::fs::create_dir_all(dir.path().join("1_Pooling")).unwrap();
-    for (name, target) in [
-        ("config.json", fixture.join("config.json")),
-        ("model.safetensors", fixture.join("model.safetensors")),
-        ("modules.json", fixture.join("modules.json")),
-        ("1_Pooling/config.json", fixture.join("1_Pooling/config.json")),
-        ("tokenizer.json", minilm.join("tokenizer.json")),
-    ] {
-        std::os::unix::fs::symlink(target, dir.path().join(name)).unwrap();
-    }
-    let roster = format!(
-        "[[models]]\nid = \"tiny-qwen3\"\nkind = \"embedding\"\npath = {:?}\n",
-        dir.path().display().to_string()
-    );
+    let files = ["config.json", "model.safetensors", "modules.json", "1_Pooling/config.json"];
+    let folder = tiny_model_folder(dir.path(), "tiny-qwen3-embedding", &files);
+    let roster =
+        format!("[[models]]\nid = \"tiny-qwen3\"\nkind = \"embedding\"\npath = {:?}\n", folder.display().to_string());
     let server = TestServer::builder().roster(&roster).env("MODELS", "tiny-qwen3").start();
     let reference: Value =
         serde_json::from_str(&std::fs::read_to_string(fixture.join("reference.json")).unwrap()).unwrap();

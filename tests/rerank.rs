@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{metric, model_files, TestServer, MINILM};
+use common::{metric, model_files, tiny_model_folder, TestServer, MINILM};
 use serde_json::{json, Value};
 use std::path::Path;
 
@@ -36,16 +36,7 @@ fn server(dir: &Path) -> TestServer {
     let (_, minilm) = model_files(MINILM);
     let mut roster = String::new();
     for kind in ["bert", "xlmr"] {
-        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/tiny-rerank-{kind}"));
-        let folder = dir.join(kind);
-        std::fs::create_dir_all(&folder).unwrap();
-        for (name, target) in [
-            ("config.json", fixture.join("config.json")),
-            ("model.safetensors", fixture.join("model.safetensors")),
-            ("tokenizer.json", minilm.join("tokenizer.json")),
-        ] {
-            std::os::unix::fs::symlink(target, folder.join(name)).unwrap();
-        }
+        let folder = tiny_model_folder(dir, &format!("tiny-rerank-{kind}"), &["config.json", "model.safetensors"]);
         roster += &format!(
             "[[models]]\nid = \"tiny-{kind}\"\nkind = \"rerank\"\nprecision = \"f32\"\npath = {:?}\n",
             folder.display().to_string()

@@ -92,17 +92,8 @@ async fn seed(req: &HttpRequest, payload: web::Payload, runtime: &Runtime) -> Re
         raw_scores: body.raw_scores,
     };
     let ranking = rerank::rerank(runtime, request).await?;
-    let results: Vec<Value> = ranking
-        .results
-        .iter()
-        .map(|r| {
-            let mut result = json!({ "index": r.index, "relevance_score": r.score });
-            if body.return_documents {
-                result["document"] = json!(documents[r.index]);
-            }
-            result
-        })
-        .collect();
+    let texts = body.return_documents.then_some(documents.as_slice());
+    let results = ranked(&ranking, ("relevance_score", "document"), texts);
     let usage = json!({ "prompt_tokens": ranking.prompt_tokens, "total_tokens": ranking.prompt_tokens });
     Ok(HttpResponse::Ok().json(json!({ "model": ranking.model, "results": results, "usage": usage })))
 }
@@ -123,16 +114,23 @@ async fn tei_rerank(req: &HttpRequest, payload: web::Payload, runtime: &Runtime)
         raw_scores: body.raw_scores,
     };
     let ranking = rerank::rerank(runtime, request).await?;
-    let results: Vec<Value> = ranking
+    let results = ranked(&ranking, ("score", "text"), body.return_text.then_some(body.texts.as_slice()));
+    Ok(HttpResponse::Ok().json(results))
+}
+
+/// The ranking as JSON objects, best first: `index`, the score under `keys.0`, and the document's text
+/// under `keys.1` when `texts` are to be returned.
+fn ranked(ranking: &rerank::Ranking, keys: (&str, &str), texts: Option<&[String]>) -> Vec<Value> {
+    let (score, text) = keys;
+    ranking
         .results
         .iter()
         .map(|r| {
-            let mut result = json!({ "index": r.index, "score": r.score });
-            if body.return_text {
-                result["text"] = json!(body.texts[r.index]);
+            let mut result = json!({ "index": r.index, (score): r.score });
+            if let Some(texts) = texts {
+                result[text] = json!(texts[r.index]);
             }
             result
         })
-        .collect();
-    Ok(HttpResponse::Ok().json(results))
+        .collect()
 }

@@ -118,6 +118,21 @@ pub fn model_files(id: &str) -> (sis::config::ModelEntry, PathBuf) {
     (entry, found.dir)
 }
 
+/// A model folder for a tiny committed checkpoint (`tests/fixtures/NAME`) under `dir`: links to its
+/// `files` and to all-MiniLM-L6-v2's tokenizer.json, whose vocabulary the tiny checkpoints use.
+pub fn tiny_model_folder(dir: &std::path::Path, name: &str, files: &[&str]) -> PathBuf {
+    let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
+    let folder = dir.join(name);
+    let (_, minilm) = model_files(MINILM);
+    let tokenizer = ("tokenizer.json", minilm.join("tokenizer.json"));
+    for (file, target) in files.iter().map(|f| (*f, fixture.join(f))).chain([tokenizer]) {
+        let link = folder.join(file);
+        std::fs::create_dir_all(link.parent().expect("inside the folder")).expect("folder");
+        std::os::unix::fs::symlink(target, link).expect("link");
+    }
+    folder
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
