@@ -747,3 +747,58 @@ fn int8_ctranslate2_folders_transcribe() {
     let error = wer(SHORT, &text);
     assert!(error < 0.3, "int8: WER {error:.2} for {text:?}");
 }
+
+/// Whisper in the Hub's transformers layout (what `openai/whisper-*` and its fine-tunes ship:
+/// `model.safetensors` with Hub names and a transformers `config.json`), named by its Hub id: here
+/// whisper-tiny.en's weights rewritten in that layout into a Hugging Face cache laid out by the test.
+/// Its kind is read from `WhisperForConditionalGeneration`, and it transcribes as the original does.
+#[test]
+fn hub_layout_whisper_served_by_its_repo_id() {
+    let (_, original) = common::model_files(WHISPER);
+    let vars = sis::engines::whisper::ct2::read(&original.join("model.bin")).unwrap();
+    let (tensors, shape) = sis::engines::whisper::ct2::whisper_tensors(&vars).unwrap();
+    let ct2: Value = serde_json::from_str(&std::fs::read_to_string(original.join("config.json")).unwrap()).unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let snapshot =
+        cache.path().join("models--openai--whisper-tiny.en/snapshots/0123456789abcdef0123456789abcdef01234567");
+    std::fs::create_dir_all(&snapshot).unwrap();
+    std::fs::create_dir_all(cache.path().join("models--openai--whisper-tiny.en/refs")).unwrap();
+    std::fs::write(
+        cache.path().join("models--openai--whisper-tiny.en/refs/main"),
+        "0123456789abcdef0123456789abcdef01234567",
+    )
+    .unwrap();
+    candle_core::safetensors::save(&tensors, snapshot.join("model.safetensors")).unwrap();
+    let config = json!({
+        "architectures": ["WhisperForConditionalGeneration"],
+        "model_type": "whisper",
+        "num_mel_bins": shape.mels,
+        "max_source_positions": shape.audio_positions,
+        "d_model": shape.width,
+        "encoder_attention_heads": shape.encoder_heads,
+        "encoder_layers": shape.encoder_layers,
+        "vocab_size": shape.vocab,
+        "max_target_positions": shape.text_positions,
+        "decoder_attention_heads": shape.decoder_heads,
+        "decoder_layers": shape.decoder_layers,
+        "suppress_tokens": ct2["suppress_ids"],
+        "begin_suppress_tokens": ct2["suppress_ids_begin"],
+    });
+    std::fs::write(snapshot.join("config.json"), config.to_string()).unwrap();
+    std::os::unix::fs::symlink(original.join("tokenizer.json"), snapshot.join("tokenizer.json")).unwrap();
+
+    let server = TestServer::builder()
+        .env("HF_HUB_CACHE", cache.path().display())
+        .env("AUTO_DOWNLOAD_MODELS", "0")
+        .env("MODELS", "openai/whisper-tiny.en")
+        .start();
+    let health = server.get("/health").json();
+    assert_eq!(health["models"]["openai/whisper-tiny.en"]["capabilities"], json!(["audio"]), "{health}");
+    let dir = tempfile::tempdir().unwrap();
+    let wav = speak(dir.path(), "short", SHORT);
+    let r = upload(&server, "/v1/audio/transcriptions", "openai/whisper-tiny.en", &wav, &[]);
+    assert_eq!(r.status, 200, "{}", r.text);
+    let text = r.json()["text"].as_str().unwrap().to_string();
+    let error = wer(SHORT, &text);
+    assert!(error < 0.3, "Hub layout: WER {error:.2} for {text:?}");
+}
