@@ -291,3 +291,24 @@ fn fp8_checkpoints_are_dequantized_at_load() {
     let worst = logits.iter().zip(want).map(|(g, w)| (g - w.as_f64().unwrap() as f32).abs()).fold(0.0, f32::max);
     assert!(worst < 2e-3, "logits off by {worst}");
 }
+
+/// nomic-embed-text-v1.5 as an f16 GGUF (nomic-bert; its WordPiece tokenizer rebuilt from the GGUF)
+/// against llama.cpp's own server on the same file (`scripts/references/llama_cpp_embeddings.py`):
+/// the same token counts and vectors within 1e-3 cosine.
+#[test]
+fn nomic_bert_gguf_matches_llama_cpp() {
+    let model = "nomic-embed-text-v1.5";
+    let path = format!("{}/tests/fixtures/{model}.json", env!("CARGO_MANIFEST_DIR"));
+    let reference: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let server = TestServer::builder().env("MODELS", model).start();
+    let sentences = reference["sentences"].as_array().unwrap();
+    for (i, (text, want)) in sentences.iter().zip(reference["vectors"].as_array().unwrap()).enumerate() {
+        let response = server.embed(json!({ "model": model, "input": text }));
+        let tokens = reference["tokens"][i].as_array().unwrap().len();
+        assert_eq!(response.json()["usage"]["prompt_tokens"], tokens, "sentence {i}: token count");
+        let got = &response.vectors()[0];
+        let want: Vec<f32> = want.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+        let cosine = dot(got, &want) / (norm(got) * norm(&want));
+        assert!(cosine > 0.999, "sentence {i}: cosine {cosine} to llama.cpp");
+    }
+}

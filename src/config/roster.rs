@@ -81,6 +81,11 @@ pub struct Extract {
     /// The folder inside the archive holding the model files (empty for its root).
     #[serde(default)]
     pub subdir: String,
+    /// One entry of the archive to take (its path inside it), placed under its file name; read from
+    /// the archive's central directory at its end, so it works on the tail of an archive split into
+    /// parts of which only the last ones are present.
+    #[serde(default)]
+    pub only: Option<String>,
 }
 
 fn default_index() -> String {

@@ -74,7 +74,11 @@ pub fn install(entry: &ModelEntry, cache: &Path) -> anyhow::Result<PathBuf> {
     }
     if let Some(extract) = &entry.extract {
         let archive = staging.join(&extract.archive);
-        unpack(&archive, &extract.subdir, &staging).with_context(|| format!("extracting {}", extract.archive))?;
+        match &extract.only {
+            Some(member) => extract_member(&archive, member, &staging),
+            None => unpack(&archive, &extract.subdir, &staging),
+        }
+        .with_context(|| format!("extracting {}", extract.archive))?;
         fs::remove_file(&archive)?;
     }
     let _ = fs::remove_dir_all(&snapshot);
@@ -167,6 +171,65 @@ pub fn sha256_file(path: &Path) -> anyhow::Result<String> {
         hasher.update(&buf[..n]);
     }
     Ok(hex::encode(hasher.finalize()))
+}
+
+/// Extracts one member of a zip into `dest` under its file name, reading only the central directory at
+/// the archive's end and that member: `archive` may be the tail of a zip whose first parts are
+/// missing (offsets are shifted by what the directory says is missing). Stored and deflated members.
+fn extract_member(archive: &Path, member: &str, dest: &Path) -> anyhow::Result<()> {
+    use std::io::{Seek, SeekFrom};
+    let mut file = File::open(archive)?;
+    let len = file.metadata()?.len();
+    let tail_len = len.min(65_536 + 22);
+    file.seek(SeekFrom::Start(len - tail_len))?;
+    let mut tail = vec![0u8; tail_len as usize];
+    file.read_exact(&mut tail)?;
+    let u16_at = |b: &[u8], at: usize| u16::from_le_bytes([b[at], b[at + 1]]) as u64;
+    let u32_at = |b: &[u8], at: usize| u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes")) as u64;
+    let eocd = (0..tail.len().saturating_sub(21))
+        .rev()
+        .find(|&i| tail[i..i + 4] == [0x50, 0x4b, 0x05, 0x06])
+        .ok_or_else(|| anyhow!("{} has no zip end-of-directory record", archive.display()))?;
+    let (dir_size, dir_offset) = (u32_at(&tail, eocd + 12), u32_at(&tail, eocd + 16));
+    let dir_at = (len - tail_len + eocd as u64).checked_sub(dir_size).context("directory larger than the file")?;
+    // Bytes of the archive that come before this file (its missing first parts).
+    let missing = dir_offset.checked_sub(dir_at).context("directory offset before its position")?;
+    file.seek(SeekFrom::Start(dir_at))?;
+    let mut directory = vec![0u8; dir_size as usize];
+    file.read_exact(&mut directory)?;
+    let mut at = 0;
+    while at + 46 <= directory.len() && directory[at..at + 4] == [0x50, 0x4b, 0x01, 0x02] {
+        let (method, size) = (u16_at(&directory, at + 10), u32_at(&directory, at + 20));
+        let (name_len, extra_len, comment_len) = (
+            u16_at(&directory, at + 28) as usize,
+            u16_at(&directory, at + 30) as usize,
+            u16_at(&directory, at + 32) as usize,
+        );
+        let offset = u32_at(&directory, at + 42);
+        let name = String::from_utf8_lossy(&directory[at + 46..at + 46 + name_len]).into_owned();
+        at += 46 + name_len + extra_len + comment_len;
+        if name != member {
+            continue;
+        }
+        let local = offset.checked_sub(missing).with_context(|| format!("{member} lies in a missing part"))?;
+        file.seek(SeekFrom::Start(local))?;
+        let mut header = [0u8; 30];
+        file.read_exact(&mut header)?;
+        if header[..4] != [0x50, 0x4b, 0x03, 0x04] {
+            bail!("{member}: no local header at {local}");
+        }
+        file.seek(SeekFrom::Current((u16_at(&header, 26) + u16_at(&header, 28)) as i64))?;
+        let data = std::io::Read::take(&mut file, size);
+        let file_name = Path::new(member).file_name().context("member without a file name")?;
+        let mut out = File::create(dest.join(file_name))?;
+        match method {
+            0 => std::io::copy(&mut { data }, &mut out)?,
+            8 => std::io::copy(&mut flate2::read::DeflateDecoder::new(data), &mut out)?,
+            other => bail!("{member}: compression method {other} is not supported (stored, deflate are)"),
+        };
+        return Ok(());
+    }
+    bail!("{} has no member {member}", archive.display())
 }
 
 /// Extracts the files under `subdir/` of a wheel (or any zip) into `dest`, refusing paths that escape it.

@@ -45,6 +45,7 @@ pub fn from_gguf(content: &Content) -> anyhow::Result<Tokenizer> {
     let mut tokenizer = match model.map(String::as_str) {
         Some("gpt2") => byte_level_bpe(content, &tokens)?,
         Some("llama") => sentencepiece_bpe(content, &tokens, &types)?,
+        Some("bert") => word_piece(content, &tokens)?,
         other => bail!(
             "GGUF tokenizer model {other:?} is not supported (byte-level BPE `gpt2` and SentencePiece `llama` \
              are); put a tokenizer.json beside the .gguf"
@@ -64,6 +65,54 @@ pub fn from_gguf(content: &Content) -> anyhow::Result<Tokenizer> {
         .collect();
     tokenizer.add_special_tokens(special).map_err(|e| anyhow!("special tokens: {e}"))?;
     tokenizer.add_tokens(added).map_err(|e| anyhow!("added tokens: {e}"))?;
+    Ok(tokenizer)
+}
+
+/// BERT's WordPiece (`tokenizer.ggml.model = "bert"`: nomic-bert and BERT embedding GGUFs). llama.cpp's
+/// converter writes a word-initial piece with a leading `▁` and a continuation (`##…`) without, so
+/// the WordPiece vocabulary is rebuilt by reversing that; `[…]` tokens stay as they are. Text is
+/// lowercased (as llama.cpp's WordPiece does), then `[CLS] text [SEP]`.
+fn word_piece(content: &Content, tokens: &[String]) -> anyhow::Result<Tokenizer> {
+    use tokenizers::models::wordpiece::WordPiece;
+    use tokenizers::normalizers::bert::BertNormalizer;
+    use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
+    use tokenizers::processors::template::TemplateProcessing;
+    let vocab: tokenizers::models::bpe::Vocab = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let piece = match t.strip_prefix('▁') {
+                Some(word) => word.to_string(),
+                None if t.starts_with('[') && t.ends_with(']') => t.clone(),
+                None => format!("##{t}"),
+            };
+            (piece, i as u32)
+        })
+        .collect();
+    let id = |key: &str, fallback: &str| -> anyhow::Result<(String, u32)> {
+        let id = match content.metadata.get(key) {
+            Some(v) => v.to_u32()?,
+            None => *vocab.get(fallback).ok_or_else(|| anyhow!("no {fallback} token"))?,
+        };
+        let token = tokens.get(id as usize).ok_or_else(|| anyhow!("{key} {id} is past the vocabulary"))?;
+        Ok((token.clone(), id))
+    };
+    let (cls, sep) = (id("tokenizer.ggml.bos_token_id", "[CLS]")?, id("tokenizer.ggml.seperator_token_id", "[SEP]")?);
+    let unk = id("tokenizer.ggml.unknown_token_id", "[UNK]")?.0;
+    let model = WordPiece::builder().vocab(vocab).unk_token(unk).build().map_err(|e| anyhow!("WordPiece: {e}"))?;
+    let mut tokenizer = Tokenizer::new(model);
+    tokenizer.with_normalizer(Some(BertNormalizer::new(true, true, None, true))).map_err(|e| anyhow!("{e}"))?;
+    tokenizer.with_pre_tokenizer(Some(BertPreTokenizer));
+    let template = TemplateProcessing::builder()
+        .try_single(format!("{} $A {}", cls.0, sep.0))
+        .map_err(|e| anyhow!("{e}"))?
+        .try_pair(format!("{} $A {} $B:1 {}:1", cls.0, sep.0, sep.0))
+        .map_err(|e| anyhow!("{e}"))?
+        .special_tokens(vec![cls, sep])
+        .build()
+        .map_err(|e| anyhow!("{e}"))?;
+    tokenizer.with_post_processor(Some(template));
+    tokenizer.with_decoder(Some(tokenizers::decoders::wordpiece::WordPiece::default()));
     Ok(tokenizer)
 }
 

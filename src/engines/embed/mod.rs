@@ -5,6 +5,7 @@
 pub mod bert;
 pub mod cross_encoder;
 pub mod gemma;
+pub mod nomic;
 
 use candle_core::Device;
 use serde::Deserialize;
@@ -19,6 +20,7 @@ use crate::engines::kernels::{selection, KernelError, Kernels};
 use crate::engines::nn::attention::Packing;
 use bert::{BertConfig, BertModel};
 use gemma::{GemmaConfig, GemmaEncoder, StDense};
+use nomic::{NomicConfig, NomicEncoder};
 use sis_actors::{BatchItem, Engine, EngineError, EngineLoader};
 
 /// The encoder a checkpoint's `config.json` describes.
@@ -31,9 +33,26 @@ pub enum EncoderConfig {
     /// A decoder (qwen3, qwen2, llama) embedding with its last token's state, Qwen3-Embedding: the
     /// chat engine's model ([`crate::engines::chat::llama`]) run over each text.
     Decoder(LlamaConfig, Vec<String>),
+    /// nomic-bert from a GGUF file (nomic-embed-text), its tokenizer from the same file ([`nomic`]).
+    Nomic(NomicConfig, PathBuf),
 }
 
 impl EncoderConfig {
+    /// Reads a GGUF embedding model's metadata (nomic-bert).
+    pub fn read_gguf(path: &Path) -> anyhow::Result<Self> {
+        let mut file = std::fs::File::open(path)?;
+        let content = candle_core::quantized::gguf_file::Content::read(&mut file)
+            .map_err(|e| anyhow::anyhow!("{} is not a GGUF file: {e}", path.display()))?;
+        let architecture = content.metadata.get("general.architecture").map(|v| v.to_string()).transpose()?;
+        match architecture.map(String::as_str) {
+            Some("nomic-bert") => Ok(Self::Nomic(NomicConfig::from_gguf(&content)?, path.to_path_buf())),
+            other => anyhow::bail!(
+                "GGUF embedding architecture {other:?} is not supported (nomic-bert is); serve the model's \
+                 safetensors repo instead"
+            ),
+        }
+    }
+
     /// Reads `config.json`; an architecture sis cannot run as an encoder fails here, naming it.
     pub fn read(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)?;
@@ -67,6 +86,7 @@ impl EncoderConfig {
             Self::Bert(c) => c.hidden_size,
             Self::Gemma(c) => c.hidden_size,
             Self::Decoder(c, _) => c.hidden,
+            Self::Nomic(c, _) => c.hidden,
         }
     }
 
@@ -76,6 +96,7 @@ impl EncoderConfig {
             Self::Bert(c) => c.intermediate_size,
             Self::Gemma(c) => c.intermediate_size,
             Self::Decoder(c, _) => c.ffn,
+            Self::Nomic(c, _) => c.ffn,
         }
     }
 
@@ -85,6 +106,7 @@ impl EncoderConfig {
             Self::Bert(c) => c.max_tokens(),
             Self::Gemma(c) => c.max_position_embeddings,
             Self::Decoder(c, _) => c.context,
+            Self::Nomic(c, _) => c.context,
         }
     }
 
@@ -94,6 +116,7 @@ impl EncoderConfig {
             Self::Bert(c) => &c.architectures,
             Self::Gemma(c) => &c.architectures,
             Self::Decoder(_, architectures) => architectures,
+            Self::Nomic(..) => &[],
         }
     }
 }
@@ -103,6 +126,7 @@ enum Encoder {
     Bert(BertModel),
     Gemma(GemmaEncoder),
     Decoder(Llama),
+    Nomic(NomicEncoder),
 }
 
 impl Encoder {
@@ -115,6 +139,7 @@ impl Encoder {
         match self {
             Encoder::Bert(m) => m.forward(ids, types, packing),
             Encoder::Gemma(m) => m.forward(ids, packing),
+            Encoder::Nomic(m) => m.forward(ids, packing),
             Encoder::Decoder(_) => unreachable!("decoders embed through last_states"),
         }
     }
@@ -133,6 +158,7 @@ impl Encoder {
             Encoder::Bert(m) => m.hidden_size(),
             Encoder::Gemma(m) => m.hidden_size(),
             Encoder::Decoder(m) => m.config.hidden,
+            Encoder::Nomic(m) => m.hidden_size(),
         }
     }
 
@@ -141,6 +167,7 @@ impl Encoder {
             Encoder::Bert(m) => m.config.vocab_size,
             Encoder::Gemma(m) => m.config.vocab_size,
             Encoder::Decoder(m) => m.config.vocab,
+            Encoder::Nomic(m) => m.config.vocab,
         }
     }
 }
@@ -251,14 +278,11 @@ impl EmbedderSpec {
         entry: &ModelEntry,
         device: crate::engines::device::DeviceName,
     ) -> anyhow::Result<Self> {
-        if let Some(file) = &entry.file {
-            anyhow::bail!(
-                "{file}: GGUF embedding models (bert, nomic-bert) are not supported yet; serve the model's \
-                 safetensors repo instead"
-            );
-        }
         // An architecture the encoder cannot run fails here, at start, naming it.
-        let config = EncoderConfig::read(&dir.join("config.json"))?;
+        let config = match &entry.file {
+            Some(file) => EncoderConfig::read_gguf(&dir.join(file))?,
+            None => EncoderConfig::read(&dir.join("config.json"))?,
+        };
         let pooling_file = dir.join("1_Pooling/config.json");
         let file_pooling = if pooling_file.is_file() {
             let p: PoolingConfig = serde_json::from_str(&std::fs::read_to_string(pooling_file)?)?;
@@ -297,7 +321,11 @@ impl EmbedderSpec {
         let limit = config.max_tokens();
         let max_tokens = entry.max_seq_length.or(st_max).unwrap_or(limit).min(limit);
         let cross_encoder = config.architectures().iter().any(|a| a.ends_with("ForSequenceClassification"));
-        let pooling = entry.pooling.or(file_pooling).unwrap_or(Pooling::Mean);
+        let gguf_pooling = match &config {
+            EncoderConfig::Nomic(c, _) => c.pooling,
+            _ => None,
+        };
+        let pooling = entry.pooling.or(file_pooling).or(gguf_pooling).unwrap_or(Pooling::Mean);
         if matches!(config, EncoderConfig::Decoder(..)) && pooling != Pooling::LastToken {
             anyhow::bail!(
                 "decoder embeddings ({:?}) pool with the last token; this model asks for {pooling:?}",
@@ -347,6 +375,7 @@ impl EmbedderSpec {
             EncoderConfig::Bert(c) => format!("{}: reference", c.hidden_act),
             EncoderConfig::Gemma(_) => "gelu_pytorch_tanh: reference; attention: reference".into(),
             EncoderConfig::Decoder(..) => "decoder: the chat engine's (products on candle's f32)".into(),
+            EncoderConfig::Nomic(..) => "silu: reference; attention: reference".into(),
         };
         vec![
             format!("dense: {}", kernels.dense_report()),
@@ -357,7 +386,14 @@ impl EmbedderSpec {
 
     /// Loads the tokenizer with truncation at the model's limit and no padding (the engine packs).
     pub fn tokenizer(&self) -> anyhow::Result<EmbeddingTokenizer> {
-        let mut tokenizer = Tokenizer::from_file(self.dir.join("tokenizer.json")).map_err(anyhow::Error::msg)?;
+        let mut tokenizer = match &self.config {
+            EncoderConfig::Nomic(_, gguf) => {
+                let mut file = std::fs::File::open(gguf)?;
+                let content = candle_core::quantized::gguf_file::Content::read(&mut file)?;
+                crate::engines::chat::gguf_tokenizer::from_gguf(&content)?
+            }
+            _ => Tokenizer::from_file(self.dir.join("tokenizer.json")).map_err(anyhow::Error::msg)?,
+        };
         tokenizer.with_padding(None);
         tokenizer
             .with_truncation(Some(TruncationParams {
@@ -588,6 +624,9 @@ impl EngineLoader for EmbedderLoader {
                     return Err(EngineError::permanent("Gemma cross-encoders are not supported"));
                 }
                 (Encoder::Gemma(GemmaEncoder::load(&weights, config.clone(), &device, kernels).map_err(load)?), None)
+            }
+            EncoderConfig::Nomic(config, gguf) => {
+                (Encoder::Nomic(NomicEncoder::load(gguf, config.clone(), &device, kernels).map_err(load)?), None)
             }
             EncoderConfig::Decoder(..) => {
                 if self.spec.cross_encoder || !matches!(device, Device::Cpu) {
