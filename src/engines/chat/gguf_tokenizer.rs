@@ -283,7 +283,7 @@ mod tests {
         let mut c = content("smollm");
         c.metadata.insert("tokenizer.ggml.pre".into(), Value::String("klingon".into()));
         assert!(from_gguf(&c).unwrap_err().to_string().contains("klingon"));
-        c.metadata.insert("tokenizer.ggml.model".into(), Value::String("bert".into()));
+        c.metadata.insert("tokenizer.ggml.model".into(), Value::String("rwkv".into()));
         assert!(from_gguf(&c).unwrap_err().to_string().contains("tokenizer.json"));
     }
 
