@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use crate::config::{Overrides, Settings};
+use crate::models::detect;
 use crate::models::{locate, resolve, Sources};
 
 /// sis — a self-hosted, OpenAI-compatible inference server.
@@ -192,14 +193,30 @@ fn dir_size(path: &std::path::Path) -> u64 {
 
 fn models_list(common: &Common) -> anyhow::Result<()> {
     let (settings, roster) = Settings::load(&common.overrides())?;
-    let selected: Vec<String> = roster.select(&settings.models)?.into_iter().map(|e| e.id).collect();
+    let selected = roster.select(&settings.models)?;
+    // Hub ids in MODELS that no roster entry answers to are listed after the roster, their kind read
+    // from whatever files the cache has.
+    let offline = Sources { download: false, ..Sources::new(&settings) };
+    let extra = selected.iter().filter(|s| !roster.models.iter().any(|m| s.answers_to(&m.id))).cloned().map(|mut e| {
+        let _ = detect::settle(&mut e, &offline);
+        e
+    });
     println!("{:<28} {:<10} {:<9} {:>10}  location", "id", "kind", "selected", "size");
-    for entry in &roster.models {
-        let (location, size) = match resolve::find_local(entry, &settings.hf_cache) {
+    for (entry, chosen) in roster
+        .models
+        .iter()
+        .cloned()
+        .map(|m| {
+            let chosen = selected.iter().any(|s| s.answers_to(&m.id));
+            (m, chosen)
+        })
+        .chain(extra.map(|e| (e, true)))
+    {
+        let (location, size) = match resolve::find_local(&entry, &settings.hf_cache) {
             Ok(found) => (found.dir.display().to_string(), format!("{:.1} MB", dir_size(&found.dir) as f64 / 1e6)),
             Err(_) => ("not downloaded".to_string(), "-".to_string()),
         };
-        let chosen = if selected.contains(&entry.id) { "yes" } else { "no" };
+        let chosen = if chosen { "yes" } else { "no" };
         println!("{:<28} {:<10} {:<9} {:>10}  {location}", entry.id, entry.kind.name(), chosen, size);
     }
     Ok(())
