@@ -196,14 +196,13 @@ impl Runtime {
         tracing::error!(model = %entry.id, %reason, "model cannot start; the rest of the roster serves");
         let settings = ModelSettings::resolve(&entry, &self.settings);
         let status = ModelStatus::failed(entry.id.as_str(), reason);
-        let created = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         ServedModel {
             entry,
             settings,
             status,
             path: RequestPath::Failed(Admission::new(0)),
             kernels: Vec::new(),
-            created,
+            created: unix_now(),
             origin: "none",
             threads: ModelThreads::default(),
         }
@@ -279,7 +278,20 @@ impl Runtime {
             }
         };
         let Launch { status, kernels, threads, .. } = launch;
-        let created = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-        Ok(ServedModel { entry, settings, status, path, kernels, created, origin: resolved.origin, threads })
+        Ok(ServedModel {
+            entry,
+            settings,
+            status,
+            path,
+            kernels,
+            created: unix_now(),
+            origin: resolved.origin,
+            threads,
+        })
     }
+}
+
+/// Seconds since the Unix epoch (a served model's `created`).
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }

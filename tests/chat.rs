@@ -11,15 +11,7 @@ fn server() -> TestServer {
 
 /// The pinned prompt of MODELS.md: this small 4-bit model needs its system message.
 fn france(extra: Value) -> Value {
-    let mut body = json!({
-        "model": SMOLLM,
-        "messages": [
-            { "role": "system", "content": "You are a helpful assistant." },
-            { "role": "user", "content": "What is the capital of France?" },
-        ],
-        "temperature": 0,
-        "max_tokens": 32,
-    });
+    let mut body = common::pinned_chat(SMOLLM, "What is the capital of France?");
     body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
     body
 }

@@ -138,16 +138,7 @@ const MARKER: &str = "PANIC";
 
 /// A chat request to the faulty model; `extra` adds or overrides fields.
 fn chat(user: &str, extra: Value) -> Value {
-    let mut body = json!({
-        "model": FAULTY_CHAT,
-        // The pinned prompt of the chat tests: this small 4-bit model needs its system message.
-        "messages": [
-            { "role": "system", "content": "You are a helpful assistant." },
-            { "role": "user", "content": user },
-        ],
-        "temperature": 0,
-        "max_tokens": 32,
-    });
+    let mut body = common::pinned_chat(FAULTY_CHAT, user);
     body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
     body
 }

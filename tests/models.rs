@@ -33,15 +33,7 @@ fn model_state(health: &Value, id: &str) -> String {
 }
 
 fn capital_of_france(server: &TestServer, model: &str) -> String {
-    let response = server.chat(json!({
-        "model": model,
-        "messages": [
-            { "role": "system", "content": "You are a helpful assistant." },
-            { "role": "user", "content": "What is the capital of France?" },
-        ],
-        "temperature": 0,
-        "max_tokens": 12,
-    }));
+    let response = server.chat(common::pinned_chat(model, "What is the capital of France?"));
     assert_eq!(response.status, 200, "{}", response.text);
     response.json()["choices"][0]["message"]["content"].as_str().unwrap().to_string()
 }

@@ -133,6 +133,20 @@ pub fn tiny_model_folder(dir: &std::path::Path, name: &str, files: &[&str]) -> P
     folder
 }
 
+/// The pinned chat prompt of MODELS.md (SmolLM2, a small 4-bit model, needs its system message): `user`
+/// to `model`, greedy, at most 32 tokens.
+pub fn pinned_chat(model: &str, user: &str) -> serde_json::Value {
+    serde_json::json!({
+        "model": model,
+        "messages": [
+            { "role": "system", "content": "You are a helpful assistant." },
+            { "role": "user", "content": user },
+        ],
+        "temperature": 0,
+        "max_tokens": 32,
+    })
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }

@@ -85,11 +85,6 @@ fn default_eps() -> f64 {
 }
 
 impl BertConfig {
-    /// Reads `config.json`.
-    pub fn from_file(path: &Path) -> anyhow::Result<Self> {
-        Ok(serde_json::from_str(&std::fs::read_to_string(path)?)?)
-    }
-
     /// The layout of this checkpoint, or why sis cannot run it (naming its architecture).
     pub fn family(&self) -> anyhow::Result<Family> {
         match self.model_type.as_deref() {

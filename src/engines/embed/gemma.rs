@@ -10,7 +10,7 @@
 //! The projections run on the model's dense kernel over the packed tokens of the batch; attention runs
 //! per sequence in candle ops.
 
-use candle_core::{DType, Device, Module, Result, Tensor, D};
+use candle_core::{DType, Device, Result, Tensor, D};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 use std::path::Path;
@@ -245,51 +245,5 @@ impl GemmaEncoder {
     /// Hidden width.
     pub fn hidden_size(&self) -> usize {
         self.config.hidden_size
-    }
-}
-
-/// A sentence-transformers `Dense` module (`2_Dense`, …): a linear map of the pooled vector, with its
-/// activation.
-pub struct StDense {
-    weight: Tensor,
-    bias: Option<Tensor>,
-    tanh: bool,
-}
-
-#[derive(Deserialize)]
-struct StDenseConfig {
-    in_features: usize,
-    out_features: usize,
-    #[serde(default)]
-    bias: bool,
-    #[serde(default)]
-    activation_function: String,
-}
-
-impl StDense {
-    /// Reads `dir/config.json` and `dir/model.safetensors`; returns the module and its output width.
-    pub fn load(dir: &Path) -> anyhow::Result<(Self, usize)> {
-        let config: StDenseConfig = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json"))?)?;
-        let tanh = match config.activation_function.rsplit('.').next().unwrap_or_default() {
-            "Identity" | "" => false,
-            "Tanh" => true,
-            other => anyhow::bail!("{}: activation {other:?} is not supported (Identity, Tanh are)", dir.display()),
-        };
-        // SAFETY: the file is mapped read-only and not modified while the model lives.
-        let vb =
-            unsafe { VarBuilder::from_mmaped_safetensors(&[dir.join("model.safetensors")], DType::F32, &Device::Cpu)? };
-        let weight = vb.get((config.out_features, config.in_features), "linear.weight")?;
-        let bias = if config.bias { Some(vb.get(config.out_features, "linear.bias")?) } else { None };
-        Ok((Self { weight, bias, tanh }, config.out_features))
-    }
-
-    /// Maps one pooled vector.
-    pub fn forward(&self, x: &[f32]) -> Result<Vec<f32>> {
-        let x = Tensor::from_slice(x, (1, x.len()), &Device::Cpu)?;
-        let mut y = candle_nn::Linear::new(self.weight.clone(), self.bias.clone()).forward(&x)?;
-        if self.tanh {
-            y = y.tanh()?;
-        }
-        y.squeeze(0)?.to_vec1()
     }
 }

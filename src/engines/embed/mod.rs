@@ -6,6 +6,7 @@ pub mod bert;
 pub mod cross_encoder;
 pub mod gemma;
 pub mod nomic;
+pub mod st_dense;
 
 use candle_core::Device;
 use serde::Deserialize;
@@ -19,9 +20,10 @@ use crate::engines::kernels::measure::Shape;
 use crate::engines::kernels::{selection, KernelError, Kernels};
 use crate::engines::nn::attention::Packing;
 use bert::{BertConfig, BertModel};
-use gemma::{GemmaConfig, GemmaEncoder, StDense};
+use gemma::{GemmaConfig, GemmaEncoder};
 use nomic::{NomicConfig, NomicEncoder};
 use sis_actors::{BatchItem, Engine, EngineError, EngineLoader};
+use st_dense::StDense;
 
 /// The encoder a checkpoint's `config.json` describes.
 #[derive(Debug, Clone)]
@@ -306,12 +308,10 @@ impl EmbedderSpec {
         let file_normalize = modules_file.is_file().then(|| modules.iter().any(|m| m.kind.ends_with(".Normalize")));
         let dense: Vec<PathBuf> =
             modules.iter().filter(|m| m.kind.ends_with(".Dense")).map(|m| dir.join(&m.path)).collect();
-        let mut dimensions = config.hidden_size();
-        for module in &dense {
-            let text = std::fs::read_to_string(module.join("config.json"))?;
-            let out = serde_json::from_str::<serde_json::Value>(&text)?["out_features"].as_u64();
-            dimensions = out.ok_or_else(|| anyhow::anyhow!("{} has no out_features", module.display()))? as usize;
-        }
+        let dimensions = match dense.last() {
+            Some(last) => StDense::out_features(last)?,
+            None => config.hidden_size(),
+        };
         let st_file = dir.join("sentence_bert_config.json");
         let st_max = if st_file.is_file() {
             serde_json::from_str::<StConfig>(&std::fs::read_to_string(st_file)?)?.max_seq_length
@@ -370,18 +370,21 @@ impl EmbedderSpec {
     }
 
     fn report(&self, kernels: Kernels) -> Vec<String> {
-        let activation = match &self.config {
-            EncoderConfig::Bert(c) if c.hidden_act == "gelu" => format!("gelu: {}", kernels.loops()),
-            EncoderConfig::Bert(c) => format!("{}: reference", c.hidden_act),
-            EncoderConfig::Gemma(_) => "gelu_pytorch_tanh: reference; attention: reference".into(),
-            EncoderConfig::Decoder(..) => "decoder: the chat engine's (products on candle's f32)".into(),
-            EncoderConfig::Nomic(..) => "silu: reference; attention: reference".into(),
+        let (attention, activation) = match &self.config {
+            EncoderConfig::Bert(c) => {
+                let attention = crate::engines::nn::attention::describe(kernels);
+                match c.hidden_act.as_str() {
+                    "gelu" => (attention, format!("gelu: {}", kernels.loops())),
+                    other => (attention, format!("{other}: reference")),
+                }
+            }
+            EncoderConfig::Gemma(_) => ("reference".into(), "gelu_pytorch_tanh: reference".into()),
+            EncoderConfig::Nomic(..) => ("reference".into(), "silu: reference".into()),
+            EncoderConfig::Decoder(..) => {
+                return vec!["decoder: the chat engine's (attention loops, products on candle's f32)".into()]
+            }
         };
-        vec![
-            format!("dense: {}", kernels.dense_report()),
-            format!("attention: {}", crate::engines::nn::attention::describe(kernels)),
-            activation,
-        ]
+        vec![format!("dense: {}", kernels.dense_report()), format!("attention: {attention}"), activation]
     }
 
     /// Loads the tokenizer with truncation at the model's limit and no padding (the engine packs).
@@ -491,18 +494,21 @@ impl Embedder {
     /// Runs the encoder on packed sequences (`segments[i]`: where sequence `i`'s token type 1 starts),
     /// then pools, or scores with the classification head.
     fn encode(&mut self, batch: &[&[u32]], segments: &[usize]) -> anyhow::Result<Vec<Vec<f32>>> {
-        self.ids.clear();
-        self.types.clear();
-        for (seq, &b) in batch.iter().zip(segments) {
-            self.ids.extend_from_slice(seq);
-            self.types.extend((0..seq.len()).map(|t| u32::from(t >= b)));
-        }
-        let packing = Packing::new(batch.iter().map(|s| s.len()));
         if let Encoder::Decoder(model) = &self.model {
             let states = self.pool.run(|| Encoder::last_states(model, batch))?;
             return states.into_iter().map(|v| self.finish(v)).collect();
         }
+        // Token types only for text pairs (rerank); single texts are type 0 throughout.
         let pairs = segments.iter().zip(batch).any(|(&b, s)| b < s.len());
+        self.ids.clear();
+        self.types.clear();
+        for (seq, &b) in batch.iter().zip(segments) {
+            self.ids.extend_from_slice(seq);
+            if pairs {
+                self.types.extend((0..seq.len()).map(|t| u32::from(t >= b)));
+            }
+        }
+        let packing = Packing::new(batch.iter().map(|s| s.len()));
         let (model, ids, types) = (&self.model, &self.ids, pairs.then_some(self.types.as_slice()));
         let hidden = self.pool.run(|| model.forward(ids, types, &packing))?;
         if let Some(head) = &self.head {
@@ -635,13 +641,8 @@ impl EngineLoader for EmbedderLoader {
                 (Encoder::Decoder(Llama::from_safetensors(&self.spec.dir, kernels).map_err(load)?), None)
             }
         };
-        let dense = self
-            .spec
-            .dense
-            .iter()
-            .map(|dir| StDense::load(dir).map(|(module, _)| module))
-            .collect::<anyhow::Result<_>>()
-            .map_err(load)?;
+        let dense =
+            self.spec.dense.iter().map(|dir| StDense::load(dir)).collect::<anyhow::Result<_>>().map_err(load)?;
         let pool = crate::engines::kernels::Pool::new("embed").map_err(EngineError::new)?;
         Ok(Embedder {
             model,
