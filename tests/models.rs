@@ -199,37 +199,96 @@ fn a_pytorch_model_bin_checkpoint_loads() {
 
 /// Llama 3's RoPE scaling (and the linear and YaRN ones other configs use) on tiny random checkpoints
 /// (`scripts/references/tiny_rope.py`): logits equal to `transformers`' at positions before and well
-/// past the original context of 16, fed as a prompt and then token by token, as serving feeds them.
+/// past the original context of 16, fed in prompt chunks and then token by token, as serving feeds them.
 #[test]
 fn rope_scalings_match_transformers_past_the_original_context() {
-    use sis::engines::chat::llama::{Llama, StepInput};
+    use sis::engines::chat::llama::Llama;
     use sis::engines::kernels::Kernels;
     for scaling in ["llama3", "linear", "yarn"] {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-llama-rope").join(scaling);
         let reference: Value =
             serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
-        let ids: Vec<u32> = reference["ids"].as_array().unwrap().iter().map(|i| i.as_u64().unwrap() as u32).collect();
         let model = Llama::from_safetensors(&dir, Kernels::REFERENCE).unwrap();
-        let mut cache = model.new_cache();
-        // Position p's logits: the prompt up to 15, then one token at a time.
-        let mut logits =
-            vec![model.step(&mut [StepInput::text(&mut cache, &ids[..16], true).prompt()]).unwrap().remove(0)];
-        for t in 16..ids.len() {
-            logits.push(model.step(&mut [StepInput::text(&mut cache, &ids[t..t + 1], true)]).unwrap().remove(0));
-        }
-        let positions = reference["positions"].as_array().unwrap().iter().map(|p| p.as_u64().unwrap() as usize);
-        for (p, want) in positions.zip(reference["logits"].as_array().unwrap()) {
-            if p < 15 {
-                continue;
-            }
-            let got = &logits[p - 15];
-            let worst = got
-                .iter()
-                .zip(want.as_array().unwrap())
-                .map(|(g, w)| (g - w.as_f64().unwrap() as f32).abs())
-                .fold(0.0, f32::max);
-            assert!(worst < 2e-3, "{scaling}, position {p}: logits off by {worst}");
-        }
+        logits_match_reference(&model, &reference, scaling);
+    }
+}
+
+/// The logits `transformers` computed (`reference.json`: `ids`, and at `positions` the `logits`) against
+/// `model`'s, fed as serving feeds them: prompt chunks (the first token alone, then up to 7 and 15)
+/// with a decode step between, then one token at a time.
+fn logits_match_reference(model: &sis::engines::chat::llama::Llama, reference: &Value, what: &str) {
+    use sis::engines::chat::llama::StepInput;
+    let ids: Vec<u32> = reference["ids"].as_array().unwrap().iter().map(|i| i.as_u64().unwrap() as u32).collect();
+    let mut cache = model.new_cache();
+    let mut logits = std::collections::BTreeMap::new();
+    let mut at = 0;
+    for (end, prompt) in
+        [(1, true), (8, true), (9, false), (16, true)].into_iter().chain((17..=ids.len()).map(|e| (e, false)))
+    {
+        let input = StepInput::text(&mut cache, &ids[at..end], true);
+        let input = if prompt { input.prompt() } else { input };
+        logits.insert(end - 1, model.step(&mut [input]).unwrap().remove(0));
+        at = end;
+    }
+    let positions = reference["positions"].as_array().unwrap().iter().map(|p| p.as_u64().unwrap() as usize);
+    for (p, want) in positions.zip(reference["logits"].as_array().unwrap()) {
+        let got = &logits[&p];
+        let worst = got
+            .iter()
+            .zip(want.as_array().unwrap())
+            .map(|(g, w)| (g - w.as_f64().unwrap() as f32).abs())
+            .fold(0.0, f32::max);
+        assert!(worst < 2e-3, "{what}, position {p}: logits off by {worst}");
+    }
+}
+
+fn tiny_gemma3() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-gemma3")
+}
+
+/// Gemma 3 chat (`scripts/references/tiny_gemma3.py`): a tiny random `Gemma3ForCausalLM` with
+/// sliding-window layers (window 8) and a linearly scaled global layer, from its safetensors and from
+/// the GGUF llama.cpp's converter made of it, on the reference kernels and on this machine's: logits
+/// equal to `transformers'` inside the window and well past it.
+#[test]
+fn gemma3_chat_matches_transformers() {
+    use sis::engines::chat::llama::Llama;
+    use sis::engines::kernels::Kernels;
+    let dir = tiny_gemma3();
+    let reference: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+    let auto = sis::engines::kernels::Selection::resolve(sis::engines::kernels::Request::Auto).unwrap().kernels();
+    for kernels in [Kernels::REFERENCE, auto] {
+        let model = Llama::from_safetensors(&dir, kernels).unwrap();
+        logits_match_reference(&model, &reference, &format!("safetensors, {kernels:?}"));
+        let (model, _) = Llama::from_gguf(&dir.join("tiny-gemma3-f32.gguf"), kernels).unwrap();
+        logits_match_reference(&model, &reference, &format!("GGUF, {kernels:?}"));
+    }
+}
+
+/// Served: the safetensors folder and the GGUF (its tokenizer and template from the metadata) answer
+/// a chat with `transformers`' greedy reply, from the same prompt tokens.
+#[test]
+fn gemma3_chat_is_served_from_safetensors_and_gguf() {
+    let dir = tiny_gemma3();
+    let reference: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+    let roster = format!(
+        "[[models]]\nid = \"gemma-st\"\nkind = \"chat\"\npath = {:?}\n\n\
+         [[models]]\nid = \"gemma-gguf\"\nkind = \"chat\"\npath = {:?}\nfile = \"tiny-gemma3-f32.gguf\"\n",
+        dir.display().to_string(),
+        dir.display().to_string()
+    );
+    let server = TestServer::builder().roster(&roster).env("MODELS", "gemma-st,gemma-gguf").start();
+    for model in ["gemma-st", "gemma-gguf"] {
+        let response = server.chat(json!({
+            "model": model,
+            "messages": reference["messages"],
+            "temperature": 0,
+            "max_tokens": reference["max_tokens"],
+        }));
+        assert_eq!(response.status, 200, "{model}: {}", response.text);
+        let body = response.json();
+        assert_eq!(body["usage"]["prompt_tokens"], reference["prompt_ids"].as_array().unwrap().len(), "{model}");
+        assert_eq!(body["choices"][0]["message"]["content"], reference["reply"], "{model}");
     }
 }
 

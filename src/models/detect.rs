@@ -114,7 +114,8 @@ fn config_kind(config: &Value, sentence_transformers: bool) -> Result<Capability
     if model_type == "whisper" || architectures.iter().any(|a| a.starts_with("Whisper")) || ct2_whisper {
         return Ok(Capability::Audio);
     }
-    if config.get("vision_config").is_some() || model_type.ends_with("_vl") {
+    // Gemma 3's SigLIP tower is not one sis runs: its language model is served as chat.
+    if (config.get("vision_config").is_some() && model_type != "gemma3") || model_type.ends_with("_vl") {
         return Ok(Capability::Vision);
     }
     if sentence_transformers {
@@ -165,6 +166,11 @@ mod tests {
             Ok(Capability::Audio)
         );
         assert_eq!(kind(json!({"model_type": "qwen3_vl", "vision_config": {}}), false), Ok(Capability::Vision));
+        let gemma =
+            json!({"model_type": "gemma3", "architectures": ["Gemma3ForConditionalGeneration"], "vision_config": {}});
+        assert_eq!(kind(gemma, false), Ok(Capability::Chat));
+        let gemma = json!({"model_type": "gemma3_text", "architectures": ["Gemma3ForCausalLM"]});
+        assert_eq!(kind(gemma, false), Ok(Capability::Chat));
         let rerank = kind(json!({"architectures": ["XLMRobertaForSequenceClassification"]}), false);
         assert_eq!(rerank, Ok(Capability::Rerank));
         let unknown = kind(json!({"model_type": "mamba", "architectures": ["MambaForTokens"]}), false).unwrap_err();

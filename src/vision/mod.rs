@@ -43,7 +43,8 @@ impl VisionInputs {
     pub fn open(dir: &std::path::Path, settings: &crate::config::Settings) -> anyhow::Result<Self> {
         let (_, tokens) =
             crate::engines::vision::qwen3_vl::read_config(&dir.join("config.json"))?.ok_or_else(|| {
-                anyhow::anyhow!("{} has no vision_config: not a vision-language checkpoint", dir.display())
+                anyhow::anyhow!("{} has no Qwen3-VL vision_config: not a vision-language checkpoint sis runs (Gemma 3 is served as \
+                     text by the chat kind)", dir.display())
             })?;
         let path = dir.join("preprocessor_config.json");
         let text = std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;

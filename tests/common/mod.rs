@@ -88,7 +88,7 @@ impl ServerBuilder {
             command.env(k, v);
         }
         let child = command.spawn().expect("spawn sis");
-        let server = TestServer { child, base: format!("http://127.0.0.1:{port}"), log, _dir: dir };
+        let mut server = TestServer { child, base: format!("http://127.0.0.1:{port}"), log, _dir: dir };
         let probe = if self.live_only { "/health/live" } else { "/health/ready" };
         server.wait_for(probe, Duration::from_secs(180));
         server
@@ -198,10 +198,14 @@ impl TestServer {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    fn wait_for(&self, probe: &str, limit: Duration) {
+    fn wait_for(&mut self, probe: &str, limit: Duration) {
         let client = client();
         let started = Instant::now();
         loop {
+            // A server that stopped (a configuration error) will never answer: say so at once.
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                panic!("server exited ({status}) before it was ready; log:\n{}", self.log());
+            }
             if let Ok(r) = client.get(self.url(probe)).send() {
                 if r.status().is_success() {
                     return;

@@ -74,14 +74,20 @@ pub struct ChatEvent {
     pub completion_tokens: usize,
 }
 
-/// Token vocabulary as raw bytes (byte-level BPE), for exact incremental detokenization.
+/// Token vocabulary as raw bytes, for exact incremental detokenization: byte-level BPE (GPT-2's
+/// printable stand-ins for bytes) or SentencePiece (`▁` for a space, `<0xHH>` byte pieces).
 pub struct TokenBytes {
     bytes: Vec<Vec<u8>>,
 }
 
 impl TokenBytes {
-    /// Maps every token of a byte-level BPE tokenizer to its bytes; special tokens map to nothing.
+    /// Maps every token to its bytes; special tokens map to nothing. The tokenizer's decoder says
+    /// which vocabulary it is: SentencePiece ones (Llama 2, Mistral, Gemma) decode without `ByteLevel`.
     pub fn new(tokenizer: &Tokenizer) -> Self {
+        let byte_level = match tokenizer.get_decoder() {
+            Some(decoder) => serde_json::to_string(decoder).is_ok_and(|d| d.contains("ByteLevel")),
+            None => true,
+        };
         let mut decode = HashMap::new();
         let mut n = 0u32;
         for b in 0..=255u8 {
@@ -103,6 +109,9 @@ impl TokenBytes {
                     return Vec::new();
                 }
                 let token = tokenizer.id_to_token(id).unwrap_or_default();
+                if !byte_level {
+                    return sentencepiece_bytes(&token);
+                }
                 token
                     .chars()
                     .flat_map(|c| {
@@ -116,6 +125,15 @@ impl TokenBytes {
 
     fn get(&self, id: u32) -> &[u8] {
         self.bytes.get(id as usize).map(Vec::as_slice).unwrap_or(&[])
+    }
+}
+
+/// A SentencePiece piece's bytes: `<0xHH>` is byte HH, `▁` a space.
+fn sentencepiece_bytes(piece: &str) -> Vec<u8> {
+    let byte = piece.strip_prefix("<0x").and_then(|p| p.strip_suffix('>')).filter(|h| h.len() == 2);
+    match byte.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+        Some(b) => vec![b],
+        None => piece.replace('\u{2581}', " ").into_bytes(),
     }
 }
 
@@ -583,6 +601,15 @@ mod tests {
         let mut s = seq(&["END"]);
         assert_eq!(release(&mut s, b"EN"), (String::new(), false));
         assert_eq!(release(&mut s, b"ough"), ("ENough".to_string(), false));
+    }
+
+    #[test]
+    fn sentencepiece_pieces_are_their_bytes() {
+        assert_eq!(sentencepiece_bytes("\u{2581}Paris"), b" Paris");
+        assert_eq!(sentencepiece_bytes("<0x0A>"), b"\n");
+        assert_eq!(sentencepiece_bytes("<0xE2>"), [0xE2]);
+        assert_eq!(sentencepiece_bytes("<0xZZ>"), b"<0xZZ>");
+        assert_eq!(sentencepiece_bytes("<start_of_turn>"), b"<start_of_turn>");
     }
 
     #[test]

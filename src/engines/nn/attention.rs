@@ -312,7 +312,9 @@ pub fn sdpa(q: &Tensor, k: &Tensor, v: &Tensor, scale: Option<f64>, mask: Option
     attention_weights(q, k, scale, mask)?.matmul(v)
 }
 
-/// Head counts of a decoder's attention: `heads` query heads share `kv_heads` key/value heads in groups.
+/// The shape of one decoder layer's attention: `heads` query heads share `kv_heads` key/value heads
+/// in groups; scores are scaled by `scale`; a sliding-window layer sees only the last `window`
+/// positions (its own included).
 #[derive(Debug, Clone, Copy)]
 pub struct HeadShape {
     /// Query heads.
@@ -321,12 +323,29 @@ pub struct HeadShape {
     pub kv_heads: usize,
     /// Width of one head.
     pub head_dim: usize,
+    /// Scale of the scores: `1/√head_dim`, or a model's own (Gemma's `query_pre_attn_scalar^-½`).
+    pub scale: f32,
+    /// Sliding-window layers: how many positions a row sees, its own included.
+    pub window: Option<usize>,
+}
+
+impl HeadShape {
+    /// Full attention scaled by `1/√head_dim`.
+    pub fn new(heads: usize, kv_heads: usize, head_dim: usize) -> Self {
+        Self { heads, kv_heads, head_dim, scale: 1.0 / (head_dim as f32).sqrt(), window: None }
+    }
+
+    /// The first position a row at `position` sees.
+    #[inline(always)]
+    fn first_visible(&self, position: usize) -> usize {
+        self.window.map_or(0, |w| (position + 1).saturating_sub(w))
+    }
 }
 
 dispatch! {
     /// Causal attention of one sequence's new query rows (`q`, `[n, heads·head_dim]`, unscaled) over its
     /// cached keys and values (`[start + n, kv_heads·head_dim]`, the new positions included): row `t`
-    /// sees positions `..start + t + 1`. Adds into `out` (`[n, heads·head_dim]`, zeroed by the caller).
+    /// sees positions `..start + t + 1` (the last `window` of them on sliding layers). Adds into `out` (`[n, heads·head_dim]`, zeroed by the caller).
     /// Each row's result depends only on its own query and the cache, so callers may split the rows
     /// (rows `t0..` are the call with `start + t0`), and every build (`simd`) gives the same bits.
     pub fn cached_causal = cached_causal_generic(
@@ -341,10 +360,9 @@ dispatch! {
 
 #[inline(always)]
 fn cached_causal_generic(q: &[f32], keys: &[f32], values: &[f32], start: usize, shape: HeadShape, out: &mut [f32]) {
-    let HeadShape { heads, kv_heads, head_dim: d } = shape;
+    let HeadShape { heads, kv_heads, head_dim: d, scale, .. } = shape;
     let (q_width, kv_width, group) = (heads * d, kv_heads * d, heads / kv_heads);
     let n = q.len() / q_width;
-    let scale = 1.0 / (d as f32).sqrt();
     let total = start + n;
     // The scores of the query heads that share one key/value head, `[group, visible]`: each cached
     // key and value is read once for the whole group.
@@ -352,9 +370,10 @@ fn cached_causal_generic(q: &[f32], keys: &[f32], values: &[f32], start: usize, 
     let mut sums = vec![0f32; group];
     for t in 0..n {
         let visible = start + t + 1;
+        let from = shape.first_visible(start + t);
         for kvh in 0..kv_heads {
             let first = kvh * group;
-            for j in 0..visible {
+            for j in from..visible {
                 let kh = &keys[j * kv_width + kvh * d..][..d];
                 for g in 0..group {
                     let qh = &q[t * q_width + (first + g) * d..][..d];
@@ -364,14 +383,14 @@ fn cached_causal_generic(q: &[f32], keys: &[f32], values: &[f32], start: usize, 
                 }
             }
             for g in 0..group {
-                let row = &mut scores[g * total..][..visible];
+                let row = &mut scores[g * total..][from..visible];
                 let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                 for s in row.iter_mut() {
                     *s = exp(*s - max);
                 }
                 sums[g] = sum_lanes(row);
             }
-            for j in 0..visible {
+            for j in from..visible {
                 let vh = &values[j * kv_width + kvh * d..][..d];
                 for g in 0..group {
                     let w = scores[g * total + j] / sums[g];
@@ -403,11 +422,10 @@ pub fn prompt_attention(
     shape: HeadShape,
     out: &mut [f32],
 ) {
-    let HeadShape { heads, kv_heads, head_dim: d } = shape;
+    let HeadShape { heads, kv_heads, head_dim: d, scale, .. } = shape;
     let (q_width, kv_width, group) = (heads * d, kv_heads * d, heads / kv_heads);
     let n = q.len() / q_width;
     let total = start + n;
-    let scale = 1.0 / (d as f32).sqrt();
     let zeros = vec![0f32; total.max(d)];
     let (mut head_keys, mut values_t) = (vec![0f32; total * d], vec![0f32; d * total]);
     let mut rows = vec![0f32; group * n * d];
@@ -429,8 +447,9 @@ pub fn prompt_attention(
         }
         let mut scores = PackedF32::new(fma, &head_keys, total, d, &zeros[..total]).forward(&rows, group * n);
         for (r, row) in scores.chunks_exact_mut(total).enumerate() {
-            let visible = start + r % n + 1;
-            softmax(simd, &mut row[..visible]);
+            let (from, visible) = (shape.first_visible(start + r % n), start + r % n + 1);
+            softmax(simd, &mut row[from..visible]);
+            row[..from].fill(0.0);
             row[visible..].fill(0.0);
         }
         let weighted = PackedF32::new(fma, &values_t, d, total, &zeros[..d]).forward(&scores, group * n);
@@ -596,21 +615,22 @@ mod tests {
 
     /// Causal attention of a cached sequence, in plain f64 arithmetic.
     fn causal_reference(q: &[f32], keys: &[f32], values: &[f32], start: usize, shape: HeadShape) -> Vec<f32> {
-        let HeadShape { heads, kv_heads, head_dim: d } = shape;
+        let HeadShape { heads, kv_heads, head_dim: d, scale, window } = shape;
         let (n, group) = (q.len() / (heads * d), heads / kv_heads);
         let mut out = vec![0f32; q.len()];
         for t in 0..n {
+            let first = window.map_or(0, |w| (start + t + 1).saturating_sub(w));
             for h in 0..heads {
                 let (qh, kvh) = (&q[(t * heads + h) * d..][..d], h / group);
-                let scores: Vec<f64> = (0..start + t + 1)
+                let scores: Vec<(usize, f64)> = (first..start + t + 1)
                     .map(|j| {
                         let kh = &keys[(j * kv_heads + kvh) * d..][..d];
-                        qh.iter().zip(kh).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() / (d as f64).sqrt()
+                        (j, qh.iter().zip(kh).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() * scale as f64)
                     })
                     .collect();
-                let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                let sum: f64 = scores.iter().map(|s| (s - max).exp()).sum();
-                for (j, s) in scores.iter().enumerate() {
+                let max = scores.iter().map(|s| s.1).fold(f64::NEG_INFINITY, f64::max);
+                let sum: f64 = scores.iter().map(|s| (s.1 - max).exp()).sum();
+                for &(j, s) in &scores {
                     let w = (s - max).exp() / sum;
                     for i in 0..d {
                         out[(t * heads + h) * d + i] += (w * values[(j * kv_heads + kvh) * d + i] as f64) as f32;
@@ -621,9 +641,19 @@ mod tests {
         out
     }
 
+    /// Plain attention, and a sliding window with a model's own scale (Gemma 3's layers).
+    fn shapes() -> [HeadShape; 2] {
+        [HeadShape::new(6, 2, 16), HeadShape { scale: 0.2, window: Some(7), ..HeadShape::new(6, 2, 16) }]
+    }
+
     #[test]
     fn cached_attention_matches_the_reference_on_every_build_and_any_split_of_rows() {
-        let shape = HeadShape { heads: 6, kv_heads: 2, head_dim: 16 };
+        for shape in shapes() {
+            cached_attention_case(shape);
+        }
+    }
+
+    fn cached_attention_case(shape: HeadShape) {
         let (start, n) = (5, 9);
         let rand = |len: usize| Tensor::randn(0f32, 1.0, len, &Device::Cpu).unwrap().to_vec1::<f32>().unwrap();
         let q = rand(n * 6 * 16);
@@ -649,7 +679,12 @@ mod tests {
 
     #[test]
     fn prompt_attention_on_the_gemm_matches_the_reference_and_any_chunking() {
-        let shape = HeadShape { heads: 6, kv_heads: 2, head_dim: 16 };
+        for shape in shapes() {
+            prompt_attention_case(shape);
+        }
+    }
+
+    fn prompt_attention_case(shape: HeadShape) {
         let (start, n) = (5, 40);
         let rand = |len: usize| Tensor::randn(0f32, 1.0, len, &Device::Cpu).unwrap().to_vec1::<f32>().unwrap();
         let q = rand(n * 6 * 16);

@@ -55,11 +55,12 @@ pub struct VisionTokens {
     pub end: u32,
 }
 
-/// Reads `vision_config` and the vision token ids from a `config.json`; `None` for text-only models.
+/// Reads `vision_config` and the vision token ids from a `config.json`; `None` for text-only models
+/// and for towers other than Qwen3-VL's (Gemma 3's SigLIP: such models are served as text).
 pub fn read_config(path: &Path) -> anyhow::Result<Option<(VisionConfig, VisionTokens)>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let json: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-    let Some(vision) = json.get("vision_config") else {
+    let Some(vision) = json.get("vision_config").filter(|_| json["model_type"] != "gemma3") else {
         return Ok(None);
     };
     let config: VisionConfig =

@@ -7,9 +7,9 @@ use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{Device, Tensor};
 use std::path::Path;
 
-use super::config::LlamaConfig;
+use super::config::{LlamaConfig, RopeScaling};
 use super::weights::{layout, ChatWeights, Quantized, Weight};
-use super::{Block, Llama};
+use super::{Block, Llama, RopeTable};
 use crate::engines::kernels::{Int8, Kernels, Pool};
 
 impl Llama {
@@ -62,6 +62,8 @@ impl Llama {
                 v_bias: optional("attn_v.bias")?,
                 q_norm: optional("attn_q_norm.weight")?,
                 k_norm: optional("attn_k_norm.weight")?,
+                post_attn_norm: optional("post_attention_norm.weight")?,
+                post_ffn_norm: optional("post_ffw_norm.weight")?,
                 q: q_proj,
                 k: k_proj,
                 v: v_proj,
@@ -84,6 +86,9 @@ impl Llama {
         let vb = unsafe { candle_nn::VarBuilder::from_mmaped_safetensors(&files, candle_core::DType::F32, &device)? };
         let vb = if vb.contains_tensor("model.language_model.embed_tokens.weight") {
             vb.pp("model.language_model")
+        } else if vb.contains_tensor("language_model.model.embed_tokens.weight") {
+            // Gemma 3 4B and up, as transformers 4 saved them.
+            vb.pp("language_model.model")
         } else if vb.contains_tensor("model.embed_tokens.weight") {
             vb.pp("model")
         } else {
@@ -113,6 +118,14 @@ impl Llama {
         };
         let embeddings = vb.get((c.vocab, h), "embed_tokens.weight")?;
         let root = vb.clone();
+        // An RMS norm's weight, shifted where the checkpoint stores `weight - 1` (Gemma).
+        let norm = |vb: &candle_nn::VarBuilder, size: usize, name: &str| -> anyhow::Result<Tensor> {
+            let weight = vb.get(size, name)?;
+            Ok(if c.norm_offset == 0.0 { weight } else { (weight + c.norm_offset as f64)? })
+        };
+        let optional_norm = |vb: &candle_nn::VarBuilder, name: &str| -> anyhow::Result<Option<Tensor>> {
+            Ok(if vb.contains_tensor(name) { Some(norm(vb, h, name)?) } else { None })
+        };
         let mut blocks = Vec::with_capacity(c.layers);
         for i in 0..c.layers {
             let l = vb.pp(format!("layers.{i}"));
@@ -120,9 +133,25 @@ impl Llama {
             let optional = |vb: &candle_nn::VarBuilder, name: &str, size: usize| -> anyhow::Result<Option<Tensor>> {
                 Ok(if vb.contains_tensor(name) { Some(vb.get(size, name)?) } else { None })
             };
+            // Gemma names its four norms: `post_attention_layernorm` is the attention output's own
+            // norm there, and `pre_feedforward_layernorm` the feed-forward's input norm.
+            let gemma_norms = l.contains_tensor("pre_feedforward_layernorm.weight");
+            let (ffn_norm, post_attn_norm, post_ffn_norm) = match gemma_norms {
+                true => (
+                    norm(&l, h, "pre_feedforward_layernorm.weight")?,
+                    optional_norm(&l, "post_attention_layernorm.weight")?,
+                    optional_norm(&l, "post_feedforward_layernorm.weight")?,
+                ),
+                false => (norm(&l, h, "post_attention_layernorm.weight")?, None, None),
+            };
+            let head_norm = |name: &str| -> anyhow::Result<Option<Tensor>> {
+                Ok(if a.contains_tensor(name) { Some(norm(&a, c.head_dim, name)?) } else { None })
+            };
             blocks.push(Block {
-                attn_norm: l.get(h, "input_layernorm.weight")?,
-                ffn_norm: l.get(h, "post_attention_layernorm.weight")?,
+                attn_norm: norm(&l, h, "input_layernorm.weight")?,
+                ffn_norm,
+                post_attn_norm,
+                post_ffn_norm,
                 q: dense(linear(&a, (q_width, h), "q_proj.weight")?),
                 k: dense(linear(&a, (kv_width, h), "k_proj.weight")?),
                 v: dense(linear(&a, (kv_width, h), "v_proj.weight")?),
@@ -130,19 +159,22 @@ impl Llama {
                 q_bias: optional(&a, "q_proj.bias", q_width)?,
                 k_bias: optional(&a, "k_proj.bias", kv_width)?,
                 v_bias: optional(&a, "v_proj.bias", kv_width)?,
-                q_norm: optional(&a, "q_norm.weight", c.head_dim)?,
-                k_norm: optional(&a, "k_norm.weight", c.head_dim)?,
+                q_norm: head_norm("q_norm.weight")?,
+                k_norm: head_norm("k_norm.weight")?,
                 gate: dense(linear(&l, (c.ffn, h), "mlp.gate_proj.weight")?),
                 up: dense(linear(&l, (c.ffn, h), "mlp.up_proj.weight")?),
                 down: dense(linear(&l, (h, c.ffn), "mlp.down_proj.weight")?),
             });
         }
-        let norm = root.get(h, "norm.weight")?;
+        let norm = norm(&root, h, "norm.weight")?;
         let output = match unsafe {
             candle_nn::VarBuilder::from_mmaped_safetensors(&files, candle_core::DType::F32, &device)?
         } {
             top if top.contains_tensor("lm_head.weight") => {
                 Quantized::Candle(QMatMul::Tensor(top.get((c.vocab, h), "lm_head.weight")?))
+            }
+            top if top.contains_tensor("language_model.lm_head.weight") => {
+                Quantized::Candle(QMatMul::Tensor(top.get((c.vocab, h), "language_model.lm_head.weight")?))
             }
             _ => Quantized::Candle(QMatMul::Tensor(embeddings.clone())),
         };
@@ -165,15 +197,12 @@ impl Llama {
             }
             frequencies.iter_mut().zip(factors).for_each(|(f, d)| *f /= d);
         }
-        let mut cos = Vec::with_capacity(config.context * half);
-        let mut sin = Vec::with_capacity(config.context * half);
-        for pos in 0..config.context {
-            for &freq in &frequencies {
-                let angle = pos as f32 * freq;
-                cos.push(angle.cos() * scale);
-                sin.push(angle.sin() * scale);
-            }
-        }
+        let rope_global = RopeTable::new(&frequencies, scale, config.context);
+        // Sliding layers turn on their own base, unscaled.
+        let rope_local = config.sliding.as_ref().map(|s| {
+            let (frequencies, scale) = RopeScaling::None.frequencies(s.rope_base, config.head_dim);
+            RopeTable::new(&frequencies, scale, config.context)
+        });
         // Interleaved MRoPE (Qwen3-VL): frequency j turns with the row axis when j % 3 == 1 and with
         // the column axis when j % 3 == 2, within 3 × that axis's section; every other one with time.
         let rope_axis = (0..half)
@@ -185,7 +214,34 @@ impl Llama {
             .collect();
         let pool = Pool::new("chat").context("starting the chat model's threads")?;
         // Every build of the attention loops gives the same bits; the model's is the fastest it may run.
-        Ok(Self { config, embeddings, blocks, norm, output, cos, sin, rope_axis, pool, loops: kernels.simd })
+        Ok(Self {
+            config,
+            embeddings,
+            blocks,
+            norm,
+            output,
+            rope_global,
+            rope_local,
+            rope_axis,
+            pool,
+            loops: kernels.simd,
+        })
+    }
+}
+
+impl RopeTable {
+    /// The tables of `frequencies` at positions `..context`, cos and sin scaled by `scale`.
+    fn new(frequencies: &[f32], scale: f32, context: usize) -> Self {
+        let mut cos = Vec::with_capacity(context * frequencies.len());
+        let mut sin = Vec::with_capacity(context * frequencies.len());
+        for pos in 0..context {
+            for &freq in frequencies {
+                let angle = pos as f32 * freq;
+                cos.push(angle.cos() * scale);
+                sin.push(angle.sin() * scale);
+            }
+        }
+        Self { cos, sin }
     }
 }
 

@@ -16,6 +16,7 @@ use rayon::prelude::*;
 use crate::engines::kernels::elementwise::silu_mul;
 use crate::engines::kernels::{Pool, Simd};
 use crate::engines::nn::attention::{cached_causal, prompt_attention, HeadShape};
+use config::Activation;
 
 mod cache;
 pub mod config;
@@ -39,10 +40,14 @@ struct Block {
     q_norm: Option<Tensor>,
     k_norm: Option<Tensor>,
     o: Weight,
+    /// Gemma: a norm of the attention's output before the residual add.
+    post_attn_norm: Option<Tensor>,
     ffn_norm: Tensor,
     gate: Weight,
     up: Weight,
     down: Weight,
+    /// Gemma: a norm of the feed-forward's output before the residual add.
+    post_ffn_norm: Option<Tensor>,
 }
 
 /// One sequence's share of a step.
@@ -86,6 +91,12 @@ pub struct StepVisual {
     pub deepstack: Vec<Tensor>,
 }
 
+/// cos/sin of every rotary frequency at every position, `[context, head_dim / 2]` each.
+struct RopeTable {
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+}
+
 /// A loaded model.
 pub struct Llama {
     /// Shapes.
@@ -94,9 +105,10 @@ pub struct Llama {
     blocks: Vec<Block>,
     norm: Tensor,
     output: Quantized,
-    /// cos/sin tables `[context, head_dim / 2]`.
-    cos: Vec<f32>,
-    sin: Vec<f32>,
+    /// Rotary tables of full-attention layers.
+    rope_global: RopeTable,
+    /// Rotary tables of sliding-window layers, where they differ (Gemma 3).
+    rope_local: Option<RopeTable>,
     /// For each rotary frequency, the position axis it turns with (0 = time; MRoPE only).
     rope_axis: Vec<usize>,
     /// The threads its steps run on.
@@ -133,6 +145,9 @@ impl Llama {
         let starts: Vec<usize> = inputs.iter().map(|i| i.cache.len()).collect();
         let ids_t = Tensor::from_vec(ids, total, &Device::Cpu)?;
         let mut x = self.embeddings.index_select(&ids_t, 0)?;
+        if c.embedding_scale != 1.0 {
+            x = (x * c.embedding_scale as f64)?;
+        }
         let visual = self.gather_visual(inputs)?;
         let rows = RowSplit::new(inputs)?;
         if let Some((rows, embeds, _)) = &visual {
@@ -158,6 +173,11 @@ impl Llama {
             let mut k = k.flatten_all()?.to_vec1::<f32>()?;
             let v = v.flatten_all()?.to_vec1::<f32>()?;
             // RoPE at each token's own position, then append K/V to each sequence's cache.
+            let sliding = c.sliding.as_ref().is_some_and(|s| s.layers[layer]);
+            let table = match (&self.rope_local, sliding) {
+                (Some(local), true) => local,
+                _ => &self.rope_global,
+            };
             let mut row = 0;
             for (input, &start) in inputs.iter_mut().zip(&starts) {
                 for t in 0..input.tokens.len() {
@@ -165,20 +185,29 @@ impl Llama {
                         Some(p) => p[t].map(|a| a as usize),
                         None => [(start + t) as i64 + input.cache.rope_delta; 3].map(|p| p.max(0) as usize),
                     };
-                    self.rope(&mut q[(row + t) * q_width..][..q_width], pos);
-                    self.rope(&mut k[(row + t) * kv_width..][..kv_width], pos);
+                    self.rope(table, &mut q[(row + t) * q_width..][..q_width], pos);
+                    self.rope(table, &mut k[(row + t) * kv_width..][..kv_width], pos);
                 }
                 let n = input.tokens.len();
                 let span = row * kv_width..(row + n) * kv_width;
                 input.cache.append(layer, &k[span.clone()], &v[span]);
                 row += n;
             }
-            let attn = self.attention(inputs, &starts, layer, &q)?;
+            let shape = HeadShape {
+                scale: c.attention_scale,
+                window: c.sliding.as_ref().filter(|_| sliding).map(|s| s.window),
+                ..HeadShape::new(c.heads, c.kv_heads, c.head_dim)
+            };
+            let attn = self.attention(inputs, &starts, layer, &q, shape)?;
             let attn = Tensor::from_vec(attn, (total, q_width), &Device::Cpu)?;
-            x = (x + block.o.forward(&attn, &rows)?)?;
+            let norm = |t: Tensor, weight: &Option<Tensor>| match weight {
+                Some(w) => candle_nn::ops::rms_norm(&t, w, c.eps as f32),
+                None => Ok(t),
+            };
+            x = (x + norm(block.o.forward(&attn, &rows)?, &block.post_attn_norm)?)?;
             let h = candle_nn::ops::rms_norm(&x, &block.ffn_norm, c.eps as f32)?;
             let gated = self.gated(block.gate.forward(&h, &rows)?, &block.up.forward(&h, &rows)?)?;
-            x = (x + block.down.forward(&gated, &rows)?)?;
+            x = (x + norm(block.down.forward(&gated, &rows)?, &block.post_ffn_norm)?)?;
             if let Some((rows, _, deepstack)) = &visual {
                 if let Some(features) = deepstack.get(layer) {
                     x = x.index_add(rows, features, 0)?;
@@ -206,7 +235,10 @@ impl Llama {
         if hidden {
             return last.to_vec2::<f32>();
         }
-        let logits = self.output.forward(&last)?;
+        let mut logits = self.output.forward(&last)?;
+        if let Some(cap) = c.logit_softcap {
+            logits = ((logits / cap as f64)?.tanh()? * cap as f64)?;
+        }
         logits.to_vec2::<f32>()
     }
 
@@ -215,8 +247,12 @@ impl Llama {
         self.loops.unwrap_or(Simd::Portable)
     }
 
-    /// `silu(gate) · up`: one pass on the loops where the model's kernels have them, else candle's ops.
+    /// `act(gate) · up`: SiLU in one pass on the loops where the model's kernels have them, else
+    /// candle's ops.
     fn gated(&self, gate: Tensor, up: &Tensor) -> Result<Tensor> {
+        if self.config.activation == Activation::GeluTanh {
+            return gate.gelu()? * up;
+        }
         let Some(simd) = self.loops else { return candle_nn::ops::silu(&gate)? * up };
         let shape = gate.shape().clone();
         let mut values = gate.flatten_all()?.to_vec1::<f32>()?;
@@ -250,15 +286,15 @@ impl Llama {
         Ok(Some((Tensor::from_vec(rows, n, &Device::Cpu)?, Tensor::cat(&embeds, 0)?, deepstack)))
     }
 
-    fn rope(&self, row: &mut [f32], pos: [usize; 3]) {
+    fn rope(&self, table: &RopeTable, row: &mut [f32], pos: [usize; 3]) {
         let d = self.config.head_dim;
         let half = d / 2;
         let mut cos = [0f32; 256];
         let mut sin = [0f32; 256];
         for (j, &axis) in self.rope_axis.iter().enumerate() {
             let p = pos[axis].min(self.config.context - 1);
-            cos[j] = self.cos[p * half + j];
-            sin[j] = self.sin[p * half + j];
+            cos[j] = table.cos[p * half + j];
+            sin[j] = table.sin[p * half + j];
         }
         for head in row.chunks_exact_mut(d) {
             if self.config.rope_halves {
@@ -278,9 +314,16 @@ impl Llama {
     }
 
     /// Causal attention of each sequence's new tokens over its cache; returns `[tokens, heads·head_dim]`.
-    fn attention(&self, inputs: &[StepInput<'_>], starts: &[usize], layer: usize, q: &[f32]) -> Result<Vec<f32>> {
+    fn attention(
+        &self,
+        inputs: &[StepInput<'_>],
+        starts: &[usize],
+        layer: usize,
+        q: &[f32],
+        shape: HeadShape,
+    ) -> Result<Vec<f32>> {
         let c = &self.config;
-        let (d, q_width) = (c.head_dim, c.heads * c.head_dim);
+        let q_width = c.heads * c.head_dim;
         let mut out = vec![0f32; q.len()];
         let mut jobs = Vec::with_capacity(inputs.len());
         let (mut rest, mut row) = (out.as_mut_slice(), 0);
@@ -301,7 +344,6 @@ impl Llama {
             }
             row += n;
         }
-        let shape = HeadShape { heads: c.heads, kv_heads: c.kv_heads, head_dim: d };
         let simd = self.attention_loops();
         match simd.fma() {
             // Prompt rows as matrix products (every prompt row, whatever its chunk, so a position's
