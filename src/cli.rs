@@ -128,6 +128,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let (settings, roster) = Settings::load(&overrides)?;
     crate::telemetry::logging::init(settings.log_format);
+    settings.warn_about_environment();
     actix_web::rt::System::new().block_on(async move {
         let runtime = crate::runtime::Runtime::start(settings, &roster)?;
         crate::http::serve(runtime).await?;

@@ -70,6 +70,9 @@ pub enum ApiError {
     /// Something broke on our side (500).
     #[error("{0}")]
     Internal(String),
+    /// An upstream model's server did not answer, or broke off (502).
+    #[error("{0}")]
+    BadGateway(String),
 }
 
 impl ApiError {
@@ -124,6 +127,7 @@ impl ApiError {
             ApiError::RequestTimeout(_) => 408,
             ApiError::Timeout(_) => 504,
             ApiError::Internal(_) => 500,
+            ApiError::BadGateway(_) => 502,
         }
     }
 
@@ -142,6 +146,7 @@ impl ApiError {
             ApiError::Timeout(_) => ("server_error", None, Some("timeout")),
             ApiError::RequestTimeout(_) => ("invalid_request_error", None, Some("request_timeout")),
             ApiError::Internal(_) => ("server_error", None, Some("internal_error")),
+            ApiError::BadGateway(_) => ("server_error", None, Some("upstream_error")),
         }
     }
 

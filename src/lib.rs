@@ -23,4 +23,5 @@ pub mod rerank;
 pub mod runtime;
 pub mod shutdown;
 pub mod telemetry;
+pub mod upstream;
 pub mod vision;

@@ -16,6 +16,7 @@ use crate::models::{locate, Resolved, Sources};
 use crate::rerank::RerankModel;
 use crate::telemetry::lifecycle_metrics::{Label, LifecycleMetrics};
 use crate::telemetry::Metrics;
+use crate::upstream::UpstreamModel;
 use sis_actors::{Admission, EventBus, ModelActorConfig, ModelState, ModelStatus, Registry, Subscribe, WarmupActor};
 
 /// A served model's request path: the capability object that requests go through.
@@ -28,6 +29,8 @@ pub enum RequestPath {
     Audio(Box<AudioModel>),
     /// Rerank (a cross-encoder).
     Rerank(Box<RerankModel>),
+    /// Forwarded to another OpenAI-compatible server.
+    Upstream(Box<UpstreamModel>),
     /// A model that could not start (its files were not found, or do not describe a model sis can
     /// run): it is listed as `failed` with its reason, and requests for it get 503, while the rest of
     /// the roster serves. The admission queue is an empty one of capacity 0, for `/health`.
@@ -94,6 +97,7 @@ impl ServedModel {
             RequestPath::Chat(m) => m.admission(),
             RequestPath::Audio(m) => m.admission(),
             RequestPath::Rerank(m) => m.admission(),
+            RequestPath::Upstream(m) => m.admission(),
             RequestPath::Failed(admission) => admission,
         }
     }
@@ -181,6 +185,9 @@ impl Runtime {
     /// Finds a model's files and starts its actors; a model that cannot start is registered as failed
     /// with its reason, so that one bad entry never takes the rest of the roster down.
     fn resolve_and_start(&self, mut entry: ModelEntry) -> ServedModel {
+        if entry.upstream.is_some() {
+            return self.start_upstream(entry.clone()).unwrap_or_else(|error| self.failed_model(entry, &error));
+        }
         let started = locate(&mut entry, &Sources::new(&self.settings))
             .map_err(anyhow::Error::from)
             .and_then(|resolved| self.start_model(entry.clone(), resolved));
@@ -188,6 +195,24 @@ impl Runtime {
             Ok(served) => served,
             Err(error) => self.failed_model(entry, &error),
         }
+    }
+
+    /// The registry entry of a model another server answers: no files, no actors.
+    fn start_upstream(&self, entry: ModelEntry) -> anyhow::Result<ServedModel> {
+        let settings = ModelSettings::resolve(&entry, &self.settings);
+        let upstream = UpstreamModel::new(&entry, &settings)?;
+        upstream.watch();
+        tracing::info!(model = %entry.id, upstream = %upstream.reachability().url, "model served by its upstream");
+        Ok(ServedModel {
+            status: ModelStatus::ready(entry.id.as_str()),
+            entry,
+            settings,
+            path: RequestPath::Upstream(Box::new(upstream)),
+            kernels: Vec::new(),
+            created: unix_now(),
+            origin: "upstream",
+            threads: ModelThreads::default(),
+        })
     }
 
     /// The registry entry of a model that could not start.

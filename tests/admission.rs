@@ -95,12 +95,12 @@ fn a_request_that_panics_the_engine_fails_alone_and_the_model_restarts() {
     for r in &queued {
         assert_eq!(r.status, 200, "requests that shared the batch or queued behind it are served: {}", r.text);
     }
-    let health = server.wait_health("the model to be ready again", |h| h["models"][MINILM]["state"] == "ready");
+    let health = server.wait_health("the model to be ready again", |h| h["actors"][MINILM]["state"] == "ready");
     // One restart if the poisoned request ran alone; two if it first shared a batch (the batcher then
     // retries each request of that batch alone, and the poisoned one panics again).
-    let restarts = health["models"][MINILM]["restarts"].as_f64().unwrap();
+    let restarts = health["actors"][MINILM]["restarts"].as_f64().unwrap();
     assert!(restarts == 1.0 || restarts == 2.0, "restarts: {restarts}");
-    assert!(health["models"][MINILM]["last_error"].as_str().unwrap_or("").contains("panicked"));
+    assert!(health["actors"][MINILM]["last_error"].as_str().unwrap_or("").contains("panicked"));
     let after = server.embed(json!({ "model": MINILM, "input": "after the restart" }));
     assert_eq!(after.status, 200);
     let metrics = server.metrics();

@@ -152,7 +152,7 @@ fn beam_search_is_the_default_and_hears_better_than_greedy() {
     let dir = tempfile::tempdir().unwrap();
     let server = server();
     let health = server.get("/health").json();
-    let search = &health["models"][WHISPER]["settings"]["audio"]["search"];
+    let search = &health["actors"][WHISPER]["settings"]["audio"]["search"];
     assert_eq!(search["beam_size"], 5, "{search}");
     assert_eq!(search["best_of"], 5, "{search}");
     let (mut greedy_errors, mut beam_errors) = (0.0, 0.0);
@@ -296,7 +296,9 @@ fn a_long_recording_is_transcribed_window_by_window() {
     assert_eq!(words_of(&spelled.join(" ")), words_of(heard), "the words spell the text");
 
     // srt and vtt carry the same segments.
-    let srt = transcribe(&server, &wav, &[("response_format", "srt")]).text;
+    let srt = transcribe(&server, &wav, &[("response_format", "srt")]);
+    assert_eq!(srt.headers["content-type"], "application/x-subrip; charset=utf-8", "SubRip's type, as the seed sends");
+    let srt = srt.text;
     let vtt = transcribe(&server, &wav, &[("response_format", "vtt")]).text;
     assert!(vtt.starts_with("WEBVTT\n\n"));
     let cues: Vec<&str> = srt.trim().split("\n\n").collect();
@@ -415,7 +417,7 @@ fn audio_load_does_not_hold_up_embeddings() {
         assert_eq!(r.status, 200, "{}", r.text);
         started.elapsed().as_secs_f64() * 1e3
     };
-    let audio_in_flight = || server.get("/health").json()["audio_queues"][WHISPER]["depth"].as_u64().unwrap();
+    let audio_in_flight = || server.get("/health").json()["actors"][WHISPER]["queue_depth"].as_u64().unwrap();
     const SAMPLES: usize = 15;
 
     // Idle: a few requests to settle, then the measurement.
@@ -793,7 +795,7 @@ fn hub_layout_whisper_served_by_its_repo_id() {
         .env("MODELS", "openai/whisper-tiny.en")
         .start();
     let health = server.get("/health").json();
-    assert_eq!(health["models"]["openai/whisper-tiny.en"]["capabilities"], json!(["audio"]), "{health}");
+    assert_eq!(health["actors"]["openai/whisper-tiny.en"]["capabilities"], json!(["audio"]), "{health}");
     let dir = tempfile::tempdir().unwrap();
     let wav = speak(dir.path(), "short", SHORT);
     let r = upload(&server, "/v1/audio/transcriptions", "openai/whisper-tiny.en", &wav, &[]);

@@ -86,9 +86,9 @@ fn dimensions_keep_a_non_normalizing_model_raw() {
     assert!(cosine > 0.9999, "same direction: {cosine}");
 
     let health = server.get("/health").json();
-    let settings = |id: &str| health["models"][id]["settings"].clone();
-    assert_eq!(settings("minilm-raw")["embeddings"]["batch_window_ms"], 1);
-    assert_eq!(settings(MINILM)["embeddings"]["batch_window_ms"], 5);
+    let settings = |id: &str| health["actors"][id]["settings"].clone();
+    assert_eq!(settings("minilm-raw")["embeddings"]["batch_window_ms"], 1.0);
+    assert_eq!(settings(MINILM)["embeddings"]["batch_window_ms"], 5.0);
     assert_eq!(settings(MINILM)["capability"], "embedding");
     assert!(settings(MINILM)["queue"]["max_queue_size"].as_u64().unwrap() > 0);
 }
@@ -147,7 +147,7 @@ fn bf16_dense_layers_stay_within_1e_3_cosine_of_full_precision() {
     // Each model says which dense kernel it chose; f32 never takes bf16, and where the default did, its
     // vectors are not the f32 ones.
     let health = server.get("/health").json();
-    let dense = |id: &str| health["models"][id]["kernels"][0].as_str().unwrap_or_default().to_string();
+    let dense = |id: &str| health["actors"][id]["kernels"][0].as_str().unwrap_or_default().to_string();
     assert!(dense(MINILM).starts_with("dense: "), "{health}");
     assert!(!dense("minilm-f32").starts_with("dense: bf16"), "{}", dense("minilm-f32"));
     if dense(MINILM).starts_with("dense: bf16") {
@@ -239,20 +239,29 @@ fn models_health_and_metrics_describe_the_server() {
     let minilm = models["data"].as_array().unwrap().iter().find(|m| m["id"] == MINILM).expect("listed");
     assert_eq!(minilm["object"], "model");
     assert_eq!(minilm["dimensions"], 384);
+    assert_eq!(minilm["embedding_dimensions"], 384, "the seed's name");
     assert_eq!(minilm["capabilities"], json!(["embeddings"]));
     assert!(minilm["created"].is_u64() && minilm["owned_by"].is_string());
 
     let health = server.get("/health").json();
     assert_eq!(health["status"], "ok");
-    let model = &health["models"][MINILM];
+    let model = &health["actors"][MINILM];
     assert_eq!(model["state"], "ready");
     assert_eq!(model["restarts"], 0);
     assert!(model["queue_capacity"].as_u64().unwrap() > 0);
     assert_eq!(model["warmup"]["ok"], true);
+    // The seed's keys, in the seed's shapes.
+    assert_eq!(health["models"], json!([MINILM]));
     assert_eq!(health["warmup"]["ok_models"], json!([MINILM]));
-    assert_eq!(health["warmup"]["capabilities"]["embeddings"], true);
+    assert_eq!(health["warmup"]["capabilities"][MINILM]["embeddings"], true);
+    assert_eq!((&health["warmup"]["required"], &health["warmup"]["completed"]), (&json!(true), &json!(true)));
+    assert_eq!((&health["warmup"]["failures"], &health["warmup_failures"]), (&json!([]), &json!([])));
     assert_eq!(health["runtime_config"]["warmup"]["steps"], 1, "runtime_config shows the effective env value");
-    assert!(health["embedding_batch_queues"][MINILM].is_object());
+    assert_eq!(health["runtime_config"]["warmup_steps"], 1, "and under the seed's flat key");
+    assert_eq!(health["runtime_config"]["batch_window_ms"], 5.0);
+    let queue = &health["embedding_batch_queues"][0];
+    assert_eq!((&queue["model"], &queue["size"]), (&json!(MINILM), &json!(0)));
+    assert!(queue["max_size"].as_u64().unwrap() > 0);
     assert_eq!(server.get("/health/live").status, 200);
     assert_eq!(server.get("/health/ready").json()["models"][MINILM], "ready");
 
@@ -281,4 +290,10 @@ fn models_health_and_metrics_describe_the_server() {
     assert_eq!(ok, Some(2.0));
     let ready = metric(&metrics, &format!("model_state{{model=\"{MINILM}\",state=\"ready\"}}"));
     assert_eq!(ready, Some(1.0));
+
+    // A name no model answers to is counted too, under one fixed label; `/metrics/` is the seed's path.
+    server.embed(json!({ "model": "no-such-model", "input": "x" })).expect_error(404);
+    let metrics = server.get("/metrics/");
+    assert_eq!(metrics.status, 200);
+    assert_eq!(metric(&metrics.text, "embedding_requests_total{model=\"_unknown\",status=\"404\"}"), Some(1.0));
 }

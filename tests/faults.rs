@@ -34,8 +34,8 @@ fn restarts(server: &TestServer, model: &str) -> Option<f64> {
 fn a_model_whose_first_loads_fail_is_retried_with_backoff_until_it_serves() {
     let server = TestServer::builder().roster(&entry(MINILM, "fault_load_failures = 2")).env("MODELS", "").start();
     let health = server.get("/health").json();
-    assert_eq!(health["models"][MINILM]["state"], "ready");
-    assert_eq!(health["models"][MINILM]["restarts"], 2);
+    assert_eq!(health["actors"][MINILM]["state"], "ready");
+    assert_eq!(health["actors"][MINILM]["restarts"], 2);
     assert_eq!(embed(&server, MINILM, "hello").status, 200);
     assert_eq!(restarts(&server, MINILM), Some(2.0));
     let loading = format!("model_lifecycle_events_total{{model=\"{MINILM}\",state=\"loading\"}}");
@@ -48,10 +48,10 @@ fn a_model_that_never_loads_is_failed_and_its_neighbour_is_untouched() {
     let server =
         TestServer::builder().roster(&roster).env("MODELS", "").env("MODEL_MAX_RESTARTS", 2).live_only().start();
     let health = server.wait_health("the broken model to fail for good", |h| {
-        h["models"][BROKEN]["state"] == "failed" && h["models"][MINILM]["state"] == "ready"
+        h["actors"][BROKEN]["state"] == "failed" && h["actors"][MINILM]["state"] == "ready"
     });
-    assert!(health["models"][BROKEN]["last_error"].as_str().unwrap().contains("load failure"));
-    assert_eq!(health["models"][BROKEN]["restarts"], 2, "restarts stop at the budget");
+    assert!(health["actors"][BROKEN]["last_error"].as_str().unwrap().contains("load failure"));
+    assert_eq!(health["actors"][BROKEN]["restarts"], 2, "restarts stop at the budget");
     // /health answers 503 while a model has failed; the failed model answers 503 too.
     assert_eq!(server.get("/health").status, 503);
     assert_eq!(server.get("/health/ready").status, 503);
@@ -65,14 +65,14 @@ fn a_model_that_never_loads_is_failed_and_its_neighbour_is_untouched() {
     assert_eq!(metric(&metrics, &format!("model_state{{model=\"{MINILM}\",state=\"ready\"}}")), Some(1.0));
     // It stays failed: no restart loop.
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(server.get("/health").json()["models"][BROKEN]["restarts"], 2);
+    assert_eq!(server.get("/health").json()["actors"][BROKEN]["restarts"], 2);
 }
 
 #[test]
 fn a_warmup_that_panics_restarts_the_model_which_then_serves() {
     let server = TestServer::builder().roster(&entry(MINILM, "fault_warmup_panics = 1")).env("MODELS", "").start();
     let health = server.get("/health").json();
-    let model = &health["models"][MINILM];
+    let model = &health["actors"][MINILM];
     assert_eq!(model["state"], "ready");
     assert_eq!(model["restarts"], 1);
     assert!(model["last_error"].as_str().unwrap().contains("warmup panic"), "{model}");
@@ -93,8 +93,8 @@ fn a_batch_error_fails_only_its_request_and_the_model_recovers() {
     for i in 0..5 {
         assert_eq!(embed(&server, MINILM, &format!("after {i}")).status, 200);
     }
-    let health = server.wait_health("the model to be ready again", |h| h["models"][MINILM]["state"] == "ready");
-    assert_eq!(health["models"][MINILM]["restarts"], 1);
+    let health = server.wait_health("the model to be ready again", |h| h["actors"][MINILM]["state"] == "ready");
+    assert_eq!(health["actors"][MINILM]["restarts"], 1);
     assert_eq!(restarts(&server, MINILM), Some(1.0));
 }
 
@@ -112,17 +112,17 @@ fn repeated_panics_mark_the_model_failed_instead_of_restarting_forever() {
         let r = embed(&server, BROKEN, &format!("PANIC {i}"));
         assert_eq!(r.status, 500, "{}", r.text);
         server.wait_health("the model to settle", |h| {
-            matches!(h["models"][BROKEN]["state"].as_str(), Some("ready" | "failed"))
+            matches!(h["actors"][BROKEN]["state"].as_str(), Some("ready" | "failed"))
         });
     }
     let health = server.get("/health").json();
-    assert_eq!(health["models"][BROKEN]["state"], "failed");
-    assert_eq!(health["models"][BROKEN]["restarts"], 2);
+    assert_eq!(health["actors"][BROKEN]["state"], "failed");
+    assert_eq!(health["actors"][BROKEN]["restarts"], 2);
     // From now on it answers 503, even to healthy input; the neighbour is untouched.
     assert!(embed(&server, BROKEN, "healthy text").expect_error(503).contains("panicked"));
     assert_eq!(embed(&server, MINILM, "healthy text").status, 200);
     assert_eq!(restarts(&server, BROKEN), Some(2.0));
-    let failed: Value = health["models"][BROKEN].clone();
+    let failed: Value = health["actors"][BROKEN].clone();
     assert!(failed["last_error"].as_str().unwrap().contains("panicked"), "{failed}");
 }
 
@@ -274,9 +274,9 @@ fn a_chat_step_that_panics_fails_its_batch_cleanly_and_the_model_serves_again() 
     assert!(ends.iter().any(|e| matches!(e, StreamEnd::Failed { .. })), "{ends:?}");
 
     let health = server.wait_health("the chat model to be back", |h| {
-        h["models"][FAULTY_CHAT]["state"] == "ready" && h["models"][FAULTY_CHAT]["restarts"] == 1
+        h["actors"][FAULTY_CHAT]["state"] == "ready" && h["actors"][FAULTY_CHAT]["restarts"] == 1
     });
-    let model = &health["models"][FAULTY_CHAT];
+    let model = &health["actors"][FAULTY_CHAT];
     assert!(model["last_error"].as_str().unwrap().contains("fault injection"), "{model}");
     assert_eq!(answer(&server.chat(france())), before, "the reloaded model answers as before");
 
@@ -291,8 +291,8 @@ fn a_chat_step_that_panics_fails_its_batch_cleanly_and_the_model_serves_again() 
     // Sent while the model reloads: it waits in the queue and is served by the new engine.
     assert_eq!(answer(&server.chat(france())), before);
 
-    let health = server.wait_health("the second restart", |h| h["models"][FAULTY_CHAT]["state"] == "ready");
-    assert_eq!(health["models"][FAULTY_CHAT]["restarts"], 2);
+    let health = server.wait_health("the second restart", |h| h["actors"][FAULTY_CHAT]["state"] == "ready");
+    assert_eq!(health["actors"][FAULTY_CHAT]["restarts"], 2);
     assert_eq!(restarts(&server, FAULTY_CHAT), Some(2.0));
     // Every request that failed is counted with its error's status, streamed or not: the two poisoned
     // requests and the stories that shared the panicking step.

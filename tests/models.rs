@@ -29,7 +29,7 @@ fn cached_repo(cache: &Path, repo: &str, files: &[(&str, &Path)]) {
 }
 
 fn model_state(health: &Value, id: &str) -> String {
-    health["models"][id]["state"].as_str().unwrap_or_default().to_string()
+    health["actors"][id]["state"].as_str().unwrap_or_default().to_string()
 }
 
 fn capital_of_france(server: &TestServer, model: &str) -> String {
@@ -74,11 +74,11 @@ fn hub_ids_are_served_by_name_with_their_kind_read_from_their_files() {
         model_state(h, "acme/minilm") == "ready" && model_state(h, "acme/smol-GGUF") == "ready"
     });
     assert_eq!(model_state(&health, "acme/mamba"), "failed");
-    let reason = health["models"]["acme/mamba"]["last_error"].as_str().unwrap();
+    let reason = health["actors"]["acme/mamba"]["last_error"].as_str().unwrap();
     assert!(reason.contains("MambaForTokens") && reason.contains("kind"), "{reason}");
     assert_eq!(health["status"], "unhealthy", "a failed model makes the server unhealthy");
-    assert_eq!(health["models"]["acme/minilm"]["capabilities"], json!(["embeddings"]));
-    assert_eq!(health["models"]["acme/smol-GGUF"]["capabilities"], json!(["chat"]));
+    assert_eq!(health["actors"]["acme/minilm"]["capabilities"], json!(["embeddings"]));
+    assert_eq!(health["actors"]["acme/smol-GGUF"]["capabilities"], json!(["chat"]));
 
     let v = server.embed(json!({ "model": "acme/minilm", "input": [FOOD, BREAD] })).vectors();
     assert!((dot(&v[0], &v[1]) - 0.755).abs() < 0.01, "cos = {}", dot(&v[0], &v[1]));
@@ -112,7 +112,7 @@ models:
         server.embed(json!({ "model": "sentence-transformers/all-MiniLM-L6-v2", "input": [FOOD, BREAD] })).vectors();
     assert!((dot(&v[0], &v[1]) - 0.755).abs() < 0.01);
     let health = server.get("/health").json();
-    assert_eq!(health["models"].as_object().unwrap().len(), 1, "only what MODELS names: {health}");
+    assert_eq!(health["actors"].as_object().unwrap().len(), 1, "only what MODELS names: {health}");
     drop(server);
 
     // With sis's own roster, a Hub repo id finds the entry for that repo (its package mirror and

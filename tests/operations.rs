@@ -87,12 +87,12 @@ fn admin_reload_adds_replaces_and_removes_models_without_dropping_requests() {
     assert_eq!(report["replaced"], json!([MINILM]), "{report}");
     assert_eq!(server.embed(embed_body(copy)).status, 200);
     let health = server.get("/health").json();
-    assert_eq!(health["models"][MINILM]["queue_capacity"], 7, "the changed entry is served");
+    assert_eq!(health["actors"][MINILM]["queue_capacity"], 7, "the changed entry is served");
 
     // Remove the copy again, this time with SIGHUP.
     std::fs::write(server.roster_path(), minilm_entry(MINILM, "max_queue_size = 7")).unwrap();
     server.signal("HUP");
-    server.wait_health("the copy to be removed", |h| h["models"].get(copy).is_none());
+    server.wait_health("the copy to be removed", |h| h["actors"].get(copy).is_none());
     assert!(server.embed(embed_body(copy)).expect_error(404).contains(copy));
     assert_eq!(server.embed(embed_body(MINILM)).status, 200);
 
@@ -286,4 +286,40 @@ fn sigterm_under_load_answers_every_accepted_request() {
     let statuses: Vec<u16> = outcomes.iter().filter_map(|o| o.as_ref().ok().copied()).collect();
     assert!(statuses.iter().all(|s| *s == 200 || *s == 503), "{statuses:?}");
     assert!(statuses.contains(&200), "served before the signal");
+}
+
+/// The seed's habits: its environment (fallbacks, a fractional window, a setting-like name sis does
+/// not read, named in one start-up warning and in `/health`) and its benchmark scripts' flags and
+/// variables on `sis bench`.
+#[test]
+fn the_seeds_environment_and_benchmark_flags_work_as_in_the_seed() {
+    let server = TestServer::builder()
+        .env("BATCH_WINDOW_MS", "2.5")
+        .env("MAX_QUEUE_SIZE", "40")
+        .env("SIS_BATCH_WINDOW", "3")
+        .start();
+    let health = server.get("/health").json();
+    let config = &health["runtime_config"];
+    assert_eq!((&config["batch_window_ms"], &config["max_queue_size"]), (&json!(2.5), &json!(40)));
+    assert_eq!(config["chat_batch_queue_size"], 40, "MAX_QUEUE_SIZE reaches chat too");
+    let ignored = config["ignored_env"].as_array().unwrap();
+    assert!(ignored.contains(&json!("SIS_BATCH_WINDOW")) && !ignored.contains(&json!("MAX_QUEUE_SIZE")), "{ignored:?}");
+    let log = server.log();
+    assert!(log.contains("look like settings") && log.contains("SIS_BATCH_WINDOW"), "{log}");
+
+    // `sis bench` with the seed's flags, then with its variables.
+    let bench = |args: &[&str], env: &[(&str, &str)]| -> Value {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sis"))
+            .args(["bench", "embeddings", "--concurrency", "2", "--json"])
+            .args(args)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let flags = bench(&["--base-url", &server.base, "--model-name", MINILM, "--n-requests", "4"], &[]);
+    assert_eq!((&flags["requests"], &flags["completed"]), (&json!(4), &json!(4)));
+    let vars = bench(&["--n-requests", "3"], &[("BASE_URL", &server.base), ("MODEL_NAME", MINILM)]);
+    assert_eq!((&vars["requests"], &vars["completed"]), (&json!(3), &json!(3)));
 }

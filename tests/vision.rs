@@ -60,8 +60,9 @@ fn images_take_the_prompt_tokens_the_processor_computes() {
     tiny_qwen3_vl::write(dir.path());
     let server = server(dir.path(), &[]);
     let health = server.get("/health").json();
-    assert_eq!(health["models"][MODEL]["capabilities"], json!(["vision"]));
-    assert!(health["vision_queues"][MODEL].is_object());
+    assert_eq!(health["actors"][MODEL]["capabilities"], json!(["vision"]));
+    assert_eq!(health["vision_queues"][0]["model"], MODEL);
+    assert_eq!(health["chat_batch_queues"][0]["model"], MODEL, "the seed counts vision models as chat");
 
     let png = data_uri("image/png", &image(64, 64, image::ImageFormat::Png));
     let jpeg = data_uri("image/jpeg", &image(96, 64, image::ImageFormat::Jpeg));

@@ -94,6 +94,13 @@ impl ModelStatus {
         status
     }
 
+    /// The status of a model that runs no actor here (another server answers it): `ready` at once.
+    pub fn ready(model: impl Into<Arc<str>>) -> Arc<Self> {
+        let status = Self::new(model);
+        status.set_state(ModelState::Ready);
+        status
+    }
+
     /// The model id.
     pub fn model(&self) -> &Arc<str> {
         &self.model

@@ -12,7 +12,7 @@ pub mod formats;
 use actix::prelude::*;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::config::ModelSettings;
 use crate::deadline::within;
@@ -21,6 +21,7 @@ pub use crate::engines::whisper::{Task, Transcript};
 use crate::error::ApiError;
 use crate::faults::{Faults, FaultyLoader};
 use crate::runtime::{Launch, RequestPath, Runtime};
+use crate::telemetry::outcome::{Counted, Outcome};
 use crate::telemetry::Metrics;
 use sis_actors::{Admission, Batcher, BatcherConfig, ModelActor, Submit};
 
@@ -57,18 +58,19 @@ pub struct TranscriptionRequest {
 /// Transcribes (or translates) with the model the request names; records `audio_requests_total` and
 /// latency for every outcome of a served model.
 pub async fn transcribe(runtime: &Runtime, request: TranscriptionRequest) -> Result<Transcript, ApiError> {
-    let started = Instant::now();
-    let served = runtime.model(&request.model)?;
-    let id = served.settings.id.as_str();
-    let limit = served.settings.queue.request_timeout;
-    let result = match &served.path {
-        RequestPath::Audio(model) => within(limit, model.run(request)).await,
-        _ => Err(ApiError::invalid("model", format!("Model `{id}` does not support audio"))),
-    };
-    let status = result.as_ref().map_or_else(ApiError::status, |_| 200);
-    let m = &runtime.metrics;
-    m.audio_requests.with_label_values(&[id, &status.to_string()]).inc();
-    m.audio_latency.with_label_values(&[id]).observe(started.elapsed().as_secs_f64());
+    let mut outcome = Outcome::start(&runtime.metrics, Counted::Audio, &request.model);
+    let result = async {
+        let served = runtime.model(&request.model)?;
+        let id = served.settings.id.as_str();
+        outcome.resolved(id);
+        let limit = served.settings.queue.request_timeout;
+        match &served.path {
+            RequestPath::Audio(model) => within(limit, model.run(request)).await,
+            _ => Err(ApiError::invalid("model", format!("Model `{id}` does not support audio"))),
+        }
+    }
+    .await;
+    outcome.finish_with(&result);
     result
 }
 

@@ -10,17 +10,17 @@ use super::report::Report;
 /// Options of the audio benchmark.
 #[derive(Args, Debug)]
 pub struct AudioBench {
-    /// Server base URL.
-    #[arg(long, default_value = "http://127.0.0.1:8000")]
+    /// Server base URL (the seed's scripts: `--base-url`, `BASE_URL`).
+    #[arg(long, visible_alias = "base-url", env = "BASE_URL", default_value = "http://127.0.0.1:8000")]
     url: String,
-    /// Model id.
-    #[arg(long, default_value = "whisper-tiny.en")]
+    /// Model id (the seed's scripts: `--model-name`, `MODEL_NAME`).
+    #[arg(long, visible_alias = "model-name", env = "MODEL_NAME", default_value = "whisper-tiny.en")]
     model: String,
     /// The audio file to send.
     #[arg(long)]
     file: std::path::PathBuf,
-    /// Requests to send.
-    #[arg(long, default_value_t = 20)]
+    /// Requests to send (the seed's scripts: `--n-requests`).
+    #[arg(long, visible_alias = "n-requests", default_value_t = 20)]
     requests: usize,
     /// Requests in flight at once.
     #[arg(long, default_value_t = 2)]

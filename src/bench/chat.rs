@@ -12,11 +12,11 @@ use super::report::{percentiles, Report};
 /// Options of the chat benchmark.
 #[derive(Args, Debug)]
 pub struct ChatBench {
-    /// Server base URL.
-    #[arg(long, default_value = "http://127.0.0.1:8000")]
+    /// Server base URL (the seed's scripts: `--base-url`, `BASE_URL`).
+    #[arg(long, visible_alias = "base-url", env = "BASE_URL", default_value = "http://127.0.0.1:8000")]
     url: String,
-    /// Model id.
-    #[arg(long, default_value = "SmolLM2-135M-Instruct")]
+    /// Model id (the seed's scripts: `--model-name`, `MODEL_NAME`).
+    #[arg(long, visible_alias = "model-name", env = "MODEL_NAME", default_value = "SmolLM2-135M-Instruct")]
     model: String,
     /// The user message (a run tag and request number go before it, so that prompts differ from
     /// their first tokens on and no server answers from a cached prefix, even across runs).
@@ -31,8 +31,8 @@ pub struct ChatBench {
     /// Requests in flight at once.
     #[arg(long, default_value_t = 8)]
     concurrency: usize,
-    /// Requests to send.
-    #[arg(long = "n-requests", default_value_t = 32)]
+    /// Requests to send (`--requests` as the other benchmarks spell it).
+    #[arg(long = "n-requests", visible_alias = "requests", default_value_t = 32)]
     n_requests: usize,
     /// Print the report as JSON.
     #[arg(long)]

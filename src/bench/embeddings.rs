@@ -10,14 +10,14 @@ use super::report::Report;
 /// Options of the embeddings benchmark.
 #[derive(Args, Debug)]
 pub struct EmbeddingsBench {
-    /// Server base URL.
-    #[arg(long, default_value = "http://127.0.0.1:8000")]
+    /// Server base URL (the seed's scripts: `--base-url`, `BASE_URL`).
+    #[arg(long, visible_alias = "base-url", env = "BASE_URL", default_value = "http://127.0.0.1:8000")]
     url: String,
-    /// Model id.
-    #[arg(long, default_value = "all-MiniLM-L6-v2")]
+    /// Model id (the seed's scripts: `--model-name`, `MODEL_NAME`).
+    #[arg(long, visible_alias = "model-name", env = "MODEL_NAME", default_value = "all-MiniLM-L6-v2")]
     model: String,
-    /// Requests to send.
-    #[arg(long, default_value_t = 2000)]
+    /// Requests to send (the seed's scripts: `--n-requests`).
+    #[arg(long, visible_alias = "n-requests", default_value_t = 2000)]
     requests: usize,
     /// Requests in flight at once.
     #[arg(long, default_value_t = 32)]

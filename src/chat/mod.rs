@@ -12,7 +12,7 @@ pub mod stream;
 use actix::prelude::*;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokenizers::Tokenizer;
 
 use crate::config::model::ChatModelSettings;
@@ -26,6 +26,7 @@ use crate::engines::chat::{ChatEvent, ChatLoader, ChatRequest};
 use crate::engines::vision::qwen3_vl::ImageInput;
 use crate::error::ApiError;
 use crate::runtime::{Launch, RequestPath, Runtime};
+use crate::telemetry::outcome::{Counted, Outcome};
 use crate::telemetry::Metrics;
 use crate::vision::VisionInputs;
 pub use request::{CompletionRequest, Content, Detail, ImageRef, Message, Part, ResponseFormat};
@@ -41,22 +42,26 @@ pub type ChatGenerate = Generate<ChatRequest, ChatEvent>;
 /// records the rest of the request's metrics. The request timeout covers the whole completion, or for a
 /// streaming request the time until the sequence joins the batch.
 pub async fn complete(runtime: &Runtime, request: CompletionRequest) -> Result<ChatStream, ApiError> {
-    let started = Instant::now();
-    let served = runtime.model(&request.model)?;
-    let id = served.settings.id.as_str();
-    let limit = served.settings.queue.request_timeout;
+    let mut outcome = Outcome::start(&runtime.metrics, Counted::Chat, &request.model);
     let stream = request.stream;
-    let result = match &served.path {
-        RequestPath::Chat(model) => within(limit, model.start(request)).await,
-        _ => Err(ApiError::invalid("model", format!("Model `{id}` does not support chat completions"))),
-    };
-    match result {
-        Ok((events, prompt_tokens)) => {
+    let started = async {
+        let served = runtime.model(&request.model)?;
+        let id = served.settings.id.as_str();
+        outcome.resolved(id);
+        let limit = served.settings.queue.request_timeout;
+        match &served.path {
+            RequestPath::Chat(model) => Ok((within(limit, model.start(request)).await?, served.clone(), limit)),
+            _ => Err(ApiError::invalid("model", format!("Model `{id}` does not support chat completions"))),
+        }
+    }
+    .await;
+    match started {
+        Ok(((events, prompt_tokens), served, limit)) => {
             let limit = (!stream).then_some(limit);
-            Ok(ChatStream::new(served.clone(), events, prompt_tokens, runtime.metrics.clone(), started, limit))
+            Ok(ChatStream::new(served, events, prompt_tokens, runtime.metrics.clone(), outcome, limit))
         }
         Err(error) => {
-            stream::record(&runtime.metrics, id, error.status(), started);
+            outcome.failed(&error);
             Err(error)
         }
     }

@@ -12,6 +12,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use crate::engines::chat::ChatEvent;
 use crate::error::ApiError;
 use crate::runtime::{RequestPath, ServedModel};
+use crate::telemetry::outcome::Outcome;
 use crate::telemetry::Metrics;
 use sis_actors::SequenceMessage;
 
@@ -52,6 +53,8 @@ pub struct ChatStream {
     served: Arc<ServedModel>,
     metrics: Arc<Metrics>,
     started: Instant,
+    /// Its line in `chat_requests_total`: recorded when it ends, or as 499 when dropped before.
+    outcome: Option<Outcome>,
     last_token: Option<Instant>,
     /// Where the whole completion must be done by (non-streaming requests).
     deadline: Option<(tokio::time::Instant, Duration)>,
@@ -65,9 +68,10 @@ impl ChatStream {
         events: UnboundedReceiver<SequenceMessage<ChatEvent>>,
         prompt_tokens: usize,
         metrics: Arc<Metrics>,
-        started: Instant,
+        outcome: Outcome,
         limit: Option<Duration>,
     ) -> Self {
+        let started = outcome.started();
         let created =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         let deadline = limit.map(|l| (tokio::time::Instant::from_std(started) + l, l));
@@ -80,6 +84,7 @@ impl ChatStream {
             served,
             metrics,
             started,
+            outcome: Some(outcome),
             last_token: None,
             deadline,
             pending: None,
@@ -146,7 +151,9 @@ impl ChatStream {
         self.ended = true;
         let m = &self.metrics;
         let model = [self.model.as_str()];
-        record(m, &self.model, 200, self.started);
+        if let Some(outcome) = self.outcome.take() {
+            outcome.finish(200);
+        }
         m.chat_tokens.with_label_values(&model).inc_by(completion_tokens as u64);
         m.chat_prompt_tokens.with_label_values(&model).inc_by(self.prompt_tokens as u64);
         Finished { finish_reason, prompt_tokens: self.prompt_tokens, completion_tokens }
@@ -154,13 +161,9 @@ impl ChatStream {
 
     fn fail(&mut self, error: ApiError) -> ChatChunk {
         self.ended = true;
-        record(&self.metrics, &self.model, error.status(), self.started);
+        if let Some(outcome) = self.outcome.take() {
+            outcome.finish(error.status());
+        }
         ChatChunk::Failed(error)
     }
-}
-
-/// `chat_requests_total{model,status}` and `chat_request_latency_seconds` for a request's outcome.
-pub(super) fn record(metrics: &Metrics, model: &str, status: u16, started: Instant) {
-    metrics.chat_requests.with_label_values(&[model, &status.to_string()]).inc();
-    metrics.chat_latency.with_label_values(&[model]).observe(started.elapsed().as_secs_f64());
 }

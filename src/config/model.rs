@@ -60,7 +60,7 @@ pub struct QueueSettings {
 #[derive(Debug, Clone, Serialize)]
 pub struct EmbeddingModelSettings {
     /// Batch window after the first text, in milliseconds.
-    pub batch_window_ms: u64,
+    pub batch_window_ms: f64,
     /// Texts per batch.
     pub batch_max_size: usize,
     /// Tokens per batch.
@@ -209,7 +209,7 @@ mod tests {
             &[("BATCH_WINDOW_MS", "4"), ("DEFAULT_TOP_P", "0.5"), ("VISION_MAX_QUEUE_SIZE", "5")],
         );
         let e = models[0].embeddings.as_ref().unwrap();
-        assert_eq!((e.batch_window_ms, models[0].queue.max_queue_size), (9, 3));
+        assert_eq!((e.batch_window_ms, models[0].queue.max_queue_size), (9.0, 3));
         let c = models[1].chat.as_ref().unwrap();
         assert_eq!((c.temperature, c.top_p, c.default_max_tokens), (0.1, 0.5, 17));
         assert_eq!(models[1].queue.max_concurrent, 2);

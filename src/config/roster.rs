@@ -39,6 +39,10 @@ pub enum Capability {
 }
 
 impl Capability {
+    /// Every capability.
+    pub const ALL: [Capability; 5] =
+        [Capability::Embeddings, Capability::Chat, Capability::Audio, Capability::Vision, Capability::Rerank];
+
     /// The capability name shown in `/health` and `/v1/models`.
     pub fn name(self) -> &'static str {
         match self {
@@ -180,7 +184,7 @@ pub struct ModelEntry {
     pub max_concurrent: Option<usize>,
     /// Per-model batch window.
     #[serde(default)]
-    pub batch_window_ms: Option<u64>,
+    pub batch_window_ms: Option<f64>,
     /// Per-model texts per batch.
     #[serde(default)]
     pub batch_max_size: Option<usize>,
@@ -205,6 +209,20 @@ pub struct ModelEntry {
     /// Speech: samples per fallback temperature when a request names none.
     #[serde(default)]
     pub best_of: Option<usize>,
+    /// An OpenAI-compatible base URL (`https://…/v1`) that serves this model: sis forwards its chat or
+    /// embeddings requests there instead of running weights (see [`crate::upstream`]).
+    #[serde(default)]
+    pub upstream: Option<String>,
+    /// The environment variable holding the upstream's API key (sent as a bearer token).
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// The model's name upstream, when it differs from `id`.
+    #[serde(default)]
+    pub upstream_model: Option<String>,
+    /// A warmup failure leaves the server healthy (the model serves without it); by default, as in
+    /// the seed, it makes `/health` unhealthy.
+    #[serde(default)]
+    pub warmup_optional: bool,
     /// Test hook: a text containing this marker makes the engine panic once
     /// (only honoured by builds with the `fault-injection` feature).
     #[serde(default)]
@@ -270,6 +288,10 @@ impl ModelEntry {
             max_tokens: None,
             beam_size: None,
             best_of: None,
+            upstream: None,
+            api_key_env: None,
+            upstream_model: None,
+            warmup_optional: false,
             fault_panic_marker: None,
             fault_load_failures: None,
             fault_warmup_panics: None,
@@ -412,8 +434,8 @@ impl Roster {
                     return Err(ConfigError::new(format!("model id or alias {name:?} appears twice")));
                 }
             }
-            if entry.repo.is_none() && entry.path.is_none() {
-                return Err(ConfigError::new(format!("model {:?} needs `repo` or `path`", entry.id)));
+            if entry.repo.is_none() && entry.path.is_none() && entry.upstream.is_none() {
+                return Err(ConfigError::new(format!("model {:?} needs `repo`, `path` or `upstream`", entry.id)));
             }
             let most = crate::engines::whisper::Search::MAX_WIDTH;
             for (key, width) in [("beam_size", entry.beam_size), ("best_of", entry.best_of)] {

@@ -81,8 +81,8 @@ pub struct EmbeddingSettings {
     /// Longest wait in the queue before 429 (`QUEUE_TIMEOUT_SEC`).
     #[serde(serialize_with = "as_secs")]
     pub queue_timeout: Duration,
-    /// Batch window after the first text (`BATCH_WINDOW_MS`).
-    pub batch_window_ms: u64,
+    /// Batch window after the first text (`BATCH_WINDOW_MS`; fractions of a millisecond allowed).
+    pub batch_window_ms: f64,
     /// Texts per batch (`BATCH_WINDOW_MAX_SIZE`).
     pub batch_max_size: usize,
     /// Tokens per batch (`EMBEDDING_BATCH_MAX_TOKENS`).
@@ -117,7 +117,7 @@ pub struct ChatSettings {
     /// Prompt tokens prefilled per step, so running sequences keep streaming (`CHAT_PREFILL_CHUNK`).
     pub prefill_chunk: usize,
     /// Accepted for compatibility; continuous batching admits at every step (`CHAT_BATCH_WINDOW_MS`).
-    pub batch_window_ms: u64,
+    pub batch_window_ms: f64,
     /// Longest a request may take before 504; a stream, until its first byte (`CHAT_REQUEST_TIMEOUT_SEC`).
     #[serde(serialize_with = "as_secs")]
     pub request_timeout: Duration,
@@ -173,6 +173,16 @@ pub struct ImageSettings {
     pub mime_allowlist: Vec<String>,
     /// Folder local image paths may point into (`LOCAL_IMAGE_DIR`; unset refuses local paths).
     pub local_dir: Option<PathBuf>,
+}
+
+/// GPU memory bounds of warmup workers (`WARMUP_VRAM_BUDGET_MB`, `WARMUP_VRAM_PER_WORKER_MB`). They
+/// apply to models on a GPU; on the CPU they are shown and have no effect.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct WarmupVram {
+    /// GPU memory all warmup workers of a device may use, in MiB.
+    pub budget_mb: Option<f64>,
+    /// GPU memory one warmup worker takes, in MiB.
+    pub per_worker_mb: Option<f64>,
 }
 
 /// Who may call the server, and from which web origins.
@@ -260,7 +270,39 @@ pub struct Settings {
     /// Warmup (`ENABLE_WARMUP`, `WARMUP_STEPS`, `WARMUP_BATCH_SIZE`, `WARMUP_ALLOWLIST`, `WARMUP_SKIPLIST`),
     /// handed as it is to the warmup actor.
     pub warmup: WarmupPolicy,
+    /// GPU memory bounds of warmup.
+    pub warmup_vram: WarmupVram,
+    /// Environment variables that look like settings (`SIS_*`, the seed's prefixes) but that sis does
+    /// not read: named in one start-up warning, and here (names only).
+    pub ignored_env: Vec<String>,
+    /// Every environment variable a setting was looked up under.
+    #[serde(skip)]
+    known_env: HashSet<&'static str>,
 }
+
+/// Prefixes of environment variables that are settings of sis or of the seed; a variable with one of
+/// them that sis does not read is probably a typo or a seed setting sis has no counterpart for.
+const SETTING_PREFIXES: &[&str] = &[
+    "SIS_",
+    "EMBEDDING_",
+    "CHAT_",
+    "AUDIO_",
+    "VISION_",
+    "WARMUP_",
+    "WHISPER_",
+    "ENABLE_",
+    "BATCH_",
+    "MAX_",
+    "QUEUE_",
+    "MODEL_",
+    "REMOTE_IMAGE_",
+    "DEFAULT_",
+    "API_KEY",
+];
+
+/// Variables read outside [`Settings::build`]'s table (the kernels, the roster's path, `sis bench`).
+const READ_ELSEWHERE: &[&str] =
+    &["SIS_CPU_KERNELS", "SIS_CONFIG", "SIS_CONFIG_OVERLAY", "MODEL_CONFIG_PATH", "MODEL_NAME", "MODEL_NAMES"];
 
 pub(crate) fn as_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_f64(d.as_secs_f64())
@@ -273,11 +315,14 @@ struct Layers<'a> {
     file: &'a toml::Table,
     /// Every key looked up: the roster's `[settings]` may hold these and no others.
     asked: RefCell<HashSet<&'static str>>,
+    /// Every environment variable looked up.
+    env_names: RefCell<HashSet<&'static str>>,
 }
 
 impl Layers<'_> {
-    fn raw(&self, key: &'static str, env: &[&str]) -> Option<(String, String)> {
+    fn raw(&self, key: &'static str, env: &[&'static str]) -> Option<(String, String)> {
         self.asked.borrow_mut().insert(key);
+        self.env_names.borrow_mut().extend(env.iter().copied());
         if let Some(v) = self.cli.get(key) {
             return Some((format!("--{}", key.replace('_', "-")), v.clone()));
         }
@@ -300,7 +345,7 @@ impl Layers<'_> {
         })
     }
 
-    fn get<T: FromStr>(&self, key: &'static str, env: &[&str], default: T) -> Result<T, ConfigError>
+    fn get<T: FromStr>(&self, key: &'static str, env: &[&'static str], default: T) -> Result<T, ConfigError>
     where
         T::Err: std::fmt::Display,
     {
@@ -312,7 +357,7 @@ impl Layers<'_> {
         }
     }
 
-    fn flag(&self, key: &'static str, env: &[&str], default: bool) -> Result<bool, ConfigError> {
+    fn flag(&self, key: &'static str, env: &[&'static str], default: bool) -> Result<bool, ConfigError> {
         match self.raw(key, env) {
             None => Ok(default),
             Some((source, text)) => parse_bool(&text)
@@ -320,14 +365,14 @@ impl Layers<'_> {
         }
     }
 
-    fn list(&self, key: &'static str, env: &[&str]) -> Vec<String> {
+    fn list(&self, key: &'static str, env: &[&'static str]) -> Vec<String> {
         self.raw(key, env)
             .map(|(_, text)| text.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect())
             .unwrap_or_default()
     }
 
     /// A duration given in (fractional) seconds, at least a millisecond.
-    fn secs(&self, key: &'static str, env: &[&str], default: f64) -> Result<Duration, ConfigError> {
+    fn secs(&self, key: &'static str, env: &[&'static str], default: f64) -> Result<Duration, ConfigError> {
         let v: f64 = self.get(key, env, default)?;
         if !v.is_finite() || v < 0.0 {
             return Err(ConfigError::new(format!("{} must be a number of seconds", env.first().unwrap_or(&key))));
@@ -335,7 +380,27 @@ impl Layers<'_> {
         Ok(Duration::from_secs_f64(v.max(0.001)))
     }
 
-    fn positive(&self, key: &'static str, env: &[&str], default: usize) -> Result<usize, ConfigError> {
+    /// A window in (fractional) milliseconds, as the seed takes them (`BATCH_WINDOW_MS=2.5`).
+    fn millis(&self, key: &'static str, env: &[&'static str], default: f64) -> Result<f64, ConfigError> {
+        let v: f64 = self.get(key, env, default)?;
+        if !v.is_finite() || v < 0.0 {
+            return Err(ConfigError::new(format!("{} must be a number of milliseconds", env.first().unwrap_or(&key))));
+        }
+        Ok(v)
+    }
+
+    /// An optional amount (MiB) that must be positive when given.
+    fn amount(&self, key: &'static str, env: &[&'static str]) -> Result<Option<f64>, ConfigError> {
+        match self.raw(key, env) {
+            None => Ok(None),
+            Some((source, text)) => match text.trim().parse::<f64>() {
+                Ok(v) if v.is_finite() && v > 0.0 => Ok(Some(v)),
+                _ => Err(ConfigError::new(format!("{source}={text:?} is invalid: expected a positive number"))),
+            },
+        }
+    }
+
+    fn positive(&self, key: &'static str, env: &[&'static str], default: usize) -> Result<usize, ConfigError> {
         let v = self.get(key, env, default)?;
         if v == 0 {
             return Err(ConfigError::new(format!("{} must be at least 1", env.first().unwrap_or(&key))));
@@ -387,7 +452,9 @@ pub const DEFAULT_ROSTER: &str = "config/models.toml";
 impl Settings {
     /// Reads the roster and builds the settings from the process environment.
     pub fn load(cli: &Overrides) -> Result<(Settings, Roster), ConfigError> {
-        Self::load_with(cli, &|name| std::env::var(name).ok())
+        let (mut settings, roster) = Self::load_with(cli, &|name| std::env::var(name).ok())?;
+        settings.ignored_env = settings.unknown_env(std::env::vars_os().filter_map(|(k, _)| k.into_string().ok()));
+        Ok((settings, roster))
     }
 
     /// As [`Settings::load`], with the environment given as a lookup function (for tests).
@@ -440,7 +507,13 @@ impl Settings {
         put("models", cli.models.clone());
         put("device", cli.device.clone());
         put("log_format", cli.log_format.clone());
-        let l = Layers { cli: flags, env, file: &roster.settings, asked: RefCell::default() };
+        let l = Layers {
+            cli: flags,
+            env,
+            file: &roster.settings,
+            asked: RefCell::default(),
+            env_names: RefCell::default(),
+        };
 
         let hf_cache = match env("HF_HUB_CACHE") {
             Some(dir) if !dir.is_empty() => PathBuf::from(dir),
@@ -506,7 +579,7 @@ impl Settings {
                     l.get::<f64>("queue_timeout_sec", &["EMBEDDING_QUEUE_TIMEOUT_SEC", "QUEUE_TIMEOUT_SEC"], 30.0)?
                         .max(0.001),
                 ),
-                batch_window_ms: l.get("batch_window_ms", &["EMBEDDING_BATCH_WINDOW_MS", "BATCH_WINDOW_MS"], 5)?,
+                batch_window_ms: l.millis("batch_window_ms", &["EMBEDDING_BATCH_WINDOW_MS", "BATCH_WINDOW_MS"], 5.0)?,
                 batch_max_size: l.positive(
                     "batch_max_size",
                     &["EMBEDDING_BATCH_WINDOW_MAX_SIZE", "BATCH_WINDOW_MAX_SIZE"],
@@ -526,10 +599,15 @@ impl Settings {
                 temperature: l.get("default_temperature", &["DEFAULT_TEMPERATURE"], 0.7)?,
                 top_p: l.get("default_top_p", &["DEFAULT_TOP_P"], 0.9)?,
                 batching: l.flag("enable_chat_batching", &["ENABLE_CHAT_BATCHING"], true)?,
-                batch_max_size: l.positive("chat_batch_max_size", &["CHAT_BATCH_MAX_SIZE"], 8)?,
+                // The seed's MAX_CONCURRENT / MAX_QUEUE_SIZE are every capability's fallbacks.
+                batch_max_size: l.positive(
+                    "chat_batch_max_size",
+                    &["CHAT_BATCH_MAX_SIZE", "CHAT_MAX_CONCURRENT", "MAX_CONCURRENT"],
+                    8,
+                )?,
                 max_queue_size: l.positive(
                     "chat_max_queue_size",
-                    &["CHAT_MAX_QUEUE_SIZE", "CHAT_BATCH_QUEUE_SIZE"],
+                    &["CHAT_MAX_QUEUE_SIZE", "CHAT_BATCH_QUEUE_SIZE", "MAX_QUEUE_SIZE"],
                     64,
                 )?,
                 queue_timeout: Duration::from_secs_f64(
@@ -537,7 +615,7 @@ impl Settings {
                         .max(0.001),
                 ),
                 prefill_chunk: l.positive("chat_prefill_chunk", &["CHAT_PREFILL_CHUNK"], 256)?,
-                batch_window_ms: l.get("chat_batch_window_ms", &["CHAT_BATCH_WINDOW_MS"], 0)?,
+                batch_window_ms: l.millis("chat_batch_window_ms", &["CHAT_BATCH_WINDOW_MS"], 0.0)?,
                 request_timeout: l.secs(
                     "chat_request_timeout_sec",
                     &["CHAT_REQUEST_TIMEOUT_SEC", "REQUEST_TIMEOUT_SEC"],
@@ -549,10 +627,10 @@ impl Settings {
                 // concurrent transcriptions each keep mostly to their own core.
                 max_concurrent: l.positive(
                     "audio_max_concurrent",
-                    &["AUDIO_MAX_CONCURRENT"],
+                    &["AUDIO_MAX_CONCURRENT", "MAX_CONCURRENT"],
                     std::thread::available_parallelism().map_or(1, |n| n.get()).min(4),
                 )?,
-                max_queue_size: l.positive("audio_max_queue_size", &["AUDIO_MAX_QUEUE_SIZE"], 16)?,
+                max_queue_size: l.positive("audio_max_queue_size", &["AUDIO_MAX_QUEUE_SIZE", "MAX_QUEUE_SIZE"], 16)?,
                 queue_timeout: Duration::from_secs_f64(
                     l.get::<f64>("audio_queue_timeout_sec", &["AUDIO_QUEUE_TIMEOUT_SEC", "QUEUE_TIMEOUT_SEC"], 120.0)?
                         .max(0.001),
@@ -568,8 +646,12 @@ impl Settings {
                 best_of: search_width(l.positive("audio_best_of", &["AUDIO_BEST_OF"], 5)?, "AUDIO_BEST_OF")?,
             },
             vision: VisionSettings {
-                max_concurrent: l.positive("vision_max_concurrent", &["VISION_MAX_CONCURRENT"], 4)?,
-                max_queue_size: l.positive("vision_max_queue_size", &["VISION_MAX_QUEUE_SIZE"], 32)?,
+                max_concurrent: l.positive("vision_max_concurrent", &["VISION_MAX_CONCURRENT", "MAX_CONCURRENT"], 4)?,
+                max_queue_size: l.positive(
+                    "vision_max_queue_size",
+                    &["VISION_MAX_QUEUE_SIZE", "MAX_QUEUE_SIZE"],
+                    32,
+                )?,
                 max_pixels: l.get("vision_max_pixels", &["VISION_MAX_PIXELS"], 0)?,
             },
             images: ImageSettings {
@@ -596,6 +678,12 @@ impl Settings {
                 allowlist: l.list("warmup_allowlist", &["WARMUP_ALLOWLIST"]),
                 skiplist: l.list("warmup_skiplist", &["WARMUP_SKIPLIST"]),
             },
+            warmup_vram: WarmupVram {
+                budget_mb: l.amount("warmup_vram_budget_mb", &["WARMUP_VRAM_BUDGET_MB"])?,
+                per_worker_mb: l.amount("warmup_vram_per_worker_mb", &["WARMUP_VRAM_PER_WORKER_MB"])?,
+            },
+            ignored_env: Vec::new(),
+            known_env: l.env_names.borrow().clone(),
         };
         // The known keys are the ones the definitions above looked up: a key nothing asked for is a typo.
         let asked = l.asked.borrow();
@@ -603,6 +691,74 @@ impl Settings {
             return Err(ConfigError::new(format!("roster [settings] has unknown key {key:?}")));
         }
         Ok(settings)
+    }
+
+    /// Logs, once at start-up, what in the environment has no effect: variables that look like
+    /// settings but are not ones, and GPU warmup bounds on a CPU device.
+    pub fn warn_about_environment(&self) {
+        if !self.ignored_env.is_empty() {
+            tracing::warn!(
+                variables = %self.ignored_env.join(", "),
+                "these environment variables look like settings but sis does not read them (see the README's \
+                 settings table)"
+            );
+        }
+        let vram = &self.warmup_vram;
+        if (vram.budget_mb.is_some() || vram.per_worker_mb.is_some()) && self.device.is_cpu() {
+            tracing::warn!("WARMUP_VRAM_BUDGET_MB / WARMUP_VRAM_PER_WORKER_MB bound GPU warmup; the device is the CPU");
+        }
+    }
+
+    /// Of the environment variables `names`, those that look like settings but that sis does not read.
+    pub fn unknown_env(&self, names: impl IntoIterator<Item = String>) -> Vec<String> {
+        let mut unknown: Vec<String> = names
+            .into_iter()
+            .filter(|n| SETTING_PREFIXES.iter().any(|p| n.starts_with(p)))
+            .filter(|n| !self.known_env.contains(n.as_str()) && !READ_ELSEWHERE.contains(&n.as_str()))
+            .collect();
+        unknown.sort();
+        unknown
+    }
+
+    /// The seed's flat `runtime_config` keys, with their effective values (shown in `/health` beside
+    /// sis's own nested settings).
+    pub fn seed_keys(&self) -> serde_json::Map<String, serde_json::Value> {
+        use serde_json::json;
+        let (e, c, a, w) = (&self.embeddings, &self.chat, &self.audio, &self.warmup);
+        let pairs = [
+            ("models", json!(self.models.join(","))),
+            ("model_device", json!(self.device.to_string())),
+            ("auto_download_models", json!(self.auto_download)),
+            ("max_batch_size", json!(e.max_batch_size)),
+            ("max_text_chars", json!(e.max_text_chars)),
+            ("embedding_cache_size", json!(e.cache_size)),
+            ("max_concurrent", json!(e.max_concurrent)),
+            ("max_queue_size", json!(e.max_queue_size)),
+            ("queue_timeout_sec", json!(e.queue_timeout.as_secs_f64())),
+            ("batch_window_ms", json!(e.batch_window_ms)),
+            ("batch_window_max_size", json!(e.batch_max_size)),
+            ("enable_chat_batching", json!(c.batching)),
+            ("chat_batch_window_ms", json!(c.batch_window_ms)),
+            ("chat_batch_max_size", json!(c.batch_max_size)),
+            ("chat_batch_queue_size", json!(c.max_queue_size)),
+            ("chat_queue_timeout_sec", json!(c.queue_timeout.as_secs_f64())),
+            ("max_new_tokens", json!(c.default_max_tokens)),
+            ("default_temperature", json!(c.temperature)),
+            ("default_top_p", json!(c.top_p)),
+            ("audio_max_concurrent", json!(a.max_concurrent)),
+            ("audio_max_queue_size", json!(a.max_queue_size)),
+            ("max_audio_bytes", json!(a.max_bytes)),
+            ("enable_warmup", json!(w.enabled)),
+            ("warmup_steps", json!(w.steps)),
+            ("warmup_batch_size", json!(w.batch_size)),
+            ("warmup_allowlist", json!(w.allowlist)),
+            ("warmup_skiplist", json!(w.skiplist)),
+            ("warmup_vram_budget_mb", json!(self.warmup_vram.budget_mb)),
+            ("warmup_vram_per_worker_mb", json!(self.warmup_vram.per_worker_mb)),
+            ("allow_remote_images", json!(self.images.allow_remote)),
+            ("max_request_bytes", json!(self.max_request_bytes)),
+        ];
+        pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
     }
 
     /// The `host:port` to bind.
@@ -632,15 +788,43 @@ mod tests {
         .unwrap();
         assert_eq!(s.port, 1234);
         assert_eq!(s.embeddings.max_batch_size, 16);
-        assert_eq!(s.embeddings.batch_window_ms, 7);
+        assert_eq!(s.embeddings.batch_window_ms, 7.0);
         assert_eq!(s.embeddings.max_text_chars, 20_000);
+    }
+
+    /// The seed's habits: `MAX_*` and `QUEUE_TIMEOUT_SEC` reach every capability unless a capability's
+    /// own variable is set; windows may be fractional; setting-like names sis does not read are listed.
+    #[test]
+    fn the_seeds_fallbacks_float_windows_and_unknown_names() {
+        let env = [
+            ("MAX_CONCURRENT", "3"),
+            ("MAX_QUEUE_SIZE", "40"),
+            ("AUDIO_MAX_QUEUE_SIZE", "5"),
+            ("QUEUE_TIMEOUT_SEC", "7"),
+            ("BATCH_WINDOW_MS", "2.5"),
+            ("WARMUP_VRAM_BUDGET_MB", "4096"),
+        ];
+        let s = build(Overrides::default(), &env, "").unwrap();
+        assert_eq!((s.embeddings.max_concurrent, s.audio.max_concurrent, s.vision.max_concurrent), (3, 3, 3));
+        assert_eq!(s.chat.batch_max_size, 3);
+        assert_eq!((s.embeddings.max_queue_size, s.chat.max_queue_size, s.vision.max_queue_size), (40, 40, 40));
+        assert_eq!(s.audio.max_queue_size, 5, "a capability's own variable wins");
+        assert_eq!((s.chat.queue_timeout, s.audio.queue_timeout), (Duration::from_secs(7), Duration::from_secs(7)));
+        assert_eq!(s.embeddings.batch_window_ms, 2.5);
+        assert_eq!(s.warmup_vram.budget_mb, Some(4096.0));
+        assert_eq!(s.seed_keys()["batch_window_ms"], 2.5);
+        let names =
+            ["MAX_CONCURENT", "SIS_TYPO", "MAX_QUEUE_SIZE", "PATH", "WARMUP_VRAM_PER_WORKER_MB", "SIS_CPU_KERNELS"];
+        assert_eq!(s.unknown_env(names.map(String::from)), ["MAX_CONCURENT", "SIS_TYPO"]);
+        assert!(build(Overrides::default(), &[("BATCH_WINDOW_MS", "-1")], "").is_err());
+        assert!(build(Overrides::default(), &[("WARMUP_VRAM_BUDGET_MB", "lots")], "").is_err());
     }
 
     #[test]
     fn new_spelling_wins_over_old() {
         let s =
             build(Overrides::default(), &[("BATCH_WINDOW_MS", "3"), ("EMBEDDING_BATCH_WINDOW_MS", "9")], "").unwrap();
-        assert_eq!(s.embeddings.batch_window_ms, 9);
+        assert_eq!(s.embeddings.batch_window_ms, 9.0);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use actix::prelude::*;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::config::model::EmbeddingModelSettings;
 use crate::config::ModelSettings;
@@ -21,6 +21,7 @@ use crate::engines::embed::{normalize, EmbedInput, EmbedderLoader, EmbedderSpec,
 use crate::error::ApiError;
 use crate::faults::{Faults, FaultyLoader};
 use crate::runtime::{Launch, RequestPath, Runtime};
+use crate::telemetry::outcome::{Counted, Outcome};
 use crate::telemetry::Metrics;
 use cache::EmbeddingCache;
 use sis_actors::{Admission, AdmissionError, BatchObserver, Batcher, BatcherConfig, JobError, ModelActor, Submit};
@@ -64,17 +65,18 @@ pub struct Embeddings {
 /// Embeds a request's texts with the model it names; records `embedding_requests_total` and latency
 /// for every outcome of a served model.
 pub async fn embed(runtime: &Runtime, request: EmbeddingsRequest) -> Result<Embeddings, ApiError> {
-    let started = Instant::now();
-    let served = runtime.model(&request.model)?;
-    let id = served.settings.id.clone();
-    let result = match &served.path {
-        RequestPath::Embeddings(model) => within(model.settings.queue.request_timeout, model.embed(request)).await,
-        _ => Err(ApiError::invalid("model", format!("Model `{id}` does not support embeddings"))),
-    };
-    let status = result.as_ref().map_or_else(ApiError::status, |_| 200);
-    let m = &runtime.metrics;
-    m.embedding_requests.with_label_values(&[id.as_str(), &status.to_string()]).inc();
-    m.embedding_latency.with_label_values(&[&id]).observe(started.elapsed().as_secs_f64());
+    let mut outcome = Outcome::start(&runtime.metrics, Counted::Embeddings, &request.model);
+    let result = async {
+        let served = runtime.model(&request.model)?;
+        let id = served.settings.id.clone();
+        outcome.resolved(&id);
+        match &served.path {
+            RequestPath::Embeddings(model) => within(model.settings.queue.request_timeout, model.embed(request)).await,
+            _ => Err(ApiError::invalid("model", format!("Model `{id}` does not support embeddings"))),
+        }
+    }
+    .await;
+    outcome.finish_with(&result);
     result
 }
 
@@ -123,7 +125,7 @@ pub(crate) fn start_encoder(
     );
     let batcher = Batcher::<EmbedInput, Vec<f32>>::new(
         BatcherConfig {
-            window: Duration::from_millis(limits.batch_window_ms),
+            window: Duration::from_secs_f64(limits.batch_window_ms / 1000.0),
             max_items: limits.batch_max_size,
             max_tokens: limits.batch_max_tokens,
             max_in_flight: settings.queue.max_concurrent,
@@ -323,7 +325,7 @@ mod tests {
     #[test]
     fn limits_name_the_input() {
         let limits = EmbeddingModelSettings {
-            batch_window_ms: 5,
+            batch_window_ms: 5.0,
             batch_max_size: 8,
             batch_max_tokens: 100,
             cache_size: 0,

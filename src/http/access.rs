@@ -13,22 +13,22 @@ use crate::runtime::Runtime;
 /// What a path is, for access control.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Area {
-    /// The OpenAI-compatible API (`/v1/*` and the seed's unversioned aliases).
+    /// The OpenAI-compatible API (`/v1/*`, the seed's unversioned aliases and TEI's `/rerank`).
     Api,
     /// `/admin/*`.
     Admin,
-    /// `/metrics`.
+    /// `/metrics` (and the seed's `/metrics/`).
     Metrics,
     /// Health probes and everything else.
     Open,
 }
 
 fn area(path: &str) -> Area {
-    if path.starts_with("/v1/") || path == "/v1" || path == "/embeddings" || path == "/chat/completions" {
+    if path.starts_with("/v1/") || matches!(path, "/v1" | "/embeddings" | "/chat/completions" | "/rerank") {
         Area::Api
     } else if path.starts_with("/admin") {
         Area::Admin
-    } else if path == "/metrics" {
+    } else if path == "/metrics" || path == "/metrics/" {
         Area::Metrics
     } else {
         Area::Open
@@ -100,6 +100,8 @@ mod tests {
         assert_eq!(area("/chat/completions"), Area::Api);
         assert_eq!(area("/admin/reload"), Area::Admin);
         assert_eq!(area("/metrics"), Area::Metrics);
+        assert_eq!(area("/metrics/"), Area::Metrics);
+        assert_eq!(area("/rerank"), Area::Api, "TEI's rerank route needs a key like the rest of the API");
         assert_eq!(area("/health/ready"), Area::Open);
         assert!(same("abc", "abc") && !same("abc", "abd") && !same("abc", "abcd"));
     }

@@ -205,9 +205,10 @@ async fn handle(
         Format::Text => {
             HttpResponse::Ok().content_type("text/plain; charset=utf-8").body(format!("{}\n", transcript.text))
         }
-        Format::Srt => {
-            HttpResponse::Ok().content_type("text/plain; charset=utf-8").body(formats::subtitles(&transcript, false))
-        }
+        // SubRip's registered type, as the seed sends it.
+        Format::Srt => HttpResponse::Ok()
+            .content_type("application/x-subrip; charset=utf-8")
+            .body(formats::subtitles(&transcript, false)),
         Format::Vtt => {
             HttpResponse::Ok().content_type("text/vtt; charset=utf-8").body(formats::subtitles(&transcript, true))
         }

@@ -18,10 +18,28 @@ pub async fn read_json<T: DeserializeOwned>(
     timeout: Duration,
 ) -> Result<T, ApiError> {
     let body = within(timeout, read_body(req, payload, limit)).await?;
-    serde_json::from_slice(&body).map_err(|e| {
-        let what = if e.is_data() { "has a field of the wrong type" } else { "is not valid JSON" };
-        ApiError::bad_request(format!("The request body {what}: {e}"))
-    })
+    serde_json::from_slice(&body).map_err(malformed)
+}
+
+/// Reads the JSON body of an endpoint that upstream models may answer; it is forwarded as it came, or
+/// read into the endpoint's request type with [`parse`].
+pub async fn read_value(
+    req: &HttpRequest,
+    payload: web::Payload,
+    limit: usize,
+    timeout: Duration,
+) -> Result<serde_json::Value, ApiError> {
+    read_json(req, payload, limit, timeout).await
+}
+
+/// Reads a JSON value into `T`, with [`read_json`]'s errors.
+pub fn parse<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
+    serde_json::from_value(value).map_err(malformed)
+}
+
+fn malformed(e: serde_json::Error) -> ApiError {
+    let what = if e.is_data() { "has a field of the wrong type" } else { "is not valid JSON" };
+    ApiError::bad_request(format!("The request body {what}: {e}"))
 }
 
 /// Runs a body read within `timeout`; a client that sends too slowly gets 408.

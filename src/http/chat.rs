@@ -5,12 +5,14 @@ use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::body::read_json;
+use super::body::{parse, read_value};
+use super::forward::respond;
 use crate::chat::{
     self, ChatChunk, ChatStream, CompletionRequest, Content, Detail, Finished, ImageRef, Message, Part, ResponseFormat,
 };
 use crate::error::ApiError;
 use crate::runtime::Runtime;
+use crate::upstream::Endpoint;
 
 /// The body as OpenAI defines it.
 #[derive(Deserialize)]
@@ -57,8 +59,11 @@ pub async fn create(req: HttpRequest, payload: web::Payload, runtime: web::Data<
 
 async fn handle(req: &HttpRequest, payload: web::Payload, runtime: &Runtime) -> Result<HttpResponse, ApiError> {
     let settings = &runtime.settings;
-    let body: ChatCompletionRequest =
-        read_json(req, payload, settings.max_request_bytes, settings.body_read_timeout).await?;
+    let body = read_value(req, payload, settings.max_request_bytes, settings.body_read_timeout).await?;
+    if let Some(forwarded) = crate::upstream::forward(runtime, Endpoint::Chat, &body).await {
+        return Ok(respond(forwarded?));
+    }
+    let body: ChatCompletionRequest = parse(body)?;
     crate::telemetry::request_fields::note_model(&body.model);
     let include_usage = body.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false);
     let request = translate(&body)?;

@@ -5,10 +5,12 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::body::read_json;
+use super::body::{parse, read_value};
+use super::forward::respond;
 use crate::embeddings::{self, EmbeddingsRequest, Input};
 use crate::error::ApiError;
 use crate::runtime::Runtime;
+use crate::upstream::Endpoint;
 
 /// The body as OpenAI defines it.
 #[derive(Deserialize)]
@@ -66,7 +68,11 @@ pub async fn create(req: HttpRequest, payload: web::Payload, runtime: web::Data<
 
 async fn handle(req: &HttpRequest, payload: web::Payload, runtime: &Runtime) -> Result<HttpResponse, ApiError> {
     let settings = &runtime.settings;
-    let request: WireRequest = read_json(req, payload, settings.max_request_bytes, settings.body_read_timeout).await?;
+    let body = read_value(req, payload, settings.max_request_bytes, settings.body_read_timeout).await?;
+    if let Some(forwarded) = crate::upstream::forward(runtime, Endpoint::Embeddings, &body).await {
+        return Ok(respond(forwarded?));
+    }
+    let request: WireRequest = parse(body)?;
     crate::telemetry::request_fields::note_model(&request.model);
     let base64 = match request.encoding_format.as_deref() {
         None | Some("float") => false,

@@ -1,4 +1,9 @@
 //! `GET /health`, `/health/live` and `/health/ready`.
+//!
+//! `/health` answers the seed's body in the seed's shapes (`models` a list of ids, `warmup` with
+//! `capabilities[model][capability]` and `failures` a list, the queues as `[{model, size, max_size}]`
+//! lists, `runtime_config` with the seed's flat keys), so dashboards and scripts written for the seed
+//! read it unchanged; sis's own per-model actor detail sits beside them under `actors`.
 
 use actix_web::{web, HttpResponse};
 use serde_json::{json, Map, Value};
@@ -6,21 +11,20 @@ use serde_json::{json, Map, Value};
 use crate::config::Capability;
 use crate::runtime::Runtime;
 
-/// Full status: every model actor's state, restarts, queue, warmup, effective settings and CPU
-/// kernels, and the runtime config.
-/// 503 while any model has failed for good.
+/// Full status (see the module docs). 503 while unhealthy: a model failed for good, or a warmup failed
+/// on a model whose roster entry does not say `warmup_optional`.
 pub async fn health(runtime: web::Data<Runtime>) -> HttpResponse {
-    let mut models = Map::new();
-    let mut embedding_queues = Map::new();
-    let mut chat_queues = Map::new();
-    let mut audio_queues = Map::new();
-    let mut vision_queues = Map::new();
-    let mut rerank_queues = Map::new();
+    let mut actors = Map::new();
+    let mut ids = Vec::new();
+    let (mut embedding_queues, mut chat_queues, mut audio_queues) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut vision_queues, mut rerank_queues) = (Vec::new(), Vec::new());
     let mut ok_models = Vec::new();
-    let mut failures = Map::new();
-    let mut capability_ready: Map<String, Value> =
-        ["embeddings", "chat", "audio", "vision", "rerank"].iter().map(|c| (c.to_string(), json!(false))).collect();
+    let mut failures = Vec::new();
+    let mut warmed = Map::new();
+    let mut ready_capabilities: Map<String, Value> =
+        Capability::ALL.iter().map(|c| (c.name().to_string(), json!(false))).collect();
     let mut healthy = true;
+    let mut completed = true;
     for (id, served) in runtime.registry.all() {
         let state = served.state();
         let admission = served.admission();
@@ -29,23 +33,35 @@ pub async fn health(runtime: web::Data<Runtime>) -> HttpResponse {
         match &warmup {
             Some(w) if w.ok => ok_models.push(id.clone()),
             Some(w) => {
-                failures.insert(id.clone(), json!(w.error));
+                failures.push(json!({ "model": id, "capability": capability, "error": w.error }));
+                healthy &= served.entry.warmup_optional;
             }
-            None => {}
+            None => completed &= served.has_failed(),
         }
+        let ok = warmup.as_ref().is_some_and(|w| w.ok && !w.skipped);
+        warmed.insert(id.clone(), json!({ capability: ok }));
         if state == "ready" {
-            capability_ready.insert(capability.to_string(), json!(true));
+            ready_capabilities.insert(capability.to_string(), json!(true));
         }
         healthy &= !served.has_failed();
-        let queue = json!({ "depth": admission.depth(), "capacity": admission.capacity() });
+        let queue = json!({ "model": id, "size": admission.depth(), "max_size": admission.capacity() });
         match served.settings.capability {
-            Capability::Embeddings => embedding_queues.insert(id.clone(), queue),
-            Capability::Chat => chat_queues.insert(id.clone(), queue),
-            Capability::Audio => audio_queues.insert(id.clone(), queue),
-            Capability::Vision => vision_queues.insert(id.clone(), queue),
-            Capability::Rerank => rerank_queues.insert(id.clone(), queue),
+            Capability::Embeddings => embedding_queues.push(queue),
+            Capability::Chat => chat_queues.push(queue),
+            Capability::Audio => audio_queues.push(queue),
+            // The seed serves vision-language models as chat: they are in its chat queues too.
+            Capability::Vision => {
+                chat_queues.push(queue.clone());
+                vision_queues.push(queue);
+            }
+            Capability::Rerank => rerank_queues.push(queue),
         };
-        models.insert(
+        ids.push(id.clone());
+        let upstream = match &served.path {
+            crate::runtime::RequestPath::Upstream(upstream) => json!(upstream.reachability()),
+            _ => Value::Null,
+        };
+        actors.insert(
             id.clone(),
             json!({
                 "state": state,
@@ -56,26 +72,38 @@ pub async fn health(runtime: web::Data<Runtime>) -> HttpResponse {
                 "capabilities": [capability],
                 "source": served.origin,
                 "warmup": warmup,
+                "warmup_optional": served.entry.warmup_optional,
                 "settings": served.settings,
                 "kernels": served.kernels,
+                "upstream": upstream,
             }),
         );
     }
+    let settings = &runtime.settings;
+    let mut runtime_config = serde_json::to_value(settings).unwrap_or_default();
+    if let Value::Object(config) = &mut runtime_config {
+        config.extend(settings.seed_keys());
+    }
     let body = json!({
         "status": if healthy { "ok" } else { "unhealthy" },
-        "models": models,
+        "models": ids,
         "warmup": {
-            "enabled": runtime.settings.warmup.enabled,
+            "enabled": settings.warmup.enabled,
+            "required": settings.warmup.enabled,
+            "completed": completed,
             "ok_models": ok_models,
             "failures": failures,
-            "capabilities": capability_ready,
+            "capabilities": warmed,
+            "ready_capabilities": ready_capabilities,
         },
+        "warmup_failures": failures,
         "embedding_batch_queues": embedding_queues,
         "chat_batch_queues": chat_queues,
         "audio_queues": audio_queues,
         "vision_queues": vision_queues,
         "rerank_queues": rerank_queues,
-        "runtime_config": runtime.settings,
+        "runtime_config": runtime_config,
+        "actors": actors,
     });
     if healthy {
         HttpResponse::Ok().json(body)

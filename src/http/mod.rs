@@ -7,6 +7,7 @@ pub mod body;
 pub mod chat;
 pub mod embeddings;
 pub mod error;
+pub mod forward;
 pub mod health;
 pub mod metrics;
 pub mod models;
@@ -44,6 +45,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(get("/health/live", web::get().to(health::live)))
         .service(get("/health/ready", web::get().to(health::ready)))
         .service(get("/metrics", web::get().to(metrics::render)))
+        // The seed's Prometheus app is mounted at `/metrics/`; scrapers configured for it keep working.
+        .service(get("/metrics/", web::get().to(metrics::render)))
         .service(post("/admin/reload", web::post().to(admin::reload)));
 }
 

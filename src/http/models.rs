@@ -21,10 +21,15 @@ pub async fn list(runtime: web::Data<Runtime>) -> HttpResponse {
                 "state": served.state(),
             });
             match &served.path {
-                RequestPath::Embeddings(embeddings) => model["dimensions"] = json!(embeddings.dimensions()),
+                // `embedding_dimensions` is the seed's name; `dimensions` sis's first one.
+                RequestPath::Embeddings(embeddings) => {
+                    model["embedding_dimensions"] = json!(embeddings.dimensions());
+                    model["dimensions"] = json!(embeddings.dimensions());
+                }
                 RequestPath::Chat(chat) => model["context_length"] = json!(chat.context()),
                 RequestPath::Audio(audio) => model["multilingual"] = json!(audio.multilingual()),
                 RequestPath::Rerank(_) => {}
+                RequestPath::Upstream(upstream) => model["upstream"] = json!(upstream.reachability().url),
                 RequestPath::Failed(_) => model["error"] = json!(served.status.last_error()),
             }
             model

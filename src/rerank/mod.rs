@@ -9,7 +9,7 @@
 
 use actix::prelude::*;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::config::model::EmbeddingModelSettings;
 use crate::config::ModelSettings;
@@ -18,6 +18,7 @@ use crate::embeddings::EmbedSubmit;
 use crate::engines::embed::{EmbedInput, EmbedderSpec, EmbeddingTokenizer};
 use crate::error::ApiError;
 use crate::runtime::{Launch, RequestPath, Runtime};
+use crate::telemetry::outcome::{Counted, Outcome};
 use crate::telemetry::Metrics;
 use sis_actors::{Admission, Submit};
 use std::sync::Arc;
@@ -60,17 +61,20 @@ pub struct Ranking {
 /// Ranks a request's documents with the model it names; records `rerank_requests_total` and latency
 /// for every outcome of a served model.
 pub async fn rerank(runtime: &Runtime, request: RerankRequest) -> Result<Ranking, ApiError> {
-    let started = Instant::now();
-    let served = runtime.model(&request.model)?;
-    let id = served.settings.id.clone();
-    let result = match &served.path {
-        RequestPath::Rerank(model) => within(model.settings.queue.request_timeout, model.rank(request)).await,
-        _ => Err(ApiError::invalid("model", format!("Model `{id}` does not support rerank; serve a cross-encoder"))),
-    };
-    let status = result.as_ref().map_or_else(ApiError::status, |_| 200);
-    let m = &runtime.metrics;
-    m.rerank_requests.with_label_values(&[id.as_str(), &status.to_string()]).inc();
-    m.rerank_latency.with_label_values(&[&id]).observe(started.elapsed().as_secs_f64());
+    let mut outcome = Outcome::start(&runtime.metrics, Counted::Rerank, &request.model);
+    let result = async {
+        let served = runtime.model(&request.model)?;
+        let id = served.settings.id.clone();
+        outcome.resolved(&id);
+        match &served.path {
+            RequestPath::Rerank(model) => within(model.settings.queue.request_timeout, model.rank(request)).await,
+            _ => {
+                Err(ApiError::invalid("model", format!("Model `{id}` does not support rerank; serve a cross-encoder")))
+            }
+        }
+    }
+    .await;
+    outcome.finish_with(&result);
     result
 }
 
