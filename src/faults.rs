@@ -1,4 +1,5 @@
-//! Test-only fault injection around any engine: failing loads, panicking warmups, failing batches.
+//! Test-only fault injection around any engine: failing loads, panicking or failing warmups, failing
+//! batches.
 //!
 //! Roster entries set these with `fault_*` keys, which only builds with the `fault-injection` feature
 //! accept (the roster refuses them otherwise), so the reliability tests can break a real model through
@@ -17,6 +18,8 @@ pub struct Faults {
     pub load_failures: u32,
     /// Warmups that panic.
     pub warmup_panics: u32,
+    /// Warmups that fail with an error (after the panicking ones).
+    pub warmup_errors: u32,
     /// Batches that fail with an engine error.
     pub batch_errors: u32,
 }
@@ -27,6 +30,7 @@ impl Faults {
         Self {
             load_failures: entry.fault_load_failures.unwrap_or(0),
             warmup_panics: entry.fault_warmup_panics.unwrap_or(0),
+            warmup_errors: entry.fault_warmup_errors.unwrap_or(0),
             batch_errors: entry.fault_batch_errors.unwrap_or(0),
         }
     }
@@ -36,6 +40,7 @@ impl Faults {
 struct Counts {
     loads: AtomicU32,
     warmups: AtomicU32,
+    warmup_errors: AtomicU32,
     batches: AtomicU32,
 }
 
@@ -94,6 +99,9 @@ impl<E: Engine> Engine for FaultyEngine<E> {
     fn warmup(&mut self, steps: usize, batch_size: usize) -> Result<(), EngineError> {
         if let Some(n) = hit(&self.counts.warmups, self.faults.warmup_panics) {
             panic!("fault injection: warmup panic {n}");
+        }
+        if let Some(n) = hit(&self.counts.warmup_errors, self.faults.warmup_errors) {
+            return Err(EngineError::new(format!("fault injection: warmup error {n}")));
         }
         self.inner.warmup(steps, batch_size)
     }

@@ -68,6 +68,28 @@ fn a_model_that_never_loads_is_failed_and_its_neighbour_is_untouched() {
     assert_eq!(server.get("/health").json()["actors"][BROKEN]["restarts"], 2);
 }
 
+/// As in the seed, a warmup that fails (without a panic: the model still serves) makes `/health`
+/// unhealthy and is listed, unless the roster says the model may serve without it.
+#[test]
+fn a_failed_warmup_is_unhealthy_unless_the_roster_allows_it() {
+    let server = TestServer::builder().roster(&entry(MINILM, "fault_warmup_errors = 1")).env("MODELS", "").start();
+    let health = server.get("/health");
+    assert_eq!(health.status, 503);
+    let health = health.json();
+    assert_eq!(health["status"], "unhealthy");
+    assert_eq!(health["warmup_failures"][0]["model"], MINILM);
+    assert!(health["warmup"]["failures"][0]["error"].as_str().unwrap().contains("warmup error"));
+    assert_eq!(health["warmup"]["capabilities"][MINILM]["embeddings"], false);
+    assert_eq!(embed(&server, MINILM, "hello").status, 200, "the model serves all the same");
+    drop(server);
+
+    let lenient = entry(MINILM, "fault_warmup_errors = 1\nwarmup_optional = true");
+    let server = TestServer::builder().roster(&lenient).env("MODELS", "").start();
+    let health = server.get("/health");
+    assert_eq!(health.status, 200);
+    assert_eq!(health.json()["warmup_failures"][0]["model"], MINILM, "still listed");
+}
+
 #[test]
 fn a_warmup_that_panics_restarts_the_model_which_then_serves() {
     let server = TestServer::builder().roster(&entry(MINILM, "fault_warmup_panics = 1")).env("MODELS", "").start();

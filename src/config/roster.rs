@@ -233,6 +233,9 @@ pub struct ModelEntry {
     /// Test hook: the first N warmups panic (fault-injection builds only).
     #[serde(default)]
     pub fault_warmup_panics: Option<u32>,
+    /// Test hook: the first N warmups fail with an error (fault-injection builds only).
+    #[serde(default)]
+    pub fault_warmup_errors: Option<u32>,
     /// Test hook: the first N batches fail with an engine error (fault-injection builds only).
     #[serde(default)]
     pub fault_batch_errors: Option<u32>,
@@ -295,6 +298,7 @@ impl ModelEntry {
             fault_panic_marker: None,
             fault_load_failures: None,
             fault_warmup_panics: None,
+            fault_warmup_errors: None,
             fault_batch_errors: None,
         })
     }
@@ -324,6 +328,7 @@ impl ModelEntry {
         self.fault_panic_marker.is_some()
             || self.fault_load_failures.is_some()
             || self.fault_warmup_panics.is_some()
+            || self.fault_warmup_errors.is_some()
             || self.fault_batch_errors.is_some()
     }
 }
