@@ -29,7 +29,7 @@ use crate::runtime::{Launch, RequestPath, Runtime};
 use crate::telemetry::outcome::{Counted, Outcome};
 use crate::telemetry::Metrics;
 use crate::vision::VisionInputs;
-pub use request::{CompletionRequest, Content, Detail, ImageRef, Message, Part, ResponseFormat};
+pub use request::{CompletionRequest, Content, Detail, ImageRef, Message, Part, RawPrompt, ResponseFormat};
 use sis_actors::{Admission, Generate, SequenceActor, SequenceConfig, SequenceMessage, SequenceObserver};
 pub use stream::{ChatChunk, ChatStream, Finished};
 
@@ -56,9 +56,12 @@ pub async fn complete(runtime: &Runtime, request: CompletionRequest) -> Result<C
     }
     .await;
     match started {
-        Ok(((events, prompt_tokens), served, limit)) => {
+        Ok(((events, prompt_tokens, echo), served, limit)) => {
             let limit = (!stream).then_some(limit);
-            Ok(ChatStream::new(served, events, prompt_tokens, runtime.metrics.clone(), outcome, limit))
+            let mut completion =
+                ChatStream::new(served, events, prompt_tokens, runtime.metrics.clone(), outcome, limit);
+            completion.echo = echo;
+            Ok(completion)
         }
         Err(error) => {
             outcome.failed(&error);
@@ -75,7 +78,12 @@ pub fn start(settings: &ModelSettings, dir: &Path, launch: &mut Launch<'_>) -> a
         None => dir.to_path_buf(),
     };
     let spec = ChatSpec::open(&weights)?;
-    let template = ChatTemplate::new(&spec.template, &spec.bos, &spec.eos)?;
+    // A base model (no template in its files, or marked `base_model` in the roster) is served by
+    // `/v1/completions` only.
+    let template = match (&spec.template, launch.entry.base_model) {
+        (Some(source), false) => Some(ChatTemplate::new(source, &spec.bos, &spec.eos)?),
+        _ => None,
+    };
     let loader = ChatLoader::new(&spec, limits.prefill_chunk, settings.precision);
     launch.kernels = loader.kernels();
     let thread = launch.thread();
@@ -128,7 +136,7 @@ pub struct ChatModel {
     settings: ModelSettings,
     limits: ChatModelSettings,
     tokenizer: Arc<Tokenizer>,
-    template: ChatTemplate,
+    template: Option<ChatTemplate>,
     context: usize,
     admission: Admission,
     actor: Recipient<ChatGenerate>,
@@ -136,8 +144,8 @@ pub struct ChatModel {
     vision: Option<VisionInputs>,
 }
 
-/// The events of an admitted sequence, and its prompt length.
-type Admitted = (tokio::sync::mpsc::UnboundedReceiver<SequenceMessage<ChatEvent>>, usize);
+/// The events of an admitted sequence, its prompt length, and (for `echo`) the prompt's text.
+type Admitted = (tokio::sync::mpsc::UnboundedReceiver<SequenceMessage<ChatEvent>>, usize, Option<String>);
 
 impl ChatModel {
     /// The admission queue.
@@ -155,6 +163,7 @@ impl ChatModel {
         // Cheap checks first: a bad schema is refused before any image is fetched.
         let json = schema(&request.response_format)?;
         let images = self.load_images(&request.images).await?;
+        let echo = request.echo.then(|| self.prompt_text(&request));
         let sequence = self.sequence(request, images, json)?;
         let prompt_tokens = sequence.prompt.len();
         let permit = self
@@ -169,7 +178,7 @@ impl ChatModel {
                 metrics.chat_queue_wait.with_label_values(&model).observe(wait.as_secs_f64());
                 metrics.chat_batch_wait.with_label_values(&model).observe(wait.as_secs_f64());
                 crate::telemetry::request_fields::note_queue_wait(wait);
-                Ok((events, prompt_tokens))
+                Ok((events, prompt_tokens, echo))
             }
             Some(SequenceMessage::Failed(e)) => Err(self.failure(e)),
             Some(SequenceMessage::Event(_)) | None => Err(ApiError::Internal("the model dropped the request".into())),
@@ -219,24 +228,48 @@ impl ChatModel {
         images: Vec<ImageInput>,
         json: Option<Schema>,
     ) -> Result<ChatRequest, ApiError> {
-        let prompt = self.template.render(&request.messages).map_err(|e| ApiError::invalid("messages", e))?;
-        let ids = self
-            .tokenizer
-            .encode(prompt.as_str(), false)
-            .map_err(|e| ApiError::invalid("messages", format!("cannot tokenize the prompt: {e}")))?
-            .get_ids()
-            .to_vec();
+        let (ids, param) = match &request.prompt {
+            Some(RawPrompt::Tokens(ids)) => {
+                let vocab = self.tokenizer.get_vocab_size(true) as u32;
+                if let Some(bad) = ids.iter().find(|&&t| t >= vocab) {
+                    return Err(ApiError::invalid(
+                        "prompt",
+                        format!("token id {bad} is outside the vocabulary of {vocab}"),
+                    ));
+                }
+                (ids.clone(), "prompt")
+            }
+            Some(RawPrompt::Text(text)) => (self.encode(text, true, "prompt")?, "prompt"),
+            None => {
+                let Some(template) = &self.template else {
+                    return Err(ApiError::invalid(
+                        "messages",
+                        format!(
+                            "Model `{}` is a base model with no chat template; send it a prompt at /v1/completions",
+                            self.settings.id
+                        ),
+                    ));
+                };
+                let prompt = template.render(&request.messages).map_err(|e| ApiError::invalid("messages", e))?;
+                (self.encode(&prompt, false, "messages")?, "messages")
+            }
+        };
+        if ids.is_empty() {
+            return Err(ApiError::invalid(param, "the prompt is empty"));
+        }
         let ids = self.place_images(ids, &images)?;
         let limits = &self.limits;
         let max_prompt = limits.max_prompt_tokens.min(self.context.saturating_sub(1));
         if ids.len() > max_prompt {
             return Err(ApiError::invalid(
-                "messages",
+                param,
                 format!("Prompt too long; max {max_prompt} tokens (this prompt has {})", ids.len()),
             ));
         }
         let requested = request.max_tokens.unwrap_or(limits.default_max_tokens);
-        let max_tokens = requested.min(limits.max_new_tokens).min(self.context - ids.len()).max(1);
+        // Scoring a prompt (echo with logprobs) may generate nothing.
+        let least = usize::from(!(request.echo && request.logprobs.is_some()));
+        let max_tokens = requested.min(limits.max_new_tokens).min(self.context - ids.len()).max(least);
         let fault = cfg!(feature = "fault-injection")
             && self
                 .settings
@@ -257,7 +290,26 @@ impl ChatModel {
             prompt: ids,
             images,
             fault,
+            logprobs: request.logprobs,
+            prompt_logprobs: request.echo && request.logprobs.is_some(),
         })
+    }
+
+    fn encode(&self, text: &str, special: bool, param: &str) -> Result<Vec<u32>, ApiError> {
+        let encoding = self
+            .tokenizer
+            .encode(text, special)
+            .map_err(|e| ApiError::invalid(param, format!("cannot tokenize the prompt: {e}")))?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    /// A completions prompt's text, as `echo` returns it.
+    fn prompt_text(&self, request: &CompletionRequest) -> String {
+        match &request.prompt {
+            Some(RawPrompt::Text(text)) => text.clone(),
+            Some(RawPrompt::Tokens(ids)) => self.tokenizer.decode(ids, false).unwrap_or_default(),
+            None => String::new(),
+        }
     }
 
     /// Expands each image placeholder the template wrote into as many tokens as its image takes.

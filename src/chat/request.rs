@@ -31,6 +31,22 @@ pub struct CompletionRequest {
     pub frequency_penalty: f32,
     /// Whether the answer streams (the request timeout then ends at the first token).
     pub stream: bool,
+    /// `/v1/completions`: the prompt as given, tokenized without a template (`messages` is then empty).
+    pub prompt: Option<RawPrompt>,
+    /// Log-probabilities of the generated tokens, with this many alternatives each.
+    pub logprobs: Option<usize>,
+    /// `/v1/completions` `echo`: the prompt's text comes back before the completion, and with
+    /// `logprobs` its tokens' log-probabilities; `max_tokens` may then be 0.
+    pub echo: bool,
+}
+
+/// A completions prompt as the client sent it.
+#[derive(Debug, Clone)]
+pub enum RawPrompt {
+    /// Text, tokenized as the model's tokenizer does by default (special tokens such as BOS added).
+    Text(String),
+    /// Token ids, used as they are.
+    Tokens(Vec<u32>),
 }
 
 /// Where an image part sits in the request (for errors) and what it points at.

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use crate::engines::chat::ChatEvent;
+use crate::engines::chat::{ChatEvent, TokenLogprob};
 use crate::error::ApiError;
 use crate::runtime::{RequestPath, ServedModel};
 use crate::telemetry::outcome::Outcome;
@@ -19,8 +19,9 @@ use sis_actors::SequenceMessage;
 /// One step of a completion.
 #[derive(Debug)]
 pub enum ChatChunk {
-    /// New text.
-    Delta(String),
+    /// New text, and the log-probabilities of the tokens behind it when the request asked (the text
+    /// of a token may come in a later chunk, held back for a stop string or a split character).
+    Delta(String, Vec<TokenLogprob>),
     /// The completion finished.
     Done(Finished),
     /// The completion failed after it started.
@@ -60,6 +61,8 @@ pub struct ChatStream {
     deadline: Option<(tokio::time::Instant, Duration)>,
     pending: Option<ChatChunk>,
     ended: bool,
+    /// `echo`: the prompt's text, sent before the completion's.
+    pub echo: Option<String>,
 }
 
 impl ChatStream {
@@ -89,6 +92,7 @@ impl ChatStream {
             deadline,
             pending: None,
             ended: false,
+            echo: None,
         }
     }
 
@@ -109,20 +113,20 @@ impl ChatStream {
                 },
             };
             match event {
-                Some(SequenceMessage::Event(ChatEvent { text, finish, completion_tokens })) => {
+                Some(SequenceMessage::Event(ChatEvent { text, finish, completion_tokens, logprobs })) => {
                     self.token();
                     let Some(finish) = finish else {
-                        if text.is_empty() {
+                        if text.is_empty() && logprobs.is_empty() {
                             continue;
                         }
-                        return Some(ChatChunk::Delta(text));
+                        return Some(ChatChunk::Delta(text, logprobs));
                     };
                     let done = ChatChunk::Done(self.finish(finish.as_str(), completion_tokens));
-                    if text.is_empty() {
+                    if text.is_empty() && logprobs.is_empty() {
                         return Some(done);
                     }
                     self.pending = Some(done);
-                    return Some(ChatChunk::Delta(text));
+                    return Some(ChatChunk::Delta(text, logprobs));
                 }
                 Some(SequenceMessage::Admitted(_)) => continue,
                 Some(SequenceMessage::Failed(e)) => {

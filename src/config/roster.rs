@@ -219,6 +219,9 @@ pub struct ModelEntry {
     /// The model's name upstream, when it differs from `id`.
     #[serde(default)]
     pub upstream_model: Option<String>,
+    /// A chat model served as a base model: `/v1/completions` only, its chat template (if any) unused.
+    #[serde(default)]
+    pub base_model: bool,
     /// A warmup failure leaves the server healthy (the model serves without it); by default, as in
     /// the seed, it makes `/health` unhealthy.
     #[serde(default)]
@@ -294,6 +297,7 @@ impl ModelEntry {
             upstream: None,
             api_key_env: None,
             upstream_model: None,
+            base_model: false,
             warmup_optional: false,
             fault_panic_marker: None,
             fault_load_failures: None,

@@ -24,7 +24,9 @@ enum Area {
 }
 
 fn area(path: &str) -> Area {
-    if path.starts_with("/v1/") || matches!(path, "/v1" | "/embeddings" | "/chat/completions" | "/rerank") {
+    if path.starts_with("/v1/")
+        || matches!(path, "/v1" | "/embeddings" | "/chat/completions" | "/completions" | "/rerank")
+    {
         Area::Api
     } else if path.starts_with("/admin") {
         Area::Admin

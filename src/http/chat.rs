@@ -43,6 +43,10 @@ struct ChatCompletionRequest {
     presence_penalty: Option<f64>,
     #[serde(default)]
     frequency_penalty: Option<f64>,
+    #[serde(default)]
+    logprobs: Option<bool>,
+    #[serde(default)]
+    top_logprobs: Option<i64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -73,12 +77,17 @@ async fn handle(req: &HttpRequest, payload: web::Payload, runtime: &Runtime) -> 
         return Ok(HttpResponse::Ok()
             .content_type("text/event-stream")
             .insert_header(("Cache-Control", "no-cache"))
-            .streaming(sse(completion, include_usage)));
+            .streaming(sse(completion, include_usage, body.logprobs == Some(true))));
     }
     let mut text = String::new();
+    let mut logprobs = Vec::new();
+    let wants_logprobs = body.logprobs == Some(true);
     loop {
         match completion.next().await {
-            Some(ChatChunk::Delta(delta)) => text.push_str(&delta),
+            Some(ChatChunk::Delta(delta, tokens)) => {
+                text.push_str(&delta);
+                logprobs.extend(tokens);
+            }
             Some(ChatChunk::Done(done)) => {
                 return Ok(HttpResponse::Ok().json(json!({
                     "id": completion.id,
@@ -88,7 +97,7 @@ async fn handle(req: &HttpRequest, payload: web::Payload, runtime: &Runtime) -> 
                     "choices": [{
                         "index": 0,
                         "message": { "role": "assistant", "content": text },
-                        "logprobs": null,
+                        "logprobs": if wants_logprobs { super::logprobs::chat(&logprobs) } else { Value::Null },
                         "finish_reason": done.finish_reason,
                     }],
                     "usage": usage(&done),
@@ -100,7 +109,7 @@ async fn handle(req: &HttpRequest, payload: web::Payload, runtime: &Runtime) -> 
     }
 }
 
-fn number(value: Option<f64>, param: &str, min: f64, max: f64) -> Result<Option<f32>, ApiError> {
+pub(super) fn number(value: Option<f64>, param: &str, min: f64, max: f64) -> Result<Option<f32>, ApiError> {
     match value {
         None => Ok(None),
         Some(v) if v.is_finite() && v >= min && v <= max => Ok(Some(v as f32)),
@@ -142,18 +151,15 @@ fn translate(request: &ChatCompletionRequest) -> Result<CompletionRequest, ApiEr
             }
         },
     };
-    let stop = match &request.stop {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(items)) if items.len() <= 4 => items
-            .iter()
-            .map(|i| {
-                i.as_str()
-                    .map(str::to_string)
-                    .ok_or_else(|| ApiError::invalid("stop", "stop must be a string or a list of strings"))
-            })
-            .collect::<Result<_, _>>()?,
-        Some(_) => return Err(ApiError::invalid("stop", "stop must be a string or a list of up to 4 strings")),
+    let stop = stop_list(&request.stop)?;
+    let logprobs = match (request.logprobs, request.top_logprobs) {
+        (Some(true), None) => Some(0),
+        (Some(true), Some(top)) if (0..=20).contains(&top) => Some(top as usize),
+        (Some(true), Some(top)) => {
+            return Err(ApiError::invalid("top_logprobs", format!("top_logprobs must be from 0 to 20, got {top}")))
+        }
+        (_, Some(_)) => return Err(ApiError::invalid("top_logprobs", "top_logprobs needs logprobs: true")),
+        _ => None,
     };
     let mut images = Vec::new();
     let messages = messages(&request.messages, &mut images)?;
@@ -170,6 +176,26 @@ fn translate(request: &ChatCompletionRequest) -> Result<CompletionRequest, ApiEr
         presence_penalty: number(request.presence_penalty, "presence_penalty", -2.0, 2.0)?.unwrap_or(0.0),
         frequency_penalty: number(request.frequency_penalty, "frequency_penalty", -2.0, 2.0)?.unwrap_or(0.0),
         stream: request.stream.unwrap_or(false),
+        prompt: None,
+        logprobs,
+        echo: false,
+    })
+}
+
+/// `stop`: a string or a list of up to 4.
+pub(super) fn stop_list(stop: &Option<Value>) -> Result<Vec<String>, ApiError> {
+    Ok(match stop {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(items)) if items.len() <= 4 => items
+            .iter()
+            .map(|i| {
+                i.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| ApiError::invalid("stop", "stop must be a string or a list of strings"))
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err(ApiError::invalid("stop", "stop must be a string or a list of up to 4 strings")),
     })
 }
 
@@ -286,6 +312,7 @@ fn usage(done: &Finished) -> Value {
 fn sse(
     completion: ChatStream,
     include_usage: bool,
+    wants_logprobs: bool,
 ) -> impl futures_util::Stream<Item = Result<Bytes, actix_web::Error>> {
     let chunk = move |completion: &ChatStream, delta: Value, finish: Option<&str>| {
         let mut c = json!({
@@ -293,7 +320,7 @@ fn sse(
             "object": "chat.completion.chunk",
             "created": completion.created,
             "model": completion.model,
-            "choices": [{ "index": 0, "delta": delta, "logprobs": null, "finish_reason": finish }],
+            "choices": [{ "index": 0, "delta": delta, "logprobs": Value::Null, "finish_reason": finish }],
         });
         if include_usage {
             c["usage"] = Value::Null;
@@ -307,7 +334,13 @@ fn sse(
             return Some((Ok(Bytes::from(first)), (completion, None)));
         }
         let out = match completion.next().await? {
-            ChatChunk::Delta(text) => frame(&chunk(&completion, json!({ "content": text }), None)),
+            ChatChunk::Delta(text, tokens) => {
+                let mut c = chunk(&completion, json!({ "content": text }), None);
+                if wants_logprobs {
+                    c["choices"][0]["logprobs"] = super::logprobs::chat(&tokens);
+                }
+                frame(&c)
+            }
             ChatChunk::Done(done) => {
                 let mut out = frame(&chunk(&completion, json!({}), Some(done.finish_reason)));
                 if include_usage {

@@ -5,10 +5,12 @@ pub mod admin;
 pub mod audio;
 pub mod body;
 pub mod chat;
+pub mod completions;
 pub mod embeddings;
 pub mod error;
 pub mod forward;
 pub mod health;
+pub mod logprobs;
 pub mod metrics;
 pub mod models;
 pub mod request_id;
@@ -36,6 +38,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(post("/embeddings", web::post().to(embeddings::create)))
         .service(post("/v1/chat/completions", web::post().to(chat::create)))
         .service(post("/chat/completions", web::post().to(chat::create)))
+        .service(post("/v1/completions", web::post().to(completions::create)))
+        .service(post("/completions", web::post().to(completions::create)))
         .service(post("/v1/rerank", web::post().to(rerank::create)))
         .service(post("/rerank", web::post().to(rerank::tei)))
         .service(post("/v1/audio/transcriptions", web::post().to(audio::transcriptions)))

@@ -61,6 +61,23 @@ pub struct ChatRequest {
     pub images: Vec<ImageInput>,
     /// Test hook: the engine panics when this sequence joins a step (fault-injection builds only).
     pub fault: bool,
+    /// Log-probabilities of the sampled tokens, with this many alternatives each.
+    pub logprobs: Option<usize>,
+    /// Log-probabilities of the prompt's own tokens too (with `logprobs`' alternatives), sent with the
+    /// first event; `max_tokens` may then be 0 (the prompt scored, nothing generated).
+    pub prompt_logprobs: bool,
+}
+
+/// A token's log-probability under the model's distribution at its position, before temperature and
+/// penalties (the raw logits' log-softmax), and the most likely alternatives there.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    /// The token's bytes (a special token's text).
+    pub bytes: Vec<u8>,
+    /// Its log-probability; `None` for a prompt's first token, which nothing predicts.
+    pub logprob: Option<f32>,
+    /// The most likely tokens at its position, most likely first.
+    pub top: Vec<(Vec<u8>, f32)>,
 }
 
 /// What a step produced for one sequence.
@@ -72,12 +89,16 @@ pub struct ChatEvent {
     pub finish: Option<FinishReason>,
     /// Tokens generated so far.
     pub completion_tokens: usize,
+    /// Log-probabilities of the prompt (first event) and of the tokens sampled in this step, when asked.
+    pub logprobs: Vec<TokenLogprob>,
 }
 
 /// Token vocabulary as raw bytes, for exact incremental detokenization: byte-level BPE (GPT-2's
 /// printable stand-ins for bytes) or SentencePiece (`▁` for a space, `<0xHH>` byte pieces).
 pub struct TokenBytes {
     bytes: Vec<Vec<u8>>,
+    /// Special tokens' text (they decode to nothing, but log-probabilities name them).
+    specials: HashMap<u32, String>,
 }
 
 impl TokenBytes {
@@ -101,11 +122,15 @@ impl TokenBytes {
             decode.insert(c, b);
         }
         let size = tokenizer.get_vocab_size(true);
-        let specials: std::collections::HashSet<u32> =
-            tokenizer.get_added_tokens_decoder().iter().filter(|(_, t)| t.special).map(|(id, _)| *id).collect();
+        let specials: HashMap<u32, String> = tokenizer
+            .get_added_tokens_decoder()
+            .iter()
+            .filter(|(_, t)| t.special)
+            .map(|(id, t)| (*id, t.content.clone()))
+            .collect();
         let bytes = (0..size as u32)
             .map(|id| {
-                if specials.contains(&id) {
+                if specials.contains_key(&id) {
                     return Vec::new();
                 }
                 let token = tokenizer.id_to_token(id).unwrap_or_default();
@@ -120,7 +145,34 @@ impl TokenBytes {
                     .collect()
             })
             .collect();
-        Self { bytes }
+        Self { bytes, specials }
+    }
+
+    /// A token as log-probabilities show it: its bytes, or a special token's text.
+    fn shown(&self, id: u32) -> Vec<u8> {
+        match self.specials.get(&id) {
+            Some(text) => text.clone().into_bytes(),
+            None => self.get(id).to_vec(),
+        }
+    }
+
+    /// The log-probability of `token` in the raw `logits`, and the `top` most likely tokens.
+    fn logprob(&self, logits: &[f32], token: u32, top: usize) -> TokenLogprob {
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let lse = max + logits.iter().map(|&l| ((l - max) as f64).exp()).sum::<f64>().ln() as f32;
+        let mut best: Vec<u32> = (0..logits.len() as u32).collect();
+        let top = top.min(best.len());
+        let by_logit = |a: &u32, b: &u32| logits[*b as usize].total_cmp(&logits[*a as usize]).then(a.cmp(b));
+        if top > 0 && top < best.len() {
+            best.select_nth_unstable_by(top - 1, by_logit);
+        }
+        best.truncate(top);
+        best.sort_by(by_logit);
+        TokenLogprob {
+            bytes: self.shown(token),
+            logprob: Some(logits[token as usize] - lse),
+            top: best.into_iter().map(|t| (self.shown(t), logits[t as usize] - lse)).collect(),
+        }
     }
 
     fn get(&self, id: u32) -> &[u8] {
@@ -180,6 +232,10 @@ struct Sequence {
     utf8: Vec<u8>,
     held: String,
     json: Option<JsonMatcher>,
+    /// Prompt log-probabilities: the last row of the previous prompt chunk (it predicts this chunk's
+    /// first token), and the entries so far, sent with the first event.
+    prompt_row: Option<Vec<f32>>,
+    prompt_logprobs: Vec<TokenLogprob>,
 }
 
 /// The loaded chat engine.
@@ -295,6 +351,9 @@ impl StepEngine for ChatEngine {
         if request.prompt.is_empty() {
             return Err(EngineError::new("empty prompt"));
         }
+        if request.max_tokens == 0 && !request.prompt_logprobs {
+            return Err(EngineError::new("max_tokens 0 only scores a prompt (echo with logprobs)"));
+        }
         if request.prompt.len() + request.max_tokens > context {
             return Err(EngineError::new(format!("prompt and max_tokens exceed the context of {context} tokens")));
         }
@@ -315,6 +374,8 @@ impl StepEngine for ChatEngine {
             utf8: Vec::new(),
             held: String::new(),
             json: request.json.clone().map(JsonMatcher::new),
+            prompt_row: None,
+            prompt_logprobs: Vec::new(),
             request,
         };
         self.sequences.insert(id, seq);
@@ -359,6 +420,7 @@ impl StepEngine for ChatEngine {
                 let logits = seq.prefilled == seq.request.prompt.len();
                 let mut input = StepInput::text(&mut seq.cache, &seq.next, logits);
                 input.prompt = seq.chunk_start.is_some();
+                input.all_logits = input.prompt && seq.request.prompt_logprobs;
                 if let (Some(visual), Some(start)) = (&seq.visual, seq.chunk_start) {
                     let end = start + seq.next.len();
                     input.positions = Some(&visual.positions[start..end]);
@@ -368,18 +430,58 @@ impl StepEngine for ChatEngine {
             }
         }
         inputs.sort_by_key(|(id, _)| ids.iter().position(|x| x == id));
-        let order: Vec<(u64, bool)> = inputs.iter().map(|(id, i)| (*id, i.logits)).collect();
+        // Rows of logits each input gets back: every new token's, the last one's, or none.
+        let order: Vec<(u64, usize)> = inputs
+            .iter()
+            .map(|(id, i)| (*id, if i.all_logits { i.tokens.len() } else { usize::from(i.logits) }))
+            .collect();
         let mut step: Vec<StepInput<'_>> = inputs.into_iter().map(|(_, i)| i).collect();
         let logits = self.model.step(&mut step).map_err(EngineError::new)?;
         drop(step);
 
         let mut rows = logits.into_iter();
-        for (id, wants) in order {
-            if !wants {
+        for (id, count) in order {
+            if count == 0 {
                 continue;
             }
-            let mut row = rows.next().ok_or_else(|| EngineError::new("missing logits"))?;
+            let mut chunk: Vec<Vec<f32>> = rows.by_ref().take(count).collect();
+            if chunk.len() != count {
+                return Err(EngineError::new("missing logits"));
+            }
             let seq = self.sequences.get_mut(&id).expect("present");
+            if let (Some(start), true) = (seq.chunk_start, seq.request.prompt_logprobs) {
+                // Row i predicts prompt token start + i + 1; this chunk's first token was predicted by
+                // the previous chunk's last row (the prompt's first token by nothing).
+                let top = seq.request.logprobs.unwrap_or(0);
+                let tokens = &seq.request.prompt[start..start + count];
+                for (i, &token) in tokens.iter().enumerate() {
+                    let entry = match if i == 0 { seq.prompt_row.as_deref() } else { Some(&chunk[i - 1][..]) } {
+                        Some(row) => self.bytes.logprob(row, token, top),
+                        None => TokenLogprob { bytes: self.bytes.shown(token), logprob: None, top: Vec::new() },
+                    };
+                    seq.prompt_logprobs.push(entry);
+                }
+                seq.prompt_row = chunk.pop();
+                if seq.prefilled < seq.request.prompt.len() {
+                    continue;
+                }
+                if seq.request.max_tokens == 0 {
+                    // Scored, nothing to generate.
+                    let logprobs = std::mem::take(&mut seq.prompt_logprobs);
+                    let event = ChatEvent {
+                        text: String::new(),
+                        finish: Some(FinishReason::Length),
+                        completion_tokens: 0,
+                        logprobs,
+                    };
+                    events.push((id, event, true));
+                    self.remove(id);
+                    continue;
+                }
+                chunk.push(seq.prompt_row.take().expect("the last row"));
+            }
+            let mut row = chunk.pop().expect("one row");
+            let raw = seq.request.logprobs.map(|_| row.clone());
             if let Some(matcher) = seq.json.as_mut() {
                 // Leave room to close the document before max_tokens.
                 if seq.request.max_tokens - seq.generated <= 2 * matcher.depth() + 3 {
@@ -426,7 +528,11 @@ impl StepEngine for ChatEngine {
                     (text, None)
                 }
             };
-            let event = ChatEvent { text, finish, completion_tokens: seq.generated };
+            let mut logprobs = std::mem::take(&mut seq.prompt_logprobs);
+            if let (Some(raw), Some(top)) = (raw, seq.request.logprobs) {
+                logprobs.push(self.bytes.logprob(&raw, token, top));
+            }
+            let event = ChatEvent { text, finish, completion_tokens: seq.generated, logprobs };
             events.push((id, event, finish.is_some()));
             if finish.is_some() {
                 self.remove(id);
@@ -545,6 +651,8 @@ mod tests {
                 json: None,
                 images: Vec::new(),
                 fault: false,
+                logprobs: None,
+                prompt_logprobs: false,
             },
             cache: KvCache::default(),
             prefilled: 0,
@@ -557,6 +665,8 @@ mod tests {
             utf8: vec![],
             held: String::new(),
             json: None,
+            prompt_row: None,
+            prompt_logprobs: Vec::new(),
         }
     }
 

@@ -12,8 +12,8 @@ pub struct ChatSpec {
     pub path: PathBuf,
     /// Tokenizer: `tokenizer.json` beside the weights, else built from the GGUF metadata.
     pub tokenizer: std::sync::Arc<Tokenizer>,
-    /// Chat template source.
-    pub template: String,
+    /// Chat template source; `None` for a base model (served by `/v1/completions` only).
+    pub template: Option<String>,
     /// BOS token text.
     pub bos: String,
     /// EOS token text.
@@ -54,13 +54,8 @@ impl ChatSpec {
         };
         let bos = token_text("tokenizer.ggml.bos_token_id").unwrap_or_default();
         let eos = token_text("tokenizer.ggml.eos_token_id").unwrap_or_default();
-        let template = match tokenizer_config_template(dir) {
-            Some(t) => t,
-            None => md
-                .get("tokenizer.chat_template")
-                .and_then(|v| v.to_string().ok().cloned())
-                .ok_or_else(|| anyhow::anyhow!("{} has no chat template", path.display()))?,
-        };
+        let template = tokenizer_config_template(dir)
+            .or_else(|| md.get("tokenizer.chat_template").and_then(|v| v.to_string().ok().cloned()));
         let eos_ids =
             end_tokens(&tokenizer, md.get("tokenizer.ggml.eos_token_id").and_then(|v| v.to_u32().ok()), path)?;
         let arch = md.get("general.architecture").and_then(|v| v.to_string().ok().cloned()).unwrap_or_default();
@@ -93,8 +88,7 @@ impl ChatSpec {
                 None => String::new(),
             }
         };
-        let template = tokenizer_config_template(dir)
-            .ok_or_else(|| anyhow::anyhow!("{} has no chat_template in tokenizer_config.json", dir.display()))?;
+        let template = tokenizer_config_template(dir);
         let (bos, eos) = (token("bos_token"), token("eos_token"));
         let mut eos_ids = end_tokens(&tokenizer, tokenizer.token_to_id(&eos), dir)?;
         if let Some(generation) = read_json("generation_config.json") {

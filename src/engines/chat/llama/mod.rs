@@ -58,6 +58,9 @@ pub struct StepInput<'a> {
     pub tokens: &'a [u32],
     /// Whether to compute logits for the last new token.
     pub logits: bool,
+    /// Whether to compute logits for every new token (a prompt's own log-probabilities); implies
+    /// `logits`.
+    pub all_logits: bool,
     /// Explicit (time, row, column) rotary positions of the new tokens; `None` continues the text
     /// positions of the cache.
     pub positions: Option<&'a [[u32; 3]]>,
@@ -71,7 +74,7 @@ pub struct StepInput<'a> {
 impl<'a> StepInput<'a> {
     /// Text tokens at the cache's next positions.
     pub fn text(cache: &'a mut KvCache, tokens: &'a [u32], logits: bool) -> Self {
-        Self { cache, tokens, logits, positions: None, visual: None, prompt: false }
+        Self { cache, tokens, logits, all_logits: false, positions: None, visual: None, prompt: false }
     }
 
     /// Marks the tokens as prompt tokens.
@@ -124,7 +127,8 @@ impl Llama {
         KvCache::new(self.config.layers)
     }
 
-    /// Runs one packed step; returns the logits (`[vocab]`) of each input that asked for them, in order.
+    /// Runs one packed step; returns the logits (`[vocab]`) of each input that asked for them, in order:
+    /// one row for the last new token, or one per new token for inputs that ask for `all_logits`.
     pub fn step(&self, inputs: &mut [StepInput<'_>]) -> Result<Vec<Vec<f32>>> {
         self.pool.run(|| self.step_in_pool(inputs, false))
     }
@@ -221,8 +225,11 @@ impl Llama {
         let mut rows = Vec::new();
         let mut end = 0;
         for input in inputs.iter() {
+            let start = end;
             end += input.tokens.len();
-            if input.logits && !input.tokens.is_empty() {
+            if input.all_logits && !hidden {
+                rows.extend(start as u32..end as u32);
+            } else if (input.logits || input.all_logits) && !input.tokens.is_empty() {
                 rows.push((end - 1) as u32);
             }
         }
