@@ -288,6 +288,10 @@ impl Runtime {
             kernels: Vec::new(),
             threads: ModelThreads::default(),
         };
+        crate::engines::device::available(settings.device)?;
+        if matches!(settings.capability, Capability::Chat | Capability::Vision | Capability::Audio) {
+            crate::engines::device::cpu_only(settings.device, settings.capability.name())?;
+        }
         let path = match settings.capability {
             Capability::Embeddings => {
                 RequestPath::Embeddings(Box::new(crate::embeddings::start(&settings, &resolved.dir, &mut launch)?))

@@ -323,3 +323,24 @@ fn the_seeds_environment_and_benchmark_flags_work_as_in_the_seed() {
     let vars = bench(&["--n-requests", "3"], &[("BASE_URL", &server.base), ("MODEL_NAME", MINILM)]);
     assert_eq!((&vars["requests"], &vars["completed"]), (&json!(3), &json!(3)));
 }
+
+/// A model asked to run on a device this build or machine lacks fails alone, saying what is missing,
+/// rather than running on the CPU unannounced; `auto` takes the CPU here.
+#[test]
+fn a_model_on_a_missing_device_fails_alone_and_auto_takes_the_cpu() {
+    let roster = format!(
+        "{}device = \"cuda:0\"\n\n{}",
+        minilm_entry("minilm-gpu", ""),
+        minilm_entry("minilm-auto", "device = \"auto\"")
+    );
+    let server = TestServer::builder().roster(&roster).env("MODELS", "minilm-gpu,minilm-auto").live_only().start();
+    let health = server.wait_health("both settled", |h| {
+        h["actors"]["minilm-gpu"]["state"] == "failed" && h["actors"]["minilm-auto"]["state"] == "ready"
+    });
+    let reason = health["actors"]["minilm-gpu"]["last_error"].as_str().unwrap();
+    if cfg!(not(feature = "cuda")) {
+        assert!(reason.contains("--features cuda"), "{reason}");
+    }
+    assert_eq!(health["actors"]["minilm-gpu"]["settings"]["device"], "cuda:0");
+    assert_eq!(server.embed(embed_body("minilm-auto")).status, 200);
+}

@@ -155,7 +155,7 @@ impl ModelSettings {
         ModelSettings {
             id: entry.id.clone(),
             capability: entry.kind,
-            device: settings.device,
+            device: entry.device.unwrap_or(settings.device),
             precision: entry.precision.unwrap_or_default(),
             queue,
             embeddings,

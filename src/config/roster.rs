@@ -219,6 +219,9 @@ pub struct ModelEntry {
     /// The model's name upstream, when it differs from `id`.
     #[serde(default)]
     pub upstream_model: Option<String>,
+    /// The device this model runs on (`cpu`, `cuda[:i]`, `metal`, `auto`), over `MODEL_DEVICE`.
+    #[serde(default)]
+    pub device: Option<crate::engines::device::DeviceName>,
     /// A chat model served as a base model: `/v1/completions` only, its chat template (if any) unused.
     #[serde(default)]
     pub base_model: bool,
@@ -297,6 +300,7 @@ impl ModelEntry {
             upstream: None,
             api_key_env: None,
             upstream_model: None,
+            device: None,
             base_model: false,
             warmup_optional: false,
             fault_panic_marker: None,

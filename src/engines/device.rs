@@ -56,6 +56,45 @@ impl serde::Serialize for DeviceName {
     }
 }
 
+impl<'de> serde::Deserialize<'de> for DeviceName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Where a model asked to run on `name` will run, when its engine runs on the CPU only (chat, speech
+/// and vision, for now): the CPU for `cpu` and `auto` (said in the log when a GPU was there to
+/// take); an error naming the model's kind for a GPU, rather than a CPU server where a GPU was asked.
+pub fn cpu_only(name: DeviceName, kind: &str) -> anyhow::Result<()> {
+    match name {
+        DeviceName::Cpu => Ok(()),
+        DeviceName::Auto => {
+            if !name.is_cpu() {
+                tracing::warn!(kind, "device auto: a GPU is present, but {kind} models run on the CPU in this version");
+            }
+            Ok(())
+        }
+        DeviceName::Cuda(_) | DeviceName::Metal => anyhow::bail!(
+            "{kind} models run on the CPU only in this version of sis (embeddings and rerank run on GPUs); \
+             set device = \"cpu\" or \"auto\" for this model"
+        ),
+    }
+}
+
+/// Checks that this build and machine have the device `name` names, with a message saying what is
+/// missing (a build without the GPU feature, or no such GPU).
+pub fn available(name: DeviceName) -> anyhow::Result<()> {
+    let (feature, compiled) = match name {
+        DeviceName::Cpu | DeviceName::Auto => return Ok(()),
+        DeviceName::Cuda(_) => ("cuda", cfg!(feature = "cuda")),
+        DeviceName::Metal => ("metal", cfg!(feature = "metal")),
+    };
+    if !compiled {
+        anyhow::bail!("device {name} needs a build with `--features {feature}`; this one runs on the CPU only");
+    }
+    open(name).map(|_| ()).map_err(|e| anyhow::anyhow!("device {name} cannot be opened: {e}"))
+}
+
 impl DeviceName {
     /// Whether [`open`] gives the CPU for this name (cheap: opens nothing).
     pub fn is_cpu(self) -> bool {
@@ -97,5 +136,16 @@ mod tests {
         assert_eq!("cuda".parse::<DeviceName>().unwrap(), DeviceName::Cuda(0));
         assert!("tpu".parse::<DeviceName>().is_err());
         assert!("cuda:x".parse::<DeviceName>().is_err());
+    }
+
+    #[test]
+    fn cpu_only_engines_refuse_gpus_and_take_auto() {
+        assert!(cpu_only(DeviceName::Cpu, "chat").is_ok() && cpu_only(DeviceName::Auto, "chat").is_ok());
+        let refused = cpu_only(DeviceName::Cuda(0), "chat").unwrap_err().to_string();
+        assert!(refused.contains("chat models run on the CPU only"), "{refused}");
+        if !cfg!(feature = "cuda") {
+            let missing = available(DeviceName::Cuda(1)).unwrap_err().to_string();
+            assert!(missing.contains("--features cuda"), "{missing}");
+        }
     }
 }
