@@ -49,10 +49,11 @@ struct ChatCompletionRequest {
     top_logprobs: Option<i64>,
 }
 
+/// `stream_options` (chat and completions).
 #[derive(Deserialize, Default)]
-struct StreamOptions {
+pub(super) struct StreamOptions {
     #[serde(default)]
-    include_usage: Option<bool>,
+    pub(super) include_usage: Option<bool>,
 }
 
 /// The handler: translates the body into a [`CompletionRequest`], and the completion into OpenAI's

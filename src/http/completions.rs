@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
 
 use super::body::read_json;
-use super::chat::{number, stop_list};
+use super::chat::{number, stop_list, StreamOptions};
 use crate::chat::{self, ChatChunk, ChatStream, CompletionRequest, RawPrompt};
 use crate::engines::chat::TokenLogprob;
 use crate::error::ApiError;
@@ -49,7 +49,7 @@ struct CompletionsBody {
     #[serde(default)]
     stream: Option<bool>,
     #[serde(default)]
-    stream_options: Option<Value>,
+    stream_options: Option<StreamOptions>,
     #[serde(default)]
     echo: Option<bool>,
     #[serde(default)]
@@ -69,8 +69,7 @@ async fn handle(req: &HttpRequest, payload: web::Payload, runtime: &Runtime) -> 
     crate::telemetry::request_fields::note_model(&body.model);
     let requests = translate(&body)?;
     let logprobs = body.logprobs.is_some();
-    let include_usage =
-        body.stream_options.as_ref().and_then(|o| o.get("include_usage")).and_then(Value::as_bool).unwrap_or(false);
+    let include_usage = body.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false);
     // Every prompt is admitted before any answer is read; one refused refuses the request.
     let started = futures_util::future::join_all(requests.into_iter().map(|r| chat::complete(runtime, r))).await;
     let completions = started.into_iter().collect::<Result<Vec<ChatStream>, ApiError>>()?;
