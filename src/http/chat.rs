@@ -23,14 +23,8 @@ struct ChatCompletionRequest {
     max_tokens: Option<i64>,
     #[serde(default)]
     max_completion_tokens: Option<i64>,
-    #[serde(default)]
-    temperature: Option<f64>,
-    #[serde(default)]
-    top_p: Option<f64>,
-    #[serde(default)]
-    seed: Option<i64>,
-    #[serde(default)]
-    stop: Option<Value>,
+    #[serde(flatten)]
+    sampling: SamplingFields,
     #[serde(default)]
     stream: Option<bool>,
     #[serde(default)]
@@ -40,13 +34,39 @@ struct ChatCompletionRequest {
     #[serde(default)]
     response_format: Option<Value>,
     #[serde(default)]
-    presence_penalty: Option<f64>,
-    #[serde(default)]
-    frequency_penalty: Option<f64>,
-    #[serde(default)]
     logprobs: Option<bool>,
     #[serde(default)]
     top_logprobs: Option<i64>,
+}
+
+/// The sampling fields chat and completions share.
+#[derive(Deserialize)]
+pub(super) struct SamplingFields {
+    #[serde(default)]
+    temperature: Option<f64>,
+    #[serde(default)]
+    top_p: Option<f64>,
+    #[serde(default)]
+    seed: Option<i64>,
+    #[serde(default)]
+    stop: Option<Value>,
+    #[serde(default)]
+    presence_penalty: Option<f64>,
+    #[serde(default)]
+    frequency_penalty: Option<f64>,
+}
+
+impl SamplingFields {
+    /// Checks the fields' ranges into `request`.
+    pub(super) fn apply(&self, request: &mut CompletionRequest) -> Result<(), ApiError> {
+        request.temperature = number(self.temperature, "temperature", 0.0, 2.0)?;
+        request.top_p = number(self.top_p, "top_p", 0.0, 1.0)?.map(|p| if p == 0.0 { f32::MIN_POSITIVE } else { p });
+        request.seed = self.seed.map(|s| s as u64);
+        request.stop = stop_list(&self.stop)?;
+        request.presence_penalty = number(self.presence_penalty, "presence_penalty", -2.0, 2.0)?.unwrap_or(0.0);
+        request.frequency_penalty = number(self.frequency_penalty, "frequency_penalty", -2.0, 2.0)?.unwrap_or(0.0);
+        Ok(())
+    }
 }
 
 /// `stream_options` (chat and completions).
@@ -110,7 +130,7 @@ async fn handle(req: &HttpRequest, payload: web::Payload, runtime: &Runtime) -> 
     }
 }
 
-pub(super) fn number(value: Option<f64>, param: &str, min: f64, max: f64) -> Result<Option<f32>, ApiError> {
+fn number(value: Option<f64>, param: &str, min: f64, max: f64) -> Result<Option<f32>, ApiError> {
     match value {
         None => Ok(None),
         Some(v) if v.is_finite() && v >= min && v <= max => Ok(Some(v as f32)),
@@ -152,7 +172,6 @@ fn translate(request: &ChatCompletionRequest) -> Result<CompletionRequest, ApiEr
             }
         },
     };
-    let stop = stop_list(&request.stop)?;
     let logprobs = match (request.logprobs, request.top_logprobs) {
         (Some(true), None) => Some(0),
         (Some(true), Some(top)) if (0..=20).contains(&top) => Some(top as usize),
@@ -164,27 +183,22 @@ fn translate(request: &ChatCompletionRequest) -> Result<CompletionRequest, ApiEr
     };
     let mut images = Vec::new();
     let messages = messages(&request.messages, &mut images)?;
-    Ok(CompletionRequest {
+    let mut translated = CompletionRequest {
         model: request.model.clone(),
         messages,
         images,
         max_tokens,
-        temperature: number(request.temperature, "temperature", 0.0, 2.0)?,
-        top_p: number(request.top_p, "top_p", 0.0, 1.0)?.map(|p| if p == 0.0 { f32::MIN_POSITIVE } else { p }),
-        seed: request.seed.map(|s| s as u64),
-        stop,
         response_format,
-        presence_penalty: number(request.presence_penalty, "presence_penalty", -2.0, 2.0)?.unwrap_or(0.0),
-        frequency_penalty: number(request.frequency_penalty, "frequency_penalty", -2.0, 2.0)?.unwrap_or(0.0),
         stream: request.stream.unwrap_or(false),
-        prompt: None,
         logprobs,
-        echo: false,
-    })
+        ..CompletionRequest::default()
+    };
+    request.sampling.apply(&mut translated)?;
+    Ok(translated)
 }
 
 /// `stop`: a string or a list of up to 4.
-pub(super) fn stop_list(stop: &Option<Value>) -> Result<Vec<String>, ApiError> {
+fn stop_list(stop: &Option<Value>) -> Result<Vec<String>, ApiError> {
     Ok(match stop {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::String(s)) => vec![s.clone()],

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
 
 use super::body::read_json;
-use super::chat::{number, stop_list, StreamOptions};
+use super::chat::{SamplingFields, StreamOptions};
 use crate::chat::{self, ChatChunk, ChatStream, CompletionRequest, RawPrompt};
 use crate::engines::chat::TokenLogprob;
 use crate::error::ApiError;
@@ -30,18 +30,8 @@ struct CompletionsBody {
     prompt: Value,
     #[serde(default)]
     max_tokens: Option<i64>,
-    #[serde(default)]
-    temperature: Option<f64>,
-    #[serde(default)]
-    top_p: Option<f64>,
-    #[serde(default)]
-    seed: Option<i64>,
-    #[serde(default)]
-    stop: Option<Value>,
-    #[serde(default)]
-    presence_penalty: Option<f64>,
-    #[serde(default)]
-    frequency_penalty: Option<f64>,
+    #[serde(flatten)]
+    sampling: SamplingFields,
     #[serde(default)]
     n: Option<i64>,
     #[serde(default)]
@@ -176,20 +166,15 @@ fn translate(body: &CompletionsBody) -> Result<Vec<CompletionRequest>, ApiError>
             ))
         }
     };
-    let base = CompletionRequest {
+    let mut base = CompletionRequest {
         model: body.model.clone(),
         max_tokens: Some(max_tokens),
-        temperature: number(body.temperature, "temperature", 0.0, 2.0)?,
-        top_p: number(body.top_p, "top_p", 0.0, 1.0)?.map(|p| if p == 0.0 { f32::MIN_POSITIVE } else { p }),
-        seed: body.seed.map(|s| s as u64),
-        stop: stop_list(&body.stop)?,
-        presence_penalty: number(body.presence_penalty, "presence_penalty", -2.0, 2.0)?.unwrap_or(0.0),
-        frequency_penalty: number(body.frequency_penalty, "frequency_penalty", -2.0, 2.0)?.unwrap_or(0.0),
         stream: body.stream.unwrap_or(false),
         logprobs,
         echo,
         ..CompletionRequest::default()
     };
+    body.sampling.apply(&mut base)?;
     Ok(prompts(&body.prompt)?
         .into_iter()
         .map(|prompt| CompletionRequest { prompt: Some(prompt), ..base.clone() })
