@@ -81,6 +81,7 @@ fn chat_logprobs_name_each_generated_token_with_its_alternatives() {
     assert_eq!(r.status, 200, "{}", r.text);
     let r = r.json();
     let content = r["choices"][0]["logprobs"]["content"].as_array().unwrap();
+    assert!(!content.is_empty());
     assert_eq!(content.len() as u64, r["usage"]["completion_tokens"].as_u64().unwrap());
     let spelled: String = content.iter().map(|t| t["token"].as_str().unwrap()).collect();
     assert!(spelled.starts_with(r["choices"][0]["message"]["content"].as_str().unwrap()), "{spelled}");
@@ -156,7 +157,13 @@ fn log_probabilities_do_not_depend_on_the_batch() {
     let server = TestServer::builder().env("MODELS", SMOLLM).start();
     let score = |prompt: &str| json!({ "model": SMOLLM, "prompt": prompt, "max_tokens": 4, "temperature": 0, "echo": true, "logprobs": 3 });
     let target = "The quick brown fox jumps over the lazy dog, and then it";
-    let alone = complete(&server, score(target)).json()["choices"][0]["logprobs"].clone();
+    let logprobs = |r: Response| {
+        assert_eq!(r.status, 200, "{}", r.text);
+        let logprobs = r.json()["choices"][0]["logprobs"].clone();
+        assert!(logprobs["token_logprobs"].as_array().unwrap().len() > 10);
+        logprobs
+    };
+    let alone = logprobs(complete(&server, score(target)));
     let busy = std::thread::scope(|s| {
         let others: Vec<_> = (0..7)
             .map(|i| {
@@ -168,9 +175,14 @@ fn log_probabilities_do_not_depend_on_the_batch() {
         for o in others {
             assert_eq!(o.join().unwrap().status, 200);
         }
-        r.json()["choices"][0]["logprobs"].clone()
+        logprobs(r)
     });
     assert_eq!(alone, busy);
+    // And the target did share steps with the others.
+    let metrics = server.metrics();
+    let steps = common::metric(&metrics, &format!("chat_batch_size_count{{model=\"{SMOLLM}\"}}")).unwrap();
+    let single = common::metric(&metrics, &format!("chat_batch_size_bucket{{model=\"{SMOLLM}\",le=\"1\"}}")).unwrap();
+    assert!(single < steps, "some steps ran more than one sequence");
 }
 
 #[test]

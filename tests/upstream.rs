@@ -69,6 +69,7 @@ fn upstream_models_forward_to_another_openai_compatible_server() {
             && h["actors"]["remote-chat"]["upstream"]["reachable"] == true
     });
     assert_eq!(health["actors"]["remote-chat"]["state"], "ready");
+    assert_eq!(health["warmup"]["completed"], true, "upstream models have no warmup to wait for");
     assert_eq!(health["actors"]["remote-chat"]["upstream"]["url"], base);
     let models = front.get("/v1/models").json();
     let listed = models["data"].as_array().unwrap().iter().find(|m| m["id"] == "remote-chat").unwrap();

@@ -42,12 +42,24 @@ pub type ChatGenerate = Generate<ChatRequest, ChatEvent>;
 /// records the rest of the request's metrics. The request timeout covers the whole completion, or for a
 /// streaming request the time until the sequence joins the batch.
 pub async fn complete(runtime: &Runtime, request: CompletionRequest) -> Result<ChatStream, ApiError> {
-    let mut outcome = Outcome::start(&runtime.metrics, Counted::Chat, &request.model);
+    let outcome = Outcome::start(&runtime.metrics, Counted::Chat, &request.model);
+    complete_with(runtime, request, Some(outcome)).await
+}
+
+/// As [`complete`], with the request's line in `chat_requests_total` kept by the caller when
+/// `outcome` is `None` (a completions request with several prompts is one request).
+pub async fn complete_with(
+    runtime: &Runtime,
+    request: CompletionRequest,
+    mut outcome: Option<Outcome>,
+) -> Result<ChatStream, ApiError> {
     let stream = request.stream;
     let started = async {
         let served = runtime.model(&request.model)?;
         let id = served.settings.id.as_str();
-        outcome.resolved(id);
+        if let Some(outcome) = outcome.as_mut() {
+            outcome.resolved(id);
+        }
         let limit = served.settings.queue.request_timeout;
         match &served.path {
             RequestPath::Chat(model) => Ok((within(limit, model.start(request)).await?, served.clone(), limit)),
@@ -64,7 +76,9 @@ pub async fn complete(runtime: &Runtime, request: CompletionRequest) -> Result<C
             Ok(completion)
         }
         Err(error) => {
-            outcome.failed(&error);
+            if let Some(outcome) = outcome {
+                outcome.failed(&error);
+            }
             Err(error)
         }
     }

@@ -71,10 +71,10 @@ impl ChatStream {
         events: UnboundedReceiver<SequenceMessage<ChatEvent>>,
         prompt_tokens: usize,
         metrics: Arc<Metrics>,
-        outcome: Outcome,
+        outcome: Option<Outcome>,
         limit: Option<Duration>,
     ) -> Self {
-        let started = outcome.started();
+        let started = outcome.as_ref().map_or_else(Instant::now, Outcome::started);
         let created =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         let deadline = limit.map(|l| (tokio::time::Instant::from_std(started) + l, l));
@@ -87,7 +87,7 @@ impl ChatStream {
             served,
             metrics,
             started,
-            outcome: Some(outcome),
+            outcome,
             last_token: None,
             deadline,
             pending: None,

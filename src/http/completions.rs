@@ -19,6 +19,7 @@ use crate::chat::{self, ChatChunk, ChatStream, CompletionRequest, RawPrompt};
 use crate::engines::chat::TokenLogprob;
 use crate::error::ApiError;
 use crate::runtime::Runtime;
+use crate::telemetry::outcome::{Counted, Outcome};
 
 /// OpenAI's default `max_tokens` for this endpoint.
 const DEFAULT_MAX_TOKENS: i64 = 16;
@@ -60,10 +61,24 @@ async fn handle(req: &HttpRequest, payload: web::Payload, runtime: &Runtime) -> 
     let requests = translate(&body)?;
     let logprobs = body.logprobs.is_some();
     let include_usage = body.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false);
+    // One request, however many prompts: its line in `chat_requests_total` is kept here (a 499 if the
+    // client goes away before it is recorded).
+    let mut outcome = Outcome::start(&runtime.metrics, Counted::Chat, &body.model);
+    if let Ok(served) = runtime.model(&body.model) {
+        outcome.resolved(&served.settings.id);
+    }
     // Every prompt is admitted before any answer is read; one refused refuses the request.
-    let started = futures_util::future::join_all(requests.into_iter().map(|r| chat::complete(runtime, r))).await;
-    let completions = started.into_iter().collect::<Result<Vec<ChatStream>, ApiError>>()?;
+    let started =
+        futures_util::future::join_all(requests.into_iter().map(|r| chat::complete_with(runtime, r, None))).await;
+    let completions = match started.into_iter().collect::<Result<Vec<ChatStream>, ApiError>>() {
+        Ok(completions) => completions,
+        Err(error) => {
+            outcome.failed(&error);
+            return Err(error);
+        }
+    };
     if body.stream == Some(true) {
+        outcome.finish(200);
         return Ok(HttpResponse::Ok()
             .content_type("text/event-stream")
             .insert_header(("Cache-Control", "no-cache"))
@@ -84,8 +99,15 @@ async fn handle(req: &HttpRequest, payload: web::Payload, runtime: &Runtime) -> 
                     tokens.extend(t);
                 }
                 Some(ChatChunk::Done(done)) => break done,
-                Some(ChatChunk::Failed(error)) => return Err(error),
-                None => return Err(ApiError::Internal("the completion ended without an answer".into())),
+                Some(ChatChunk::Failed(error)) => {
+                    outcome.failed(&error);
+                    return Err(error);
+                }
+                None => {
+                    let error = ApiError::Internal("the completion ended without an answer".into());
+                    outcome.failed(&error);
+                    return Err(error);
+                }
             }
         };
         prompt_tokens += done.prompt_tokens;
@@ -97,6 +119,7 @@ async fn handle(req: &HttpRequest, payload: web::Payload, runtime: &Runtime) -> 
             "finish_reason": done.finish_reason,
         }));
     }
+    outcome.finish(200);
     Ok(HttpResponse::Ok().json(json!({
         "id": id,
         "object": "text_completion",
@@ -208,7 +231,8 @@ fn sse(
     let choices = completions.into_iter().enumerate().map(move |(index, mut completion)| {
         let (frame, totals) = (frame.clone(), shared.clone());
         let echo = completion.echo.take();
-        futures_util::stream::unfold((completion, echo, false), move |(mut completion, echo, ended)| {
+        // `sent`: characters of the choice's text sent so far, where this chunk's token offsets start.
+        futures_util::stream::unfold((completion, echo, false, 0), move |(mut completion, echo, ended, sent)| {
             let (frame, totals) = (frame.clone(), totals.clone());
             async move {
                 if ended {
@@ -217,8 +241,9 @@ fn sse(
                 let out = match completion.next().await? {
                     ChatChunk::Delta(delta, tokens) => {
                         let text = echo.as_deref().unwrap_or_default().to_string() + &delta;
-                        let tokens = logprobs.then(|| super::logprobs::completion(&tokens, 0));
-                        return Some((frame(index, &text, tokens, None), (completion, None, false)));
+                        let tokens = logprobs.then(|| super::logprobs::completion(&tokens, sent));
+                        let sent = sent + text.chars().count();
+                        return Some((frame(index, &text, tokens, None), (completion, None, false, sent)));
                     }
                     ChatChunk::Done(done) => {
                         let mut t = totals.lock().unwrap_or_else(|e| e.into_inner());
@@ -229,7 +254,7 @@ fn sse(
                     }
                     ChatChunk::Failed(error) => super::error::sse_frame(&error),
                 };
-                Some((out, (completion, None, true)))
+                Some((out, (completion, None, true, sent)))
             }
         })
     });

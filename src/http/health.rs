@@ -36,7 +36,8 @@ pub async fn health(runtime: web::Data<Runtime>) -> HttpResponse {
                 failures.push(json!({ "model": id, "capability": capability, "error": w.error }));
                 healthy &= served.entry.warmup_optional;
             }
-            None => completed &= served.has_failed(),
+            // Models that failed to start, or that another server answers, have no warmup to wait for.
+            None => completed &= served.has_failed() || matches!(served.path, crate::runtime::RequestPath::Upstream(_)),
         }
         let ok = warmup.as_ref().is_some_and(|w| w.ok && !w.skipped);
         warmed.insert(id.clone(), json!({ capability: ok }));

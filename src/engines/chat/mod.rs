@@ -160,18 +160,11 @@ impl TokenBytes {
     fn logprob(&self, logits: &[f32], token: u32, top: usize) -> TokenLogprob {
         let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let lse = max + logits.iter().map(|&l| ((l - max) as f64).exp()).sum::<f64>().ln() as f32;
-        let mut best: Vec<u32> = (0..logits.len() as u32).collect();
-        let top = top.min(best.len());
-        let by_logit = |a: &u32, b: &u32| logits[*b as usize].total_cmp(&logits[*a as usize]).then(a.cmp(b));
-        if top > 0 && top < best.len() {
-            best.select_nth_unstable_by(top - 1, by_logit);
-        }
-        best.truncate(top);
-        best.sort_by(by_logit);
+        let best = crate::engines::nn::ranking::top(logits, top);
         TokenLogprob {
             bytes: self.shown(token),
             logprob: Some(logits[token as usize] - lse),
-            top: best.into_iter().map(|t| (self.shown(t), logits[t as usize] - lse)).collect(),
+            top: best.into_iter().map(|t| (self.shown(t as u32), logits[t] - lse)).collect(),
         }
     }
 

@@ -495,7 +495,8 @@ impl Embedder {
     /// then pools, or scores with the classification head.
     fn encode(&mut self, batch: &[&[u32]], segments: &[usize]) -> anyhow::Result<Vec<Vec<f32>>> {
         if let Encoder::Decoder(model) = &self.model {
-            let states = self.pool.run(|| Encoder::last_states(model, batch))?;
+            // The decoder runs its steps on its own threads.
+            let states = Encoder::last_states(model, batch)?;
             return states.into_iter().map(|v| self.finish(v)).collect();
         }
         // Token types only for text pairs (rerank); single texts are type 0 throughout.

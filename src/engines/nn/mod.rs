@@ -3,3 +3,4 @@
 
 pub mod attention;
 pub mod dense;
+pub mod ranking;

@@ -3,6 +3,7 @@
 //! detection, and word timings from the alignment heads.
 
 use crate::engines::kernels::elementwise;
+use crate::engines::nn::ranking::top;
 use candle_core::{IndexOp, Tensor};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -56,20 +57,6 @@ fn log_softmax(logits: &[f32]) -> Vec<f64> {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
     let log_sum = logits.iter().map(|&l| (l as f64 - max).exp()).sum::<f64>().ln() + max;
     logits.iter().map(|&l| l as f64 - log_sum).collect()
-}
-
-/// Indices of the `k` largest values, largest first; ties keep the lower index first.
-fn top(values: &[f32], k: usize) -> Vec<usize> {
-    let mut best: Vec<usize> = Vec::with_capacity(k + 1);
-    for (i, &v) in values.iter().enumerate() {
-        if v == f32::NEG_INFINITY || (best.len() == k && v <= values[best[k - 1]]) {
-            continue;
-        }
-        let at = best.partition_point(|&j| values[j] >= v);
-        best.insert(at, i);
-        best.truncate(k);
-    }
-    best
 }
 
 /// Draws a token from `logits / temperature`; none when every token is masked.
@@ -529,14 +516,6 @@ fn round(t: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn top_keeps_the_largest_in_order_and_skips_masked_entries() {
-        let v = [0.5, f32::NEG_INFINITY, 2.0, 2.0, -1.0, 3.0];
-        assert_eq!(top(&v, 3), vec![5, 2, 3]);
-        assert_eq!(top(&v, 10), vec![5, 2, 3, 0, 4]);
-        assert_eq!(top(&[f32::NEG_INFINITY; 3], 2), Vec::<usize>::new());
-    }
 
     #[test]
     fn sampling_never_draws_a_masked_token() {

@@ -409,7 +409,12 @@ impl LlamaConfig {
                 // llama.cpp's reading: a per-layer array, else a period (6 by default).
                 let layers = match get("attention.sliding_window_pattern") {
                     Ok(v) => match v.to_vec() {
-                        Ok(flags) => flags.iter().map(|f| f.to_bool()).collect::<Result<Vec<_>, _>>()?,
+                        Ok(flags) if flags.len() == layers => {
+                            flags.iter().map(|f| f.to_bool()).collect::<Result<Vec<_>, _>>()?
+                        }
+                        Ok(flags) => {
+                            anyhow::bail!("attention.sliding_window_pattern lists {} layers of {layers}", flags.len())
+                        }
                         Err(_) => sliding_layers(&[], Some(v.to_u32()? as usize), layers)?,
                     },
                     Err(_) => sliding_layers(&[], Some(6), layers)?,

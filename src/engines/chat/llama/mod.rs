@@ -177,9 +177,9 @@ impl Llama {
             let mut k = k.flatten_all()?.to_vec1::<f32>()?;
             let v = v.flatten_all()?.to_vec1::<f32>()?;
             // RoPE at each token's own position, then append K/V to each sequence's cache.
-            let sliding = c.sliding.as_ref().is_some_and(|s| s.layers[layer]);
-            let table = match (&self.rope_local, sliding) {
-                (Some(local), true) => local,
+            let window = c.sliding.as_ref().filter(|s| s.layers[layer]).map(|s| s.window);
+            let table = match (&self.rope_local, window) {
+                (Some(local), Some(_)) => local,
                 _ => &self.rope_global,
             };
             let mut row = 0;
@@ -197,11 +197,8 @@ impl Llama {
                 input.cache.append(layer, &k[span.clone()], &v[span]);
                 row += n;
             }
-            let shape = HeadShape {
-                scale: c.attention_scale,
-                window: c.sliding.as_ref().filter(|_| sliding).map(|s| s.window),
-                ..HeadShape::new(c.heads, c.kv_heads, c.head_dim)
-            };
+            let shape =
+                HeadShape { scale: c.attention_scale, window, ..HeadShape::new(c.heads, c.kv_heads, c.head_dim) };
             let attn = self.attention(inputs, &starts, layer, &q, shape)?;
             let attn = Tensor::from_vec(attn, (total, q_width), &Device::Cpu)?;
             let norm = |t: Tensor, weight: &Option<Tensor>| match weight {
