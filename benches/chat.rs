@@ -38,7 +38,7 @@ fn chat_steps(c: &mut Criterion) {
     let kernels = selection()
         .and_then(|s| s.for_model(Precision::Auto, true, &weights.shapes(128)))
         .unwrap_or_else(|e| panic!("{e}"));
-    let (model, _) = Llama::from_gguf(&path, kernels).expect("model");
+    let (model, _) = Llama::from_gguf(&path, kernels, &candle_core::Device::Cpu).expect("model");
     support::announce("SmolLM2-135M-Instruct", &weights.report(kernels));
     let vocab = model.config.vocab;
 

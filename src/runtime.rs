@@ -163,7 +163,14 @@ impl Runtime {
             entries.iter().map(|e| (e.id.clone(), (e.kind.name().to_string(), settings.device.to_string()))).collect();
         let lifecycle = LifecycleMetrics::new(metrics.clone(), labels).start();
         bus.do_send(Subscribe(lifecycle.clone().recipient()));
-        let warmup = WarmupActor::new(settings.warmup.clone()).start();
+        // Warmups of models on a GPU share its warmup memory budget (WARMUP_VRAM_*).
+        let mut warmup = settings.warmup.clone();
+        warmup.bounded = entries
+            .iter()
+            .filter(|e| !ModelSettings::resolve(e, &settings).device.is_cpu())
+            .map(|e| e.id.clone())
+            .collect();
+        let warmup = WarmupActor::new(warmup).start();
         bus.do_send(Subscribe(warmup.recipient()));
 
         let runtime = Runtime {
@@ -289,8 +296,8 @@ impl Runtime {
             threads: ModelThreads::default(),
         };
         crate::engines::device::available(settings.device)?;
-        if matches!(settings.capability, Capability::Chat | Capability::Vision | Capability::Audio) {
-            crate::engines::device::cpu_only(settings.device, settings.capability.name())?;
+        if settings.device == crate::engines::device::DeviceName::Auto {
+            tracing::info!(model = %entry.id, device = %settings.device.resolved(), "device auto");
         }
         let path = match settings.capability {
             Capability::Embeddings => {

@@ -322,3 +322,34 @@ fn a_chat_step_that_panics_fails_its_batch_cleanly_and_the_model_serves_again() 
     let served = format!("chat_requests_total{{model=\"{FAULTY_CHAT}\",status=\"500\"}}");
     assert_eq!(metric(&server.metrics(), &served), Some(2.0 + failed_stories as f64));
 }
+
+/// A batched chat step that runs out of device memory (simulated after the step ran, as a GPU
+/// reports it: `fault_oom_above = 1`) is rolled back, split and retried: every request of the batch
+/// gets the answer it gets alone, none fails, and `chat_batch_oom_retries_total` counts the splits.
+#[test]
+fn a_chat_batch_that_runs_out_of_memory_is_split_and_every_request_answered() {
+    let model = "oom-smollm";
+    let server = TestServer::builder()
+        .roster(&common::roster_with_copy(SMOLLM, model, "fault_oom_above = 1"))
+        .env("MODELS", model)
+        .start();
+    let questions = ["What is the capital of France?", "Name a primary colour.", "What is 2 + 2?", "Say hello."];
+    let request = |q: &str| {
+        let mut body = common::pinned_chat(model, q);
+        body["max_tokens"] = json!(24);
+        body
+    };
+    // Alone: steps of one sequence never split.
+    let alone: Vec<String> = questions.iter().map(|q| answer(&server.chat(request(q)))).collect();
+    let retries = || metric(&server.metrics(), &format!("chat_batch_oom_retries_total{{model=\"{model}\"}}"));
+    assert_eq!(retries().unwrap_or(0.0), 0.0);
+    // Together: the batched steps split, and each answer is the one it got alone.
+    let together: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = questions.iter().map(|q| s.spawn(|| answer(&server.chat(request(q))))).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(together, alone);
+    assert!(alone[0].contains("Paris"), "{}", alone[0]);
+    let split = retries().unwrap_or(0.0);
+    assert!(split >= 1.0, "the four requests shared steps, which were split: {split}");
+}

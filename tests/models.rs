@@ -208,7 +208,7 @@ fn rope_scalings_match_transformers_past_the_original_context() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-llama-rope").join(scaling);
         let reference: Value =
             serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
-        let model = Llama::from_safetensors(&dir, Kernels::REFERENCE).unwrap();
+        let model = Llama::from_safetensors(&dir, Kernels::REFERENCE, &candle_core::Device::Cpu).unwrap();
         logits_match_reference(&model, &reference, scaling);
     }
 }
@@ -258,9 +258,10 @@ fn gemma3_chat_matches_transformers() {
     let reference: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
     let auto = sis::engines::kernels::Selection::resolve(sis::engines::kernels::Request::Auto).unwrap().kernels();
     for kernels in [Kernels::REFERENCE, auto] {
-        let model = Llama::from_safetensors(&dir, kernels).unwrap();
+        let model = Llama::from_safetensors(&dir, kernels, &candle_core::Device::Cpu).unwrap();
         logits_match_reference(&model, &reference, &format!("safetensors, {kernels:?}"));
-        let (model, _) = Llama::from_gguf(&dir.join("tiny-gemma3-f32.gguf"), kernels).unwrap();
+        let (model, _) =
+            Llama::from_gguf(&dir.join("tiny-gemma3-f32.gguf"), kernels, &candle_core::Device::Cpu).unwrap();
         logits_match_reference(&model, &reference, &format!("GGUF, {kernels:?}"));
     }
 }
@@ -335,7 +336,7 @@ fn fp8_checkpoints_are_dequantized_at_load() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-qwen3-fp8");
     let reference: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
     let ids: Vec<u32> = reference["ids"].as_array().unwrap().iter().map(|i| i.as_u64().unwrap() as u32).collect();
-    let model = Llama::from_safetensors(&dir, Kernels::REFERENCE).unwrap();
+    let model = Llama::from_safetensors(&dir, Kernels::REFERENCE, &candle_core::Device::Cpu).unwrap();
     let mut cache = model.new_cache();
     let logits = model.step(&mut [StepInput::text(&mut cache, &ids, true).prompt()]).unwrap().remove(0);
     let want = reference["last_logits"].as_array().unwrap();

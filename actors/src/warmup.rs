@@ -1,6 +1,8 @@
 //! The warmup actor: warms every model that reports `loaded`, then lets it become `ready`.
 
 use actix::prelude::*;
+use std::collections::VecDeque;
+use std::sync::Arc;
 
 use crate::lifecycle::{LifecycleEvent, ModelState};
 use crate::model_actor::Warmup;
@@ -18,6 +20,12 @@ pub struct WarmupPolicy {
     pub allowlist: Vec<String>,
     /// These models are never warmed (`WARMUP_SKIPLIST`).
     pub skiplist: Vec<String>,
+    /// At most this many warmups run at once among `bounded` models: a GPU's warmup memory budget
+    /// over what one warmup worker takes (`WARMUP_VRAM_BUDGET_MB / WARMUP_VRAM_PER_WORKER_MB`);
+    /// the others wait their turn. `None`: no bound.
+    pub parallel: Option<usize>,
+    /// The models that share the bound (those on a GPU).
+    pub bounded: Vec<String>,
 }
 
 impl WarmupPolicy {
@@ -36,12 +44,37 @@ impl WarmupPolicy {
 /// Subscribes to lifecycle events and answers each `loaded` with a [`Warmup`].
 pub struct WarmupActor {
     policy: WarmupPolicy,
+    /// Bounded warmups running.
+    running: usize,
+    /// Bounded warmups waiting for a slot, oldest first.
+    waiting: VecDeque<(Arc<str>, Recipient<Warmup>)>,
 }
 
 impl WarmupActor {
     /// A warmup actor with its policy.
     pub fn new(policy: WarmupPolicy) -> Self {
-        Self { policy }
+        Self { policy, running: 0, waiting: VecDeque::new() }
+    }
+
+    /// Sends a warmup; a bounded one gives its slot to the next waiting when it ends.
+    fn start(&mut self, model: Arc<str>, target: Recipient<Warmup>, bounded: bool, ctx: &mut Context<Self>) {
+        let request = Warmup { steps: self.policy.steps_for(&model), batch_size: self.policy.batch_size };
+        self.running += usize::from(bounded);
+        ctx.spawn(target.send(request).into_actor(self).map(move |result, actor, ctx| {
+            match result {
+                Ok(outcome) if outcome.ok => {
+                    tracing::info!(%model, steps = outcome.steps, ms = outcome.duration_ms, "model ready")
+                }
+                Ok(outcome) => tracing::warn!(%model, error = ?outcome.error, "warmup failed; model serves anyway"),
+                Err(err) => tracing::warn!(%model, %err, "warmup not delivered"),
+            }
+            if bounded {
+                actor.running -= 1;
+                if let Some((model, target)) = actor.waiting.pop_front() {
+                    actor.start(model, target, true, ctx);
+                }
+            }
+        }));
     }
 }
 
@@ -56,14 +89,13 @@ impl Handler<LifecycleEvent> for WarmupActor {
         let (ModelState::Loaded, Some(target)) = (event.state, event.warmup) else {
             return;
         };
-        let request = Warmup { steps: self.policy.steps_for(&event.model), batch_size: self.policy.batch_size };
-        let model = event.model.clone();
-        ctx.spawn(target.send(request).into_actor(self).map(move |result, _, _| match result {
-            Ok(outcome) if outcome.ok => {
-                tracing::info!(%model, steps = outcome.steps, ms = outcome.duration_ms, "model ready")
+        let bounded = self.policy.parallel.is_some() && self.policy.bounded.iter().any(|m| **m == *event.model);
+        match self.policy.parallel {
+            Some(slots) if bounded && self.running >= slots.max(1) => {
+                tracing::info!(model = %event.model, "warmup waits for GPU warmup memory");
+                self.waiting.push_back((event.model, target));
             }
-            Ok(outcome) => tracing::warn!(%model, error = ?outcome.error, "warmup failed; model serves anyway"),
-            Err(err) => tracing::warn!(%model, %err, "warmup not delivered"),
-        }));
+            _ => self.start(event.model, target, bounded, ctx),
+        }
     }
 }

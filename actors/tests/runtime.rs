@@ -684,6 +684,7 @@ async fn warmup_makes_models_ready_and_honours_the_skiplist() {
         batch_size: 3,
         allowlist: Vec::new(),
         skiplist: vec!["cold".to_string()],
+        ..WarmupPolicy::default()
     };
     let warm = Setup { name: "warm", warmup: Some(policy.clone()), ..Setup::default() }.start().await;
     let cold = Setup { name: "cold", warmup: Some(policy), ..Setup::default() }.start().await;

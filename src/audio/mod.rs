@@ -79,6 +79,7 @@ pub async fn transcribe(runtime: &Runtime, request: TranscriptionRequest) -> Res
 pub fn start(settings: &ModelSettings, dir: &Path, launch: &mut Launch<'_>) -> anyhow::Result<AudioModel> {
     let mut spec = WhisperSpec::from_dir(dir)?;
     spec.precision = settings.precision;
+    spec.device = settings.device;
     launch.kernels = spec.kernels();
     let loader = Arc::new(FaultyLoader::new(WhisperLoader::new(spec.clone()), Faults::of(launch.entry)));
     let workers: Vec<_> = (0..settings.queue.max_concurrent)

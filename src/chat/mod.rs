@@ -19,6 +19,7 @@ use crate::config::model::ChatModelSettings;
 use crate::config::{Capability, ModelSettings};
 use crate::deadline::within;
 use crate::engines::chat::json_constraint::Schema;
+use crate::engines::chat::oom::OomPolicy;
 use crate::engines::chat::sampling::Sampling;
 use crate::engines::chat::spec::ChatSpec;
 use crate::engines::chat::template::ChatTemplate;
@@ -98,7 +99,10 @@ pub fn start(settings: &ModelSettings, dir: &Path, launch: &mut Launch<'_>) -> a
         (Some(source), false) => Some(ChatTemplate::new(source, &spec.bos, &spec.eos)?),
         _ => None,
     };
-    let loader = ChatLoader::new(&spec, limits.prefill_chunk, settings.precision);
+    let mut loader = ChatLoader::new(&spec, limits.prefill_chunk, settings.precision, settings.device);
+    let retries = launch.metrics.chat_oom_retries.with_label_values(&[launch.entry.id.as_str()]);
+    loader.oom =
+        OomPolicy { on_retry: Some(Arc::new(move || retries.inc())), simulate_above: launch.entry.fault_oom_above };
     launch.kernels = loader.kernels();
     let thread = launch.thread();
     let actor = SequenceActor::start_on(

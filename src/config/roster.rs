@@ -245,6 +245,10 @@ pub struct ModelEntry {
     /// Test hook: the first N batches fail with an engine error (fault-injection builds only).
     #[serde(default)]
     pub fault_batch_errors: Option<u32>,
+    /// Test hook: a chat step of more than N sequences reports running out of device memory after it
+    /// ran, as a GPU would (fault-injection builds only).
+    #[serde(default)]
+    pub fault_oom_above: Option<usize>,
 }
 
 impl ModelEntry {
@@ -308,6 +312,7 @@ impl ModelEntry {
             fault_warmup_panics: None,
             fault_warmup_errors: None,
             fault_batch_errors: None,
+            fault_oom_above: None,
         })
     }
 
@@ -338,6 +343,7 @@ impl ModelEntry {
             || self.fault_warmup_panics.is_some()
             || self.fault_warmup_errors.is_some()
             || self.fault_batch_errors.is_some()
+            || self.fault_oom_above.is_some()
     }
 }
 

@@ -185,6 +185,17 @@ pub struct WarmupVram {
     pub per_worker_mb: Option<f64>,
 }
 
+impl WarmupVram {
+    /// How many warmup workers may run at once on a GPU: the budget over one worker's share (at least
+    /// one, so a small budget slows warmup down rather than skipping it); `None` unless both are set.
+    pub fn workers(&self) -> Option<usize> {
+        match (self.budget_mb, self.per_worker_mb) {
+            (Some(budget), Some(each)) if each > 0.0 => Some(((budget / each).floor() as usize).max(1)),
+            _ => None,
+        }
+    }
+}
+
 /// Who may call the server, and from which web origins.
 #[derive(Debug, Clone, Serialize)]
 pub struct AccessSettings {
@@ -540,7 +551,7 @@ impl Settings {
         let device = l.get("device", &["MODEL_DEVICE", "DEVICE"], DeviceName::Cpu)?;
         let cpu_kernels = crate::engines::kernels::selection().map_err(|e| ConfigError::new(e.to_string()))?.describe();
 
-        let settings = Settings {
+        let mut settings = Settings {
             host: l.get("host", &["HOST"], "0.0.0.0".to_string())?,
             port: l.get("port", &["PORT"], 8000)?,
             config_path,
@@ -677,6 +688,9 @@ impl Settings {
                 batch_size: l.positive("warmup_batch_size", &["WARMUP_BATCH_SIZE"], 8)?,
                 allowlist: l.list("warmup_allowlist", &["WARMUP_ALLOWLIST"]),
                 skiplist: l.list("warmup_skiplist", &["WARMUP_SKIPLIST"]),
+                // Set below from the GPU memory budget, and by the runtime (which models are on a GPU).
+                parallel: None,
+                bounded: Vec::new(),
             },
             warmup_vram: WarmupVram {
                 budget_mb: l.amount("warmup_vram_budget_mb", &["WARMUP_VRAM_BUDGET_MB"])?,
@@ -685,6 +699,7 @@ impl Settings {
             ignored_env: Vec::new(),
             known_env: l.env_names.borrow().clone(),
         };
+        settings.warmup.parallel = settings.warmup_vram.workers();
         // The known keys are the ones the definitions above looked up: a key nothing asked for is a typo.
         let asked = l.asked.borrow();
         if let Some(key) = roster.settings.keys().find(|key| !asked.contains(key.as_str())) {
@@ -705,7 +720,10 @@ impl Settings {
         }
         let vram = &self.warmup_vram;
         if (vram.budget_mb.is_some() || vram.per_worker_mb.is_some()) && self.device.is_cpu() {
-            tracing::warn!("WARMUP_VRAM_BUDGET_MB / WARMUP_VRAM_PER_WORKER_MB bound GPU warmup; the device is the CPU");
+            tracing::warn!(
+                "WARMUP_VRAM_BUDGET_MB / WARMUP_VRAM_PER_WORKER_MB bound warmup of models on a GPU; MODEL_DEVICE is \
+                 the CPU (they still apply to roster entries with a GPU device)"
+            );
         }
     }
 

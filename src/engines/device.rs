@@ -62,25 +62,6 @@ impl<'de> serde::Deserialize<'de> for DeviceName {
     }
 }
 
-/// Where a model asked to run on `name` will run, when its engine runs on the CPU only (chat, speech
-/// and vision, for now): the CPU for `cpu` and `auto` (said in the log when a GPU was there to
-/// take); an error naming the model's kind for a GPU, rather than a CPU server where a GPU was asked.
-pub fn cpu_only(name: DeviceName, kind: &str) -> anyhow::Result<()> {
-    match name {
-        DeviceName::Cpu => Ok(()),
-        DeviceName::Auto => {
-            if !name.is_cpu() {
-                tracing::warn!(kind, "device auto: a GPU is present, but {kind} models run on the CPU in this version");
-            }
-            Ok(())
-        }
-        DeviceName::Cuda(_) | DeviceName::Metal => anyhow::bail!(
-            "{kind} models run on the CPU only in this version of sis (embeddings and rerank run on GPUs); \
-             set device = \"cpu\" or \"auto\" for this model"
-        ),
-    }
-}
-
 /// Checks that this build and machine have the device `name` names, with a message saying what is
 /// missing (a build without the GPU feature, or no such GPU).
 pub fn available(name: DeviceName) -> anyhow::Result<()> {
@@ -96,6 +77,16 @@ pub fn available(name: DeviceName) -> anyhow::Result<()> {
 }
 
 impl DeviceName {
+    /// The device [`open`] gives for this name: `auto` becomes the GPU it picks, or `cpu`.
+    pub fn resolved(self) -> DeviceName {
+        match self {
+            DeviceName::Auto if candle_core::utils::cuda_is_available() => DeviceName::Cuda(0),
+            DeviceName::Auto if candle_core::utils::metal_is_available() => DeviceName::Metal,
+            DeviceName::Auto => DeviceName::Cpu,
+            name => name,
+        }
+    }
+
     /// Whether [`open`] gives the CPU for this name (cheap: opens nothing).
     pub fn is_cpu(self) -> bool {
         match self {
@@ -139,13 +130,159 @@ mod tests {
     }
 
     #[test]
-    fn cpu_only_engines_refuse_gpus_and_take_auto() {
-        assert!(cpu_only(DeviceName::Cpu, "chat").is_ok() && cpu_only(DeviceName::Auto, "chat").is_ok());
-        let refused = cpu_only(DeviceName::Cuda(0), "chat").unwrap_err().to_string();
-        assert!(refused.contains("chat models run on the CPU only"), "{refused}");
+    fn a_missing_device_is_named_with_what_is_missing() {
+        assert_eq!(DeviceName::Cpu.resolved(), DeviceName::Cpu);
         if !cfg!(feature = "cuda") {
+            assert_eq!(DeviceName::Auto.resolved(), DeviceName::Cpu);
             let missing = available(DeviceName::Cuda(1)).unwrap_err().to_string();
             assert!(missing.contains("--features cuda"), "{missing}");
         }
     }
+}
+
+/// A GPU's memory as its driver counts it, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Memory {
+    /// Free now (for every process on the device).
+    pub free: u64,
+    /// The device's whole memory.
+    pub total: u64,
+}
+
+/// The memory of `device`; `None` for the CPU, or where the driver cannot say.
+pub fn memory(device: &Device) -> Option<Memory> {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(cuda) = device {
+        use candle_core::cuda_backend::cudarc::driver::result::mem_get_info;
+        cuda.cuda_stream().context().bind_to_thread().ok()?;
+        let (free, total) = mem_get_info().ok()?;
+        return Some(Memory { free: free as u64, total: total as u64 });
+    }
+    let _ = device;
+    None
+}
+
+/// Device memory the loaded models hold, per device name (`cuda:0`), as measured when they loaded.
+static RESERVED: std::sync::Mutex<std::collections::BTreeMap<String, (Device, u64)>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+/// The memory a loaded model holds on its device, counted in [`reserved`] until it is dropped.
+#[derive(Debug)]
+pub struct Reservation {
+    device: String,
+    bytes: u64,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let mut reserved = RESERVED.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, held)) = reserved.get_mut(&self.device) {
+            *held = held.saturating_sub(self.bytes);
+        }
+    }
+}
+
+/// A model being loaded onto a device: started after checking that the device has room for its
+/// weights, finished with the [`Reservation`] of the memory the load took.
+pub struct Loading {
+    device: Device,
+    name: String,
+    before: Option<Memory>,
+}
+
+impl Loading {
+    /// Checks that `device` has at least `weights` bytes free (the size of the weight files), so a
+    /// model that cannot fit fails with a clear message rather than an allocation error part-way.
+    pub fn start(device: &Device, weights: u64) -> anyhow::Result<Self> {
+        let name = device_name(device);
+        let before = memory(device);
+        if let Some(m) = before {
+            if weights > m.free {
+                anyhow::bail!(
+                    "the model's weights take {} MiB and {name} has {} MiB free of {} MiB",
+                    weights >> 20,
+                    m.free >> 20,
+                    m.total >> 20
+                );
+            }
+        }
+        Ok(Self { device: device.clone(), name, before })
+    }
+
+    /// The memory the load took (free before less free now), reserved until the result drops.
+    pub fn finish(self) -> Reservation {
+        let bytes = match (self.before, memory(&self.device)) {
+            (Some(before), Some(after)) => before.free.saturating_sub(after.free),
+            _ => 0,
+        };
+        if self.before.is_some() {
+            tracing::info!(device = %self.name, mib = bytes >> 20, "model loaded into device memory");
+        }
+        if !self.device.is_cpu() {
+            let mut reserved = RESERVED.lock().unwrap_or_else(|e| e.into_inner());
+            reserved.entry(self.name.clone()).or_insert_with(|| (self.device.clone(), 0)).1 += bytes;
+        }
+        Reservation { device: self.name, bytes }
+    }
+}
+
+/// [`Loading`] around `load`.
+pub fn load_within<T>(
+    device: &Device,
+    weights: u64,
+    load: impl FnOnce() -> anyhow::Result<T>,
+) -> anyhow::Result<(T, Reservation)> {
+    let loading = Loading::start(device, weights)?;
+    let model = load()?;
+    Ok((model, loading.finish()))
+}
+
+/// One GPU's memory as `/metrics` shows it.
+#[derive(Debug, Clone)]
+pub struct Usage {
+    /// `cuda:0`.
+    pub device: String,
+    /// What the driver says, if it can.
+    pub memory: Option<Memory>,
+    /// What the loaded models hold.
+    pub reserved: u64,
+}
+
+/// The memory of every GPU a model was loaded on.
+pub fn usage() -> Vec<Usage> {
+    let devices: Vec<(String, Device, u64)> = RESERVED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .map(|(name, (device, bytes))| (name.clone(), device.clone(), *bytes))
+        .collect();
+    devices.into_iter().map(|(device, d, reserved)| Usage { memory: memory(&d), device, reserved }).collect()
+}
+
+/// `cpu`, `cuda:i` or `metal`: the name of an opened device.
+pub fn device_name(device: &Device) -> String {
+    match device.location() {
+        candle_core::DeviceLocation::Cpu => "cpu".to_string(),
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        candle_core::DeviceLocation::Metal { .. } => "metal".to_string(),
+    }
+}
+
+/// The size of the weight files in `dir` (or of the file `path`): what loading them needs at least.
+pub fn weight_bytes(path: &std::path::Path) -> u64 {
+    if path.is_file() {
+        return path.metadata().map(|m| m.len()).unwrap_or(0);
+    }
+    let weights = |p: &std::path::Path| p.extension().is_some_and(|e| e == "safetensors" || e == "gguf" || e == "bin");
+    std::fs::read_dir(path)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| weights(p))
+                .filter_map(|p| p.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
 }

@@ -63,8 +63,12 @@ pub struct Metrics {
     pub chat_cancelled: IntCounterVec,
     /// `chat_batch_queue_rejections_total{model}`.
     pub chat_queue_rejections: IntCounterVec,
-    /// `chat_batch_oom_retries_total{model}` (CPU batches do not run out of memory; kept for dashboards).
+    /// `chat_batch_oom_retries_total{model}`: batches split after the GPU ran out of memory (CPU
+    /// batches do not).
     pub chat_oom_retries: IntCounterVec,
+    /// `device_memory_{used,reserved,total}_bytes{device}` of each GPU a model runs on: used by every
+    /// process (the driver's count), held by sis's loaded models, and the whole.
+    pub device_memory: [IntGaugeVec; 3],
     /// `chat_batch_requeues_total{model}`.
     pub chat_requeues: IntCounterVec,
     /// `chat_batch_queue_size{model}`: requests waiting for a slot.
@@ -226,6 +230,11 @@ impl Metrics {
                 "Chat batches shrunk after running out of memory",
                 &["model"],
             ),
+            device_memory: [
+                gauge("device_memory_used_bytes", "GPU memory in use by every process", &["device"]),
+                gauge("device_memory_reserved_bytes", "GPU memory held by the models sis loaded", &["device"]),
+                gauge("device_memory_total_bytes", "GPU memory in all", &["device"]),
+            ],
             chat_requeues: counter("chat_batch_requeues_total", "Chat sequences put back in the queue", &["model"]),
             chat_queue_size: gauge("chat_batch_queue_size", "Chat requests waiting for a batch slot", &["model"]),
             chat_pool_size: gauge("chat_count_pool_size", "Chat sequences running", &[]),
@@ -263,6 +272,14 @@ impl Metrics {
     /// and TYPE, so dashboards and alerts can be checked against the full set.
     pub fn render(&self) -> String {
         self.uptime.set(self.started.elapsed().as_secs_f64());
+        for usage in crate::engines::device::usage() {
+            let [used, reserved, total] = &self.device_memory;
+            reserved.with_label_values(&[usage.device.as_str()]).set(usage.reserved as i64);
+            if let Some(m) = usage.memory {
+                used.with_label_values(&[usage.device.as_str()]).set((m.total - m.free) as i64);
+                total.with_label_values(&[usage.device.as_str()]).set(m.total as i64);
+            }
+        }
         let gathered: Vec<MetricFamily> = self.registry.gather();
         let mut out = Vec::new();
         TextEncoder::new().encode(&gathered, &mut out).expect("text encoding cannot fail");

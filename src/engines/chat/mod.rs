@@ -4,6 +4,7 @@
 pub mod gguf_tokenizer;
 pub mod json_constraint;
 pub mod llama;
+pub mod oom;
 pub mod sampling;
 pub mod spec;
 pub mod template;
@@ -15,10 +16,12 @@ use std::path::PathBuf;
 use tokenizers::Tokenizer;
 
 use crate::config::roster::Precision;
+use crate::engines::device::DeviceName;
 use crate::engines::kernels::{selection, Kernels};
 use crate::engines::vision::qwen3_vl::{rope_positions, ImageInput, VisionTokens, VisionTower};
 use json_constraint::JsonMatcher;
 use llama::{ChatWeights, KvCache, Llama, StepInput, StepVisual};
+use oom::OomPolicy;
 use sampling::{sample, sample_allowed, Sampling};
 use sis_actors::{EngineError, StepEngine, StepLoader};
 use spec::ChatSpec;
@@ -240,6 +243,9 @@ pub struct ChatEngine {
     prefill_chunk: usize,
     sequences: HashMap<u64, Sequence>,
     order: Vec<u64>,
+    oom: OomPolicy,
+    /// The device memory the model holds (none on the CPU), given back when it drops.
+    _memory: Option<crate::engines::device::Reservation>,
 }
 
 impl ChatEngine {
@@ -253,11 +259,19 @@ impl ChatEngine {
             prefill_chunk: prefill_chunk.max(1),
             sequences: HashMap::new(),
             order: Vec::new(),
+            oom: OomPolicy::default(),
+            _memory: None,
         }
     }
 }
 
 impl ChatEngine {
+    /// Sets what a step that runs out of device memory does.
+    pub fn with_oom(mut self, oom: OomPolicy) -> Self {
+        self.oom = oom;
+        self
+    }
+
     /// Adds the vision tower of a vision-language model.
     pub fn with_vision(mut self, tower: VisionTower, tokens: VisionTokens) -> Self {
         self.vision = Some((tower, tokens));
@@ -429,7 +443,7 @@ impl StepEngine for ChatEngine {
             .map(|(id, i)| (*id, if i.all_logits { i.tokens.len() } else { usize::from(i.logits) }))
             .collect();
         let mut step: Vec<StepInput<'_>> = inputs.into_iter().map(|(_, i)| i).collect();
-        let logits = self.model.step(&mut step).map_err(EngineError::new)?;
+        let logits = oom::step(&self.model, &mut step, &self.oom).map_err(EngineError::new)?;
         drop(step);
 
         let mut rows = logits.into_iter();
@@ -568,11 +582,16 @@ pub struct ChatLoader {
     pub precision: Precision,
     /// What the weights are (from the spec), for choosing and reporting kernels.
     pub weights: ChatWeights,
+    /// The device it runs on.
+    pub device: DeviceName,
+    /// What a step that runs out of device memory does.
+    pub oom: OomPolicy,
 }
 
 impl ChatLoader {
-    /// The loader of a model read by [`ChatSpec`], prefilling `prefill_chunk` prompt tokens per step.
-    pub fn new(spec: &ChatSpec, prefill_chunk: usize, precision: Precision) -> Self {
+    /// The loader of a model read by [`ChatSpec`], prefilling `prefill_chunk` prompt tokens per step,
+    /// on `device`.
+    pub fn new(spec: &ChatSpec, prefill_chunk: usize, precision: Precision, device: DeviceName) -> Self {
         Self {
             path: spec.path.clone(),
             tokenizer: spec.tokenizer.clone(),
@@ -580,11 +599,17 @@ impl ChatLoader {
             prefill_chunk,
             precision,
             weights: spec.weights.clone(),
+            device,
+            oom: OomPolicy::default(),
         }
     }
 
-    /// The kernels this model runs: the operator's selection and the model's precision.
+    /// The kernels this model runs: the operator's selection and the model's precision on the CPU;
+    /// candle's ops (the reference path) on a GPU.
     fn resolve(&self) -> anyhow::Result<Kernels> {
+        if !self.device.is_cpu() {
+            return Ok(Kernels::REFERENCE);
+        }
         let kernels = selection()?.for_model(self.precision, true, &self.weights.shapes(self.prefill_chunk))?;
         if !self.weights.gguf && self.precision == Precision::Bf16 {
             anyhow::bail!(
@@ -600,6 +625,7 @@ impl ChatLoader {
     /// line where the model cannot load with the selected kernels.
     pub fn kernels(&self) -> Vec<String> {
         match self.resolve() {
+            Ok(_) if !self.device.is_cpu() => vec![format!("device: {} (candle's ops)", self.device)],
             Ok(kernels) => self.weights.report(kernels),
             Err(e) => vec![format!("error: {e:#}")],
         }
@@ -612,17 +638,29 @@ impl StepLoader for ChatLoader {
     fn load(&self) -> Result<ChatEngine, EngineError> {
         let error = crate::engines::load_error;
         let kernels = self.resolve().map_err(error)?;
+        let device = crate::engines::device::open(self.device).map_err(EngineError::new)?;
+        let weights = crate::engines::device::weight_bytes(&self.path);
+        let (engine, memory) =
+            crate::engines::device::load_within(&device, weights, || self.load_on(&device, kernels)).map_err(error)?;
+        Ok(ChatEngine { _memory: Some(memory), ..engine.with_oom(self.oom.clone()) })
+    }
+}
+
+impl ChatLoader {
+    /// The engine of a GGUF file or of a safetensors folder (with its vision tower, if it has one).
+    fn load_on(&self, device: &candle_core::Device, kernels: Kernels) -> anyhow::Result<ChatEngine> {
         if !self.path.is_dir() {
-            let (model, _) = Llama::from_gguf(&self.path, kernels).map_err(error)?;
+            let (model, _) = Llama::from_gguf(&self.path, kernels, device)?;
             return Ok(ChatEngine::new(model, &self.tokenizer, self.eos.clone(), self.prefill_chunk));
         }
         tracing::info!(path = %self.path.display(), kernels = %self.weights.report(kernels).join("; "), "chat kernels");
-        let model = Llama::from_safetensors(&self.path, kernels).map_err(error)?;
+        let model = Llama::from_safetensors(&self.path, kernels, device)?;
         let engine = ChatEngine::new(model, &self.tokenizer, self.eos.clone(), self.prefill_chunk);
-        match crate::engines::vision::qwen3_vl::read_config(&self.path.join("config.json")).map_err(error)? {
+        match crate::engines::vision::qwen3_vl::read_config(&self.path.join("config.json"))? {
             Some((config, tokens)) => {
-                let files = llama::safetensors_files(&self.path).map_err(error)?;
-                Ok(engine.with_vision(VisionTower::load(&files, config).map_err(error)?, tokens))
+                let files = llama::safetensors_files(&self.path)?;
+                let tower = VisionTower::load(&files, config, device, llama::run_dtype(&self.path, device)?)?;
+                Ok(engine.with_vision(tower, tokens))
             }
             None => Ok(engine),
         }
@@ -670,6 +708,8 @@ mod tests {
             eos: vec![0],
             prefill_chunk: 16,
             precision,
+            device: DeviceName::Cpu,
+            oom: OomPolicy::default(),
             weights: ChatWeights {
                 gguf,
                 prompt_copy: gguf,

@@ -482,6 +482,8 @@ pub struct Embedder {
     head: Option<cross_encoder::ClassifierHead>,
     ids: Vec<u32>,
     types: Vec<u32>,
+    /// The device memory the model holds (nothing on the CPU), given back when it drops.
+    _memory: crate::engines::device::Reservation,
 }
 
 impl Embedder {
@@ -617,6 +619,8 @@ impl EngineLoader for EmbedderLoader {
         tracing::info!(dir = %self.spec.dir.display(), kernels = %self.spec.report(kernels).join("; "), "encoder kernels");
         let weights = weights_file(&self.spec.dir);
         let load = crate::engines::load_error;
+        let loading = crate::engines::device::Loading::start(&device, crate::engines::device::weight_bytes(&weights))
+            .map_err(EngineError::permanent)?;
         let (model, head) = match &self.spec.config {
             EncoderConfig::Bert(config) => {
                 let model = BertModel::load(&weights, config.clone(), &device, kernels).map_err(load)?;
@@ -636,10 +640,10 @@ impl EngineLoader for EmbedderLoader {
                 (Encoder::Nomic(NomicEncoder::load(gguf, config.clone(), &device, kernels).map_err(load)?), None)
             }
             EncoderConfig::Decoder(..) => {
-                if self.spec.cross_encoder || !matches!(device, Device::Cpu) {
-                    return Err(EngineError::permanent("decoder embeddings run on the CPU, without a classifier"));
+                if self.spec.cross_encoder {
+                    return Err(EngineError::permanent("decoder embeddings run without a classifier"));
                 }
-                (Encoder::Decoder(Llama::from_safetensors(&self.spec.dir, kernels).map_err(load)?), None)
+                (Encoder::Decoder(Llama::from_safetensors(&self.spec.dir, kernels, &device).map_err(load)?), None)
             }
         };
         let dense =
@@ -654,6 +658,7 @@ impl EngineLoader for EmbedderLoader {
             head,
             ids: Vec::new(),
             types: Vec::new(),
+            _memory: loading.finish(),
         })
     }
 }

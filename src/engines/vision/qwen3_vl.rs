@@ -151,13 +151,22 @@ pub struct VisionTower {
     blocks: Vec<Block>,
     merger: Merger,
     deepstack: Vec<Merger>,
+    /// Where it runs, and the type of its weights and activations there.
+    device: Device,
+    dtype: DType,
 }
 
 impl VisionTower {
-    /// Loads `model.visual.*` from the checkpoint's safetensors files (kept as f32).
-    pub fn load(files: &[std::path::PathBuf], config: VisionConfig) -> anyhow::Result<Self> {
+    /// Loads `model.visual.*` from the checkpoint's safetensors files onto `device`, in `dtype` (f32 on
+    /// the CPU, the checkpoint's half precision on a GPU).
+    pub fn load(
+        files: &[std::path::PathBuf],
+        config: VisionConfig,
+        device: &Device,
+        dtype: DType,
+    ) -> anyhow::Result<Self> {
         // SAFETY: the files are mapped read-only and not modified while the model loads.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(files, DType::F32, &Device::Cpu)? };
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(files, dtype, device)? };
         let vb = vb.pp("model.visual");
         let c = &config;
         let patch_len = c.in_channels * c.temporal_patch_size * c.patch_size * c.patch_size;
@@ -188,7 +197,17 @@ impl VisionTower {
         let deepstack = (0..c.deepstack_visual_indexes.len())
             .map(|i| Merger::load(c, true, vb.pp(format!("deepstack_merger_list.{i}"))))
             .collect::<candle_core::Result<Vec<_>>>()?;
-        Ok(Self { config, patch_weight, patch_bias, pos_embed, blocks, merger, deepstack })
+        Ok(Self {
+            config,
+            patch_weight,
+            patch_bias,
+            pos_embed,
+            blocks,
+            merger,
+            deepstack,
+            device: device.clone(),
+            dtype,
+        })
     }
 
     /// The config.
@@ -205,7 +224,7 @@ impl VisionTower {
         if image.patches.len() != n * patch_len || h % c.spatial_merge_size != 0 || w % c.spatial_merge_size != 0 {
             anyhow::bail!("image patches do not match the grid {:?}", image.grid);
         }
-        let patches = Tensor::from_slice(&image.patches, (n, patch_len), &Device::Cpu)?;
+        let patches = Tensor::from_slice(&image.patches, (n, patch_len), &self.device)?.to_dtype(self.dtype)?;
         let mut x = patches.matmul(&self.patch_weight)?.broadcast_add(&self.patch_bias)?;
         x = (x + self.position_embeddings(t, h, w)?)?;
         let (cos, sin) = self.rotary(t, h, w)?;
@@ -272,8 +291,8 @@ impl VisionTower {
         let mut sum: Option<Tensor> = None;
         for (i, wgt) in index.into_iter().zip(weight) {
             let len = i.len();
-            let rows = self.pos_embed.index_select(&Tensor::from_vec(i, len, &Device::Cpu)?, 0)?;
-            let term = rows.broadcast_mul(&Tensor::from_vec(wgt, (len, 1), &Device::Cpu)?)?;
+            let rows = self.pos_embed.index_select(&Tensor::from_vec(i, len, &self.device)?, 0)?;
+            let term = rows.broadcast_mul(&Tensor::from_vec(wgt, (len, 1), &self.device)?.to_dtype(self.dtype)?)?;
             sum = Some(match sum {
                 Some(s) => (s + term)?,
                 None => term,
@@ -314,10 +333,8 @@ impl VisionTower {
                 }
             }
         }
-        Ok((
-            Tensor::from_vec(cos, (n, 2 * quarter), &Device::Cpu)?,
-            Tensor::from_vec(sin, (n, 2 * quarter), &Device::Cpu)?,
-        ))
+        let upload = |v: Vec<f32>| Tensor::from_vec(v, (n, 2 * quarter), &self.device)?.to_dtype(self.dtype);
+        Ok((upload(cos)?, upload(sin)?))
     }
 }
 
@@ -405,6 +422,8 @@ mod tests {
             blocks: vec![],
             merger,
             deepstack: vec![],
+            device: Device::Cpu,
+            dtype: DType::F32,
             config,
         }
     }

@@ -19,6 +19,8 @@ struct Conv {
     dense: Dense,
     stride: usize,
     in_channels: usize,
+    /// Where the layer runs (the columns are gathered on the host, then sent there).
+    device: Device,
 }
 
 impl Conv {
@@ -32,7 +34,7 @@ impl Conv {
         // [out, in, 3] flattens to [out, in·3]: column c·3 + j multiplies input channel c at offset j − 1.
         let weight = vb.get((out_channels, in_channels, 3), "weight")?.reshape((out_channels, in_channels * 3))?;
         let dense = Dense::new(&weight, Some(&vb.get(out_channels, "bias")?), kernel)?;
-        Ok(Self { dense, stride, in_channels })
+        Ok(Self { dense, stride, in_channels, device: vb.device().clone() })
     }
 
     /// `input(c, t)` reads the input; returns GeLU(conv) as `[steps, out]` (time-major), the GeLU on the
@@ -54,7 +56,7 @@ impl Conv {
                 }
             }
         });
-        let cols = Tensor::from_vec(cols, (steps, width), &Device::Cpu)?;
+        let cols = Tensor::from_vec(cols, (steps, width), &self.device)?;
         self.dense.forward_gelu(&cols, simd)
     }
 }
@@ -85,7 +87,7 @@ fn layer_norm(vb: &VarBuilder, width: usize) -> Result<candle_nn::LayerNorm> {
 }
 
 /// openai-whisper's sinusoidal position table `[length, channels]`.
-fn sinusoids(length: usize, channels: usize) -> Result<Tensor> {
+fn sinusoids(length: usize, channels: usize, device: &Device) -> Result<Tensor> {
     let half = channels / 2;
     let step = 10_000f32.ln() / (half - 1) as f32;
     let mut table = vec![0f32; length * channels];
@@ -96,7 +98,7 @@ fn sinusoids(length: usize, channels: usize) -> Result<Tensor> {
             row[half + i] = angle.cos();
         }
     }
-    Tensor::from_vec(table, (length, channels), &Device::Cpu)
+    Tensor::from_vec(table, (length, channels), device)
 }
 
 impl AudioEncoder {
@@ -120,7 +122,7 @@ impl AudioEncoder {
                 let q = (a.get((width, width), "q_proj.weight")? * scale)?;
                 let qb = (a.get(width, "q_proj.bias")? * scale)?;
                 let k = a.get((width, width), "k_proj.weight")?;
-                let kb = Tensor::zeros(width, candle_core::DType::F32, &Device::Cpu)?;
+                let kb = Tensor::zeros(width, candle_core::DType::F32, vb.device())?;
                 let v = a.get((width, width), "v_proj.weight")?;
                 let vb_ = a.get(width, "v_proj.bias")?;
                 let qkv =
@@ -145,7 +147,7 @@ impl AudioEncoder {
         Ok(Self {
             conv1: Conv::load(&vb.pp("conv1"), mels, width, 1, dense_kernel)?,
             conv2: Conv::load(&vb.pp("conv2"), width, width, 2, dense_kernel)?,
-            positions: sinusoids(positions, width)?,
+            positions: sinusoids(positions, width, vb.device())?,
             blocks,
             final_norm: layer_norm(&vb.pp("layer_norm"), width)?,
             heads,

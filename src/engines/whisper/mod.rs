@@ -15,7 +15,6 @@ pub mod word_alignment;
 pub use spec::WhisperSpec;
 pub use transcript::{AudioJob, Search, Segment, Task, Transcript, Word};
 
-use candle_core::Device;
 use candle_nn::VarBuilder;
 use sis_actors::{Engine, EngineError, EngineLoader};
 use std::sync::{Arc, Mutex, Weak};
@@ -47,6 +46,8 @@ struct WhisperModel {
     config: WhisperConfig,
     /// (layer, head) pairs whose cross-attention follows the audio (for word timestamps).
     alignment_heads: Vec<(usize, usize)>,
+    /// The device memory the model holds (nothing on the CPU), given back when it drops.
+    _memory: crate::engines::device::Reservation,
 }
 
 /// One worker's engine: the shared model.
@@ -105,7 +106,9 @@ impl EngineLoader for WhisperLoader {
 }
 
 fn load(spec: &WhisperSpec) -> anyhow::Result<WhisperModel> {
-    let device = Device::Cpu;
+    // f32 on every device: Whisper's encoder is small enough that precision costs more than it saves.
+    let device = crate::engines::device::open(spec.device)?;
+    let loading = crate::engines::device::Loading::start(&device, crate::engines::device::weight_bytes(&spec.dir))?;
     let ct2 = spec.dir.join("model.bin");
     let (vb, config) = if ct2.is_file() {
         let vars = ct2::read(&ct2)?;
@@ -163,6 +166,7 @@ fn load(spec: &WhisperSpec) -> anyhow::Result<WhisperModel> {
         filters: mel::filterbank(config.num_mel_bins),
         config,
         alignment_heads,
+        _memory: loading.finish(),
     })
 }
 

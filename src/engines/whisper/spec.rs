@@ -57,6 +57,8 @@ pub struct WhisperSpec {
     pub multilingual: bool,
     /// Encoder arithmetic.
     pub precision: Precision,
+    /// The device it runs on (the CPU kernels run on the CPU only; a GPU runs candle's ops).
+    pub device: crate::engines::device::DeviceName,
     pub(super) suppress: Vec<u32>,
     pub(super) suppress_begin: Vec<u32>,
     pub(super) specials: Specials,
@@ -138,6 +140,7 @@ impl WhisperSpec {
             },
             tokenizer: std::sync::Arc::new(tokenizer),
             precision: Precision::default(),
+            device: Default::default(),
             suppress,
             suppress_begin,
             specials,
@@ -147,6 +150,9 @@ impl WhisperSpec {
 
     /// The kernels this model runs: the operator's selection and the model's precision.
     pub(super) fn resolve(&self) -> Result<Kernels, KernelError> {
+        if !self.device.is_cpu() {
+            return Ok(Kernels::REFERENCE);
+        }
         selection()?.for_model(self.precision, true, &self.shapes())
     }
 

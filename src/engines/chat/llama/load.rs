@@ -4,7 +4,7 @@
 use anyhow::Context;
 use candle_core::quantized::gguf_file::Content;
 use candle_core::quantized::{QMatMul, QTensor};
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use std::path::Path;
 
 use super::config::{LlamaConfig, RopeScaling};
@@ -13,17 +13,20 @@ use super::{Block, Llama, RopeTable};
 use crate::engines::kernels::{Int8, Kernels, Pool};
 
 impl Llama {
-    /// Loads the weights of a GGUF file (CPU) for `kernels`: prompt rows' dense copies on its dense
-    /// kernel, quantized products on the int8 kernel where it has it.
-    pub fn from_gguf(path: &Path, kernels: Kernels) -> anyhow::Result<(Self, Content)> {
+    /// Loads the weights of a GGUF file onto `device` for `kernels`: on the CPU, prompt rows' dense
+    /// copies on its dense kernel and quantized products on the int8 kernel where it has it; on a GPU,
+    /// the file's quantized matrices as they are, on candle's quantized products (activations in f32).
+    pub fn from_gguf(path: &Path, kernels: Kernels, device: &Device) -> anyhow::Result<(Self, Content)> {
         let mut file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
         let content = Content::read(&mut file).with_context(|| format!("reading GGUF {}", path.display()))?;
         let mut config = LlamaConfig::from_gguf(&content)?;
-        let device = Device::Cpu;
+        let kernels = if device.is_cpu() { kernels } else { Kernels::REFERENCE };
         let weights = ChatWeights::of_gguf(&content);
         tracing::info!(path = %path.display(), kernels = %weights.report(kernels).join("; "), "chat kernels");
         let file = &mut file;
-        let int8 = kernels.int8;
+        let (int8, device) = (kernels.int8, device.clone());
+        let read =
+            |content: &Content, file: &mut std::fs::File, name: &str, int8| read(content, file, name, int8, &device);
         let embeddings = read(&content, file, "token_embd.weight", int8)?.dequantize(&device)?;
         let output_name =
             if content.tensor_infos.contains_key("output.weight") { "output.weight" } else { "token_embd.weight" };
@@ -33,7 +36,7 @@ impl Llama {
             let factors = read(&content, file, "rope_freqs.weight", int8)?.dequantize(&device)?;
             config.rope_freq_factors = Some(factors.flatten_all()?.to_vec1::<f32>()?);
         }
-        let keep_dense = weights.prompt_copy;
+        let keep_dense = weights.prompt_copy && device.is_cpu();
         let mut blocks = Vec::with_capacity(config.layers);
         for i in 0..config.layers {
             let mut q = |s: &str| -> anyhow::Result<Weight> {
@@ -73,17 +76,23 @@ impl Llama {
                 down,
             });
         }
-        Ok((Self::assemble(config, embeddings, blocks, norm, output, kernels)?, content))
+        Ok((Self::assemble(config, embeddings, blocks, norm, output, kernels, device, DType::F32)?, content))
     }
 
-    /// Loads a Hub-layout safetensors checkpoint (llama, qwen2, qwen3; f32, f16 or bf16, kept as f32), its
-    /// attention on the loops' build of `kernels` (its products stay on candle's f32 matmul).
-    pub fn from_safetensors(dir: &Path, kernels: Kernels) -> anyhow::Result<Self> {
+    /// Loads a Hub-layout safetensors checkpoint (llama, qwen2, qwen3; f32, f16 or bf16) onto `device`:
+    /// kept as f32 on the CPU, its attention on the loops' build of `kernels` (its products stay on
+    /// candle's f32 matmul); in the checkpoint's own half precision on a GPU, every operation on
+    /// candle's ops there.
+    pub fn from_safetensors(dir: &Path, kernels: Kernels, device: &Device) -> anyhow::Result<Self> {
         let config = LlamaConfig::from_hub_config(&dir.join("config.json"))?;
         let files = safetensors_files(dir)?;
-        let device = Device::Cpu;
+        let (kernels, dtype) = match device.is_cpu() {
+            true => (kernels, DType::F32),
+            false => (Kernels::REFERENCE, run_dtype(dir, device)?),
+        };
+        let device = device.clone();
         // SAFETY: the files are mapped read-only and not modified while the model loads.
-        let vb = unsafe { candle_nn::VarBuilder::from_mmaped_safetensors(&files, candle_core::DType::F32, &device)? };
+        let vb = unsafe { candle_nn::VarBuilder::from_mmaped_safetensors(&files, dtype, &device)? };
         let vb = if vb.contains_tensor("model.language_model.embed_tokens.weight") {
             vb.pp("model.language_model")
         } else if vb.contains_tensor("language_model.model.embed_tokens.weight") {
@@ -104,7 +113,7 @@ impl Llama {
             let scale_name = format!("{name}_scale_inv");
             match c.fp8_block {
                 Some((rows, columns)) if vb.contains_tensor(&scale_name) => {
-                    let scale = vb.get_unchecked_dtype(&scale_name, candle_core::DType::F32)?;
+                    let scale = vb.get_unchecked_dtype(&scale_name, dtype)?;
                     let block = |n: usize, size: usize| {
                         Tensor::from_vec((0..n).map(|i| (i / size) as u32).collect::<Vec<_>>(), n, &device)
                     };
@@ -167,9 +176,7 @@ impl Llama {
             });
         }
         let norm = norm(&root, h, "norm.weight")?;
-        let output = match unsafe {
-            candle_nn::VarBuilder::from_mmaped_safetensors(&files, candle_core::DType::F32, &device)?
-        } {
+        let output = match unsafe { candle_nn::VarBuilder::from_mmaped_safetensors(&files, dtype, &device)? } {
             top if top.contains_tensor("lm_head.weight") => {
                 Quantized::Candle(QMatMul::Tensor(top.get((c.vocab, h), "lm_head.weight")?))
             }
@@ -178,9 +185,10 @@ impl Llama {
             }
             _ => Quantized::Candle(QMatMul::Tensor(embeddings.clone())),
         };
-        Self::assemble(config, embeddings, blocks, norm, output, kernels)
+        Self::assemble(config, embeddings, blocks, norm, output, kernels, device, dtype)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn assemble(
         config: LlamaConfig,
         embeddings: Tensor,
@@ -188,6 +196,8 @@ impl Llama {
         norm: Tensor,
         output: Quantized,
         kernels: Kernels,
+        device: Device,
+        dtype: DType,
     ) -> anyhow::Result<Self> {
         let half = config.head_dim / 2;
         let (mut frequencies, scale) = config.rope_scaling.frequencies(config.rope_base, config.head_dim);
@@ -224,7 +234,10 @@ impl Llama {
             rope_local,
             rope_axis,
             pool,
-            loops: kernels.simd,
+            // The loops work on host rows: a model on a GPU takes the tensor path.
+            loops: kernels.simd.filter(|_| device.is_cpu()),
+            device,
+            dtype,
         })
     }
 }
@@ -260,16 +273,41 @@ pub fn safetensors_files(dir: &Path) -> anyhow::Result<Vec<std::path::PathBuf>> 
     Ok(files)
 }
 
-/// Reads a tensor and lays out a matrix in the type [`layout`] keeps with (or without) the int8 kernel.
+/// The type a safetensors checkpoint in `dir` runs in on `device`: f32 on the CPU; on a GPU, the type
+/// its `config.json` names for its weights (`torch_dtype`, or `dtype` as transformers 5 writes it; a
+/// multimodal checkpoint's text half may say it there), f32 checkpoints staying f32.
+pub fn run_dtype(dir: &Path, device: &Device) -> anyhow::Result<DType> {
+    if device.is_cpu() {
+        return Ok(DType::F32);
+    }
+    let config = dir.join("config.json");
+    let config = config.as_path();
+    let text = std::fs::read_to_string(config).with_context(|| format!("reading {}", config.display()))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", config.display()))?;
+    let named = |v: &serde_json::Value| {
+        v.get("torch_dtype").or_else(|| v.get("dtype")).and_then(|d| d.as_str()).map(str::to_string)
+    };
+    let name = named(&json).or_else(|| json.get("text_config").and_then(named));
+    Ok(match name.as_deref() {
+        Some("bfloat16") => DType::BF16,
+        Some("float16") => DType::F16,
+        _ => DType::F32,
+    })
+}
+
+/// Reads a tensor onto `device`; on the CPU, lays out a matrix in the type [`layout`] keeps with (or
+/// without) the int8 kernel (GPUs have kernels for every type as it is).
 pub(super) fn read(
     content: &Content,
     file: &mut std::fs::File,
     name: &str,
     int8: Option<Int8>,
+    device: &Device,
 ) -> anyhow::Result<QTensor> {
-    let tensor = content.tensor(file, name, &Device::Cpu).with_context(|| format!("GGUF tensor {name}"))?;
+    let tensor = content.tensor(file, name, device).with_context(|| format!("GGUF tensor {name}"))?;
     let kept = layout(tensor.dtype(), int8);
-    if kept == tensor.dtype() || tensor.shape().dims().len() != 2 {
+    if !device.is_cpu() || kept == tensor.dtype() || tensor.shape().dims().len() != 2 {
         return Ok(tensor);
     }
     Ok(QTensor::quantize(&tensor.dequantize(&Device::Cpu)?, kept)?)

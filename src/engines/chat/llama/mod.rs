@@ -10,7 +10,7 @@
 //! positions (interleaved MRoPE), image placeholder rows take the vision tower's embeddings, and the
 //! tower's DeepStack features are added to those rows after the first layers.
 
-use candle_core::{Device, Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor};
 use rayon::prelude::*;
 
 use crate::engines::kernels::elementwise::silu_mul;
@@ -25,7 +25,7 @@ mod weights;
 
 pub use cache::KvCache;
 pub use config::LlamaConfig;
-pub use load::safetensors_files;
+pub use load::{run_dtype, safetensors_files};
 pub use weights::ChatWeights;
 use weights::{Quantized, RowSplit, Weight};
 
@@ -100,6 +100,20 @@ struct RopeTable {
     sin: Vec<f32>,
 }
 
+/// The tensor path's rotary tables of one step (see [`Llama::turns`]).
+struct Turns {
+    global: (Tensor, Tensor),
+    local: Option<(Tensor, Tensor)>,
+}
+
+/// The (time, row, column) rotary position of new token `t` of `input`, whose cache held `start`.
+fn position(input: &StepInput<'_>, start: usize, t: usize) -> [usize; 3] {
+    match input.positions {
+        Some(p) => p[t].map(|a| a as usize),
+        None => [(start + t) as i64 + input.cache.rope_delta; 3].map(|p| p.max(0) as usize),
+    }
+}
+
 /// A loaded model.
 pub struct Llama {
     /// Shapes.
@@ -116,6 +130,10 @@ pub struct Llama {
     rope_axis: Vec<usize>,
     /// The threads its steps run on.
     pool: Pool,
+    /// Where its weights and the tensor path's caches live.
+    device: Device,
+    /// The type activations flow in: f32 on the CPU, the checkpoint's half precision on GPUs.
+    dtype: DType,
     /// The loops' build its kernels chose; `None` on the reference path, where element-wise passes
     /// are candle's ops and the attention loops run their portable build.
     loops: Option<Simd>,
@@ -147,7 +165,7 @@ impl Llama {
             return Ok(Vec::new());
         }
         let starts: Vec<usize> = inputs.iter().map(|i| i.cache.len()).collect();
-        let ids_t = Tensor::from_vec(ids, total, &Device::Cpu)?;
+        let ids_t = Tensor::from_vec(ids, total, &self.device)?;
         let mut x = self.embeddings.index_select(&ids_t, 0)?;
         if c.embedding_scale != 1.0 {
             x = (x * c.embedding_scale as f64)?;
@@ -158,6 +176,12 @@ impl Llama {
             x = x.index_add(rows, &(embeds - x.index_select(rows, 0)?)?, 0)?;
         }
         let (q_width, kv_width) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
+        // The tensor path turns queries and keys with candle's rotary kernels, on tables of this
+        // step's positions.
+        let turns = match self.loops {
+            None => Some(self.turns(inputs, &starts)?),
+            Some(_) => None,
+        };
         for (layer, block) in self.blocks.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &block.attn_norm, c.eps as f32)?;
             let with_bias = |t: Tensor, b: &Option<Tensor>| match b {
@@ -173,34 +197,19 @@ impl Llama {
                 k = candle_nn::ops::rms_norm(&k.reshape((total * c.kv_heads, c.head_dim))?, kn, c.eps as f32)?
                     .reshape((total, kv_width))?;
             }
-            let mut q = q.flatten_all()?.to_vec1::<f32>()?;
-            let mut k = k.flatten_all()?.to_vec1::<f32>()?;
-            let v = v.flatten_all()?.to_vec1::<f32>()?;
-            // RoPE at each token's own position, then append K/V to each sequence's cache.
             let window = c.sliding.as_ref().filter(|s| s.layers[layer]).map(|s| s.window);
-            let table = match (&self.rope_local, window) {
-                (Some(local), Some(_)) => local,
-                _ => &self.rope_global,
-            };
-            let mut row = 0;
-            for (input, &start) in inputs.iter_mut().zip(&starts) {
-                for t in 0..input.tokens.len() {
-                    let pos = match input.positions {
-                        Some(p) => p[t].map(|a| a as usize),
-                        None => [(start + t) as i64 + input.cache.rope_delta; 3].map(|p| p.max(0) as usize),
-                    };
-                    self.rope(table, &mut q[(row + t) * q_width..][..q_width], pos);
-                    self.rope(table, &mut k[(row + t) * kv_width..][..kv_width], pos);
-                }
-                let n = input.tokens.len();
-                let span = row * kv_width..(row + n) * kv_width;
-                input.cache.append(layer, &k[span.clone()], &v[span]);
-                row += n;
-            }
             let shape =
                 HeadShape { scale: c.attention_scale, window, ..HeadShape::new(c.heads, c.kv_heads, c.head_dim) };
-            let attn = self.attention(inputs, &starts, layer, &q, shape)?;
-            let attn = Tensor::from_vec(attn, (total, q_width), &Device::Cpu)?;
+            let attn = match &turns {
+                Some(turns) => {
+                    let turn = match (&turns.local, window) {
+                        (Some(local), Some(_)) => local,
+                        _ => &turns.global,
+                    };
+                    self.attend_tensors(inputs, &starts, layer, (q, k, v), turn, shape)?
+                }
+                None => self.attend_loops(inputs, &starts, layer, (q, k, v), shape)?,
+            };
             let norm = |t: Tensor, weight: &Option<Tensor>| match weight {
                 Some(w) => candle_nn::ops::rms_norm(&t, w, c.eps as f32),
                 None => Ok(t),
@@ -234,16 +243,141 @@ impl Llama {
             return Ok(Vec::new());
         }
         let n = rows.len();
-        let last = x.index_select(&Tensor::from_vec(rows, n, &Device::Cpu)?, 0)?;
+        let last = x.index_select(&Tensor::from_vec(rows, n, &self.device)?, 0)?;
         let last = candle_nn::ops::rms_norm(&last, &self.norm, c.eps as f32)?;
         if hidden {
-            return last.to_vec2::<f32>();
+            return last.to_dtype(DType::F32)?.to_vec2::<f32>();
         }
-        let mut logits = self.output.forward(&last)?;
+        let mut logits = self.output.forward(&last)?.to_dtype(DType::F32)?;
         if let Some(cap) = c.logit_softcap {
             logits = ((logits / cap as f64)?.tanh()? * cap as f64)?;
         }
         logits.to_vec2::<f32>()
+    }
+
+    /// The host path of a layer's attention: RoPE on the rows, K/V appended to the host caches, the
+    /// attention loops. `qkv` are `[tokens, width]`; returns `[tokens, heads·head_dim]`.
+    fn attend_loops(
+        &self,
+        inputs: &mut [StepInput<'_>],
+        starts: &[usize],
+        layer: usize,
+        (q, k, v): (Tensor, Tensor, Tensor),
+        shape: HeadShape,
+    ) -> Result<Tensor> {
+        let c = &self.config;
+        let (q_width, kv_width) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
+        let total = q.dim(0)?;
+        let mut q = q.flatten_all()?.to_vec1::<f32>()?;
+        let mut k = k.flatten_all()?.to_vec1::<f32>()?;
+        let v = v.flatten_all()?.to_vec1::<f32>()?;
+        // RoPE at each token's own position, then append K/V to each sequence's cache.
+        let table = match (&self.rope_local, shape.window) {
+            (Some(local), Some(_)) => local,
+            _ => &self.rope_global,
+        };
+        let mut row = 0;
+        for (input, &start) in inputs.iter_mut().zip(starts) {
+            for t in 0..input.tokens.len() {
+                let pos = position(input, start, t);
+                self.rope(table, &mut q[(row + t) * q_width..][..q_width], pos);
+                self.rope(table, &mut k[(row + t) * kv_width..][..kv_width], pos);
+            }
+            let n = input.tokens.len();
+            let span = row * kv_width..(row + n) * kv_width;
+            input.cache.append(layer, &k[span.clone()], &v[span]);
+            row += n;
+        }
+        let attn = self.attention(inputs, starts, layer, &q, shape)?;
+        Tensor::from_vec(attn, (total, q_width), &Device::Cpu)
+    }
+
+    /// cos/sin of every new token's rotary angles for the tensor path, `[tokens, head_dim / 2]` in the
+    /// model's type on its device: one pair for full-attention layers, one for sliding ones where
+    /// they turn differently.
+    fn turns(&self, inputs: &[StepInput<'_>], starts: &[usize]) -> Result<Turns> {
+        let half = self.config.head_dim / 2;
+        let table = |table: &RopeTable| -> Result<(Tensor, Tensor)> {
+            let (mut cos, mut sin) = (Vec::new(), Vec::new());
+            for (input, &start) in inputs.iter().zip(starts) {
+                for t in 0..input.tokens.len() {
+                    let pos = position(input, start, t);
+                    for (j, &axis) in self.rope_axis.iter().enumerate() {
+                        let p = pos[axis].min(self.config.context - 1);
+                        cos.push(table.cos[p * half + j]);
+                        sin.push(table.sin[p * half + j]);
+                    }
+                }
+            }
+            let rows = cos.len() / half;
+            let upload = |v: Vec<f32>| Tensor::from_vec(v, (rows, half), &self.device)?.to_dtype(self.dtype);
+            Ok((upload(cos)?, upload(sin)?))
+        };
+        Ok(Turns { global: table(&self.rope_global)?, local: self.rope_local.as_ref().map(table).transpose()? })
+    }
+
+    /// The tensor path of a layer's attention (any device): candle's rotary kernel, K/V appended to
+    /// each sequence's device cache, then per sequence `softmax(q·Kᵀ·scale + mask)·V` with grouped
+    /// heads sharing their key/value head, scores in f32. `qkv` are `[tokens, width]`; returns
+    /// `[tokens, heads·head_dim]`.
+    fn attend_tensors(
+        &self,
+        inputs: &mut [StepInput<'_>],
+        starts: &[usize],
+        layer: usize,
+        (q, k, v): (Tensor, Tensor, Tensor),
+        (cos, sin): &(Tensor, Tensor),
+        shape: HeadShape,
+    ) -> Result<Tensor> {
+        let c = &self.config;
+        let total = q.dim(0)?;
+        let heads_first =
+            |t: Tensor, heads: usize| t.reshape((1, total, heads, c.head_dim))?.transpose(1, 2)?.contiguous();
+        let turn = |t: Tensor| match c.rope_halves {
+            true => candle_nn::rotary_emb::rope(&t, cos, sin),
+            false => candle_nn::rotary_emb::rope_i(&t, cos, sin),
+        };
+        // [heads, tokens, head_dim]
+        let q = turn(heads_first(q, c.heads)?)?.squeeze(0)?;
+        let k = turn(heads_first(k, c.kv_heads)?)?.squeeze(0)?;
+        let v = heads_first(v, c.kv_heads)?.squeeze(0)?;
+        let groups = c.heads / c.kv_heads;
+        let mut outputs = Vec::with_capacity(inputs.len());
+        let mut row = 0;
+        for (input, &start) in inputs.iter_mut().zip(starts) {
+            let n = input.tokens.len();
+            if n == 0 {
+                continue;
+            }
+            let (keys, values) = input.cache.append_tensors(layer, &k.narrow(1, row, n)?, &v.narrow(1, row, n)?)?;
+            let seen = start + n;
+            let q = q.narrow(1, row, n)?.contiguous()?.reshape((c.kv_heads, groups * n, c.head_dim))?;
+            let scores = (q.matmul(&keys.t()?)? * shape.scale as f64)?.to_dtype(DType::F32)?;
+            // Row t (position start + t) sees keys up to its own position, within the window.
+            let masked = n > 1 || shape.window.is_some_and(|w| w < seen);
+            let scores = match masked {
+                true => {
+                    let mut mask = vec![0f32; n * seen];
+                    for (t, row) in mask.chunks_exact_mut(seen).enumerate() {
+                        let position = start + t;
+                        let first = shape.window.map_or(0, |w| (position + 1).saturating_sub(w));
+                        row[..first].fill(f32::NEG_INFINITY);
+                        row[position + 1..].fill(f32::NEG_INFINITY);
+                    }
+                    let mask = Tensor::from_vec(mask, (n, seen), &self.device)?;
+                    scores.reshape((c.kv_heads, groups, n, seen))?.broadcast_add(&mask)?.reshape((
+                        c.kv_heads,
+                        groups * n,
+                        seen,
+                    ))?
+                }
+                false => scores,
+            };
+            let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(self.dtype)?;
+            outputs.push(probs.matmul(&values)?.reshape((c.heads, n, c.head_dim))?);
+            row += n;
+        }
+        Tensor::cat(&outputs, 1)?.transpose(0, 1)?.reshape((total, c.heads * c.head_dim))
     }
 
     /// The build the attention loops run on (they have no candle counterpart: portable without one).
@@ -286,8 +420,10 @@ impl Llama {
             return Ok(None);
         }
         let n = rows.len();
-        let deepstack = deepstack.iter().map(|l| Tensor::cat(l, 0)).collect::<Result<Vec<_>>>()?;
-        Ok(Some((Tensor::from_vec(rows, n, &Device::Cpu)?, Tensor::cat(&embeds, 0)?, deepstack)))
+        // The vision tower may run elsewhere (or in another precision) than the decoder.
+        let here = |t: Tensor| t.to_device(&self.device)?.to_dtype(self.dtype);
+        let deepstack = deepstack.iter().map(|l| here(Tensor::cat(l, 0)?)).collect::<Result<Vec<_>>>()?;
+        Ok(Some((Tensor::from_vec(rows, n, &self.device)?, here(Tensor::cat(&embeds, 0)?)?, deepstack)))
     }
 
     fn rope(&self, table: &RopeTable, row: &mut [f32], pos: [usize; 3]) {
