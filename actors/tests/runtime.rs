@@ -69,6 +69,9 @@ struct Probe {
     warmups: Mutex<Vec<(usize, usize)>>,
     /// The thread of every batch (one per model actor).
     threads: Mutex<Vec<std::thread::ThreadId>>,
+    /// Warmups running now, and the most that ever ran at once.
+    warming: AtomicUsize,
+    most_warming: AtomicUsize,
 }
 
 impl Probe {
@@ -122,6 +125,10 @@ impl Engine for FakeEngine {
 
     fn warmup(&mut self, steps: usize, batch_size: usize) -> Result<(), EngineError> {
         self.probe.warmups.lock().unwrap().push((steps, batch_size));
+        let now = self.probe.warming.fetch_add(1, Ordering::SeqCst) + 1;
+        self.probe.most_warming.fetch_max(now, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(30));
+        self.probe.warming.fetch_sub(1, Ordering::SeqCst);
         Ok(())
     }
 }
@@ -723,6 +730,25 @@ async fn warmup_runs_again_after_a_restart() {
     model.wait_for_state(ModelState::Ready).await;
     assert_eq!(model.status.restarts(), 1);
     assert_eq!(outputs(model.submit(&[6])).await, vec![12]);
+}
+
+/// A GPU's warmup memory budget (`parallel`, from `WARMUP_VRAM_BUDGET_MB / WARMUP_VRAM_PER_WORKER_MB`)
+/// bounds how many workers of the bounded models warm at once; every one still warms and is ready.
+#[actix_rt::test]
+async fn a_warmup_budget_lets_workers_warm_one_at_a_time() {
+    let policy = WarmupPolicy {
+        enabled: true,
+        steps: 1,
+        batch_size: 1,
+        parallel: Some(1),
+        bounded: vec!["gpu".to_string()],
+        ..WarmupPolicy::default()
+    };
+    let model = Setup { name: "gpu", warmup: Some(policy), workers: 3, ..Setup::default() }.start().await;
+    wait_until("three warmups", || model.probe.warmups().len() == 3).await;
+    model.wait_for_state(ModelState::Ready).await;
+    assert_eq!(model.probe.most_warming.load(Ordering::SeqCst), 1, "warmups overlapped");
+    assert_eq!(outputs(model.submit(&[3])).await, vec![6]);
 }
 
 // ---------------------------------------------------------------------------------------------
