@@ -194,7 +194,7 @@ impl Loading {
     /// Checks that `device` has at least `weights` bytes free (the size of the weight files), so a
     /// model that cannot fit fails with a clear message rather than an allocation error part-way.
     pub fn start(device: &Device, weights: u64) -> anyhow::Result<Self> {
-        let name = device_name(device);
+        let name = DeviceName::from(device).to_string();
         let before = memory(device);
         if let Some(m) = before {
             if weights > m.free {
@@ -226,17 +226,6 @@ impl Loading {
     }
 }
 
-/// [`Loading`] around `load`.
-pub fn load_within<T>(
-    device: &Device,
-    weights: u64,
-    load: impl FnOnce() -> anyhow::Result<T>,
-) -> anyhow::Result<(T, Reservation)> {
-    let loading = Loading::start(device, weights)?;
-    let model = load()?;
-    Ok((model, loading.finish()))
-}
-
 /// One GPU's memory as `/metrics` shows it.
 #[derive(Debug, Clone)]
 pub struct Usage {
@@ -259,12 +248,14 @@ pub fn usage() -> Vec<Usage> {
     devices.into_iter().map(|(device, d, reserved)| Usage { memory: memory(&d), device, reserved }).collect()
 }
 
-/// `cpu`, `cuda:i` or `metal`: the name of an opened device.
-pub fn device_name(device: &Device) -> String {
-    match device.location() {
-        candle_core::DeviceLocation::Cpu => "cpu".to_string(),
-        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
-        candle_core::DeviceLocation::Metal { .. } => "metal".to_string(),
+impl From<&Device> for DeviceName {
+    /// The name of an opened device.
+    fn from(device: &Device) -> Self {
+        match device.location() {
+            candle_core::DeviceLocation::Cpu => DeviceName::Cpu,
+            candle_core::DeviceLocation::Cuda { gpu_id } => DeviceName::Cuda(gpu_id),
+            candle_core::DeviceLocation::Metal { .. } => DeviceName::Metal,
+        }
     }
 }
 

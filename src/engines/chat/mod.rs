@@ -640,9 +640,9 @@ impl StepLoader for ChatLoader {
         let kernels = self.resolve().map_err(error)?;
         let device = crate::engines::device::open(self.device).map_err(EngineError::new)?;
         let weights = crate::engines::device::weight_bytes(&self.path);
-        let (engine, memory) =
-            crate::engines::device::load_within(&device, weights, || self.load_on(&device, kernels)).map_err(error)?;
-        Ok(ChatEngine { _memory: Some(memory), ..engine.with_oom(self.oom.clone()) })
+        let loading = crate::engines::device::Loading::start(&device, weights).map_err(EngineError::permanent)?;
+        let engine = self.load_on(&device, kernels).map_err(error)?.with_oom(self.oom.clone());
+        Ok(ChatEngine { _memory: Some(loading.finish()), ..engine })
     }
 }
 

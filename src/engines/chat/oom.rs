@@ -29,7 +29,7 @@ pub fn is_out_of_memory(error: &candle_core::Error) -> bool {
 /// [`Llama::step`], splitting the batch and retrying the halves when the device runs out of memory.
 /// The logits come back in the inputs' order, as from one step.
 pub fn step(model: &Llama, inputs: &mut [StepInput<'_>], policy: &OomPolicy) -> Result<Vec<Vec<f32>>> {
-    let marks: Vec<_> = inputs.iter().map(|i| i.cache.mark()).collect();
+    let lengths: Vec<usize> = inputs.iter().map(|i| i.cache.len()).collect();
     let result = match model.step(inputs) {
         Ok(_) if policy.simulate_above.is_some_and(|limit| inputs.len() > limit) => {
             Err(candle_core::Error::Msg("fault injection: CUDA_ERROR_OUT_OF_MEMORY".into()))
@@ -38,8 +38,8 @@ pub fn step(model: &Llama, inputs: &mut [StepInput<'_>], policy: &OomPolicy) -> 
     };
     match result {
         Err(e) if is_out_of_memory(&e) && inputs.len() > 1 => {
-            for (input, mark) in inputs.iter_mut().zip(marks) {
-                input.cache.rewind(mark);
+            for (input, len) in inputs.iter_mut().zip(lengths) {
+                input.cache.rewind(len)?;
             }
             tracing::warn!(sequences = inputs.len(), "out of device memory in a batched step: splitting it");
             if let Some(count) = &policy.on_retry {

@@ -11,22 +11,18 @@ pub struct KvCache {
     /// The tensor path's keys and values, `[kv_heads, positions, head_dim]` each, on the model's device.
     tensors: Vec<Option<(Tensor, Tensor)>>,
     len: usize,
+    /// Values in one position's key (or value) row of a layer: `kv_heads · head_dim`.
+    width: usize,
     /// Rotary position of cache slot `i` is `i + rope_delta` for text tokens; images take fewer
     /// positions than tokens, so after one the positions run behind the slots (Qwen3-VL).
     pub rope_delta: i64,
 }
 
-/// A [`KvCache`]'s length and contents at one moment (device tensors are shared, not copied).
-pub(crate) struct CacheMark {
-    len: usize,
-    rows: Vec<usize>,
-    tensors: Vec<Option<(Tensor, Tensor)>>,
-}
-
 impl KvCache {
-    /// An empty cache for a model with `layers` layers.
-    pub(super) fn new(layers: usize) -> Self {
+    /// An empty cache for a model with `layers` layers whose key (and value) rows are `width` wide.
+    pub(super) fn new(layers: usize, width: usize) -> Self {
         Self {
+            width,
             keys: vec![Vec::new(); layers],
             values: vec![Vec::new(); layers],
             tensors: vec![None; layers],
@@ -65,31 +61,21 @@ impl KvCache {
         (&self.keys[layer], &self.values[layer])
     }
 
-    /// Where the cache stands, to [rewind](Self::rewind) to if a step fails part-way.
-    pub(crate) fn mark(&self) -> CacheMark {
-        CacheMark { len: self.len, rows: self.keys.iter().map(Vec::len).collect(), tensors: self.tensors.clone() }
-    }
-
-    /// Forgets what was appended since `mark`.
-    pub(crate) fn rewind(&mut self, mark: CacheMark) {
-        self.len = mark.len;
-        for ((keys, values), rows) in self.keys.iter_mut().zip(&mut self.values).zip(mark.rows) {
-            keys.truncate(rows);
-            values.truncate(rows);
+    /// Forgets every position from `len` on (a length the cache had before a step): what a step that
+    /// failed part-way appended to some of its layers, or a whole step that must be run again.
+    pub(crate) fn rewind(&mut self, len: usize) -> Result<()> {
+        self.len = len;
+        for (keys, values) in self.keys.iter_mut().zip(&mut self.values) {
+            keys.truncate(len * self.width);
+            values.truncate(len * self.width);
         }
-        self.tensors = mark.tensors;
-    }
-
-    /// Bytes the cache holds (host rows and device tensors).
-    pub fn bytes(&self) -> usize {
-        let host: usize = self.keys.iter().chain(&self.values).map(|l| l.len() * 4).sum();
-        let device: usize = self
-            .tensors
-            .iter()
-            .flatten()
-            .map(|(k, v)| (k.elem_count() + v.elem_count()) * k.dtype().size_in_bytes())
-            .sum();
-        host + device
+        for layer in &mut self.tensors {
+            *layer = match layer.take() {
+                Some((k, v)) if len > 0 => Some((k.narrow(1, 0, len)?, v.narrow(1, 0, len)?)),
+                _ => None,
+            };
+        }
+        Ok(())
     }
 
     /// Positions cached.

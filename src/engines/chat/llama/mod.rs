@@ -142,7 +142,7 @@ pub struct Llama {
 impl Llama {
     /// A new, empty cache for a sequence.
     pub fn new_cache(&self) -> KvCache {
-        KvCache::new(self.config.layers)
+        KvCache::new(self.config.layers, self.config.kv_heads * self.config.head_dim)
     }
 
     /// Runs one packed step; returns the logits (`[vocab]`) of each input that asked for them, in order:
